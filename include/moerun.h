@@ -1,0 +1,334 @@
+/*
+ * moerun.h - the public API of moerun, a CPU-GPU scheduling runtime for
+ * Mixture-of-Experts (MoE) language models.
+ *
+ * This header is the contract between moerun and its users. Everything a
+ * host program may rely on is declared and documented here; everything else
+ * in the source tree is internal and may change.
+ *
+ * Conventions
+ * -----------
+ * - Handles are opaque (moe_model_t, moe_runtime_t, moe_topology_t) and come
+ *   in create/free pairs. A free function takes the address of the caller's
+ *   pointer and sets it to NULL, so a second free of the same variable is a
+ *   harmless no-op; freeing NULL is always allowed.
+ * - Every call that can fail returns a moe_status. moe_status_str() turns a
+ *   status into a sentence; moe_last_error() returns the details of the last
+ *   failure on the calling thread (which argument, which file and line, ...).
+ * - Parameter structs are obtained from *_default_params() functions and then
+ *   edited, so fields added in later versions get sensible defaults without
+ *   breaking callers. Their `struct_size` field records the size the caller
+ *   was compiled with; leave it as the default function set it.
+ * - moerun keeps no global mutable state. The only per-thread state is the
+ *   last-error message. Logging goes through a callback set per runtime.
+ * - Matrices are row-major. Activations are f32. Expert weights keep the
+ *   layout of HF safetensors: gate and up are [inter, hidden], down is
+ *   [hidden, inter].
+ *
+ * Thread safety
+ * -------------
+ * Functions on different handles may be called concurrently. Calls on the
+ * same moe_runtime_t must be serialized by the host (one inference loop
+ * drives one runtime). A moe_model_t may be shared by several runtimes once
+ * all its experts are registered; registering experts while a runtime uses
+ * the model is not allowed. moe_status_str(), moe_version() and
+ * moe_api_version() are always safe.
+ *
+ * Example: run one MoE layer of a registered model
+ * ------------------------------------------------
+ *     moe_model_t *m; moe_runtime_t *rt;
+ *     moe_layer_desc d = moe_layer_desc_init(64, 2048, 1408, MOE_DTYPE_BF16);
+ *     moe_model_create(&m, 26);
+ *     for (uint32_t l = 0; l < 26; l++) {
+ *         moe_model_set_layer(m, l, &d);
+ *         for (uint32_t e = 0; e < 64; e++) moe_model_set_expert(m, l, e, &w[l][e]);
+ *     }
+ *     moe_runtime_params p = moe_runtime_default_params();
+ *     if (moe_runtime_create(&rt, m, &p) != MOE_OK) fprintf(stderr, "%s\n", moe_last_error());
+ *     moe_layer_forward(rt, 3, n_tokens, hidden, 6, topk_ids, topk_weights, out);
+ *     moe_runtime_free(&rt); moe_model_free(&m);
+ */
+#ifndef MOERUN_H
+#define MOERUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define MOE_EXPORT
+#else
+#define MOE_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Versions                                                                 */
+/* ------------------------------------------------------------------------ */
+
+#define MOE_VERSION_MAJOR 0
+#define MOE_VERSION_MINOR 1
+#define MOE_VERSION_PATCH 0
+
+/* API version of this header: bumped whenever a declaration changes in a way
+ * that needs callers to be recompiled. Compare with moe_api_version() at run
+ * time to detect a header/library mismatch. */
+#define MOE_API_VERSION 1
+
+/* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
+MOE_EXPORT const char *moe_version(void);
+
+/* MOE_API_VERSION of the library that is actually loaded. */
+MOE_EXPORT unsigned moe_api_version(void);
+
+/* One line naming the build: version, build type, and the versions of the
+ * libraries it was built against (hwloc, oneDNN, CUDA or "no CUDA").
+ * Never NULL; the string is static. */
+MOE_EXPORT const char *moe_build_info(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status and errors                                                        */
+/* ------------------------------------------------------------------------ */
+
+typedef enum moe_status {
+    MOE_OK = 0,
+    MOE_ERR_INVALID_ARG,   /* a NULL pointer, a bad size, an id out of range */
+    MOE_ERR_OUT_OF_MEMORY, /* host memory allocation failed */
+    MOE_ERR_IO,            /* a file could not be opened, read or written */
+    MOE_ERR_PARSE,         /* a file or string is malformed */
+    MOE_ERR_UNSUPPORTED,   /* valid request this build or machine cannot do */
+    MOE_ERR_STATE,         /* call not allowed in the handle's current state */
+    MOE_ERR_DEVICE,        /* the GPU or its driver reported an error */
+    MOE_ERR_NO_DEVICE,     /* a GPU was required and none is usable */
+    MOE_ERR_INTERNAL,      /* a bug in moerun: please report it */
+    MOE_STATUS_COUNT_      /* not a status: number of statuses */
+} moe_status;
+
+/* A sentence describing `s`, e.g. "invalid argument". Never NULL; unknown
+ * values give "unknown status". */
+MOE_EXPORT const char *moe_status_str(moe_status s);
+
+/* Details of the most recent failed call made by this thread, e.g.
+ * "moe_layer_forward: topk_ids[5] = 70 is out of range (layer 2 has 64
+ * experts)". Successful calls do not clear it. Never NULL; empty when no
+ * call on this thread has failed. The string stays valid until the next
+ * moerun call on this thread. */
+MOE_EXPORT const char *moe_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Logging                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum moe_log_level {
+    MOE_LOG_ERROR = 0,
+    MOE_LOG_WARN,
+    MOE_LOG_INFO,
+    MOE_LOG_DEBUG
+} moe_log_level;
+
+/* A log sink. `msg` is one line without a trailing newline. Called from the
+ * thread that made the moerun call. */
+typedef void (*moe_log_fn)(moe_log_level level, const char *msg, void *user);
+
+/* ------------------------------------------------------------------------ */
+/* Data types                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef enum moe_dtype {
+    MOE_DTYPE_F32 = 0,
+    MOE_DTYPE_BF16,
+    MOE_DTYPE_F16,
+    MOE_DTYPE_COUNT_ /* not a dtype */
+} moe_dtype;
+
+/* "f32", "bf16", "f16"; "invalid" for anything else. */
+MOE_EXPORT const char *moe_dtype_name(moe_dtype t);
+
+/* Bytes per element, 0 for an invalid dtype. */
+MOE_EXPORT size_t moe_dtype_size(moe_dtype t);
+
+/* ------------------------------------------------------------------------ */
+/* Machine topology                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct moe_topology moe_topology_t;
+
+/* What the scheduler needs to know about the host. */
+typedef struct moe_topology_info {
+    uint32_t n_packages;  /* sockets */
+    uint32_t n_numa_nodes;/* at least 1 */
+    uint32_t n_cores;     /* physical cores */
+    uint32_t n_pus;       /* hardware threads */
+    uint64_t l3_bytes;    /* largest last-level cache, 0 if unknown */
+    uint64_t memory_bytes;/* total host memory, 0 if unknown */
+    uint32_t has_avx2, has_avx512f, has_avx512_bf16, has_avx512_vnni, has_amx;
+} moe_topology_info;
+
+/* Detects the host's topology with hwloc and its CPU features with cpuid. */
+MOE_EXPORT moe_status moe_topology_detect(moe_topology_t **out);
+
+/* Builds a topology from an hwloc synthetic description such as
+ * "pack:2 numa:1 core:8 pu:2", to plan for or test against a machine other
+ * than this one. CPU features are those of this host. */
+MOE_EXPORT moe_status moe_topology_synthetic(moe_topology_t **out, const char *desc);
+
+MOE_EXPORT moe_status moe_topology_get_info(const moe_topology_t *t, moe_topology_info *out);
+
+/* Number of cores in NUMA node `node` (0 .. n_numa_nodes-1). */
+MOE_EXPORT moe_status moe_topology_node_cores(const moe_topology_t *t, uint32_t node, uint32_t *out);
+
+MOE_EXPORT void moe_topology_free(moe_topology_t **t);
+
+/* ------------------------------------------------------------------------ */
+/* Models: experts registered once                                          */
+/* ------------------------------------------------------------------------ */
+
+typedef struct moe_model moe_model_t;
+
+/* Shape of one MoE layer's routed experts. All experts of a layer share it. */
+typedef struct moe_layer_desc {
+    uint32_t struct_size;
+    uint32_t n_experts;   /* routed experts in the layer */
+    uint32_t hidden;      /* model width */
+    uint32_t inter;       /* expert intermediate width */
+    moe_dtype weight_dtype;
+} moe_layer_desc;
+
+/* A filled layer description. */
+MOE_EXPORT moe_layer_desc moe_layer_desc_init(uint32_t n_experts, uint32_t hidden,
+                                              uint32_t inter, moe_dtype weight_dtype);
+
+/* Weights of one SwiGLU expert: out = down(silu(gate(x)) * up(x)).
+ * gate and up: [inter, hidden]; down: [hidden, inter]; row-major, contiguous,
+ * in the layer's weight dtype. The memory is borrowed, not copied: it must
+ * stay valid and unchanged until the model is freed (for example a
+ * memory-mapped safetensors file). */
+typedef struct moe_expert_weights {
+    const void *gate;
+    const void *up;
+    const void *down;
+} moe_expert_weights;
+
+/* Creates an empty model of `n_layers` MoE layers (1 .. 4096). Layer
+ * numbers in this API count MoE layers only, from 0. */
+MOE_EXPORT moe_status moe_model_create(moe_model_t **out, uint32_t n_layers);
+
+/* Describes layer `layer`. Each layer is described once. */
+MOE_EXPORT moe_status moe_model_set_layer(moe_model_t *m, uint32_t layer, const moe_layer_desc *desc);
+
+/* Registers the weights of expert `expert` of a described layer. Every
+ * expert of every layer must be registered before a runtime is created on
+ * the model; registering one twice is an error. */
+MOE_EXPORT moe_status moe_model_set_expert(moe_model_t *m, uint32_t layer, uint32_t expert,
+                                           const moe_expert_weights *w);
+
+MOE_EXPORT uint32_t moe_model_n_layers(const moe_model_t *m);
+
+/* Copies the description of `layer` into `out`. */
+MOE_EXPORT moe_status moe_model_get_layer(const moe_model_t *m, uint32_t layer, moe_layer_desc *out);
+
+/* Bytes of routed-expert weights in the whole model. */
+MOE_EXPORT uint64_t moe_model_expert_bytes(const moe_model_t *m);
+
+/* Drops the caller's reference and sets *m to NULL. Runtimes created on the
+ * model hold their own reference, so the model lives until the last of them
+ * is freed; the expert weights must stay valid until then too. */
+MOE_EXPORT void moe_model_free(moe_model_t **m);
+
+/* ------------------------------------------------------------------------ */
+/* Runtimes: the scheduler and executors for one inference loop             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct moe_runtime moe_runtime_t;
+
+typedef enum moe_device_kind {
+    MOE_DEVICE_AUTO = 0, /* the best device this build and machine can run */
+    MOE_DEVICE_CPU,      /* every expert on the CPU */
+    MOE_DEVICE_COUNT_    /* not a device */
+} moe_device_kind;
+
+/* "auto", "cpu"; "invalid" otherwise. */
+MOE_EXPORT const char *moe_device_name(moe_device_kind d);
+
+typedef struct moe_runtime_params {
+    uint32_t struct_size;       /* set by moe_runtime_default_params() */
+    moe_device_kind device;     /* default MOE_DEVICE_AUTO */
+    /* Scheduling policy by name; NULL or "auto" picks the best policy the
+     * device supports. moe_policy_names() lists the known names. */
+    const char *policy;
+    uint32_t n_threads;         /* CPU expert threads; 0 = one per core */
+    /* GPU expert-cache budget: bytes if gpu_budget_bytes > 0, else this
+     * fraction (0..1) of the model's routed-expert bytes. Ignored on CPU. */
+    uint64_t gpu_budget_bytes;
+    double gpu_budget_fraction; /* default 0.5 */
+    /* Topology to plan for; NULL = detect this host. Borrowed: must outlive
+     * moe_runtime_create() only (the runtime keeps a copy of what it needs). */
+    const moe_topology_t *topology;
+    moe_log_fn log_fn;          /* NULL = write to stderr */
+    void *log_user;
+    moe_log_level log_level;    /* messages above this level are dropped; default WARN */
+} moe_runtime_params;
+
+MOE_EXPORT moe_runtime_params moe_runtime_default_params(void);
+
+/* The policy names this build knows, as a NULL-terminated array. */
+MOE_EXPORT const char *const *moe_policy_names(void);
+
+/* Creates a runtime that runs `model`'s MoE layers. `params` may be NULL for
+ * the defaults. Fails with MOE_ERR_STATE if an expert of the model is not
+ * registered yet, MOE_ERR_UNSUPPORTED if the requested device or policy is
+ * not available in this build or on this machine. */
+MOE_EXPORT moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model,
+                                         const moe_runtime_params *params);
+
+/* Frees the runtime, waits for nothing (no work is left in flight after a
+ * synchronous call) and sets *rt to NULL. */
+MOE_EXPORT void moe_runtime_free(moe_runtime_t **rt);
+
+/* The device and policy the runtime resolved "auto" to. */
+MOE_EXPORT moe_device_kind moe_runtime_device(const moe_runtime_t *rt);
+MOE_EXPORT const char *moe_runtime_policy(const moe_runtime_t *rt);
+
+/* Runs MoE layer `layer` for a batch of `n_tokens` tokens.
+ *   hidden:       [n_tokens, hidden] f32 inputs (after the layer's norm)
+ *   topk_ids:     [n_tokens, top_k] routed expert ids in [0, n_experts);
+ *                 a token's ids must be distinct
+ *   topk_weights: [n_tokens, top_k] gate weights (already normalised as the
+ *                 model wants; moerun applies them as given)
+ *   out:          [n_tokens, hidden] f32, overwritten with
+ *                 sum_j topk_weights[t,j] * expert_{topk_ids[t,j]}(hidden[t])
+ * `out` must not overlap `hidden`. The sum over j is taken in index order,
+ * so the result does not depend on how experts were split between devices.
+ * n_tokens == 0 is allowed and does nothing. NaN or Inf in the inputs
+ * propagate to the outputs of the tokens that carry them. */
+MOE_EXPORT moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens,
+                                        const float *hidden, uint32_t top_k,
+                                        const int32_t *topk_ids, const float *topk_weights,
+                                        float *out);
+
+/* Counters since creation or the last moe_runtime_reset_stats(). */
+typedef struct moe_stats {
+    uint64_t layer_calls;      /* moe_layer_forward calls that ran */
+    uint64_t tokens;           /* tokens summed over those calls */
+    uint64_t expert_calls_cpu; /* (layer, expert) groups run on the CPU */
+    uint64_t expert_calls_gpu; /* ... and on the GPU */
+    uint64_t expert_tokens;    /* token-expert pairs computed */
+    uint64_t gpu_hits;         /* GPU expert calls whose expert was resident */
+    uint64_t gpu_misses;       /* GPU expert calls that needed a copy */
+    uint64_t bytes_copied;     /* host-to-device expert bytes */
+    double plan_seconds;       /* time spent planning */
+    double cpu_seconds;        /* wall time of CPU expert execution */
+    double gpu_seconds;        /* wall time of GPU expert execution */
+    double total_seconds;      /* wall time inside moe_layer_forward */
+} moe_stats;
+
+MOE_EXPORT moe_status moe_runtime_get_stats(const moe_runtime_t *rt, moe_stats *out);
+MOE_EXPORT moe_status moe_runtime_reset_stats(moe_runtime_t *rt);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOERUN_H */
