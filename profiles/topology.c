@@ -1,0 +1,152 @@
+/* topology.c - sockets, NUMA nodes, cores and caches from hwloc; CPU
+ * features from cpuid. Kernels are chosen from these flags so a missing
+ * instruction set gives a clear choice, never SIGILL. */
+#include "topology.h"
+
+#include <hwloc.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+void moe_cpu_features(moe_topology_info *info) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    info->has_avx2 = __builtin_cpu_supports("avx2") != 0;
+    info->has_avx512f = __builtin_cpu_supports("avx512f") != 0;
+    info->has_avx512_vnni = __builtin_cpu_supports("avx512vnni") != 0;
+#if __GNUC__ >= 12 || defined(__clang__)
+    info->has_avx512_bf16 = __builtin_cpu_supports("avx512bf16") != 0;
+#endif
+#if __GNUC__ >= 13
+    info->has_amx = __builtin_cpu_supports("amx-tile") != 0;
+#else
+    {
+        /* cpuid leaf 7, subleaf 0: EDX bit 24 = AMX-TILE. */
+        unsigned a = 7, b = 0, c = 0, d = 0;
+        __asm__("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+        info->has_amx = (d >> 24) & 1u;
+    }
+#endif
+#else
+    (void)info;
+#endif
+}
+
+static uint32_t count_type(hwloc_topology_t t, hwloc_obj_type_t type) {
+    int n = hwloc_get_nbobjs_by_type(t, type);
+    return n > 0 ? (uint32_t)n : 0;
+}
+
+static moe_status fill_from_hwloc(hwloc_topology_t t, moe_topology_t *out) {
+    moe_topology_info *info = &out->info;
+    info->n_packages = count_type(t, HWLOC_OBJ_PACKAGE);
+    info->n_cores = count_type(t, HWLOC_OBJ_CORE);
+    info->n_pus = count_type(t, HWLOC_OBJ_PU);
+    info->n_numa_nodes = count_type(t, HWLOC_OBJ_NUMANODE);
+    if (info->n_packages == 0) info->n_packages = 1;
+    if (info->n_pus == 0) info->n_pus = 1;
+    if (info->n_cores == 0) info->n_cores = info->n_pus;
+    if (info->n_numa_nodes == 0) info->n_numa_nodes = 1;
+    if (info->n_numa_nodes > MOE_MAX_NUMA_NODES)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "topology: %u NUMA nodes, at most %d supported",
+                        info->n_numa_nodes, MOE_MAX_NUMA_NODES);
+
+    for (int depth = 0; depth < hwloc_topology_get_depth(t); depth++) {
+        hwloc_obj_t o = hwloc_get_obj_by_depth(t, depth, 0);
+        if (o && hwloc_obj_type_is_cache(o->type) && o->attr &&
+            o->attr->cache.size > info->l3_bytes && o->attr->cache.type != HWLOC_OBJ_CACHE_INSTRUCTION)
+            info->l3_bytes = o->attr->cache.size;
+    }
+    hwloc_obj_t root = hwloc_get_root_obj(t);
+    info->memory_bytes = root ? root->total_memory : 0;
+
+    /* Cores per NUMA node: cores whose cpuset intersects the node's. */
+    for (uint32_t n = 0; n < info->n_numa_nodes; n++) {
+        hwloc_obj_t node = hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, n);
+        uint32_t cores = 0;
+        if (node && node->cpuset) {
+            int nc = hwloc_get_nbobjs_inside_cpuset_by_type(t, node->cpuset, HWLOC_OBJ_CORE);
+            cores = nc > 0 ? (uint32_t)nc : 0;
+        }
+        out->node_cores[n] = cores ? cores : info->n_cores / info->n_numa_nodes;
+    }
+    return MOE_OK;
+}
+
+static moe_status build(moe_topology_t **out, const char *synthetic) {
+    if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "topology: out is NULL");
+    *out = NULL;
+    moe_topology_t *topo = calloc(1, sizeof *topo);
+    if (!topo) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "topology: allocation failed");
+    hwloc_topology_t t;
+    moe_status st = MOE_OK;
+    if (hwloc_topology_init(&t) != 0) {
+        free(topo);
+        return moe_fail(MOE_ERR_INTERNAL, "topology: hwloc_topology_init failed");
+    }
+    if (synthetic && hwloc_topology_set_synthetic(t, synthetic) != 0) {
+        st = moe_fail(MOE_ERR_PARSE, "topology: \"%s\" is not a valid hwloc synthetic description",
+                      synthetic);
+        goto done;
+    }
+    if (hwloc_topology_load(t) != 0) {
+        st = moe_fail(MOE_ERR_INTERNAL, "topology: hwloc could not load the topology");
+        goto done;
+    }
+    st = fill_from_hwloc(t, topo);
+    if (st == MOE_OK && !synthetic) {
+        /* Some VMs expose only part of their memory in the NUMA node's sysfs
+         * entry (seen: 4.4 of 24 GB), which is what hwloc reports; the
+         * kernel's page count is the truth for the whole host. */
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        if (pages > 0 && page > 0 && (uint64_t)pages * (uint64_t)page > topo->info.memory_bytes)
+            topo->info.memory_bytes = (uint64_t)pages * (uint64_t)page;
+    }
+    if (st == MOE_OK) {
+        moe_cpu_features(&topo->info);
+        topo->magic = MOE_MAGIC_TOPOLOGY;
+        *out = topo;
+        topo = NULL;
+    }
+done:
+    hwloc_topology_destroy(t);
+    free(topo);
+    return st;
+}
+
+moe_status moe_topology_detect(moe_topology_t **out) { return build(out, NULL); }
+
+moe_status moe_topology_synthetic(moe_topology_t **out, const char *desc) {
+    if (!desc) {
+        if (out) *out = NULL;
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_topology_synthetic: desc is NULL");
+    }
+    return build(out, desc);
+}
+
+static bool valid(const moe_topology_t *t) { return t && t->magic == MOE_MAGIC_TOPOLOGY; }
+
+moe_status moe_topology_get_info(const moe_topology_t *t, moe_topology_info *out) {
+    if (!valid(t) || !out)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_topology_get_info: %s",
+                        out ? "not a topology handle" : "out is NULL");
+    *out = t->info;
+    return MOE_OK;
+}
+
+moe_status moe_topology_node_cores(const moe_topology_t *t, uint32_t node, uint32_t *out) {
+    if (!valid(t) || !out)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_topology_node_cores: %s",
+                        out ? "not a topology handle" : "out is NULL");
+    if (node >= t->info.n_numa_nodes)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_topology_node_cores: node %u out of range (%u nodes)",
+                        node, t->info.n_numa_nodes);
+    *out = t->node_cores[node];
+    return MOE_OK;
+}
+
+void moe_topology_free(moe_topology_t **t) {
+    if (!t || !*t) return;
+    (*t)->magic = 0;
+    free(*t);
+    *t = NULL;
+}

@@ -1,0 +1,18 @@
+/* topology.h - the host as the scheduler sees it (internal view). */
+#ifndef MOE_TOPOLOGY_H
+#define MOE_TOPOLOGY_H
+
+#include "common.h"
+
+#define MOE_MAX_NUMA_NODES 64
+
+struct moe_topology {
+    uint32_t magic;
+    moe_topology_info info;
+    uint32_t node_cores[MOE_MAX_NUMA_NODES];
+};
+
+/* Fills info's CPU feature flags from cpuid. */
+void moe_cpu_features(moe_topology_info *info);
+
+#endif

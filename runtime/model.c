@@ -1,0 +1,143 @@
+/* model.c - expert registration (see moerun.h). */
+#include "model.h"
+
+#include <stdlib.h>
+
+bool moe_model_valid(const moe_model_t *m) { return m && m->magic == MOE_MAGIC_MODEL; }
+
+moe_layer_desc moe_layer_desc_init(uint32_t n_experts, uint32_t hidden, uint32_t inter,
+                                   moe_dtype weight_dtype) {
+    return (moe_layer_desc){.struct_size = sizeof(moe_layer_desc), .n_experts = n_experts,
+                            .hidden = hidden, .inter = inter, .weight_dtype = weight_dtype};
+}
+
+moe_status moe_model_create(moe_model_t **out, uint32_t n_layers) {
+    if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_create: out is NULL");
+    *out = NULL;
+    if (n_layers == 0 || n_layers > MOE_MAX_LAYERS)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_create: n_layers = %u, must be in 1..%u",
+                        n_layers, MOE_MAX_LAYERS);
+    moe_model_t *m = calloc(1, sizeof *m);
+    if (!m || !(m->layers = calloc(n_layers, sizeof *m->layers))) {
+        free(m);
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_model_create: allocation failed");
+    }
+    m->magic = MOE_MAGIC_MODEL;
+    atomic_init(&m->refs, 1u);
+    m->n_layers = n_layers;
+    *out = m;
+    return MOE_OK;
+}
+
+#define CHECK_MODEL(fn, m)                                                                    \
+    do {                                                                                      \
+        if (!moe_model_valid(m)) return moe_fail(MOE_ERR_INVALID_ARG, fn ": not a model handle"); \
+    } while (0)
+
+moe_status moe_model_set_layer(moe_model_t *m, uint32_t layer, const moe_layer_desc *d) {
+    CHECK_MODEL("moe_model_set_layer", m);
+    if (!d) return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: desc is NULL");
+    if (layer >= m->n_layers)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: layer %u out of range (model has %u)",
+                        layer, m->n_layers);
+    if (d->struct_size < sizeof(moe_layer_desc))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: desc.struct_size = %u; "
+                        "initialise it with moe_layer_desc_init()", d->struct_size);
+    if (m->layers[layer].described)
+        return moe_fail(MOE_ERR_STATE, "moe_model_set_layer: layer %u is already described", layer);
+    if (d->n_experts == 0 || d->n_experts > MOE_MAX_EXPERTS)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: layer %u: n_experts = %u, must be in 1..%u",
+                        layer, d->n_experts, MOE_MAX_EXPERTS);
+    if (d->hidden == 0 || d->inter == 0 || d->hidden > MOE_MAX_DIM || d->inter > MOE_MAX_DIM)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: layer %u: shape %ux%u, each must be in 1..%u",
+                        layer, d->hidden, d->inter, MOE_MAX_DIM);
+    if (moe_dtype_size(d->weight_dtype) == 0)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_model_set_layer: layer %u: weight dtype %d is not supported",
+                        layer, (int)d->weight_dtype);
+    moe_expert_weights *e = calloc(d->n_experts, sizeof *e);
+    if (!e) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_model_set_layer: allocation failed");
+    moe_model_layer *L = &m->layers[layer];
+    L->experts = e;
+    L->desc = *d;
+    L->desc.struct_size = sizeof(moe_layer_desc);
+    L->described = true;
+    return MOE_OK;
+}
+
+moe_status moe_model_set_expert(moe_model_t *m, uint32_t layer, uint32_t expert,
+                                const moe_expert_weights *w) {
+    CHECK_MODEL("moe_model_set_expert", m);
+    if (!w) return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_expert: weights are NULL");
+    if (layer >= m->n_layers)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_expert: layer %u out of range (model has %u)",
+                        layer, m->n_layers);
+    moe_model_layer *L = &m->layers[layer];
+    if (!L->described)
+        return moe_fail(MOE_ERR_STATE, "moe_model_set_expert: layer %u is not described yet", layer);
+    if (expert >= L->desc.n_experts)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_expert: expert %u out of range (layer %u has %u)",
+                        expert, layer, L->desc.n_experts);
+    if (!w->gate || !w->up || !w->down)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_expert: layer %u expert %u: %s pointer is NULL",
+                        layer, expert, !w->gate ? "gate" : !w->up ? "up" : "down");
+    if (atomic_load(&m->refs) > 1)
+        return moe_fail(MOE_ERR_STATE, "moe_model_set_expert: the model is in use by a runtime");
+    if (L->experts[expert].gate)
+        return moe_fail(MOE_ERR_STATE, "moe_model_set_expert: layer %u expert %u is already registered",
+                        layer, expert);
+    L->experts[expert] = *w;
+    L->n_registered++;
+    return MOE_OK;
+}
+
+uint32_t moe_model_n_layers(const moe_model_t *m) { return moe_model_valid(m) ? m->n_layers : 0; }
+
+moe_status moe_model_get_layer(const moe_model_t *m, uint32_t layer, moe_layer_desc *out) {
+    CHECK_MODEL("moe_model_get_layer", m);
+    if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_get_layer: out is NULL");
+    if (layer >= m->n_layers)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_get_layer: layer %u out of range (model has %u)",
+                        layer, m->n_layers);
+    if (!m->layers[layer].described)
+        return moe_fail(MOE_ERR_STATE, "moe_model_get_layer: layer %u is not described yet", layer);
+    *out = m->layers[layer].desc;
+    return MOE_OK;
+}
+
+uint64_t moe_model_layer_expert_bytes(const moe_layer_desc *d) {
+    return 3ull * d->hidden * d->inter * moe_dtype_size(d->weight_dtype);
+}
+
+uint64_t moe_model_expert_bytes(const moe_model_t *m) {
+    if (!moe_model_valid(m)) return 0;
+    uint64_t total = 0;
+    for (uint32_t l = 0; l < m->n_layers; l++)
+        if (m->layers[l].described)
+            total += moe_model_layer_expert_bytes(&m->layers[l].desc) * m->layers[l].desc.n_experts;
+    return total;
+}
+
+moe_status moe_model_check_complete(const moe_model_t *m) {
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const moe_model_layer *L = &m->layers[l];
+        if (!L->described) return moe_fail(MOE_ERR_STATE, "model: layer %u is not described", l);
+        if (L->n_registered != L->desc.n_experts)
+            for (uint32_t e = 0; e < L->desc.n_experts; e++)
+                if (!L->experts[e].gate)
+                    return moe_fail(MOE_ERR_STATE, "model: layer %u expert %u is not registered", l, e);
+    }
+    return MOE_OK;
+}
+
+void moe_model_retain(moe_model_t *m) { atomic_fetch_add(&m->refs, 1u); }
+
+void moe_model_free(moe_model_t **pm) {
+    if (!pm || !*pm) return;
+    moe_model_t *m = *pm;
+    *pm = NULL;
+    if (!moe_model_valid(m) || atomic_fetch_sub(&m->refs, 1u) != 1u) return;
+    for (uint32_t l = 0; l < m->n_layers; l++) free(m->layers[l].experts);
+    free(m->layers);
+    m->magic = 0;
+    free(m);
+}

@@ -1,0 +1,39 @@
+/* model.h - the registry of a model's routed experts (internal view). */
+#ifndef MOE_RUNTIME_MODEL_H
+#define MOE_RUNTIME_MODEL_H
+
+#include <stdatomic.h>
+
+#include "common.h"
+
+#define MOE_MAX_LAYERS 4096u
+#define MOE_MAX_EXPERTS 65536u
+#define MOE_MAX_DIM (1u << 20)
+
+typedef struct moe_model_layer {
+    bool described;
+    moe_layer_desc desc;
+    moe_expert_weights *experts; /* desc.n_experts entries */
+    uint32_t n_registered;
+} moe_model_layer;
+
+struct moe_model {
+    uint32_t magic;
+    atomic_uint refs;
+    uint32_t n_layers;
+    moe_model_layer *layers;
+};
+
+bool moe_model_valid(const moe_model_t *m);
+
+/* Takes another reference (a runtime holds one). */
+void moe_model_retain(moe_model_t *m);
+
+/* MOE_OK if every layer is described and every expert registered; otherwise
+ * MOE_ERR_STATE naming the first missing one. */
+moe_status moe_model_check_complete(const moe_model_t *m);
+
+/* Bytes of one expert of layer l. */
+uint64_t moe_model_layer_expert_bytes(const moe_layer_desc *d);
+
+#endif

@@ -1,0 +1,289 @@
+/* runtime.c - the runtime: resolves device and policy, and runs each MoE
+ * layer as plan (sched) -> execute (cpu, gpu) -> combine in a fixed order.
+ * This is the top of the library; it calls down into every layer and no
+ * layer calls back up. */
+#include <stdlib.h>
+
+#include "expert.h"
+#include "gpu.h"
+#include "model.h"
+#include "plan.h"
+#include "topology.h"
+
+struct moe_runtime {
+    uint32_t magic;
+    moe_model_t *model; /* one reference held */
+    moe_device_kind device;
+    moe_policy_id policy;
+    uint32_t n_threads;
+    moe_logger log;
+    moe_stats stats;
+
+    /* Workspace, grown on demand and reused across calls. */
+    moe_plan plan;
+    moe_cpu_job *jobs;    /* capacity: the largest layer's expert count */
+    uint32_t *pair_of;    /* [n_tokens * top_k] -> index into plan.pairs */
+    float *xg, *yg;       /* [pairs, hidden] gathered inputs, expert outputs */
+    size_t cap_pairs;     /* capacity of pair_of in pairs */
+    size_t cap_rows;      /* capacity of xg and yg in floats */
+    float *scratch;       /* n_threads * max_inter */
+    uint32_t max_inter;
+};
+
+static const char *const device_names[MOE_DEVICE_COUNT_] = {
+    [MOE_DEVICE_AUTO] = "auto",
+    [MOE_DEVICE_CPU] = "cpu",
+};
+
+const char *moe_device_name(moe_device_kind d) {
+    return (unsigned)d < MOE_DEVICE_COUNT_ ? device_names[d] : "invalid";
+}
+
+moe_runtime_params moe_runtime_default_params(void) {
+    return (moe_runtime_params){
+        .struct_size = sizeof(moe_runtime_params),
+        .device = MOE_DEVICE_AUTO,
+        .policy = NULL,
+        .n_threads = 0,
+        .gpu_budget_bytes = 0,
+        .gpu_budget_fraction = 0.5,
+        .topology = NULL,
+        .log_fn = NULL,
+        .log_user = NULL,
+        .log_level = MOE_LOG_WARN,
+    };
+}
+
+static bool valid(const moe_runtime_t *rt) { return rt && rt->magic == MOE_MAGIC_RUNTIME; }
+
+static moe_status resolve_device(moe_runtime_t *rt, moe_device_kind want) {
+    moe_gpu_info gi;
+    moe_status gs = moe_gpu_probe(0, &gi);
+    switch (want) {
+    case MOE_DEVICE_AUTO:
+        /* The CUDA executor is not part of this build yet: a GPU, if any, is
+         * reported and the CPU runs every expert. */
+        if (gs == MOE_OK)
+            moe_log(&rt->log, MOE_LOG_INFO, "GPU %s found; this version runs experts on the CPU", gi.name);
+        rt->device = MOE_DEVICE_CPU;
+        return MOE_OK;
+    case MOE_DEVICE_CPU:
+        rt->device = MOE_DEVICE_CPU;
+        return MOE_OK;
+    case MOE_DEVICE_COUNT_:
+        break;
+    }
+    return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: device %d is not a moe_device_kind", (int)want);
+}
+
+static moe_status resolve_threads(moe_runtime_t *rt, const moe_runtime_params *p) {
+    if (p->n_threads > 0) {
+        rt->n_threads = p->n_threads;
+        return MOE_OK;
+    }
+    moe_topology_t *own = NULL;
+    const moe_topology_t *topo = p->topology;
+    if (!topo) {
+        moe_status st = moe_topology_detect(&own);
+        if (st != MOE_OK) return st;
+        topo = own;
+    }
+    moe_topology_info info;
+    moe_status st = moe_topology_get_info(topo, &info);
+    moe_topology_free(&own);
+    if (st != MOE_OK) return st;
+    rt->n_threads = info.n_cores ? info.n_cores : 1;
+    return MOE_OK;
+}
+
+moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe_runtime_params *params) {
+    if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: out is NULL");
+    *out = NULL;
+    if (!moe_model_valid(model)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: not a model handle");
+    moe_runtime_params p = params ? *params : moe_runtime_default_params();
+    if (p.struct_size != sizeof(moe_runtime_params))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: params.struct_size = %u, expected %zu; "
+                        "start from moe_runtime_default_params()", p.struct_size, sizeof(moe_runtime_params));
+    if (!(p.gpu_budget_fraction >= 0.0 && p.gpu_budget_fraction <= 1.0))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: gpu_budget_fraction = %g, must be in 0..1",
+                        p.gpu_budget_fraction);
+    if ((unsigned)p.log_level > MOE_LOG_DEBUG)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: log_level %d is not a moe_log_level",
+                        (int)p.log_level);
+    if (p.n_threads > 4096)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: n_threads = %u, at most 4096", p.n_threads);
+    moe_status st = moe_model_check_complete(model);
+    if (st != MOE_OK) return st;
+
+    moe_runtime_t *rt = calloc(1, sizeof *rt);
+    if (!rt) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
+    rt->log = (moe_logger){.fn = p.log_fn, .user = p.log_user, .level = p.log_level};
+    moe_plan_init(&rt->plan);
+    if ((st = resolve_device(rt, p.device)) != MOE_OK ||
+        (st = moe_policy_lookup(p.policy && strcmp(p.policy, "auto") != 0 ? p.policy : "static-cpu",
+                                &rt->policy)) != MOE_OK ||
+        (st = resolve_threads(rt, &p)) != MOE_OK) {
+        free(rt);
+        return st;
+    }
+    uint32_t max_experts = 0;
+    for (uint32_t l = 0; l < model->n_layers; l++) {
+        const moe_layer_desc *d = &model->layers[l].desc;
+        if (d->inter > rt->max_inter) rt->max_inter = d->inter;
+        if (d->n_experts > max_experts) max_experts = d->n_experts;
+    }
+    rt->jobs = calloc(max_experts, sizeof *rt->jobs);
+    rt->scratch = calloc((size_t)rt->n_threads * rt->max_inter, sizeof *rt->scratch);
+    if (!rt->jobs || !rt->scratch) {
+        free(rt->jobs);
+        free(rt->scratch);
+        free(rt);
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
+    }
+    moe_model_retain(model);
+    rt->model = model;
+    rt->magic = MOE_MAGIC_RUNTIME;
+    moe_log(&rt->log, MOE_LOG_INFO, "runtime: device %s, policy %s, %u threads",
+            moe_device_name(rt->device), moe_policy_name(rt->policy), rt->n_threads);
+    *out = rt;
+    return MOE_OK;
+}
+
+void moe_runtime_free(moe_runtime_t **prt) {
+    if (!prt || !*prt) return;
+    moe_runtime_t *rt = *prt;
+    *prt = NULL;
+    if (!valid(rt)) return;
+    moe_plan_release(&rt->plan);
+    free(rt->jobs);
+    free(rt->pair_of);
+    free(rt->xg);
+    free(rt->yg);
+    free(rt->scratch);
+    moe_model_free(&rt->model);
+    rt->magic = 0;
+    free(rt);
+}
+
+moe_device_kind moe_runtime_device(const moe_runtime_t *rt) {
+    return valid(rt) ? rt->device : MOE_DEVICE_COUNT_;
+}
+
+const char *moe_runtime_policy(const moe_runtime_t *rt) {
+    return valid(rt) ? moe_policy_name(rt->policy) : NULL;
+}
+
+/* Grows the per-call buffers for n_pairs pairs of width `hidden`. */
+static moe_status reserve(moe_runtime_t *rt, size_t n_pairs, uint32_t hidden) {
+    size_t rows;
+    if (!moe_mul_size(n_pairs, hidden, &rows))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: batch too large");
+    if (n_pairs > rt->cap_pairs) {
+        uint32_t *p = realloc(rt->pair_of, n_pairs * sizeof *p);
+        if (!p) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_layer_forward: allocation failed");
+        rt->pair_of = p;
+        rt->cap_pairs = n_pairs;
+    }
+    if (rows > rt->cap_rows) {
+        float *x = realloc(rt->xg, rows * sizeof *x);
+        if (!x) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_layer_forward: allocation failed");
+        rt->xg = x;
+        float *y = realloc(rt->yg, rows * sizeof *y);
+        if (!y) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_layer_forward: allocation failed");
+        rt->yg = y;
+        rt->cap_rows = rows;
+    }
+    return MOE_OK;
+}
+
+static bool overlaps(const void *a, const void *b, size_t bytes) {
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x < y + bytes && y < x + bytes;
+}
+
+moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
+                             uint32_t top_k, const int32_t *topk_ids, const float *topk_weights, float *out) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: not a runtime handle");
+    if (layer >= rt->model->n_layers)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: layer %u out of range (model has %u)", layer,
+                        rt->model->n_layers);
+    const moe_model_layer *L = &rt->model->layers[layer];
+    const uint32_t H = L->desc.hidden;
+    if (n_tokens == 0) return MOE_OK;
+    if (top_k == 0 || top_k > L->desc.n_experts)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: top_k = %u, must be in 1..%u for layer %u",
+                        top_k, L->desc.n_experts, layer);
+    if (!hidden || !topk_ids || !topk_weights || !out)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: %s is NULL",
+                        !hidden ? "hidden" : !topk_ids ? "topk_ids" : !topk_weights ? "topk_weights" : "out");
+    size_t act_floats;
+    if (!moe_mul_size(n_tokens, H, &act_floats) || act_floats > SIZE_MAX / sizeof(float))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: %u tokens of width %u is too large", n_tokens, H);
+    if (overlaps(hidden, out, act_floats * sizeof(float)))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: out overlaps hidden");
+
+    double t0 = moe_now();
+    moe_plan *plan = &rt->plan;
+    moe_status st = moe_plan_route(plan, layer, L->desc.n_experts, n_tokens, top_k, topk_ids);
+    if (st != MOE_OK) return st;
+    moe_plan_assign(plan, rt->policy, NULL);
+    const size_t n_pairs = (size_t)n_tokens * top_k;
+    if ((st = reserve(rt, n_pairs, H)) != MOE_OK) return st;
+    double t1 = moe_now();
+
+    /* Gather each group's token rows contiguously and remember where each
+     * (token, slot) pair's output will land. */
+    for (size_t i = 0; i < n_pairs; i++) {
+        const moe_plan_pair *pr = &plan->pairs[i];
+        memcpy(rt->xg + i * H, hidden + (size_t)pr->token * H, H * sizeof(float));
+        rt->pair_of[(size_t)pr->token * top_k + pr->slot] = (uint32_t)i;
+    }
+    uint32_t n_jobs = 0;
+    for (uint32_t g = 0; g < plan->n_groups; g++) {
+        const moe_plan_group *grp = &plan->groups[g];
+        const moe_expert_weights *w = &L->experts[grp->expert];
+        rt->jobs[n_jobs++] = (moe_cpu_job){
+            .w = {.gate = w->gate, .up = w->up, .down = w->down, .dtype = L->desc.weight_dtype,
+                  .hidden = H, .inter = L->desc.inter},
+            .m = grp->n_tokens,
+            .x = rt->xg + (size_t)grp->first * H,
+            .y = rt->yg + (size_t)grp->first * H,
+        };
+    }
+    moe_cpu_run(rt->jobs, n_jobs, rt->n_threads, rt->scratch, rt->max_inter);
+    double t2 = moe_now();
+
+    /* Combine in slot order so the sum never depends on the split. */
+    for (uint32_t t = 0; t < n_tokens; t++) {
+        float *o = out + (size_t)t * H;
+        memset(o, 0, H * sizeof(float));
+        for (uint32_t j = 0; j < top_k; j++) {
+            const float wgt = topk_weights[(size_t)t * top_k + j];
+            const float *y = rt->yg + (size_t)rt->pair_of[(size_t)t * top_k + j] * H;
+            for (uint32_t i = 0; i < H; i++) o[i] += wgt * y[i];
+        }
+    }
+    double t3 = moe_now();
+
+    rt->stats.layer_calls++;
+    rt->stats.tokens += n_tokens;
+    rt->stats.expert_calls_cpu += n_jobs;
+    rt->stats.expert_tokens += n_pairs;
+    rt->stats.plan_seconds += t1 - t0;
+    rt->stats.cpu_seconds += t2 - t1;
+    rt->stats.total_seconds += t3 - t0;
+    return MOE_OK;
+}
+
+moe_status moe_runtime_get_stats(const moe_runtime_t *rt, moe_stats *out) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_get_stats: not a runtime handle");
+    if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_get_stats: out is NULL");
+    *out = rt->stats;
+    return MOE_OK;
+}
+
+moe_status moe_runtime_reset_stats(moe_runtime_t *rt) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_reset_stats: not a runtime handle");
+    memset(&rt->stats, 0, sizeof rt->stats);
+    return MOE_OK;
+}

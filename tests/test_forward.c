@@ -1,0 +1,154 @@
+/* test_forward.c - moe_layer_forward against a per-token computation with
+ * the reference expert, on random shapes (odd sizes, unused experts, empty
+ * batches), across thread counts and policies, and on bad input. */
+#include "expert.h"
+#include "util.h"
+
+/* out[t] = sum_j w[t,j] * expert_{ids[t,j]}(x[t]), one token at a time. */
+static void per_token(const test_model *tm, uint32_t layer, uint32_t n, const float *x, uint32_t k,
+                      const int32_t *ids, const float *w, float *out) {
+    const uint32_t H = tm->hidden;
+    float *y = malloc(H * sizeof *y), *scratch = malloc(tm->inter * sizeof *scratch);
+    for (uint32_t t = 0; t < n; t++) {
+        float *o = out + (size_t)t * H;
+        memset(o, 0, H * sizeof *o);
+        for (uint32_t j = 0; j < k; j++) {
+            uint32_t e = (uint32_t)ids[t * k + j];
+            moe_expert_view v = {test_weight(tm, layer, e, 0), test_weight(tm, layer, e, 1),
+                                 test_weight(tm, layer, e, 2), tm->dtype, H, tm->inter};
+            moe_ref_expert(&v, 1, x + (size_t)t * H, y, scratch);
+            for (uint32_t i = 0; i < H; i++) o[i] += w[t * k + j] * y[i];
+        }
+    }
+    free(y);
+    free(scratch);
+}
+
+static moe_runtime_t *make_rt(moe_model_t *m, uint32_t threads, const char *policy) {
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = threads;
+    p.policy = policy;
+    moe_runtime_t *rt = NULL;
+    CHECK_OK(moe_runtime_create(&rt, m, &p));
+    return rt;
+}
+
+static void matches_per_token_on_random_shapes(void) {
+    moe_rng r = {2024};
+    const moe_dtype types[3] = {MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_F16};
+    for (int round = 0; round < 24; round++) {
+        const uint32_t E = 1 + moe_rng_below(&r, 33), H = 1 + moe_rng_below(&r, 40),
+                       I = 1 + moe_rng_below(&r, 50), L = 1 + moe_rng_below(&r, 3);
+        const uint32_t k = 1 + moe_rng_below(&r, E < 8 ? E : 8), n = moe_rng_below(&r, 70);
+        test_model tm;
+        test_model_make(&tm, L, E, H, I, types[round % 3], (uint64_t)round);
+        moe_runtime_t *a = make_rt(tm.model, 1, "static-cpu"), *b = make_rt(tm.model, 2, "fiddler");
+        const size_t act = (size_t)(n ? n : 1) * H;
+        float *x = malloc(act * sizeof *x), *want = malloc(act * sizeof *x);
+        float *ya = malloc(act * sizeof *x), *yb = malloc(act * sizeof *x), *w = malloc((n ? n : 1) * k * sizeof *w);
+        int32_t *ids = malloc((n ? n : 1) * k * sizeof *ids);
+        test_fill(&r, x, act);
+        test_routing(&r, n, E, k, ids, w);
+        const uint32_t layer = moe_rng_below(&r, L);
+        per_token(&tm, layer, n, x, k, ids, w, want);
+        CHECK_OK(moe_layer_forward(a, layer, n, x, k, ids, w, ya));
+        CHECK_OK(moe_layer_forward(b, layer, n, x, k, ids, w, yb));
+        /* Same kernel, same summation order: bit-identical, whatever the
+         * grouping, thread count or policy. */
+        if (n && memcmp(ya, want, (size_t)n * H * sizeof *ya) != 0) {
+            fprintf(stderr, "round %d: E=%u H=%u I=%u k=%u n=%u differs from per-token\n", round, E, H, I, k, n);
+            CHECK(0);
+        }
+        if (n) CHECK(memcmp(ya, yb, (size_t)n * H * sizeof *ya) == 0);
+        free(x), free(want), free(ya), free(yb), free(w), free(ids);
+        moe_runtime_free(&a);
+        moe_runtime_free(&b);
+        test_model_free(&tm);
+    }
+}
+
+static void workspace_shrinks_and_grows(void) {
+    /* Big batch, then small, then bigger: reused buffers stay correct. */
+    test_model tm;
+    test_model_make(&tm, 1, 8, 16, 24, MOE_DTYPE_BF16, 9);
+    moe_runtime_t *rt = make_rt(tm.model, 2, NULL);
+    moe_rng r = {77};
+    const uint32_t sizes[] = {50, 1, 3, 120, 2}, k = 3;
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const uint32_t n = sizes[s];
+        float *x = malloc((size_t)n * 16 * sizeof *x), *y = malloc((size_t)n * 16 * sizeof *y);
+        float *want = malloc((size_t)n * 16 * sizeof *y), *w = malloc(n * k * sizeof *w);
+        int32_t *ids = malloc(n * k * sizeof *ids);
+        test_fill(&r, x, (size_t)n * 16);
+        test_routing(&r, n, 8, k, ids, w);
+        per_token(&tm, 0, n, x, k, ids, w, want);
+        CHECK_OK(moe_layer_forward(rt, 0, n, x, k, ids, w, y));
+        CHECK(memcmp(y, want, (size_t)n * 16 * sizeof *y) == 0);
+        free(x), free(y), free(want), free(w), free(ids);
+    }
+    moe_runtime_free(&rt);
+    test_model_free(&tm);
+}
+
+static void bad_input_is_refused_and_harmless(void) {
+    test_model tm;
+    test_model_make(&tm, 2, 8, 4, 4, MOE_DTYPE_F32, 1);
+    moe_runtime_t *rt = make_rt(tm.model, 1, NULL);
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8];
+    float w[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+    int32_t ok[4] = {0, 1, 2, 3};
+    int32_t out_of_range[4] = {0, 1, 9, 3};
+    int32_t negative[4] = {0, -1, 2, 3};
+    int32_t duplicate[4] = {0, 1, 5, 5};
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 2, out_of_range, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("topk_ids[1][0] = 9 is out of range (layer 0 has 8 experts)");
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 2, negative, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("topk_ids[0][1] = -1");
+    CHECK_STATUS(moe_layer_forward(rt, 1, 2, x, 2, duplicate, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("token 1 of layer 1 is routed to expert 5 twice");
+    CHECK_STATUS(moe_layer_forward(rt, 2, 2, x, 2, ok, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("layer 2 out of range");
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 0, ok, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 9, ok, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("top_k = 9");
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, NULL, 2, ok, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("hidden is NULL");
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 2, NULL, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 2, ok, NULL, y), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 2, ok, w, NULL), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 2, ok, w, x + 2), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("overlaps");
+    moe_stats s;
+    CHECK_OK(moe_runtime_get_stats(rt, &s));
+    CHECK_EQ(s.layer_calls, 0); /* refused calls did no work */
+    /* The runtime is still usable after every refusal. */
+    float want[8];
+    per_token(&tm, 0, 2, x, 2, ok, w, want);
+    CHECK_OK(moe_layer_forward(rt, 0, 2, x, 2, ok, w, y));
+    CHECK(memcmp(y, want, sizeof y) == 0);
+    moe_runtime_free(&rt);
+    test_model_free(&tm);
+}
+
+static void nan_and_inf_propagate(void) {
+    test_model tm;
+    test_model_make(&tm, 1, 4, 6, 5, MOE_DTYPE_BF16, 2);
+    moe_runtime_t *rt = make_rt(tm.model, 2, NULL);
+    float x[18] = {0}, y[18];
+    for (int i = 0; i < 18; i++) x[i] = 0.1f * (float)i;
+    x[6 + 2] = NAN; /* token 1 */
+    int32_t ids[6] = {0, 1, 0, 1, 2, 3};
+    float w[6] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, INFINITY}; /* token 2: infinite weight */
+    CHECK_OK(moe_layer_forward(rt, 0, 3, x, 2, ids, w, y));
+    for (int i = 0; i < 6; i++) CHECK(isfinite(y[i]));
+    int nan1 = 0, nonfinite2 = 0;
+    for (int i = 6; i < 12; i++) nan1 += isnan(y[i]) != 0;
+    for (int i = 12; i < 18; i++) nonfinite2 += !isfinite(y[i]);
+    CHECK_EQ(nan1, 6);
+    CHECK(nonfinite2 > 0);
+    moe_runtime_free(&rt);
+    test_model_free(&tm);
+}
+
+TEST_MAIN("forward", TEST_CASE(matches_per_token_on_random_shapes), TEST_CASE(workspace_shrinks_and_grows),
+          TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate))

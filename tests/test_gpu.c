@@ -1,0 +1,89 @@
+/* test_gpu.c - the CUDA backend against the reference expert. Exits 77
+ * (skipped) where the build has no CUDA or the machine has no GPU, after
+ * checking that the absence is reported properly. */
+#include "expert.h"
+#include "gpu.h"
+#include "util.h"
+
+#ifdef MOE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+static float *to_device(const float *h, size_t n) {
+    float *d = NULL;
+    if (cudaMalloc((void **)&d, n * sizeof *d) != cudaSuccess) return NULL;
+    if (h) cudaMemcpy(d, h, n * sizeof *d, cudaMemcpyHostToDevice);
+    return d;
+}
+
+static void expert_matches_reference(void) {
+    moe_gpu_ctx *ctx = NULL;
+    CHECK_OK(moe_gpu_ctx_create(&ctx, 0));
+    if (!ctx) return;
+    moe_rng r = {99};
+    const uint32_t shapes[][3] = {{7, 13, 1}, {64, 96, 4}, {2048, 1408, 1}, {2048, 1408, 33}, {256, 512, 300}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const uint32_t H = shapes[s][0], I = shapes[s][1], M = shapes[s][2];
+        const size_t nw = (size_t)H * I;
+        float *w = malloc(3 * nw * sizeof *w), *x = malloc((size_t)M * H * sizeof *x);
+        float *yr = malloc((size_t)M * H * sizeof *yr), *yg = malloc((size_t)M * H * sizeof *yg);
+        float *scratch = malloc(I * sizeof *scratch);
+        for (size_t i = 0; i < 3 * nw; i++) w[i] = moe_rng_range(&r, -1, 1) / sqrtf((float)(i < 2 * nw ? H : I));
+        test_fill(&r, x, (size_t)M * H);
+        moe_expert_view v = {w, w + nw, w + 2 * nw, MOE_DTYPE_F32, H, I};
+        moe_ref_expert(&v, M, x, yr, scratch);
+        float *dw = to_device(w, 3 * nw), *dx = to_device(x, (size_t)M * H);
+        float *dy = to_device(NULL, (size_t)M * H), *ds = to_device(NULL, 2 * (size_t)M * I);
+        CHECK(dw && dx && dy && ds);
+        if (dw && dx && dy && ds) {
+            CHECK_OK(moe_gpu_expert_f32(ctx, dw, dw + nw, dw + 2 * nw, H, I, M, dx, dy, ds));
+            CHECK_OK(moe_gpu_sync(ctx));
+            CHECK(cudaMemcpy(yg, dy, (size_t)M * H * sizeof *yg, cudaMemcpyDeviceToHost) == cudaSuccess);
+            double num = 0, den = 0;
+            for (size_t i = 0; i < (size_t)M * H; i++) {
+                num += ((double)yg[i] - yr[i]) * ((double)yg[i] - yr[i]);
+                den += (double)yr[i] * yr[i];
+            }
+            /* TF32 may be used by cuBLAS for f32: allow its rounding. */
+            if (!(num / den < 1e-5)) {
+                fprintf(stderr, "shape %ux%u m=%u: nmse %g\n", H, I, M, num / den);
+                CHECK(num / den < 1e-5);
+            }
+        }
+        cudaFree(dw), cudaFree(dx), cudaFree(dy), cudaFree(ds);
+        free(w), free(x), free(yr), free(yg), free(scratch);
+    }
+    moe_gpu_ctx_free(&ctx);
+    CHECK(ctx == NULL);
+}
+
+static void probe_describes_device(void) {
+    moe_gpu_info gi;
+    CHECK_OK(moe_gpu_probe(0, &gi));
+    CHECK(gi.name[0] != 0 && gi.cc_major >= 7 && gi.total_bytes >= gi.free_bytes && gi.free_bytes > 0);
+    printf("GPU 0: %s, compute %d.%d, %.1f of %.1f GiB free\n", gi.name, gi.cc_major, gi.cc_minor,
+           (double)gi.free_bytes / (1 << 30), (double)gi.total_bytes / (1 << 30));
+    CHECK_STATUS(moe_gpu_probe(moe_gpu_count(), &gi), MOE_ERR_NO_DEVICE);
+}
+#endif
+
+int main(int argc, char **argv) {
+    if (moe_gpu_count() == 0) {
+        moe_gpu_info gi;
+        moe_gpu_ctx *ctx = (moe_gpu_ctx *)1;
+        int bad = moe_gpu_probe(0, &gi) != MOE_ERR_NO_DEVICE;
+        bad |= moe_gpu_ctx_create(&ctx, 0) != MOE_ERR_NO_DEVICE || ctx != NULL;
+        if (bad) {
+            fprintf(stderr, "a missing GPU was not reported as MOE_ERR_NO_DEVICE\n");
+            return 1;
+        }
+        printf("gpu: skipped: %s\n", moe_last_error());
+        return TEST_SKIP;
+    }
+#ifdef MOE_HAVE_CUDA
+    static const test_case cases[] = {TEST_CASE(probe_describes_device), TEST_CASE(expert_matches_reference)};
+    return run_tests("gpu", cases, sizeof cases / sizeof cases[0], argc, argv);
+#else
+    (void)argc, (void)argv;
+    return TEST_SKIP;
+#endif
+}

@@ -1,0 +1,87 @@
+/* test_topology.c - this host through hwloc, and synthetic multi-node
+ * machines, which is how NUMA-dependent code is tested on 1-node hosts. */
+#include "util.h"
+
+static void detects_this_host(void) {
+    moe_topology_t *t = NULL;
+    CHECK_OK(moe_topology_detect(&t));
+    moe_topology_info i;
+    CHECK_OK(moe_topology_get_info(t, &i));
+    CHECK(i.n_packages >= 1 && i.n_numa_nodes >= 1 && i.n_cores >= 1 && i.n_pus >= i.n_cores);
+    CHECK(i.memory_bytes > 0);
+    uint32_t sum = 0, c;
+    for (uint32_t n = 0; n < i.n_numa_nodes; n++) {
+        CHECK_OK(moe_topology_node_cores(t, n, &c));
+        sum += c;
+    }
+    CHECK_EQ(sum, i.n_cores);
+    printf("host: %u packages, %u NUMA nodes, %u cores, %u PUs, LLC %llu KiB, %.1f GiB; "
+           "avx2 %u avx512f %u avx512_bf16 %u avx512_vnni %u amx %u\n",
+           i.n_packages, i.n_numa_nodes, i.n_cores, i.n_pus, (unsigned long long)(i.l3_bytes >> 10),
+           (double)i.memory_bytes / (1 << 30), i.has_avx2, i.has_avx512f, i.has_avx512_bf16, i.has_avx512_vnni,
+           i.has_amx);
+    moe_topology_free(&t);
+    CHECK(t == NULL);
+}
+
+static void synthetic_two_sockets(void) {
+    moe_topology_t *t = NULL;
+    CHECK_OK(moe_topology_synthetic(&t, "pack:2 numa:1 l3:1(size=33554432) core:6 pu:2"));
+    moe_topology_info i;
+    CHECK_OK(moe_topology_get_info(t, &i));
+    CHECK_EQ(i.n_packages, 2);
+    CHECK_EQ(i.n_numa_nodes, 2);
+    CHECK_EQ(i.n_cores, 12);
+    CHECK_EQ(i.n_pus, 24);
+    CHECK_EQ(i.l3_bytes, 32ull << 20);
+    uint32_t c = 0;
+    CHECK_OK(moe_topology_node_cores(t, 1, &c));
+    CHECK_EQ(c, 6);
+    CHECK_STATUS(moe_topology_node_cores(t, 2, &c), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("node 2 out of range (2 nodes)");
+    moe_topology_free(&t);
+}
+
+static void rejects_bad_descriptions(void) {
+    moe_topology_t *t = (moe_topology_t *)1;
+    CHECK_STATUS(moe_topology_synthetic(&t, "pack:two"), MOE_ERR_PARSE);
+    CHECK_ERROR_MENTIONS("\"pack:two\" is not a valid hwloc synthetic description");
+    CHECK(t == NULL);
+    CHECK_STATUS(moe_topology_synthetic(&t, NULL), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_topology_synthetic(NULL, "pack:1"), MOE_ERR_INVALID_ARG);
+    moe_topology_info i;
+    CHECK_STATUS(moe_topology_get_info(NULL, &i), MOE_ERR_INVALID_ARG);
+}
+
+typedef struct last_line {
+    char text[512];
+} last_line;
+
+static void keep_line(moe_log_level level, const char *msg, void *user) {
+    (void)level;
+    snprintf(((last_line *)user)->text, sizeof ((last_line *)user)->text, "%s", msg);
+}
+
+static void runtime_sizes_threads_from_topology(void) {
+    test_model tm;
+    test_model_make(&tm, 1, 2, 4, 4, MOE_DTYPE_F32, 1);
+    moe_topology_t *t = NULL;
+    CHECK_OK(moe_topology_synthetic(&t, "pack:2 numa:1 core:3 pu:2"));
+    last_line line = {{0}};
+    moe_runtime_params p = moe_runtime_default_params();
+    p.topology = t;
+    p.log_fn = keep_line;
+    p.log_user = &line;
+    p.log_level = MOE_LOG_INFO;
+    moe_runtime_t *rt = NULL;
+    CHECK_OK(moe_runtime_create(&rt, tm.model, &p));
+    moe_topology_free(&t); /* borrowed only during create */
+    CHECK(strstr(line.text, "6 threads") != NULL);
+    float x[4] = {1, 2, 3, 4}, y[4];
+    CHECK_OK(moe_layer_forward(rt, 0, 1, x, 1, (int32_t[]){1}, (float[]){1.0f}, y));
+    moe_runtime_free(&rt);
+    test_model_free(&tm);
+}
+
+TEST_MAIN("topology", TEST_CASE(detects_this_host), TEST_CASE(synthetic_two_sockets),
+          TEST_CASE(rejects_bad_descriptions), TEST_CASE(runtime_sizes_threads_from_topology))

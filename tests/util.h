@@ -1,0 +1,75 @@
+/* util.h - shared helpers for the tests: random models and routings. */
+#ifndef MOE_TEST_UTIL_H
+#define MOE_TEST_UTIL_H
+
+#include "common.h"
+#include "harness.h"
+
+/* A model whose expert weights the test owns. */
+typedef struct test_model {
+    moe_model_t *model;
+    void *weights; /* [layers, experts, 3, hidden*inter] */
+    uint32_t n_layers, n_experts, hidden, inter;
+    moe_dtype dtype;
+} test_model;
+
+static inline const void *test_weight(const test_model *t, uint32_t l, uint32_t e, uint32_t which) {
+    size_t per = (size_t)t->hidden * t->inter * moe_dtype_size(t->dtype);
+    return (const char *)t->weights + (((size_t)l * t->n_experts + e) * 3 + which) * per;
+}
+
+/* Random weights in [-scale, scale] (scale 0: 1/sqrt(fan_in)). */
+static inline void test_model_make(test_model *t, uint32_t n_layers, uint32_t n_experts, uint32_t hidden,
+                                   uint32_t inter, moe_dtype dtype, uint64_t seed) {
+    memset(t, 0, sizeof *t);
+    t->n_layers = n_layers, t->n_experts = n_experts, t->hidden = hidden, t->inter = inter, t->dtype = dtype;
+    size_t per = (size_t)hidden * inter, n = (size_t)n_layers * n_experts * 3 * per;
+    t->weights = malloc(n * moe_dtype_size(dtype));
+    moe_rng r = {seed};
+    for (size_t i = 0; i < n; i++) {
+        float v = moe_rng_range(&r, -1.0f, 1.0f) / sqrtf((float)((i / per) % 3 == 2 ? inter : hidden));
+        switch (dtype) {
+        case MOE_DTYPE_F32: ((float *)t->weights)[i] = v; break;
+        case MOE_DTYPE_BF16: ((uint16_t *)t->weights)[i] = moe_f32_to_bf16(v); break;
+        default: ((uint16_t *)t->weights)[i] = moe_f32_to_f16(v); break;
+        }
+    }
+    CHECK_OK(moe_model_create(&t->model, n_layers));
+    moe_layer_desc d = moe_layer_desc_init(n_experts, hidden, inter, dtype);
+    for (uint32_t l = 0; l < n_layers; l++) {
+        CHECK_OK(moe_model_set_layer(t->model, l, &d));
+        for (uint32_t e = 0; e < n_experts; e++) {
+            moe_expert_weights w = {test_weight(t, l, e, 0), test_weight(t, l, e, 1), test_weight(t, l, e, 2)};
+            CHECK_OK(moe_model_set_expert(t->model, l, e, &w));
+        }
+    }
+}
+
+static inline void test_model_free(test_model *t) {
+    moe_model_free(&t->model);
+    free(t->weights);
+    t->weights = NULL;
+}
+
+/* Distinct random expert ids per token and positive weights. */
+static inline void test_routing(moe_rng *r, uint32_t n_tokens, uint32_t n_experts, uint32_t k, int32_t *ids,
+                                float *w) {
+    for (uint32_t t = 0; t < n_tokens; t++)
+        for (uint32_t j = 0; j < k; j++) {
+            int32_t e;
+            bool dup;
+            do {
+                e = (int32_t)moe_rng_below(r, n_experts);
+                dup = false;
+                for (uint32_t q = 0; q < j; q++) dup |= ids[t * k + q] == e;
+            } while (dup);
+            ids[t * k + j] = e;
+            w[t * k + j] = moe_rng_range(r, 0.05f, 1.0f);
+        }
+}
+
+static inline void test_fill(moe_rng *r, float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = moe_rng_range(r, -2.0f, 2.0f);
+}
+
+#endif
