@@ -177,7 +177,17 @@ static moe_status reserve(moe_demo *d, uint32_t n) {
     return MOE_OK;
 }
 
-moe_status moe_demo_forward(moe_demo *d, moe_runtime_t *rt, const int32_t *tokens, uint32_t n, float *logits) {
+/* The sinusoidal position embedding of "Attention is all you need". */
+static void add_position(float *h, uint32_t pos, uint32_t dim) {
+    for (uint32_t i = 0; i + 1 < dim; i += 2) {
+        const double angle = pos / pow(10000.0, (double)i / dim);
+        h[i] += (float)sin(angle);
+        h[i + 1] += (float)cos(angle);
+    }
+}
+
+moe_status moe_demo_forward(moe_demo *d, moe_runtime_t *rt, const int32_t *tokens, uint32_t n, uint32_t pos0,
+                            float *logits) {
     const moe_demo_config *c = &d->cfg;
     const uint32_t H = c->hidden, K = c->top_k;
     moe_status st = reserve(d, n);
@@ -186,6 +196,7 @@ moe_status moe_demo_forward(moe_demo *d, moe_runtime_t *rt, const int32_t *token
         if (tokens[t] < 0 || (uint32_t)tokens[t] >= c->vocab)
             return moe_fail(MOE_ERR_INVALID_ARG, "demo: token %d out of range (vocab %u)", tokens[t], c->vocab);
         memcpy(d->h + (size_t)t * H, d->embed + (size_t)tokens[t] * H, H * sizeof(float));
+        add_position(d->h + (size_t)t * H, pos0 + t, H);
     }
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const float *router = d->router + (size_t)l * c->n_experts * H;

@@ -29,9 +29,10 @@ void moe_demo_free(moe_demo **d);
 /* The model whose experts the demo registered (owned by the demo). */
 moe_model_t *moe_demo_model(const moe_demo *d);
 
-/* Runs n tokens as one batch through every layer with runtime `rt`;
- * logits: [n, vocab]. */
-moe_status moe_demo_forward(moe_demo *d, moe_runtime_t *rt, const int32_t *tokens, uint32_t n, float *logits);
+/* Runs n tokens at positions pos0 .. pos0+n-1 as one batch through every
+ * layer with runtime `rt`; logits: [n, vocab]. */
+moe_status moe_demo_forward(moe_demo *d, moe_runtime_t *rt, const int32_t *tokens, uint32_t n, uint32_t pos0,
+                            float *logits);
 
 /* Index of the largest logit (greedy sampling). */
 int32_t moe_demo_argmax(const float *logits, uint32_t vocab);

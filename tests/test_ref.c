@@ -43,16 +43,6 @@ static void naive(const float *g, const float *u, const float *d, uint32_t H, ui
     free(h);
 }
 
-/* Normalised mean squared error, as llama.cpp's test-backend-ops uses. */
-static double nmse(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? num / den : num;
-}
-
 static void dtypes_agree_with_naive(void) {
     moe_rng r = {11};
     const uint32_t shapes[][3] = {{1, 1, 1}, {7, 13, 3}, {16, 8, 1}, {33, 65, 5}, {64, 96, 4}};
@@ -79,7 +69,7 @@ static void dtypes_agree_with_naive(void) {
             const char *b = bases[t];
             moe_expert_view v = {b, b + n * esz[t], b + 2 * n * esz[t], types[t], H, I};
             moe_ref_expert(&v, M, x, yr, scratch);
-            double e = nmse(yr, yn, (size_t)M * H);
+            double e = test_nmse(yr, yn, (size_t)M * H);
             if (!(e < 1e-10)) {
                 fprintf(stderr, "shape %ux%u m=%u dtype %s: nmse %g\n", H, I, M, moe_dtype_name(types[t]), e);
                 CHECK(e < 1e-10);

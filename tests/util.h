@@ -68,6 +68,17 @@ static inline void test_routing(moe_rng *r, uint32_t n_tokens, uint32_t n_expert
         }
 }
 
+/* Normalised mean squared error of a against the reference b, as
+ * llama.cpp's test-backend-ops measures backends against the CPU. */
+static inline double test_nmse(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? num / den : num;
+}
+
 static inline void test_fill(moe_rng *r, float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = moe_rng_range(r, -2.0f, 2.0f);
 }

@@ -146,7 +146,7 @@ int main(int argc, char **argv) {
                moe_runtime_policy(rt));
 
     double t0 = moe_now();
-    if ((st = moe_demo_forward(demo, rt, tokens, n_prompt, logits)) != MOE_OK) goto fail;
+    if ((st = moe_demo_forward(demo, rt, tokens, n_prompt, 0, logits)) != MOE_OK) goto fail;
     double t1 = moe_now();
     int32_t next = moe_demo_argmax(logits + (size_t)(n_prompt - 1) * cfg.vocab, cfg.vocab);
     if (!quiet) printf("prompt tokens: %u\ngenerated:", n_prompt);
@@ -156,7 +156,7 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
         if (i + 1 == n_gen) break;
-        if ((st = moe_demo_forward(demo, rt, &next, 1, logits)) != MOE_OK) goto fail;
+        if ((st = moe_demo_forward(demo, rt, &next, 1, n_prompt + i, logits)) != MOE_OK) goto fail;
         next = moe_demo_argmax(logits, cfg.vocab);
     }
     double t2 = moe_now();
@@ -179,8 +179,8 @@ int main(int argc, char **argv) {
                (unsigned long long)s.expert_calls_gpu, (unsigned long long)s.expert_tokens, hit_rate,
                (unsigned long long)s.bytes_copied, s.plan_seconds, s.cpu_seconds, s.gpu_seconds, s.total_seconds);
     } else {
-        printf("prefill: %u tokens, %.1f tok/s; decode: %u tokens, %.1f tok/s\n", n_prompt, prefill_tok_s,
-               n_gen, decode_tok_s);
+        printf("prefill: %u tokens, %.1f tok/s; decode: %u steps, %.1f tok/s\n", n_prompt, prefill_tok_s,
+               n_gen > 1 ? n_gen - 1 : 0, decode_tok_s);
         printf("experts: %llu calls on CPU, %llu on GPU, %llu token-expert pairs; GPU hit rate %.3f, "
                "%llu bytes copied\n",
                (unsigned long long)s.expert_calls_cpu, (unsigned long long)s.expert_calls_gpu,
