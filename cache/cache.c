@@ -123,7 +123,9 @@ moe_status moe_cache_admit(moe_cache *c, uint32_t layer, uint32_t expert) {
     for (uint32_t i = 0; i < c->n_slots; i++)
         if (c->slots[i].resident && c->slots[i].last_use != c->step)
             evictable += c->expert_bytes[layer_of(c, i)];
-    if (c->used + need > c->budget + evictable)
+    /* Written without budget + evictable, which wraps for a budget near
+     * UINT64_MAX ("unlimited"). used <= budget always holds. */
+    if (c->used + need > c->budget && need - (c->budget - c->used) > evictable)
         return moe_fail(MOE_ERR_STATE, "cache: no room for expert %u of layer %u without evicting "
                         "experts in use", expert, layer);
     while (c->used + need > c->budget) {

@@ -18,7 +18,9 @@
  * - Parameter structs are obtained from *_default_params() functions and then
  *   edited, so fields added in later versions get sensible defaults without
  *   breaking callers. Their `struct_size` field records the size the caller
- *   was compiled with; leave it as the default function set it.
+ *   was compiled with; leave it as the default function set it. moerun reads
+ *   no more than struct_size bytes, refuses a struct smaller than this API
+ *   version's, and ignores the fields of a larger one that it does not know.
  * - moerun keeps no global mutable state. The only per-thread state is the
  *   last-error message. Logging goes through a callback set per runtime.
  * - Matrices are row-major. Activations are f32. Expert weights keep the
@@ -111,8 +113,7 @@ typedef enum moe_status {
 MOE_EXPORT const char *moe_status_str(moe_status s);
 
 /* Details of the most recent failed call made by this thread, e.g.
- * "moe_layer_forward: topk_ids[5] = 70 is out of range (layer 2 has 64
- * experts)". Successful calls do not clear it. Never NULL; empty when no
+ * "topk_ids[5][0] = 70 is out of range (layer 2 has 64 experts)". Successful calls do not clear it. Never NULL; empty when no
  * call on this thread has failed. The string stays valid until the next
  * moerun call on this thread. */
 MOE_EXPORT const char *moe_last_error(void);
@@ -229,7 +230,8 @@ MOE_EXPORT uint32_t moe_model_n_layers(const moe_model_t *m);
 /* Copies the description of `layer` into `out`. */
 MOE_EXPORT moe_status moe_model_get_layer(const moe_model_t *m, uint32_t layer, moe_layer_desc *out);
 
-/* Bytes of routed-expert weights in the whole model. */
+/* Bytes of routed-expert weights in the whole model (UINT64_MAX if the sum
+ * does not fit). */
 MOE_EXPORT uint64_t moe_model_expert_bytes(const moe_model_t *m);
 
 /* Drops the caller's reference and sets *m to NULL. Runtimes created on the
@@ -279,7 +281,9 @@ MOE_EXPORT const char *const *moe_policy_names(void);
 /* Creates a runtime that runs `model`'s MoE layers. `params` may be NULL for
  * the defaults. Fails with MOE_ERR_STATE if an expert of the model is not
  * registered yet, MOE_ERR_UNSUPPORTED if the requested device or policy is
- * not available in this build or on this machine. */
+ * not available in this build or on this machine (a policy that places
+ * experts on a GPU, such as "fiddler", on a runtime whose device is the CPU).
+ * With MOE_DEVICE_CPU no GPU is touched: no CUDA context is created. */
 MOE_EXPORT moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model,
                                          const moe_runtime_params *params);
 
@@ -301,7 +305,8 @@ MOE_EXPORT const char *moe_runtime_policy(const moe_runtime_t *rt);
  *                 sum_j topk_weights[t,j] * expert_{topk_ids[t,j]}(hidden[t])
  * `out` must not overlap `hidden`. The sum over j is taken in index order,
  * so the result does not depend on how experts were split between devices.
- * n_tokens == 0 is allowed and does nothing. NaN or Inf in the inputs
+ * n_tokens == 0 is allowed and does nothing; n_tokens * top_k may not
+ * exceed 2^32. NaN or Inf in the inputs
  * propagate to the outputs of the tokens that carry them. */
 MOE_EXPORT moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens,
                                         const float *hidden, uint32_t top_k,

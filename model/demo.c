@@ -6,6 +6,9 @@
 
 #include "common.h"
 
+#define MOE_DEMO_MAX_DIM (1u << 20)
+#define MOE_DEMO_MAX_BYTES 8e9
+
 struct moe_demo {
     moe_demo_config cfg;
     moe_model_t *model;
@@ -48,10 +51,16 @@ moe_status moe_demo_create(moe_demo **out, const moe_demo_config *cfg) {
                         c.n_layers, c.n_experts, c.top_k, c.hidden, c.inter, c.vocab);
     const size_t esz = moe_dtype_size(c.dtype);
     if (esz == 0) return moe_fail(MOE_ERR_UNSUPPORTED, "demo: dtype %d is not supported", (int)c.dtype);
+    if (c.hidden > MOE_DEMO_MAX_DIM || c.inter > MOE_DEMO_MAX_DIM || c.vocab > MOE_DEMO_MAX_DIM)
+        return moe_fail(MOE_ERR_INVALID_ARG, "demo: hidden %u, inter %u and vocab %u must each be at most %u",
+                        c.hidden, c.inter, c.vocab, MOE_DEMO_MAX_DIM);
+    /* Every buffer counted in double, so no product can wrap; below the
+     * limit each one fits in size_t. */
     const double expert_bytes = 3.0 * c.hidden * c.inter * (double)esz * c.n_experts * c.n_layers;
-    if (expert_bytes > 8e9)
-        return moe_fail(MOE_ERR_INVALID_ARG, "demo: %.1f GB of expert weights is larger than the demo allows (8 GB)",
-                        expert_bytes / 1e9);
+    const double other_bytes = 4.0 * c.hidden * (2.0 * c.vocab + (double)c.n_layers * c.n_experts);
+    if (expert_bytes + other_bytes > MOE_DEMO_MAX_BYTES)
+        return moe_fail(MOE_ERR_INVALID_ARG, "demo: %.1f GB of weights is larger than the demo allows (%.0f GB)",
+                        (expert_bytes + other_bytes) / 1e9, MOE_DEMO_MAX_BYTES / 1e9);
 
     moe_demo *d = calloc(1, sizeof *d);
     if (!d) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "demo: allocation failed");

@@ -4,31 +4,39 @@
 #include "topology.h"
 
 #include <hwloc.h>
+#include <stdio.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #include <stdlib.h>
 #include <unistd.h>
 
+/* AMX needs the CPU's flag and the OS's consent: XCR0 bits 17 (XTILECFG)
+ * and 18 (XTILEDATA). A kernel using it must still ask Linux for the tile
+ * state (arch_prctl ARCH_REQ_XCOMP_PERM), as oneDNN does. */
+static uint32_t amx_usable(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1u)) return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return 0; /* OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & (3u << 17)) == (3u << 17);
+#else
+    return 0;
+#endif
+}
+
 void moe_cpu_features(moe_topology_info *info) {
 #if defined(__x86_64__) && defined(__GNUC__)
+    /* __builtin_cpu_supports checks the OS's XCR0 consent for AVX/AVX-512. */
     __builtin_cpu_init();
     info->has_avx2 = __builtin_cpu_supports("avx2") != 0;
     info->has_avx512f = __builtin_cpu_supports("avx512f") != 0;
     info->has_avx512_vnni = __builtin_cpu_supports("avx512vnni") != 0;
-#if __GNUC__ >= 12 || defined(__clang__)
     info->has_avx512_bf16 = __builtin_cpu_supports("avx512bf16") != 0;
 #endif
-#if __GNUC__ >= 13
-    info->has_amx = __builtin_cpu_supports("amx-tile") != 0;
-#else
-    {
-        /* cpuid leaf 7, subleaf 0: EDX bit 24 = AMX-TILE. */
-        unsigned a = 7, b = 0, c = 0, d = 0;
-        __asm__("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
-        info->has_amx = (d >> 24) & 1u;
-    }
-#endif
-#else
-    (void)info;
-#endif
+    info->has_amx = amx_usable();
 }
 
 static uint32_t count_type(hwloc_topology_t t, hwloc_obj_type_t type) {
@@ -59,16 +67,23 @@ static moe_status fill_from_hwloc(hwloc_topology_t t, moe_topology_t *out) {
     hwloc_obj_t root = hwloc_get_root_obj(t);
     info->memory_bytes = root ? root->total_memory : 0;
 
-    /* Cores per NUMA node: cores whose cpuset intersects the node's. */
-    for (uint32_t n = 0; n < info->n_numa_nodes; n++) {
-        hwloc_obj_t node = hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, n);
-        uint32_t cores = 0;
-        if (node && node->cpuset) {
-            int nc = hwloc_get_nbobjs_inside_cpuset_by_type(t, node->cpuset, HWLOC_OBJ_CORE);
-            cores = nc > 0 ? (uint32_t)nc : 0;
+    /* Each core counts once, for the first NUMA node whose cpuset holds it;
+     * memory-only nodes (HBM, CXL) have none. Cores that no node claims
+     * count for node 0. */
+    for (uint32_t c = 0; c < info->n_cores; c++) {
+        hwloc_obj_t core = hwloc_get_obj_by_type(t, HWLOC_OBJ_CORE, c);
+        uint32_t owner = 0;
+        for (uint32_t n = 0; core && core->cpuset && n < info->n_numa_nodes; n++) {
+            hwloc_obj_t node = hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, n);
+            if (node && node->cpuset && !hwloc_bitmap_iszero(node->cpuset) &&
+                hwloc_bitmap_isincluded(core->cpuset, node->cpuset)) {
+                owner = n;
+                break;
+            }
         }
-        out->node_cores[n] = cores ? cores : info->n_cores / info->n_numa_nodes;
+        out->node_cores[owner]++;
     }
+    if (count_type(t, HWLOC_OBJ_CORE) == 0) out->node_cores[0] = info->n_cores;
     return MOE_OK;
 }
 
@@ -115,10 +130,33 @@ done:
 
 moe_status moe_topology_detect(moe_topology_t **out) { return build(out, NULL); }
 
+/* hwloc builds every object of a synthetic topology, so "pack:100 core:100
+ * pu:100" would take minutes and gigabytes: bound the product of the counts
+ * (the numbers after ':') first. */
+#define MOE_SYNTHETIC_MAX_OBJECTS (1u << 16)
+
+static bool synthetic_small_enough(const char *desc) {
+    uint64_t product = 1;
+    for (const char *p = desc; *p; p++) {
+        if (*p != ':' || p[1] < '0' || p[1] > '9') continue;
+        uint64_t v = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++)
+            if ((v = v * 10 + (uint64_t)(*p - '0')) > MOE_SYNTHETIC_MAX_OBJECTS) return false;
+        if ((product *= v) > MOE_SYNTHETIC_MAX_OBJECTS) return false;
+        p--;
+    }
+    return true;
+}
+
 moe_status moe_topology_synthetic(moe_topology_t **out, const char *desc) {
     if (!desc) {
         if (out) *out = NULL;
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_topology_synthetic: desc is NULL");
+    }
+    if (!synthetic_small_enough(desc)) {
+        if (out) *out = NULL;
+        return moe_fail(MOE_ERR_INVALID_ARG, "topology: \"%s\" describes more than %u processing units",
+                        desc, MOE_SYNTHETIC_MAX_OBJECTS);
     }
     return build(out, desc);
 }

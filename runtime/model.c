@@ -41,8 +41,8 @@ moe_status moe_model_set_layer(moe_model_t *m, uint32_t layer, const moe_layer_d
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: layer %u out of range (model has %u)",
                         layer, m->n_layers);
     if (d->struct_size < sizeof(moe_layer_desc))
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: desc.struct_size = %u; "
-                        "initialise it with moe_layer_desc_init()", d->struct_size);
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: desc.struct_size = %u, at least %zu expected; "
+                        "initialise it with moe_layer_desc_init()", d->struct_size, sizeof(moe_layer_desc));
     if (m->layers[layer].described)
         return moe_fail(MOE_ERR_STATE, "moe_model_set_layer: layer %u is already described", layer);
     if (d->n_experts == 0 || d->n_experts > MOE_MAX_EXPERTS)
@@ -110,10 +110,15 @@ uint64_t moe_model_layer_expert_bytes(const moe_layer_desc *d) {
 
 uint64_t moe_model_expert_bytes(const moe_model_t *m) {
     if (!moe_model_valid(m)) return 0;
-    uint64_t total = 0;
+    uint64_t total = 0, layer;
     for (uint32_t l = 0; l < m->n_layers; l++)
-        if (m->layers[l].described)
-            total += moe_model_layer_expert_bytes(&m->layers[l].desc) * m->layers[l].desc.n_experts;
+        if (m->layers[l].described) {
+            /* Saturate: at the documented maxima the sum exceeds 2^64. */
+            if (__builtin_mul_overflow(moe_model_layer_expert_bytes(&m->layers[l].desc),
+                                       (uint64_t)m->layers[l].desc.n_experts, &layer) ||
+                __builtin_add_overflow(total, layer, &total))
+                return UINT64_MAX;
+        }
     return total;
 }
 

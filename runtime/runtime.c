@@ -10,6 +10,8 @@
 #include "plan.h"
 #include "topology.h"
 
+#define MOE_MAX_THREADS 4096u
+
 struct moe_runtime {
     uint32_t magic;
     moe_model_t *model; /* one reference held */
@@ -57,16 +59,16 @@ moe_runtime_params moe_runtime_default_params(void) {
 static bool valid(const moe_runtime_t *rt) { return rt && rt->magic == MOE_MAGIC_RUNTIME; }
 
 static moe_status resolve_device(moe_runtime_t *rt, moe_device_kind want) {
-    moe_gpu_info gi;
-    moe_status gs = moe_gpu_probe(0, &gi);
     switch (want) {
-    case MOE_DEVICE_AUTO:
-        /* The CUDA executor is not part of this build yet: a GPU, if any, is
-         * reported and the CPU runs every expert. */
-        if (gs == MOE_OK)
-            moe_log(&rt->log, MOE_LOG_INFO, "GPU %s found; this version runs experts on the CPU", gi.name);
+    case MOE_DEVICE_AUTO: {
+        /* The CUDA executor is not part of this version: a GPU, if any, is
+         * reported and the CPU runs every expert. Counting devices creates no
+         * CUDA context and records no error. */
+        int n = moe_gpu_count();
+        if (n > 0) moe_log(&rt->log, MOE_LOG_INFO, "%d CUDA device(s) found; this version runs experts on the CPU", n);
         rt->device = MOE_DEVICE_CPU;
         return MOE_OK;
+    }
     case MOE_DEVICE_CPU:
         rt->device = MOE_DEVICE_CPU;
         return MOE_OK;
@@ -93,6 +95,7 @@ static moe_status resolve_threads(moe_runtime_t *rt, const moe_runtime_params *p
     moe_topology_free(&own);
     if (st != MOE_OK) return st;
     rt->n_threads = info.n_cores ? info.n_cores : 1;
+    if (rt->n_threads > MOE_MAX_THREADS) rt->n_threads = MOE_MAX_THREADS;
     return MOE_OK;
 }
 
@@ -100,18 +103,25 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: out is NULL");
     *out = NULL;
     if (!moe_model_valid(model)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: not a model handle");
-    moe_runtime_params p = params ? *params : moe_runtime_default_params();
-    if (p.struct_size != sizeof(moe_runtime_params))
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: params.struct_size = %u, expected %zu; "
-                        "start from moe_runtime_default_params()", p.struct_size, sizeof(moe_runtime_params));
+    /* Read struct_size first and copy no more than the caller's struct: a
+     * caller built against a later header may pass a larger struct (its
+     * extra fields are ignored); a smaller one predates this API version. */
+    moe_runtime_params p = moe_runtime_default_params();
+    if (params) {
+        if (params->struct_size < sizeof p)
+            return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: params.struct_size = %u, at least %zu "
+                            "expected; start from moe_runtime_default_params()", params->struct_size, sizeof p);
+        memcpy(&p, params, sizeof p);
+    }
     if (!(p.gpu_budget_fraction >= 0.0 && p.gpu_budget_fraction <= 1.0))
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: gpu_budget_fraction = %g, must be in 0..1",
                         p.gpu_budget_fraction);
     if ((unsigned)p.log_level > MOE_LOG_DEBUG)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: log_level %d is not a moe_log_level",
                         (int)p.log_level);
-    if (p.n_threads > 4096)
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: n_threads = %u, at most 4096", p.n_threads);
+    if (p.n_threads > MOE_MAX_THREADS)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: n_threads = %u, at most %u", p.n_threads,
+                        MOE_MAX_THREADS);
     moe_status st = moe_model_check_complete(model);
     if (st != MOE_OK) return st;
 
@@ -125,6 +135,12 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
         (st = resolve_threads(rt, &p)) != MOE_OK) {
         free(rt);
         return st;
+    }
+    if (rt->policy != MOE_POLICY_STATIC_CPU && rt->device == MOE_DEVICE_CPU) {
+        const char *name = moe_policy_name(rt->policy);
+        free(rt);
+        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: policy %s places experts on a GPU; this "
+                        "runtime runs on the CPU, where only static-cpu applies", name);
     }
     uint32_t max_experts = 0;
     for (uint32_t l = 0; l < model->n_layers; l++) {
@@ -216,6 +232,10 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     if (!hidden || !topk_ids || !topk_weights || !out)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: %s is NULL",
                         !hidden ? "hidden" : !topk_ids ? "topk_ids" : !topk_weights ? "topk_weights" : "out");
+    size_t n_pairs;
+    if (!moe_mul_size(n_tokens, top_k, &n_pairs) || n_pairs > UINT32_MAX)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: %u tokens x top_k %u is more than 2^32 "
+                        "token-expert pairs; split the batch", n_tokens, top_k);
     size_t act_floats;
     if (!moe_mul_size(n_tokens, H, &act_floats) || act_floats > SIZE_MAX / sizeof(float))
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: %u tokens of width %u is too large", n_tokens, H);
@@ -227,7 +247,6 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     moe_status st = moe_plan_route(plan, layer, L->desc.n_experts, n_tokens, top_k, topk_ids);
     if (st != MOE_OK) return st;
     moe_plan_assign(plan, rt->policy, NULL);
-    const size_t n_pairs = (size_t)n_tokens * top_k;
     if ((st = reserve(rt, n_pairs, H)) != MOE_OK) return st;
     double t1 = moe_now();
 

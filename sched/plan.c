@@ -62,8 +62,10 @@ static moe_status reserve(moe_plan *p, uint32_t n_experts, size_t n_pairs) {
 moe_status moe_plan_route(moe_plan *p, uint32_t layer, uint32_t n_experts, uint32_t n_tokens,
                           uint32_t top_k, const int32_t *ids) {
     size_t n_pairs;
-    if (!moe_mul_size(n_tokens, top_k, &n_pairs))
-        return moe_fail(MOE_ERR_INVALID_ARG, "plan: %u tokens x top_k %u overflows", n_tokens, top_k);
+    /* Pair indices are 32-bit. */
+    if (!moe_mul_size(n_tokens, top_k, &n_pairs) || n_pairs > UINT32_MAX)
+        return moe_fail(MOE_ERR_INVALID_ARG, "plan: %u tokens x top_k %u is more than 2^32 token-expert pairs",
+                        n_tokens, top_k);
     moe_status st = reserve(p, n_experts, n_pairs);
     if (st != MOE_OK) return st;
     p->layer = layer;

@@ -125,6 +125,17 @@ static void last_error_is_per_thread(void) {
     pthread_join(th, &ok);
     CHECK(ok == (void *)1);
     CHECK_ERROR_MENTIONS("n_layers = 99999"); /* untouched by the other thread */
+    /* Successful calls, a runtime's creation on this GPU-less host included,
+     * leave it alone. */
+    test_model t;
+    test_model_make(&t, 1, 2, 4, 4, MOE_DTYPE_F32, 1);
+    moe_runtime_t *rt = NULL;
+    CHECK_OK(moe_runtime_create(&rt, t.model, NULL));
+    float x[4] = {1, 2, 3, 4}, y[4];
+    CHECK_OK(moe_layer_forward(rt, 0, 1, x, 1, (int32_t[]){1}, (float[]){1.0f}, y));
+    moe_runtime_free(&rt);
+    test_model_free(&t);
+    CHECK_ERROR_MENTIONS("n_layers = 99999");
 }
 
 typedef struct log_capture {

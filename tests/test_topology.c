@@ -42,12 +42,50 @@ static void synthetic_two_sockets(void) {
     moe_topology_free(&t);
 }
 
+static void each_core_counts_once(void) {
+    /* Two nodes per package (sub-NUMA clustering), then memory-only nodes
+     * (HBM or CXL) beside the cores. Per-node cores must sum to the cores. */
+    const char *descs[] = {"pack:2 numa:2 core:4 pu:1", "pack:2 [numa] [numa] core:4 pu:1",
+                           "[numa] [numa] pack:2 core:4 pu:1"};
+    for (int i = 0; i < 3; i++) {
+        moe_topology_t *t = NULL;
+        CHECK_OK(moe_topology_synthetic(&t, descs[i]));
+        moe_topology_info info;
+        CHECK_OK(moe_topology_get_info(t, &info));
+        uint32_t sum = 0, c;
+        for (uint32_t n = 0; n < info.n_numa_nodes; n++) {
+            CHECK_OK(moe_topology_node_cores(t, n, &c));
+            sum += c;
+        }
+        if (sum != info.n_cores) fprintf(stderr, "\"%s\": nodes hold %u cores of %u\n", descs[i], sum, info.n_cores);
+        CHECK_EQ(sum, info.n_cores);
+        moe_topology_free(&t);
+    }
+    /* Counts multiply down the levels: 2 packages x 2 nodes x 4 cores. */
+    moe_topology_t *t = NULL;
+    CHECK_OK(moe_topology_synthetic(&t, "pack:2 numa:2 core:4 pu:1"));
+    moe_topology_info info;
+    CHECK_OK(moe_topology_get_info(t, &info));
+    CHECK_EQ(info.n_numa_nodes, 4);
+    CHECK_EQ(info.n_cores, 16);
+    uint32_t c = 0;
+    for (uint32_t n = 0; n < 4; n++) {
+        CHECK_OK(moe_topology_node_cores(t, n, &c));
+        CHECK_EQ(c, 4);
+    }
+    moe_topology_free(&t);
+}
+
 static void rejects_bad_descriptions(void) {
     moe_topology_t *t = (moe_topology_t *)1;
     CHECK_STATUS(moe_topology_synthetic(&t, "pack:two"), MOE_ERR_PARSE);
     CHECK_ERROR_MENTIONS("\"pack:two\" is not a valid hwloc synthetic description");
     CHECK(t == NULL);
     CHECK_STATUS(moe_topology_synthetic(&t, NULL), MOE_ERR_INVALID_ARG);
+    /* hwloc would build a million objects: refused at once. */
+    CHECK_STATUS(moe_topology_synthetic(&t, "pack:100 core:100 pu:100"), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("more than 65536 processing units");
+    CHECK_STATUS(moe_topology_synthetic(&t, "pack:99999999999999999999"), MOE_ERR_INVALID_ARG);
     CHECK_STATUS(moe_topology_synthetic(NULL, "pack:1"), MOE_ERR_INVALID_ARG);
     moe_topology_info i;
     CHECK_STATUS(moe_topology_get_info(NULL, &i), MOE_ERR_INVALID_ARG);
@@ -83,5 +121,5 @@ static void runtime_sizes_threads_from_topology(void) {
     test_model_free(&tm);
 }
 
-TEST_MAIN("topology", TEST_CASE(detects_this_host), TEST_CASE(synthetic_two_sockets),
+TEST_MAIN("topology", TEST_CASE(detects_this_host), TEST_CASE(synthetic_two_sockets), TEST_CASE(each_core_counts_once),
           TEST_CASE(rejects_bad_descriptions), TEST_CASE(runtime_sizes_threads_from_topology))

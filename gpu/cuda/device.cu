@@ -3,6 +3,7 @@
 // the call, file and line in the message.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -23,6 +24,29 @@
             return moe_fail(MOE_ERR_DEVICE, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__,    \
                             #call, (int)s_);                                                      \
     } while (0)
+
+// The host's current device is its own state: every entry point that must
+// switch devices restores the previous one before returning.
+struct device_guard {
+    int prev;
+    bool ok;
+    explicit device_guard(int device) : prev(0), ok(false) {
+        if (cudaGetDevice(&prev) != cudaSuccess) {
+            cudaGetLastError();
+            prev = -1;
+        }
+        ok = cudaSetDevice(device) == cudaSuccess;
+    }
+    ~device_guard() {
+        if (prev >= 0) cudaSetDevice(prev);
+    }
+};
+
+#define SWITCH_TO(device)                                                                   \
+    device_guard guard_(device);                                                            \
+    if (!guard_.ok)                                                                         \
+        return moe_fail(MOE_ERR_DEVICE, "%s:%d: cudaSetDevice(%d): %s", __FILE__, __LINE__, \
+                        (device), cudaGetErrorString(cudaGetLastError()))
 
 struct moe_gpu_ctx {
     int device;
@@ -51,7 +75,7 @@ extern "C" moe_status moe_gpu_probe(int device, moe_gpu_info *out) {
     out->cc_major = prop.major;
     out->cc_minor = prop.minor;
     out->pci_bus = prop.pciBusID;
-    CUDA_OK(cudaSetDevice(device));
+    SWITCH_TO(device);
     size_t free_b = 0, total_b = 0;
     CUDA_OK(cudaMemGetInfo(&free_b, &total_b));
     out->free_bytes = free_b;
@@ -64,7 +88,7 @@ extern "C" moe_status moe_gpu_ctx_create(moe_gpu_ctx **out, int device) {
     *out = NULL;
     moe_status st = moe_gpu_probe(device, NULL);
     if (st != MOE_OK) return st;
-    CUDA_OK(cudaSetDevice(device));
+    SWITCH_TO(device);
     moe_gpu_ctx *c = (moe_gpu_ctx *)calloc(1, sizeof *c);
     if (!c) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_gpu_ctx_create: allocation failed");
     c->device = device;
@@ -89,16 +113,16 @@ extern "C" void moe_gpu_ctx_free(moe_gpu_ctx **pc) {
     if (!pc || !*pc) return;
     moe_gpu_ctx *c = *pc;
     *pc = NULL;
-    cudaSetDevice(c->device);
+    device_guard guard(c->device);
     cudaStreamSynchronize(c->stream);
     cublasDestroy(c->blas);
     cudaStreamDestroy(c->stream);
     free(c);
 }
 
-// h[i] = silu(g[i]) * u[i]
-__global__ void silu_mul_kernel(float *__restrict__ h, const float *__restrict__ g,
-                                const float *__restrict__ u, size_t n) {
+// h[i] = silu(g[i]) * u[i]; h may be g (computed in place), so neither is
+// declared __restrict__.
+__global__ void silu_mul_kernel(float *h, const float *g, const float *__restrict__ u, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float v = g[i];
         h[i] = v / (1.0f + __expf(-v)) * u[i];
@@ -110,8 +134,11 @@ extern "C" moe_status moe_gpu_expert_f32(moe_gpu_ctx *c, const float *gate, cons
                                          float *scratch) {
     if (!c || !gate || !up || !down || !x || !y || !scratch)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_expert_f32: NULL argument");
+    if (hidden == 0 || inter == 0 || hidden > INT_MAX || inter > INT_MAX || m > INT_MAX)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_expert_f32: shape %ux%u with m = %u (each 1..%d, m 0..%d)",
+                        hidden, inter, m, INT_MAX, INT_MAX);
     if (m == 0) return MOE_OK;
-    CUDA_OK(cudaSetDevice(c->device));
+    SWITCH_TO(c->device);
     const float one = 1.0f, zero = 0.0f;
     float *g = scratch, *u = scratch + (size_t)m * inter;
     // Row-major A[r, c] is column-major A^T: G^T[inter, m] = Wg[inter, hidden] * X^T[hidden, m].
@@ -132,7 +159,7 @@ extern "C" moe_status moe_gpu_expert_f32(moe_gpu_ctx *c, const float *gate, cons
 
 extern "C" moe_status moe_gpu_sync(moe_gpu_ctx *c) {
     if (!c) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_sync: NULL context");
-    CUDA_OK(cudaSetDevice(c->device));
+    SWITCH_TO(c->device);
     CUDA_OK(cudaStreamSynchronize(c->stream));
     return MOE_OK;
 }
