@@ -2,6 +2,16 @@
  * machines, which is how NUMA-dependent code is tested on 1-node hosts. */
 #include "util.h"
 
+/* Cores summed over the NUMA nodes; each core must count once. */
+static uint32_t cores_over_nodes(const moe_topology_t *t, uint32_t n_nodes) {
+    uint32_t sum = 0, c;
+    for (uint32_t n = 0; n < n_nodes; n++) {
+        CHECK_OK(moe_topology_node_cores(t, n, &c));
+        sum += c;
+    }
+    return sum;
+}
+
 static void detects_this_host(void) {
     moe_topology_t *t = NULL;
     CHECK_OK(moe_topology_detect(&t));
@@ -9,12 +19,7 @@ static void detects_this_host(void) {
     CHECK_OK(moe_topology_get_info(t, &i));
     CHECK(i.n_packages >= 1 && i.n_numa_nodes >= 1 && i.n_cores >= 1 && i.n_pus >= i.n_cores);
     CHECK(i.memory_bytes > 0);
-    uint32_t sum = 0, c;
-    for (uint32_t n = 0; n < i.n_numa_nodes; n++) {
-        CHECK_OK(moe_topology_node_cores(t, n, &c));
-        sum += c;
-    }
-    CHECK_EQ(sum, i.n_cores);
+    CHECK_EQ(cores_over_nodes(t, i.n_numa_nodes), i.n_cores);
     printf("host: %u packages, %u NUMA nodes, %u cores, %u PUs, LLC %llu KiB, %.1f GiB; "
            "avx2 %u avx512f %u avx512_bf16 %u avx512_vnni %u amx %u\n",
            i.n_packages, i.n_numa_nodes, i.n_cores, i.n_pus, (unsigned long long)(i.l3_bytes >> 10),
@@ -52,11 +57,7 @@ static void each_core_counts_once(void) {
         CHECK_OK(moe_topology_synthetic(&t, descs[i]));
         moe_topology_info info;
         CHECK_OK(moe_topology_get_info(t, &info));
-        uint32_t sum = 0, c;
-        for (uint32_t n = 0; n < info.n_numa_nodes; n++) {
-            CHECK_OK(moe_topology_node_cores(t, n, &c));
-            sum += c;
-        }
+        const uint32_t sum = cores_over_nodes(t, info.n_numa_nodes);
         if (sum != info.n_cores) fprintf(stderr, "\"%s\": nodes hold %u cores of %u\n", descs[i], sum, info.n_cores);
         CHECK_EQ(sum, info.n_cores);
         moe_topology_free(&t);
