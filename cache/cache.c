@@ -8,6 +8,7 @@
 typedef struct slot {
     uint64_t last_use; /* step counter value at the last use, 0 = never */
     uint64_t uses;
+    uint32_t layer;
     bool resident;
 } slot;
 
@@ -53,6 +54,7 @@ moe_status moe_cache_create(moe_cache **out, uint32_t n_layers, const uint32_t *
         c->first[l] = at;
         c->n_experts[l] = n_experts[l];
         c->expert_bytes[l] = expert_bytes[l];
+        for (uint32_t e = 0; e < n_experts[l]; e++) c->slots[at + e].layer = l;
         at += n_experts[l];
     }
     c->n_layers = n_layers;
@@ -104,12 +106,6 @@ static bool worse(const moe_cache *c, const slot *a, const slot *b) {
     return a->last_use < b->last_use;
 }
 
-static uint32_t layer_of(const moe_cache *c, uint32_t idx) {
-    uint32_t l = 0;
-    while (l + 1 < c->n_layers && c->first[l + 1] <= idx) l++;
-    return l;
-}
-
 moe_status moe_cache_admit(moe_cache *c, uint32_t layer, uint32_t expert) {
     slot *s = find(c, layer, expert);
     if (!s) return moe_fail(MOE_ERR_INVALID_ARG, "cache: expert %u of layer %u does not exist", expert, layer);
@@ -122,7 +118,7 @@ moe_status moe_cache_admit(moe_cache *c, uint32_t layer, uint32_t expert) {
     uint64_t evictable = 0;
     for (uint32_t i = 0; i < c->n_slots; i++)
         if (c->slots[i].resident && c->slots[i].last_use != c->step)
-            evictable += c->expert_bytes[layer_of(c, i)];
+            evictable += c->expert_bytes[c->slots[i].layer];
     /* Written without budget + evictable, which wraps for a budget near
      * UINT64_MAX ("unlimited"). used <= budget always holds. */
     if (c->used + need > c->budget && need - (c->budget - c->used) > evictable)
@@ -135,7 +131,7 @@ moe_status moe_cache_admit(moe_cache *c, uint32_t layer, uint32_t expert) {
             if (!v->resident || v->last_use == c->step) continue;
             if (victim == UINT32_MAX || worse(c, v, &c->slots[victim])) victim = i;
         }
-        uint32_t vl = layer_of(c, victim);
+        uint32_t vl = c->slots[victim].layer;
         c->slots[victim].resident = false;
         c->used -= c->expert_bytes[vl];
         c->n_resident--;

@@ -83,7 +83,6 @@ static moe_status fill_from_hwloc(hwloc_topology_t t, moe_topology_t *out) {
         }
         out->node_cores[owner]++;
     }
-    if (count_type(t, HWLOC_OBJ_CORE) == 0) out->node_cores[0] = info->n_cores;
     return MOE_OK;
 }
 

@@ -132,15 +132,12 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     if ((st = resolve_device(rt, p.device)) != MOE_OK ||
         (st = moe_policy_lookup(p.policy && strcmp(p.policy, "auto") != 0 ? p.policy : "static-cpu",
                                 &rt->policy)) != MOE_OK ||
-        (st = resolve_threads(rt, &p)) != MOE_OK) {
-        free(rt);
-        return st;
-    }
+        (st = resolve_threads(rt, &p)) != MOE_OK)
+        goto fail;
     if (rt->policy != MOE_POLICY_STATIC_CPU && rt->device == MOE_DEVICE_CPU) {
-        const char *name = moe_policy_name(rt->policy);
-        free(rt);
-        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: policy %s places experts on a GPU; this "
-                        "runtime runs on the CPU, where only static-cpu applies", name);
+        st = moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: policy %s places experts on a GPU; this "
+                      "runtime runs on the CPU, where only static-cpu applies", moe_policy_name(rt->policy));
+        goto fail;
     }
     uint32_t max_experts = 0;
     for (uint32_t l = 0; l < model->n_layers; l++) {
@@ -151,10 +148,8 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     rt->jobs = calloc(max_experts, sizeof *rt->jobs);
     rt->scratch = calloc((size_t)rt->n_threads * rt->max_inter, sizeof *rt->scratch);
     if (!rt->jobs || !rt->scratch) {
-        free(rt->jobs);
-        free(rt->scratch);
-        free(rt);
-        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
+        st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
+        goto fail;
     }
     moe_model_retain(model);
     rt->model = model;
@@ -163,6 +158,11 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
             moe_device_name(rt->device), moe_policy_name(rt->policy), rt->n_threads);
     *out = rt;
     return MOE_OK;
+fail:
+    free(rt->jobs);
+    free(rt->scratch);
+    free(rt);
+    return st;
 }
 
 void moe_runtime_free(moe_runtime_t **prt) {

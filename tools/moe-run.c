@@ -3,6 +3,7 @@
  * the prompt as one batch, then greedy decoding one token at a time, and
  * prints the generated token ids and the runtime's statistics. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,10 +37,16 @@ static void usage(FILE *f) {
     fprintf(f, "\n");
 }
 
-static int bad(const char *fmt, const char *a, const char *b) {
+static int bad(const char *fmt, ...) MOE_PRINTF(1, 2);
+
+/* Prints a command-line error and returns the exit status for it. */
+static int bad(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "moe-run: ");
-    fprintf(stderr, fmt, a, b);
+    vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n(see moe-run --help)\n");
+    va_end(ap);
     return 2;
 }
 
@@ -75,9 +82,9 @@ int main(int argc, char **argv) {
             continue;
         }
         if (a[0] != '-')
-            return bad("\"%s\": loading a model from a file or directory is not supported in this version%s; "
-                       "run moe-run without a model for the demo", a, "");
-        if (!v) return bad("%s needs a value%s", a, "");
+            return bad("\"%s\": loading a model from a file or directory is not supported in this version; "
+                       "run moe-run without a model for the demo", a);
+        if (!v) return bad("%s needs a value", a);
         i++;
         uint32_t *num = NULL;
         uint32_t lo = 1, hi = 1u << 20;
@@ -95,27 +102,23 @@ int main(int argc, char **argv) {
             char *end;
             errno = 0;
             cfg.seed = strtoull(v, &end, 10);
-            if (errno || end == v || *end || v[0] == '-') return bad("--seed: \"%s\" is not a non-negative integer%s", v, "");
+            if (errno || end == v || *end || v[0] == '-') return bad("--seed: \"%s\" is not a non-negative integer", v);
         } else if (!strcmp(a, "--device")) {
             if (!strcmp(v, "auto")) rp.device = MOE_DEVICE_AUTO;
             else if (!strcmp(v, "cpu")) rp.device = MOE_DEVICE_CPU;
-            else return bad("--device: \"%s\" is not one of auto, cpu%s", v, "");
+            else return bad("--device: \"%s\" is not one of auto, cpu", v);
         } else if (!strcmp(a, "--stats")) {
             if (!strcmp(v, "json")) json = true;
             else if (!strcmp(v, "text")) json = false;
-            else return bad("--stats: \"%s\" is not one of text, json%s", v, "");
+            else return bad("--stats: \"%s\" is not one of text, json", v);
         } else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "f32")) cfg.dtype = MOE_DTYPE_F32;
             else if (!strcmp(v, "bf16")) cfg.dtype = MOE_DTYPE_BF16;
             else if (!strcmp(v, "f16")) cfg.dtype = MOE_DTYPE_F16;
-            else return bad("--dtype: \"%s\" is not one of f32, bf16, f16%s", v, "");
+            else return bad("--dtype: \"%s\" is not one of f32, bf16, f16", v);
         } else
-            return bad("unknown option %s%s", a, "");
-        if (num && !parse_u32(v, lo, hi, num)) {
-            char range[64];
-            snprintf(range, sizeof range, " (an integer in %u..%u)", lo, hi);
-            return bad("%s: bad value%s", a, range);
-        }
+            return bad("unknown option %s", a);
+        if (num && !parse_u32(v, lo, hi, num)) return bad("%s: bad value (an integer in %u..%u)", a, lo, hi);
     }
 
     moe_demo *demo = NULL;
