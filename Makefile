@@ -3,8 +3,9 @@
 #   make test   builds Release and runs the whole test suite through CTest
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: all deps build demo test asan test-asan debug clean
+.PHONY: all deps build demo test bench asan test-asan debug clean
 
 all: build
 
@@ -20,6 +21,11 @@ demo: build
 
 test: build
 	ctest --preset release -j $(JOBS)
+
+# Benchmarks (not tests): the CPU engine on the real models' shapes, and a
+# DeepSeek-V2-Lite layer. Spinning OpenMP threads, as in inference.
+bench: build
+	OMP_WAIT_POLICY=active ./build/release/moe-bench cpu $(BENCH_ARGS)
 
 asan: deps
 	@cmake --preset asan >/dev/null

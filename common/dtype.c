@@ -8,6 +8,7 @@ const char *moe_dtype_name(moe_dtype t) {
     case MOE_DTYPE_F32: return "f32";
     case MOE_DTYPE_BF16: return "bf16";
     case MOE_DTYPE_F16: return "f16";
+    case MOE_DTYPE_I8: return "int8";
     case MOE_DTYPE_COUNT_: break;
     }
     return "invalid";
@@ -18,6 +19,7 @@ size_t moe_dtype_size(moe_dtype t) {
     case MOE_DTYPE_F32: return 4;
     case MOE_DTYPE_BF16:
     case MOE_DTYPE_F16: return 2;
+    case MOE_DTYPE_I8: return 1;
     case MOE_DTYPE_COUNT_: break;
     }
     return 0;

@@ -14,7 +14,8 @@ static const char *level_name(moe_log_level l) {
 }
 
 void moe_log(const moe_logger *lg, moe_log_level level, const char *fmt, ...) {
-    if (lg && level > lg->level) return;
+    /* No logger: warnings and errors only, to stderr. */
+    if (lg ? level > lg->level : level > MOE_LOG_WARN) return;
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);

@@ -11,6 +11,8 @@ typedef struct moe_expert_view {
     const void *down; /* [hidden, inter] */
     moe_dtype dtype;
     uint32_t hidden, inter;
+    /* MOE_DTYPE_I8: f32 per-row scales ([inter], [inter], [hidden]). */
+    const float *gate_scale, *up_scale, *down_scale;
 } moe_expert_view;
 
 /* The reference expert, written to read like the math and to be the truth
@@ -22,19 +24,5 @@ void moe_ref_expert(const moe_expert_view *w, uint32_t m, const float *x, float 
 
 /* silu(v) = v * sigmoid(v) */
 static inline float moe_silu(float v) { return v / (1.0f + __builtin_expf(-v)); }
-
-/* One unit of CPU work: run expert `w` on `m` contiguous input rows. */
-typedef struct moe_cpu_job {
-    moe_expert_view w;
-    uint32_t m;
-    const float *x; /* [m, hidden] */
-    float *y;       /* [m, hidden] */
-} moe_cpu_job;
-
-/* Runs `n_jobs` independent jobs on up to `n_threads` threads. `scratch`
- * holds n_threads * max_inter floats. Each job writes only its own y, so the
- * results do not depend on the thread count or the order jobs finish in. */
-void moe_cpu_run(const moe_cpu_job *jobs, uint32_t n_jobs, uint32_t n_threads, float *scratch,
-                 uint32_t max_inter);
 
 #endif

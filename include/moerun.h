@@ -77,7 +77,7 @@ extern "C" {
 /* API version of this header: bumped whenever a declaration changes in a way
  * that needs callers to be recompiled. Compare with moe_api_version() at run
  * time to detect a header/library mismatch. */
-#define MOE_API_VERSION 1
+#define MOE_API_VERSION 2
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
 MOE_EXPORT const char *moe_version(void);
@@ -141,10 +141,14 @@ typedef enum moe_dtype {
     MOE_DTYPE_F32 = 0,
     MOE_DTYPE_BF16,
     MOE_DTYPE_F16,
+    /* int8 weights: symmetric s8 with one f32 scale per output row (the
+     * weight of row j is scale[j] * q). Weights only; activations stay f32
+     * at the API and are quantized per token inside the kernels. */
+    MOE_DTYPE_I8,
     MOE_DTYPE_COUNT_ /* not a dtype */
 } moe_dtype;
 
-/* "f32", "bf16", "f16"; "invalid" for anything else. */
+/* "f32", "bf16", "f16", "int8"; "invalid" for anything else. */
 MOE_EXPORT const char *moe_dtype_name(moe_dtype t);
 
 /* Bytes per element, 0 for an invalid dtype. */
@@ -210,6 +214,12 @@ typedef struct moe_expert_weights {
     const void *gate;
     const void *up;
     const void *down;
+    /* MOE_DTYPE_I8 only (NULL otherwise): f32 scales, one per output row:
+     * gate_scale and up_scale [inter], down_scale [hidden]. Borrowed like
+     * the weights. */
+    const float *gate_scale;
+    const float *up_scale;
+    const float *down_scale;
 } moe_expert_weights;
 
 /* Creates an empty model of `n_layers` MoE layers (1 .. 4096). Layer

@@ -80,6 +80,10 @@ moe_status moe_model_set_expert(moe_model_t *m, uint32_t layer, uint32_t expert,
     if (!w->gate || !w->up || !w->down)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_expert: layer %u expert %u: %s pointer is NULL",
                         layer, expert, !w->gate ? "gate" : !w->up ? "up" : "down");
+    if (L->desc.weight_dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale || !w->down_scale))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_expert: layer %u expert %u: int8 weights need "
+                        "%s (one f32 per output row)", layer, expert,
+                        !w->gate_scale ? "gate_scale" : !w->up_scale ? "up_scale" : "down_scale");
     if (atomic_load(&m->refs) > 1)
         return moe_fail(MOE_ERR_STATE, "moe_model_set_expert: the model is in use by a runtime");
     if (L->experts[expert].gate)

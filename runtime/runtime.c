@@ -4,8 +4,9 @@
  * layer calls back up. */
 #include <stdlib.h>
 
-#include "expert.h"
+#include "engine.h"
 #include "gpu.h"
+#include "place.h"
 #include "model.h"
 #include "plan.h"
 #include "topology.h"
@@ -18,18 +19,20 @@ struct moe_runtime {
     moe_device_kind device;
     moe_policy_id policy;
     uint32_t n_threads;
+    uint32_t n_teams;                       /* NUMA nodes that run experts */
+    uint32_t team_size[MOE_MAX_NUMA_NODES]; /* threads of each */
+    bool detected;                          /* topology is this host's */
+    moe_cpu *cpu;                           /* the CPU expert engine */
     moe_logger log;
     moe_stats stats;
 
     /* Workspace, grown on demand and reused across calls. */
     moe_plan plan;
-    moe_cpu_job *jobs;    /* capacity: the largest layer's expert count */
+    moe_cpu_task *tasks;  /* capacity: the largest layer's expert count */
     uint32_t *pair_of;    /* [n_tokens * top_k] -> index into plan.pairs */
     float *xg, *yg;       /* [pairs, hidden] gathered inputs, expert outputs */
     size_t cap_pairs;     /* capacity of pair_of in pairs */
     size_t cap_rows;      /* capacity of xg and yg in floats */
-    float *scratch;       /* n_threads * max_inter */
-    uint32_t max_inter;
 };
 
 static const char *const device_names[MOE_DEVICE_COUNT_] = {
@@ -78,25 +81,73 @@ static moe_status resolve_device(moe_runtime_t *rt, moe_device_kind want) {
     return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: device %d is not a moe_device_kind", (int)want);
 }
 
-static moe_status resolve_threads(moe_runtime_t *rt, const moe_runtime_params *p) {
-    if (p->n_threads > 0) {
-        rt->n_threads = p->n_threads;
-        return MOE_OK;
+/* Splits n threads over the NUMA nodes that have cores, in proportion to
+ * their cores and at least one each: one team per node. */
+static void split_teams(moe_runtime_t *rt, const moe_topology_t *topo) {
+    uint32_t cores[MOE_MAX_NUMA_NODES], n = 0;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < topo->info.n_numa_nodes && i < MOE_MAX_NUMA_NODES; i++)
+        if (topo->node_cores[i]) cores[n++] = topo->node_cores[i], total += topo->node_cores[i];
+    if (n == 0 || n > rt->n_threads) { /* fewer threads than nodes: one team */
+        rt->n_teams = 1, rt->team_size[0] = rt->n_threads;
+        return;
     }
+    uint32_t sum = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t s = (uint64_t)rt->n_threads * cores[i] / total;
+        rt->team_size[i] = s ? (uint32_t)s : 1, sum += rt->team_size[i];
+    }
+    while (sum != rt->n_threads) { /* fix rounding on the most (least) loaded node */
+        uint32_t best = 0;
+        for (uint32_t i = 1; i < n; i++) {
+            double ri = (double)cores[i] / rt->team_size[i], rb = (double)cores[best] / rt->team_size[best];
+            if (sum < rt->n_threads ? ri > rb : (rt->team_size[i] > 1 && (ri < rb || rt->team_size[best] == 1)))
+                best = i;
+        }
+        if (sum < rt->n_threads) rt->team_size[best]++, sum++;
+        else rt->team_size[best]--, sum--;
+    }
+    rt->n_teams = n;
+}
+
+static moe_status resolve_threads(moe_runtime_t *rt, const moe_runtime_params *p) {
     moe_topology_t *own = NULL;
     const moe_topology_t *topo = p->topology;
     if (!topo) {
         moe_status st = moe_topology_detect(&own);
         if (st != MOE_OK) return st;
         topo = own;
+        rt->detected = true;
     }
-    moe_topology_info info;
-    moe_status st = moe_topology_get_info(topo, &info);
-    moe_topology_free(&own);
-    if (st != MOE_OK) return st;
-    rt->n_threads = info.n_cores ? info.n_cores : 1;
+    if (topo->magic != MOE_MAGIC_TOPOLOGY) {
+        moe_topology_free(&own);
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: params.topology is not a topology handle");
+    }
+    rt->n_threads = p->n_threads ? p->n_threads : topo->info.n_cores ? topo->info.n_cores : 1;
     if (rt->n_threads > MOE_MAX_THREADS) rt->n_threads = MOE_MAX_THREADS;
+    split_teams(rt, topo);
+    moe_topology_free(&own);
     return MOE_OK;
+}
+
+/* On a NUMA machine, moves each expert's weight pages to the node whose
+ * team runs it (best effort: pages that cannot move stay and still work). */
+static void place_experts(moe_runtime_t *rt) {
+    if (rt->n_teams < 2 || !rt->detected) return;
+    const moe_model_t *m = rt->model;
+    uint64_t moved = 0, total = 0;
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const moe_model_layer *L = &m->layers[l];
+        const size_t b = (size_t)L->desc.hidden * L->desc.inter * moe_dtype_size(L->desc.weight_dtype);
+        for (uint32_t e = 0; e < L->desc.n_experts; e++) {
+            const uint32_t node = moe_cpu_home(e, rt->n_teams);
+            moved += moe_numa_move(L->experts[e].gate, b, node) + moe_numa_move(L->experts[e].up, b, node) +
+                     moe_numa_move(L->experts[e].down, b, node);
+            total += 3ull * b;
+        }
+    }
+    moe_log(&rt->log, MOE_LOG_INFO, "cpu: placed %.1f of %.1f MB of expert weights on their home nodes",
+            (double)moved / 1e6, (double)total / 1e6);
 }
 
 moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe_runtime_params *params) {
@@ -140,27 +191,31 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
         goto fail;
     }
     uint32_t max_experts = 0;
-    for (uint32_t l = 0; l < model->n_layers; l++) {
-        const moe_layer_desc *d = &model->layers[l].desc;
-        if (d->inter > rt->max_inter) rt->max_inter = d->inter;
-        if (d->n_experts > max_experts) max_experts = d->n_experts;
-    }
-    rt->jobs = calloc(max_experts, sizeof *rt->jobs);
-    rt->scratch = calloc((size_t)rt->n_threads * rt->max_inter, sizeof *rt->scratch);
-    if (!rt->jobs || !rt->scratch) {
+    for (uint32_t l = 0; l < model->n_layers; l++)
+        if (model->layers[l].desc.n_experts > max_experts) max_experts = model->layers[l].desc.n_experts;
+    rt->tasks = calloc(max_experts, sizeof *rt->tasks);
+    if (!rt->tasks) {
         st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
         goto fail;
     }
+    moe_cpu_params cp = {.n_threads = rt->n_threads, .n_teams = rt->n_teams, .team_size = rt->team_size,
+                         .bind_threads = rt->detected, .log = &rt->log};
+    if ((st = moe_cpu_create(&rt->cpu, &cp)) != MOE_OK) goto fail;
+    for (uint32_t l = 0; l < model->n_layers; l++) { /* every primitive now, none on the hot path */
+        const moe_layer_desc *d = &model->layers[l].desc;
+        if ((st = moe_cpu_prepare(rt->cpu, d->hidden, d->inter, d->weight_dtype)) != MOE_OK) goto fail;
+    }
     moe_model_retain(model);
     rt->model = model;
+    place_experts(rt);
     rt->magic = MOE_MAGIC_RUNTIME;
-    moe_log(&rt->log, MOE_LOG_INFO, "runtime: device %s, policy %s, %u threads",
-            moe_device_name(rt->device), moe_policy_name(rt->policy), rt->n_threads);
+    moe_log(&rt->log, MOE_LOG_INFO, "runtime: device %s, policy %s, %u threads in %u NUMA team(s)",
+            moe_device_name(rt->device), moe_policy_name(rt->policy), rt->n_threads, rt->n_teams);
     *out = rt;
     return MOE_OK;
 fail:
-    free(rt->jobs);
-    free(rt->scratch);
+    moe_cpu_free(&rt->cpu);
+    free(rt->tasks);
     free(rt);
     return st;
 }
@@ -171,11 +226,11 @@ void moe_runtime_free(moe_runtime_t **prt) {
     *prt = NULL;
     if (!valid(rt)) return;
     moe_plan_release(&rt->plan);
-    free(rt->jobs);
+    moe_cpu_free(&rt->cpu);
+    free(rt->tasks);
     free(rt->pair_of);
     free(rt->xg);
     free(rt->yg);
-    free(rt->scratch);
     moe_model_free(&rt->model);
     rt->magic = 0;
     free(rt);
@@ -261,15 +316,17 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     for (uint32_t g = 0; g < plan->n_groups; g++) {
         const moe_plan_group *grp = &plan->groups[g];
         const moe_expert_weights *w = &L->experts[grp->expert];
-        rt->jobs[n_jobs++] = (moe_cpu_job){
+        rt->tasks[n_jobs++] = (moe_cpu_task){
             .w = {.gate = w->gate, .up = w->up, .down = w->down, .dtype = L->desc.weight_dtype,
-                  .hidden = H, .inter = L->desc.inter},
+                  .hidden = H, .inter = L->desc.inter, .gate_scale = w->gate_scale,
+                  .up_scale = w->up_scale, .down_scale = w->down_scale},
+            .team = moe_cpu_home(grp->expert, rt->n_teams),
             .m = grp->n_tokens,
             .x = rt->xg + (size_t)grp->first * H,
             .y = rt->yg + (size_t)grp->first * H,
         };
     }
-    moe_cpu_run(rt->jobs, n_jobs, rt->n_threads, rt->scratch, rt->max_inter);
+    if ((st = moe_cpu_run(rt->cpu, rt->tasks, n_jobs)) != MOE_OK) return st;
     double t2 = moe_now();
 
     /* Combine in slot order so the sum never depends on the split. */

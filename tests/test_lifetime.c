@@ -60,7 +60,7 @@ static void layer_description_rules(void) {
 
 static void expert_registration_rules(void) {
     static float w[3][16 * 8];
-    moe_expert_weights ew = {w[0], w[1], w[2]};
+    moe_expert_weights ew = {.gate = w[0], .up = w[1], .down = w[2]};
     moe_model_t *m;
     CHECK_OK(moe_model_create(&m, 2));
     CHECK_STATUS(moe_model_set_expert(m, 0, 0, &ew), MOE_ERR_STATE); /* layer not described */
@@ -69,7 +69,7 @@ static void expert_registration_rules(void) {
     CHECK_STATUS(moe_model_set_expert(m, 0, 2, &ew), MOE_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("expert 2 out of range");
     CHECK_STATUS(moe_model_set_expert(m, 0, 0, NULL), MOE_ERR_INVALID_ARG);
-    moe_expert_weights nodown = {w[0], w[1], NULL};
+    moe_expert_weights nodown = {.gate = w[0], .up = w[1], .down = NULL};
     CHECK_STATUS(moe_model_set_expert(m, 0, 0, &nodown), MOE_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("down pointer is NULL");
     CHECK_OK(moe_model_set_expert(m, 0, 0, &ew));
@@ -96,7 +96,7 @@ static void runtime_keeps_model_alive(void) {
     CHECK_OK(moe_runtime_create(&a, t.model, &p));
     CHECK_OK(moe_runtime_create(&b, t.model, &p));
     /* Registration is closed while runtimes use the model. */
-    moe_expert_weights ew = {t.weights, t.weights, t.weights};
+    moe_expert_weights ew = {.gate = t.weights, .up = t.weights, .down = t.weights};
     CHECK_STATUS(moe_model_set_expert(t.model, 0, 0, &ew), MOE_ERR_STATE);
     moe_model_free(&t.model); /* the caller's reference goes; runtimes keep theirs */
     float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8];

@@ -28,7 +28,7 @@ int main(void) {
     EXPECT(moe_model_create(&m, 1) == MOE_OK);
     moe_layer_desc d = moe_layer_desc_init(2, 2, 1, MOE_DTYPE_F32);
     EXPECT(moe_model_set_layer(m, 0, &d) == MOE_OK);
-    moe_expert_weights e0 = {g0, u0, d0}, e1 = {g1, u1, d1};
+    moe_expert_weights e0 = {.gate = g0, .up = u0, .down = d0}, e1 = {.gate = g1, .up = u1, .down = d1};
     EXPECT(moe_model_set_expert(m, 0, 0, &e0) == MOE_OK);
     EXPECT(moe_model_set_expert(m, 0, 1, &e1) == MOE_OK);
     moe_runtime_params p = moe_runtime_default_params();

@@ -1,0 +1,409 @@
+/* moe-bench - benchmarks of moerun's engines (not tests: nothing here
+ * passes or fails; it measures and prints).
+ *
+ *   moe-bench cpu [--shape HxI,...] [--dtype bf16,int8,f32,f16] [--m 1,4,512]
+ *                 [--threads N] [--rotate-mb MB] [--reps N] [--no-layer] [--json]
+ *
+ * For every shape, dtype and token count m: one expert call through the CPU
+ * engine, with weights cold (rotating over more distinct experts than the
+ * last-level cache holds), timed as the best of --reps passes. Each case is
+ * put in proportion to figures measured in the same run:
+ *   ratio_to_dram   = weight bytes read per second / DRAM read bandwidth
+ *                     (the decode roofline)
+ *   ratio_to_matmul = expert GFLOP/s / one prepacked oneDNN matmul of the
+ *                     same FLOPs (M = m, K = hidden, N = 3 * inter), warm
+ *                     (the prefill roofline)
+ * Then a whole DeepSeek-V2-Lite layer (64 experts of 2048x1408, top-6)
+ * through the public moe_layer_forward(): decode of 1 token and prefill of
+ * 512. Run with OMP_WAIT_POLICY=active (make bench does). */
+#include <getopt.h>
+#include <math.h>
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "membw.h"
+
+typedef struct shape {
+    const char *model;
+    uint32_t hidden, inter;
+} shape;
+
+/* The routed-expert shapes of ../shared/models/ (Qwen1.5-MoE has
+ * DeepSeek-V2-Lite's shape and is measured once). */
+static const shape real_shapes[] = {
+    {"deepseek-v2-lite", 2048, 1408}, {"qwen3-30b-a3b", 2048, 768}, {"olmoe", 2048, 1024},
+    {"qwen2-57b-a14b", 3584, 2560},   {"mixtral-8x7b", 4096, 14336},
+};
+
+typedef struct opts {
+    shape shapes[16];
+    uint32_t n_shapes;
+    moe_dtype dtypes[8];
+    uint32_t n_dtypes;
+    uint32_t ms[16];
+    uint32_t n_ms;
+    uint32_t threads;
+    size_t rotate_bytes;
+    int reps;
+    bool json, layer;
+} opts;
+
+static void die(const char *fmt, const char *arg) {
+    fprintf(stderr, "moe-bench: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nusage: moe-bench cpu [--shape HxI,...] [--dtype bf16,int8,f32,f16] [--m 1,4,512] "
+                    "[--threads N] [--rotate-mb MB] [--reps N] [--no-layer] [--json]\n");
+    exit(2);
+}
+
+static uint32_t parse_u32(const char *s, const char *what) {
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (end == s || *end || v == 0 || v > (1ul << 20)) die("bad %s", what);
+    return (uint32_t)v;
+}
+
+static void parse_list(char *arg, opts *o, char which) {
+    for (char *tok = strtok(arg, ","); tok; tok = strtok(NULL, ",")) {
+        if (which == 's') {
+            if (o->n_shapes == 16) die("too many shapes: %s", tok);
+            unsigned h, i;
+            char tail;
+            if (sscanf(tok, "%ux%u%c", &h, &i, &tail) != 2 || !h || !i || h > (1u << 16) || i > (1u << 16))
+                die("--shape wants HIDDENxINTER, got '%s'", tok);
+            const char *name = "custom";
+            for (size_t k = 0; k < sizeof real_shapes / sizeof real_shapes[0]; k++)
+                if (real_shapes[k].hidden == h && real_shapes[k].inter == i) name = real_shapes[k].model;
+            o->shapes[o->n_shapes++] = (shape){name, h, i};
+        } else if (which == 'd') {
+            moe_dtype t = MOE_DTYPE_COUNT_;
+            for (int k = 0; k < MOE_DTYPE_COUNT_; k++)
+                if (!strcmp(tok, moe_dtype_name((moe_dtype)k))) t = (moe_dtype)k;
+            if (t == MOE_DTYPE_COUNT_ || o->n_dtypes == 8) die("--dtype: unknown '%s' (f32, bf16, f16, int8)", tok);
+            o->dtypes[o->n_dtypes++] = t;
+        } else {
+            if (o->n_ms == 16) die("too many --m values: %s", tok);
+            o->ms[o->n_ms++] = parse_u32(tok, "--m");
+        }
+    }
+}
+
+/* ---- weights ----------------------------------------------------------- */
+
+typedef struct rotation {
+    moe_expert_view *v;
+    uint32_t n;
+    void *mem;
+    float *scales;
+} rotation;
+
+/* Fills with small pseudo-random values quickly (xorshift per thread). */
+static void fill(void *p, size_t bytes, moe_dtype t, uint64_t seed) {
+    const size_t esz = moe_dtype_size(t), n = bytes / esz;
+#pragma omp parallel
+    {
+        uint64_t s = seed * 0x9E3779B97F4A7C15ull + (uint64_t)(uint32_t)omp_get_thread_num() * 0xBF58476D1CE4E5B9ull + 1;
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            float v = ((float)(s >> 40) / (float)(1ull << 24) - 0.5f) * 0.1f;
+            switch (t) {
+            case MOE_DTYPE_F32: ((float *)p)[i] = v; break;
+            case MOE_DTYPE_BF16: ((uint16_t *)p)[i] = moe_f32_to_bf16(v); break;
+            case MOE_DTYPE_F16: ((uint16_t *)p)[i] = moe_f32_to_f16(v); break;
+            default: ((int8_t *)p)[i] = (int8_t)(s >> 56); break;
+            }
+        }
+    }
+}
+
+/* Enough distinct experts of this shape to exceed `bytes` (at least 2). */
+static bool rotation_make(rotation *r, uint32_t H, uint32_t I, moe_dtype t, size_t bytes) {
+    const size_t mat = (size_t)H * I * moe_dtype_size(t), per = 3 * mat;
+    r->n = (uint32_t)(bytes / per + 1);
+    if (r->n < 2) r->n = 2;
+    r->mem = aligned_alloc(64, r->n * per);
+    r->v = calloc(r->n, sizeof *r->v);
+    r->scales = malloc((2 * (size_t)I + H) * sizeof(float));
+    if (!r->mem || !r->v || !r->scales) return false;
+    fill(r->mem, r->n * per, t, 42);
+    for (size_t i = 0; i < 2 * (size_t)I + H; i++) r->scales[i] = 1.0f / 1024.0f;
+    for (uint32_t e = 0; e < r->n; e++) {
+        char *b = (char *)r->mem + e * per;
+        r->v[e] = (moe_expert_view){b, b + mat, b + 2 * mat, t, H, I, r->scales, r->scales + I, r->scales + 2 * I};
+    }
+    return true;
+}
+
+static void rotation_free(rotation *r) {
+    free(r->mem), free(r->v), free(r->scales);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- the prefill roofline: one prepacked oneDNN matmul ------------------ */
+
+static double matmul_gflops(moe_dtype t, uint32_t M, uint32_t K, uint32_t N, int reps) {
+    if (t == MOE_DTYPE_F16) return 0.0;
+    dnnl_engine_t eng;
+    dnnl_stream_t st;
+    dnnl_engine_create(&eng, dnnl_cpu, 0);
+    dnnl_stream_create(&st, eng, dnnl_stream_default_flags);
+    const dnnl_data_type_t wt = t == MOE_DTYPE_F32 ? dnnl_f32 : t == MOE_DTYPE_BF16 ? dnnl_bf16 : dnnl_s8;
+    const dnnl_data_type_t at = t == MOE_DTYPE_I8 ? dnnl_u8 : wt;
+    dnnl_memory_desc_t sd, wd, wany, dd;
+    dnnl_dims_t s_dims = {M, K}, w_dims = {K, N}, d_dims = {M, N};
+    dnnl_memory_desc_init_by_tag(&sd, 2, s_dims, at, dnnl_ab);
+    dnnl_memory_desc_init_by_tag(&wd, 2, w_dims, wt, dnnl_ab);
+    dnnl_memory_desc_init_by_tag(&wany, 2, w_dims, wt, dnnl_format_tag_any);
+    dnnl_memory_desc_init_by_tag(&dd, 2, d_dims, dnnl_f32, dnnl_ab);
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_desc_t pd;
+    double best = 0.0;
+    if (dnnl_matmul_desc_init(&md, &sd, &wany, NULL, &dd) != dnnl_success ||
+        dnnl_primitive_desc_create(&pd, &md, NULL, eng, NULL) != dnnl_success)
+        goto out;
+    const dnnl_memory_desc_t *packed = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_memory_t ms, mw, mp, mdst;
+    dnnl_memory_create(&ms, &sd, eng, DNNL_MEMORY_ALLOCATE);
+    dnnl_memory_create(&mw, &wd, eng, DNNL_MEMORY_ALLOCATE);
+    dnnl_memory_create(&mp, packed, eng, DNNL_MEMORY_ALLOCATE);
+    dnnl_memory_create(&mdst, &dd, eng, DNNL_MEMORY_ALLOCATE);
+    void *p;
+    dnnl_memory_get_data_handle(ms, &p);
+    fill(p, dnnl_memory_desc_get_size(&sd), t == MOE_DTYPE_I8 ? MOE_DTYPE_I8 : t, 1);
+    dnnl_memory_get_data_handle(mw, &p);
+    fill(p, dnnl_memory_desc_get_size(&wd), t, 2);
+    dnnl_primitive_desc_t rpd;
+    dnnl_primitive_t reorder, mm;
+    dnnl_reorder_primitive_desc_create(&rpd, &wd, eng, packed, eng, NULL);
+    dnnl_primitive_create(&reorder, rpd);
+    dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, mp}};
+    dnnl_primitive_execute(reorder, st, 2, rargs);
+    dnnl_primitive_create(&mm, pd);
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mp}, {DNNL_ARG_DST, mdst}};
+    for (int r = -1; r < reps; r++) {
+        double t0 = moe_now();
+        dnnl_primitive_execute(mm, st, 3, args);
+        dnnl_stream_wait(st);
+        double g = 2.0 * M * K * N / (moe_now() - t0) / 1e9;
+        if (r >= 0 && g > best) best = g;
+    }
+    dnnl_primitive_destroy(mm), dnnl_primitive_destroy(reorder), dnnl_primitive_desc_destroy(rpd);
+    dnnl_memory_destroy(ms), dnnl_memory_destroy(mw), dnnl_memory_destroy(mp), dnnl_memory_destroy(mdst);
+    dnnl_primitive_desc_destroy(pd);
+out:
+    dnnl_stream_destroy(st);
+    dnnl_engine_destroy(eng);
+    return best;
+}
+
+/* ---- expert cases --------------------------------------------------------- */
+
+static void bench_expert(const opts *o, moe_cpu *cpu, const shape *s, moe_dtype t, double dram) {
+    rotation rot;
+    if (!rotation_make(&rot, s->hidden, s->inter, t, o->rotate_bytes)) {
+        fprintf(stderr, "moe-bench: cannot allocate %zu MB of experts\n", o->rotate_bytes >> 20);
+        rotation_free(&rot);
+        return;
+    }
+    moe_cpu_prepare(cpu, s->hidden, s->inter, t);
+    const double wbytes = 3.0 * s->hidden * s->inter * (double)moe_dtype_size(t);
+    uint32_t max_m = 0;
+    for (uint32_t i = 0; i < o->n_ms; i++) max_m = o->ms[i] > max_m ? o->ms[i] : max_m;
+    const size_t act = (size_t)max_m * s->hidden;
+    float *x = malloc(act * sizeof *x), *y = malloc(act * sizeof *y);
+    fill(x, act * sizeof *x, MOE_DTYPE_F32, 7);
+    for (uint32_t mi = 0; mi < o->n_ms; mi++) {
+        const uint32_t m = o->ms[mi];
+        /* Compute-bound cases need no long rotation to be honest. */
+        const uint32_t n_rot = m >= 128 && rot.n > 2 ? 2 : rot.n;
+        double best = 1e30;
+        for (int r = -1; r < o->reps; r++) {
+            double t0 = moe_now();
+            for (uint32_t e = 0; e < n_rot; e++) {
+                moe_cpu_task task = {rot.v[e], 0, m, x, y};
+                if (moe_cpu_run(cpu, &task, 1) != MOE_OK) {
+                    fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+                    exit(1);
+                }
+            }
+            double per = (moe_now() - t0) / n_rot;
+            if (r >= 0 && per < best) best = per;
+        }
+        const double gflops = 6.0 * m * s->hidden * s->inter / best / 1e9, gbps = wbytes / best / 1e9;
+        const double mm = m >= 32 ? matmul_gflops(t, m, s->hidden, 3 * s->inter, o->reps) : 0.0;
+        char path[96];
+        if (m > MOE_CPU_GEMV_MAX_M && moe_cpu_dnnl_impl(cpu, s->hidden, s->inter, t, m)[0])
+            snprintf(path, sizeof path, "onednn %s", moe_cpu_dnnl_impl(cpu, s->hidden, s->inter, t, m));
+        else
+            snprintf(path, sizeof path, "gemv %s", moe_cpu_kernel_name(cpu, t));
+        if (o->json)
+            printf("{\"bench\":\"cpu\",\"model\":\"%s\",\"shape\":\"%ux%u\",\"dtype\":\"%s\",\"m\":%u,\"threads\":%u,"
+                   "\"path\":\"%s\",\"us_per_expert\":%.1f,\"weight_gbps\":%.2f,\"gflops\":%.1f,"
+                   "\"dram_read_gbps\":%.2f,\"ratio_to_dram\":%.3f,\"matmul_gflops\":%.1f,\"ratio_to_matmul\":%.3f}\n",
+                   s->model, s->hidden, s->inter, moe_dtype_name(t), m, o->threads, path, best * 1e6, gbps, gflops,
+                   dram, gbps / dram, mm, mm > 0 ? gflops / mm : 0.0);
+        else
+            printf("%-17s %4ux%-5u %-4s %4u  %10.1f %8.2f %8.1f %7.3f %9.1f %7.3f  %s\n", s->model, s->hidden,
+                   s->inter, moe_dtype_name(t), m, best * 1e6, gbps, gflops, gbps / dram, mm,
+                   mm > 0 ? gflops / mm : 0.0, path);
+        fflush(stdout);
+    }
+    free(x), free(y);
+    rotation_free(&rot);
+}
+
+/* ---- a whole layer through the public API -------------------------------- */
+
+static void bench_layer(const opts *o, moe_dtype t, double dram) {
+    const uint32_t E = 64, H = 2048, I = 1408, K = 6;
+    const size_t mat = (size_t)H * I * moe_dtype_size(t), layer_bytes = 3 * mat * E;
+    const uint32_t L = (uint32_t)(o->rotate_bytes / layer_bytes + 1);
+    rotation rot;
+    if (!rotation_make(&rot, H, I, t, (size_t)L * layer_bytes - 3 * mat)) {
+        fprintf(stderr, "moe-bench: cannot allocate the layer's experts\n");
+        rotation_free(&rot);
+        return;
+    }
+    moe_model_t *model = NULL;
+    moe_model_create(&model, L);
+    moe_layer_desc d = moe_layer_desc_init(E, H, I, t);
+    for (uint32_t l = 0; l < L; l++) {
+        moe_model_set_layer(model, l, &d);
+        for (uint32_t e = 0; e < E; e++) {
+            const moe_expert_view *v = &rot.v[l * E + e];
+            moe_expert_weights w = {v->gate, v->up, v->down, v->gate_scale, v->up_scale, v->down_scale};
+            moe_model_set_expert(model, l, e, &w);
+        }
+    }
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = o->threads;
+    moe_runtime_t *rt = NULL;
+    if (moe_runtime_create(&rt, model, &p) != MOE_OK) {
+        fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+        exit(1);
+    }
+    const uint32_t token_counts[2] = {1, 512};
+    moe_rng rng = {99};
+    for (int c = 0; c < 2; c++) {
+        const uint32_t n = token_counts[c];
+        float *x = malloc((size_t)n * H * sizeof *x), *y = malloc((size_t)n * H * sizeof *y);
+        float *w = malloc((size_t)n * K * sizeof *w);
+        int32_t *ids = malloc((size_t)n * K * sizeof *ids);
+        fill(x, (size_t)n * H * sizeof *x, MOE_DTYPE_F32, 3);
+        const int calls = n == 1 ? 4 * (int)L : (int)L;
+        double best = 1e30;
+        for (int r = -1; r < o->reps; r++) {
+            double total = 0;
+            for (int i = 0; i < calls; i++) {
+                for (uint32_t tok = 0; tok < n; tok++) /* uniform routing, distinct ids */
+                    for (uint32_t j = 0; j < K; j++) {
+                        int32_t e;
+                        bool dup;
+                        do {
+                            e = (int32_t)moe_rng_below(&rng, E);
+                            dup = false;
+                            for (uint32_t q = 0; q < j; q++) dup |= ids[tok * K + q] == e;
+                        } while (dup);
+                        ids[tok * K + j] = e, w[tok * K + j] = 1.0f / (float)K;
+                    }
+                double t0 = moe_now();
+                moe_layer_forward(rt, (uint32_t)i % L, n, x, K, ids, w, y);
+                total += moe_now() - t0;
+            }
+            if (r >= 0 && total / calls < best) best = total / calls;
+        }
+        /* Decode reads each routed expert once; prefill is measured
+         * against one prepacked matmul with all the layer's FLOPs. */
+        const double pairs = (double)n * K, flops = pairs * 6.0 * H * I;
+        const uint32_t touched = n == 1 ? K : E;
+        const double gbps = touched * 3.0 * (double)mat / best / 1e9, gflops = flops / best / 1e9;
+        const double mm = n > 1 ? matmul_gflops(t, n * K, H, 3 * I, o->reps) : 0.0;
+        if (o->json)
+            printf("{\"bench\":\"layer\",\"model\":\"deepseek-v2-lite\",\"dtype\":\"%s\",\"tokens\":%u,\"top_k\":%u,"
+                   "\"threads\":%u,\"ms_per_layer\":%.3f,\"weight_gbps\":%.2f,\"gflops\":%.1f,\"dram_read_gbps\":%.2f,"
+                   "\"ratio_to_dram\":%.3f,\"matmul_gflops\":%.1f,\"ratio_to_matmul\":%.3f}\n",
+                   moe_dtype_name(t), n, K, o->threads, best * 1e3, gbps, gflops, dram, n == 1 ? gbps / dram : 0.0,
+                   mm, mm > 0 ? gflops / mm : 0.0);
+        else
+            printf("layer deepseek-v2-lite %-4s tokens %3u top-%u: %8.3f ms  %7.2f GB/s (%.3f of DRAM)  %7.1f GFLOP/s"
+                   " (%.3f of one matmul)\n",
+                   moe_dtype_name(t), n, K, best * 1e3, gbps, n == 1 ? gbps / dram : 0.0, gflops,
+                   mm > 0 ? gflops / mm : 0.0);
+        fflush(stdout);
+        free(x), free(y), free(w), free(ids);
+    }
+    moe_runtime_free(&rt);
+    moe_model_free(&model);
+    rotation_free(&rot);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "cpu") != 0) die("%s", argc < 2 ? "which benchmark? (cpu)" : "unknown benchmark");
+    opts o = {.reps = 5, .layer = true, .rotate_bytes = 0};
+    enum { O_SHAPE = 1, O_DTYPE, O_M, O_THREADS, O_ROT, O_REPS, O_NOLAYER, O_JSON };
+    static const struct option lo[] = {{"shape", 1, 0, O_SHAPE},     {"dtype", 1, 0, O_DTYPE},
+                                       {"m", 1, 0, O_M},             {"threads", 1, 0, O_THREADS},
+                                       {"rotate-mb", 1, 0, O_ROT},   {"reps", 1, 0, O_REPS},
+                                       {"no-layer", 0, 0, O_NOLAYER}, {"json", 0, 0, O_JSON},
+                                       {0, 0, 0, 0}};
+    int c;
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case O_SHAPE: parse_list(optarg, &o, 's'); break;
+        case O_DTYPE: parse_list(optarg, &o, 'd'); break;
+        case O_M: parse_list(optarg, &o, 'm'); break;
+        case O_THREADS: o.threads = parse_u32(optarg, "--threads"); break;
+        case O_ROT: o.rotate_bytes = (size_t)parse_u32(optarg, "--rotate-mb") << 20; break;
+        case O_REPS: o.reps = (int)parse_u32(optarg, "--reps"); break;
+        case O_NOLAYER: o.layer = false; break;
+        case O_JSON: o.json = true; break;
+        default: die("%s", "bad option");
+        }
+    }
+    if (optind < argc) die("unexpected argument '%s'", argv[optind]);
+    if (!o.n_shapes) memcpy(o.shapes, real_shapes, sizeof real_shapes), o.n_shapes = 5;
+    if (!o.n_dtypes) o.dtypes[0] = MOE_DTYPE_BF16, o.dtypes[1] = MOE_DTYPE_I8, o.dtypes[2] = MOE_DTYPE_F32, o.n_dtypes = 3;
+    if (!o.n_ms) {
+        const uint32_t d[] = {1, 2, 4, 8, 32, 128, 512};
+        memcpy(o.ms, d, sizeof d), o.n_ms = 7;
+    }
+    moe_topology_t *topo = NULL;
+    moe_topology_info info = {0};
+    if (moe_topology_detect(&topo) == MOE_OK) moe_topology_get_info(topo, &info);
+    moe_topology_free(&topo);
+    if (!o.threads) o.threads = info.n_cores ? info.n_cores : 1;
+    /* Rotate over 3x the LLC, and at least 1 GiB, so decode reads DRAM. */
+    if (!o.rotate_bytes) o.rotate_bytes = info.l3_bytes * 3 > (1ull << 30) ? info.l3_bytes * 3 : (1ull << 30);
+    omp_set_num_threads((int)o.threads);
+
+    moe_cpu_params cp = {.n_threads = o.threads, .n_teams = 1};
+    moe_cpu *cpu = NULL;
+    if (moe_cpu_create(&cpu, &cp) != MOE_OK) {
+        fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+        return 1;
+    }
+    if (!o.json) {
+        printf("# %s; %u threads; rotating over %zu MB; best of %d\n", moe_build_info(), o.threads,
+               o.rotate_bytes >> 20, o.reps);
+        printf("%-17s %-10s %-4s %4s  %10s %8s %8s %7s %9s %7s  %s\n", "model", "shape", "type", "m", "us/expert",
+               "GB/s", "GFLOP/s", "/dram", "mm GFLOP", "/mm", "path");
+    }
+    const size_t probe = o.rotate_bytes;
+    for (uint32_t d = 0; d < o.n_dtypes; d++)
+        for (uint32_t s = 0; s < o.n_shapes; s++) {
+            /* DRAM read bandwidth now, beside the cases it divides. */
+            const double dram = moe_read_bandwidth(probe, o.threads, o.reps);
+            bench_expert(&o, cpu, &o.shapes[s], o.dtypes[d], dram);
+        }
+    moe_cpu_free(&cpu);
+    if (o.layer)
+        for (uint32_t d = 0; d < o.n_dtypes; d++)
+            bench_layer(&o, o.dtypes[d], moe_read_bandwidth(probe, o.threads, o.reps));
+    return 0;
+}

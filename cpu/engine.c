@@ -1,0 +1,388 @@
+/* engine.c - the CPU expert engine (engine.h). */
+#include "engine.h"
+
+#include "mm.h"
+#include "place.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { ALIGN = 64, MIN_BLK = 16, MAX_BLK = 256, MAX_DIM = 1u << 20 };
+
+struct moe_cpu {
+    uint32_t n_threads, n_teams, gemv_max_m;
+    uint32_t *team_of, *rank_of; /* per thread */
+    uint32_t *team_n;            /* threads per team */
+    moe_kernel kern[MOE_DTYPE_COUNT_];
+    moe_mm_cache *mm; /* NULL when portable */
+    const moe_logger *log;
+    char *buf; /* per-call scratch, grown, never shrunk */
+    size_t cap;
+    uint32_t *trace;
+    size_t trace_cap;
+};
+
+/* Per-call state of a task on the GEMV path. */
+typedef struct small_ws {
+    void *xa, *ha;  /* activations of x and of h in the kernel's kind */
+    float *xs, *hs; /* their per-row scales */
+    float *h;       /* [m, inter] silu(gate x) * up x */
+    moe_acts x, hx;
+} small_ws;
+
+static size_t al(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
+
+moe_status moe_cpu_create(moe_cpu **out, const moe_cpu_params *p) {
+    if (!out || !p) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_create: NULL argument");
+    *out = NULL;
+    if (p->n_threads == 0 || p->n_teams == 0 || p->n_teams > p->n_threads)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_create: %u threads in %u teams (need 1 <= teams <= threads)",
+                        p->n_threads, p->n_teams);
+    moe_cpu *c = calloc(1, sizeof *c);
+    if (!c) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_cpu_create: allocation failed");
+    c->n_threads = p->n_threads, c->n_teams = p->n_teams, c->log = p->log;
+    c->gemv_max_m = p->gemv_max_m ? p->gemv_max_m : MOE_CPU_GEMV_MAX_M;
+    c->team_of = calloc(p->n_threads, sizeof *c->team_of);
+    c->rank_of = calloc(p->n_threads, sizeof *c->rank_of);
+    c->team_n = calloc(p->n_teams, sizeof *c->team_n);
+    moe_status st = MOE_OK;
+    if (!c->team_of || !c->rank_of || !c->team_n) {
+        st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_cpu_create: allocation failed");
+        goto fail;
+    }
+    uint64_t sum = 0;
+    for (uint32_t t = 0; t < p->n_teams; t++) {
+        c->team_n[t] = p->team_size ? p->team_size[t]
+                                    : p->n_threads / p->n_teams + (t < p->n_threads % p->n_teams ? 1 : 0);
+        if (c->team_n[t] == 0) {
+            st = moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_create: team %u has no threads", t);
+            goto fail;
+        }
+        sum += c->team_n[t];
+    }
+    if (sum != p->n_threads) {
+        st = moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_create: team sizes add up to %llu, not %u threads",
+                      (unsigned long long)sum, p->n_threads);
+        goto fail;
+    }
+    for (uint32_t t = 0, tid = 0; t < p->n_teams; t++)
+        for (uint32_t r = 0; r < c->team_n[t]; r++, tid++) c->team_of[tid] = t, c->rank_of[tid] = r;
+    for (int d = 0; d < MOE_DTYPE_COUNT_; d++) c->kern[d] = moe_kernel_select((moe_dtype)d, p->portable);
+    if (!p->portable && (st = moe_mm_cache_create(&c->mm, p->log)) != MOE_OK) goto fail;
+    if (p->bind_threads && p->n_teams > 1) {
+        uint32_t bound = 0;
+#pragma omp parallel num_threads((int)c->n_threads) reduction(+ : bound)
+        {
+            uint32_t tid = (uint32_t)omp_get_thread_num();
+            if ((uint32_t)omp_get_num_threads() == c->n_threads && moe_numa_bind_thread(c->team_of[tid])) bound++;
+        }
+        moe_log(c->log, bound == c->n_threads ? MOE_LOG_INFO : MOE_LOG_WARN,
+                "cpu: %u of %u threads bound to their NUMA node", bound, c->n_threads);
+    }
+    *out = c;
+    return MOE_OK;
+fail:
+    moe_cpu_free(&c);
+    return st;
+}
+
+void moe_cpu_free(moe_cpu **pc) {
+    if (!pc || !*pc) return;
+    moe_cpu *c = *pc;
+    *pc = NULL;
+    moe_mm_cache_free(&c->mm);
+    free(c->team_of);
+    free(c->rank_of);
+    free(c->team_n);
+    free(c->buf);
+    free(c);
+}
+
+moe_status moe_cpu_prepare(moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtype t) {
+    if (!c) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_prepare: engine is NULL");
+    moe_act_kind a;
+    if (!c->mm || !moe_mm_act(t, &a)) return MOE_OK; /* GEMV kernels only */
+    moe_status st = moe_mm_prepare(c->mm, hidden, inter, t);
+    if (st == MOE_OK) st = moe_mm_prepare(c->mm, inter, hidden, t);
+    if (st == MOE_ERR_UNSUPPORTED) {
+        moe_log(c->log, MOE_LOG_INFO, "cpu: %s; %s experts %ux%u run on the GEMV kernels at every batch size",
+                moe_last_error(), moe_dtype_name(t), hidden, inter);
+        return MOE_OK;
+    }
+    return st;
+}
+
+const char *moe_cpu_kernel_name(const moe_cpu *c, moe_dtype t) {
+    return c && moe_dtype_size(t) ? c->kern[t].name : "";
+}
+
+const char *moe_cpu_dnnl_impl(const moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m) {
+    return c ? moe_mm_impl(c->mm, hidden, inter, t, m) : "";
+}
+
+void moe_cpu_trace(moe_cpu *c, uint32_t *work, size_t cap) {
+    if (!c) return;
+    c->trace = work;
+    c->trace_cap = work ? cap : 0;
+}
+
+static moe_status check_task(const moe_cpu *c, const moe_cpu_task *t, uint32_t i) {
+    const moe_expert_view *w = &t->w;
+    if (moe_dtype_size(w->dtype) == 0)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_cpu_run: task %u: weight dtype %d is not supported", i,
+                        (int)w->dtype);
+    if (w->hidden == 0 || w->inter == 0 || w->hidden > MAX_DIM || w->inter > MAX_DIM)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u: expert shape %ux%u is out of range (1..%u)", i,
+                        w->hidden, w->inter, MAX_DIM);
+    if (!w->gate || !w->up || !w->down)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u (expert %ux%u): %s weights are NULL", i,
+                        w->hidden, w->inter, !w->gate ? "gate" : !w->up ? "up" : "down");
+    if (w->dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale || !w->down_scale))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u (expert %ux%u): int8 weights without scales", i,
+                        w->hidden, w->inter);
+    if (t->team >= c->n_teams)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u: team %u out of range (%u teams)", i, t->team,
+                        c->n_teams);
+    if (t->m > 0 && (!t->x || !t->y))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u: %s is NULL", i, !t->x ? "x" : "y");
+    return MOE_OK;
+}
+
+/* True if the task runs on oneDNN: a large group of a prepared shape. */
+static bool is_large(const moe_cpu *c, const moe_cpu_task *t) {
+    return t->m > c->gemv_max_m && moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
+           moe_mm_ready(c->mm, t->w.inter, t->w.hidden, t->w.dtype);
+}
+
+/* Scratch bytes of a large task: x, h (as activations, with scales), the
+ * gate and up results (h overwrites gate) and the down result, all padded
+ * to the bucket rows. */
+static size_t large_bytes(const moe_cpu_task *t) {
+    moe_act_kind a;
+    moe_mm_act(t->w.dtype, &a);
+    const size_t rows = moe_mm_rows(t->m), asz = moe_act_size(a), H = t->w.hidden, I = t->w.inter;
+    return al(rows * H * asz) + al(rows * 4) + 2 * al(rows * I * 4) + al(rows * I * asz) + al(rows * 4) +
+           al(rows * H * 4);
+}
+
+static size_t small_bytes(const moe_cpu *c, const moe_cpu_task *t) {
+    const size_t asz = moe_act_size(c->kern[t->w.dtype].act), m = t->m, H = t->w.hidden, I = t->w.inter;
+    return al(m * H * asz) + al(m * 4) + al(m * I * 4) + al(m * I * asz) + al(m * 4);
+}
+
+static moe_status grow(moe_cpu *c, size_t bytes) {
+    if (bytes <= c->cap) return MOE_OK;
+    free(c->buf);
+    c->cap = 0;
+    c->buf = aligned_alloc(ALIGN, al(bytes));
+    if (!c->buf) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_cpu_run: cannot allocate %zu bytes of scratch", bytes);
+    c->cap = al(bytes);
+    return MOE_OK;
+}
+
+/* Rows per work item: about four items per thread of the team, so that
+ * experts of different sizes balance, within [MIN_BLK, MAX_BLK]. */
+static uint32_t block_rows(uint64_t rows, uint32_t tsize) {
+    uint64_t b = rows / ((uint64_t)tsize * 4);
+    b = b < MIN_BLK ? MIN_BLK : b > MAX_BLK ? MAX_BLK : b;
+    return (uint32_t)((b + 3) & ~3ull);
+}
+
+static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, const bool *large, small_ws *ws,
+                      float *tmp, size_t tmp_stride) {
+#pragma omp parallel num_threads((int)c->n_threads)
+    {
+        const uint32_t nthr = (uint32_t)omp_get_num_threads(), tid = (uint32_t)omp_get_thread_num();
+        /* If OpenMP gave a different team size, run as one team. */
+        const bool teams = nthr == c->n_threads;
+        const uint32_t team = teams ? c->team_of[tid] : 0, rank = teams ? c->rank_of[tid] : tid,
+                       tsize = teams ? c->team_n[team] : nthr;
+        float *g = tmp + tid * tmp_stride, *u = g + tmp_stride / 2;
+        uint64_t rows1 = 0, rows2 = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (!large[i] && tasks[i].m && (!teams || tasks[i].team == team))
+                rows1 += tasks[i].w.inter, rows2 += tasks[i].w.hidden;
+        const uint32_t blk1 = block_rows(rows1, tsize), blk2 = block_rows(rows2, tsize);
+        uint64_t cnt = 0;
+
+        /* Phase 0: activations of x in the kernels' kind. */
+        for (uint32_t i = 0; i < n; i++) {
+            const moe_cpu_task *t = &tasks[i];
+            if (large[i] || !t->m || (teams && t->team != team) || cnt++ % tsize != rank) continue;
+            ws[i].x = moe_acts_prepare(c->kern[t->w.dtype].act, t->m, t->w.hidden, t->x, t->w.hidden, ws[i].xa,
+                                       ws[i].xs);
+        }
+#pragma omp barrier
+        /* Phase 1: blocks of gate and up rows, then SiLU-multiply. */
+        cnt = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const moe_cpu_task *t = &tasks[i];
+            if (large[i] || !t->m || (teams && t->team != team)) continue;
+            const moe_kernel *k = &c->kern[t->w.dtype];
+            const uint32_t I = t->w.inter;
+            for (uint32_t n0 = 0; n0 < I; n0 += blk1) {
+                if (cnt++ % tsize != rank) continue;
+                const uint32_t n1 = I - n0 < blk1 ? I : n0 + blk1, nb = n1 - n0;
+                k->gemv(t->w.gate, t->w.gate_scale, t->w.hidden, n0, n1, &ws[i].x, g, nb);
+                k->gemv(t->w.up, t->w.up_scale, t->w.hidden, n0, n1, &ws[i].x, u, nb);
+                for (uint32_t r = 0; r < t->m; r++)
+                    moe_silu_mul(ws[i].h + (size_t)r * I + n0, g + (size_t)r * nb, u + (size_t)r * nb, nb);
+                if (c->trace && (size_t)tid * n + i < c->trace_cap) c->trace[(size_t)tid * n + i]++;
+            }
+        }
+#pragma omp barrier
+        /* Phase 1b: activations of h. */
+        cnt = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const moe_cpu_task *t = &tasks[i];
+            if (large[i] || !t->m || (teams && t->team != team) || cnt++ % tsize != rank) continue;
+            ws[i].hx = moe_acts_prepare(c->kern[t->w.dtype].act, t->m, t->w.inter, ws[i].h, t->w.inter, ws[i].ha,
+                                        ws[i].hs);
+        }
+#pragma omp barrier
+        /* Phase 2: blocks of down rows, straight into y. */
+        cnt = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const moe_cpu_task *t = &tasks[i];
+            if (large[i] || !t->m || (teams && t->team != team)) continue;
+            const moe_kernel *k = &c->kern[t->w.dtype];
+            const uint32_t H = t->w.hidden;
+            for (uint32_t n0 = 0; n0 < H; n0 += blk2) {
+                if (cnt++ % tsize != rank) continue;
+                const uint32_t n1 = H - n0 < blk2 ? H : n0 + blk2;
+                k->gemv(t->w.down, t->w.down_scale, t->w.inter, n0, n1, &ws[i].hx, t->y + n0, H);
+                if (c->trace && (size_t)tid * n + i < c->trace_cap) c->trace[(size_t)tid * n + i]++;
+            }
+        }
+    }
+}
+
+/* Activations of `m` rows into a buffer of `rows` rows (the rest zero),
+ * in parallel. f32 rows are copied: oneDNN reads the padding too. */
+static void prep_rows(uint32_t nthr, moe_act_kind a, uint32_t m, uint32_t k, const float *x, void *buf,
+                      float *scale, size_t rows) {
+    const size_t rb = (size_t)k * moe_act_size(a);
+#pragma omp parallel for num_threads((int)nthr) schedule(static)
+    for (int64_t r = 0; r < (int64_t)rows; r++) {
+        char *dst = (char *)buf + (size_t)r * rb;
+        if ((uint64_t)r >= m) {
+            memset(dst, 0, rb);
+            scale[r] = 0.0f;
+        } else if (a == MOE_ACT_F32) {
+            memcpy(dst, x + (size_t)r * k, rb);
+        } else {
+            moe_acts_prepare(a, 1, k, x + (size_t)r * k, k, dst, scale + r);
+        }
+    }
+}
+
+/* One large group on oneDNN: gate and up matmuls, a parallel epilogue
+ * (int8 scales, SiLU-multiply), the down matmul, and a copy (scaled for
+ * int8) of the valid rows into y. */
+static moe_status run_large(moe_cpu *c, const moe_cpu_task *t, char *p) {
+    const moe_expert_view *w = &t->w;
+    const uint32_t H = w->hidden, I = w->inter, m = t->m;
+    const bool q = w->dtype == MOE_DTYPE_I8;
+    moe_act_kind a;
+    moe_mm_act(w->dtype, &a);
+    const size_t rows = moe_mm_rows(m), asz = moe_act_size(a);
+    void *xa = p;
+    float *xs = (float *)(p += al(rows * H * asz));
+    float *G = (float *)(p += al(rows * 4));
+    float *U = (float *)(p += al(rows * I * 4));
+    void *ha = (p += al(rows * I * 4));
+    float *hs = (float *)(p += al(rows * I * asz));
+    float *Y = (float *)(p += al(rows * 4));
+    const int nthr = (int)c->n_threads;
+
+    prep_rows(c->n_threads, a, m, H, t->x, xa, xs, rows);
+    moe_status st = moe_mm_run(c->mm, H, I, w->dtype, m, xa, w->gate, G);
+    if (st == MOE_OK) st = moe_mm_run(c->mm, H, I, w->dtype, m, xa, w->up, U);
+    if (st != MOE_OK) return st;
+#pragma omp parallel for num_threads(nthr) schedule(static)
+    for (int64_t r = 0; r < (int64_t)m; r++) {
+        float *g = G + (size_t)r * I, *u = U + (size_t)r * I;
+        if (q) {
+            const float s = xs[r];
+            for (uint32_t j = 0; j < I; j++) g[j] *= s * w->gate_scale[j], u[j] *= s * w->up_scale[j];
+        }
+        moe_silu_mul(g, g, u, I);
+    }
+    prep_rows(c->n_threads, a, m, I, G, ha, hs, rows);
+    if ((st = moe_mm_run(c->mm, I, H, w->dtype, m, ha, w->down, Y)) != MOE_OK) return st;
+#pragma omp parallel for num_threads(nthr) schedule(static)
+    for (int64_t r = 0; r < (int64_t)m; r++) {
+        const float *src = Y + (size_t)r * H;
+        float *y = t->y + (size_t)r * H;
+        if (q) {
+            const float s = hs[r];
+            for (uint32_t j = 0; j < H; j++) y[j] = src[j] * s * w->down_scale[j];
+        } else {
+            memcpy(y, src, (size_t)H * sizeof *y);
+        }
+    }
+    return MOE_OK;
+}
+
+moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n) {
+    if (!c) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: engine is NULL");
+    if (n == 0) return MOE_OK;
+    if (!tasks) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: tasks is NULL");
+    moe_status st;
+    for (uint32_t i = 0; i < n; i++)
+        if ((st = check_task(c, &tasks[i], i)) != MOE_OK) return st;
+
+    /* Scratch: [large flags][small_ws][per-small-task buffers][per-thread
+     * gate/up blocks][one large task's buffers, reused by each]. */
+    size_t off = al(n * sizeof(bool)), ws_off = off;
+    off += al(n * sizeof(small_ws));
+    size_t small_off = off, large_max = 0;
+    uint32_t small_m = 0, n_small = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const moe_cpu_task *t = &tasks[i];
+        if (!t->m) continue;
+        if (is_large(c, t)) {
+            size_t b = large_bytes(t);
+            large_max = b > large_max ? b : large_max;
+        } else {
+            off += small_bytes(c, t);
+            small_m = t->m > small_m ? t->m : small_m;
+            n_small++;
+        }
+    }
+    const size_t tmp_stride = 2 * al((size_t)small_m * MAX_BLK * sizeof(float)) / sizeof(float);
+    const size_t tmp_off = off;
+    off += n_small ? (size_t)c->n_threads * tmp_stride * sizeof(float) : 0;
+    const size_t large_off = off;
+    if ((st = grow(c, off + large_max)) != MOE_OK) return st;
+
+    bool *large = (bool *)c->buf;
+    small_ws *ws = (small_ws *)(c->buf + ws_off);
+    char *p = c->buf + small_off;
+    for (uint32_t i = 0; i < n; i++) {
+        const moe_cpu_task *t = &tasks[i];
+        large[i] = t->m && is_large(c, t);
+        if (!t->m || large[i]) continue;
+        const size_t asz = moe_act_size(c->kern[t->w.dtype].act), m = t->m, H = t->w.hidden, I = t->w.inter;
+        ws[i].xa = p, p += al(m * H * asz);
+        ws[i].xs = (float *)p, p += al(m * 4);
+        ws[i].h = (float *)p, p += al(m * I * 4);
+        ws[i].ha = p, p += al(m * I * asz);
+        ws[i].hs = (float *)p, p += al(m * 4);
+    }
+    if (c->trace) memset(c->trace, 0, c->trace_cap * sizeof *c->trace);
+    if (n_small) run_small(c, tasks, n, large, ws, (float *)(c->buf + tmp_off), tmp_stride);
+
+    /* oneDNN sizes its parallel regions by the calling thread's OpenMP
+     * setting: make it this engine's for the duration, then restore it. */
+    const int saved = omp_get_max_threads();
+    bool set = false;
+    for (uint32_t i = 0; i < n && st == MOE_OK; i++) {
+        if (!large[i]) continue;
+        if (!set) omp_set_num_threads((int)c->n_threads), set = true;
+        st = run_large(c, &tasks[i], c->buf + large_off);
+    }
+    if (set) omp_set_num_threads(saved);
+    return st;
+}

@@ -1,0 +1,485 @@
+/* kern.c - GEMV kernels and vectorized glue for the CPU engine (kern.h).
+ *
+ * Decode is a stream over weights: every weight byte is read once per call
+ * and used for m <= a few tokens, so the kernels are written to keep the
+ * load ports busy and nothing else: 4 weight rows x up to 4 tokens per
+ * block (16 accumulators), weights in the dtype they were registered in,
+ * converted or dot-multiplied in registers, never repacked in memory.
+ * The AVX-512 code is compiled with target attributes, so one binary runs
+ * the right kernel on any x86-64 CPU. */
+#include "kern.h"
+#include "expert.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MOE_X86 1
+#include <immintrin.h>
+#endif
+
+/* ---- portable C ------------------------------------------------------- */
+
+static void gemv_c(const void *w, const float *wscale, moe_dtype t, uint32_t k, uint32_t n0, uint32_t n1,
+                   const moe_acts *x, float *out, size_t ldo) {
+    const float *xf = x->data;
+    for (uint32_t r = 0; r < x->m; r++) {
+        const float *xr = xf + (size_t)r * x->ld;
+        for (uint32_t j = n0; j < n1; j++) {
+            size_t base = (size_t)j * k;
+            float acc = 0.0f;
+            if (t == MOE_DTYPE_I8) {
+                const int8_t *wr = (const int8_t *)w + base;
+                for (uint32_t i = 0; i < k; i++) acc += (float)wr[i] * xr[i];
+                acc *= wscale[j];
+            } else {
+                for (uint32_t i = 0; i < k; i++) acc += moe_load_f32(w, t, base + i) * xr[i];
+            }
+            out[(size_t)r * ldo + (j - n0)] = acc;
+        }
+    }
+}
+
+#define GEMV_C(name, dt)                                                                              \
+    static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,             \
+                     const moe_acts *x, float *out, size_t ldo) {                                      \
+        gemv_c(w, ws, dt, k, n0, n1, x, out, ldo);                                                     \
+    }
+GEMV_C(gemv_c_f32, MOE_DTYPE_F32)
+GEMV_C(gemv_c_bf16, MOE_DTYPE_BF16)
+GEMV_C(gemv_c_f16, MOE_DTYPE_F16)
+GEMV_C(gemv_c_i8, MOE_DTYPE_I8)
+
+#ifdef MOE_X86
+/* ---- AVX-512 ---------------------------------------------------------- */
+
+#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define T_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
+#define T_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512vnni")))
+#define INLINE static inline __attribute__((always_inline))
+
+enum { RB = 4, TB = 4 }; /* weight rows and tokens per register block */
+
+/* Weight loaders: 16 weights of row p from element i as f32; the masked
+ * form reads only the first `n` (< 16). */
+T_512 INLINE __m512 ld_f32(const void *p, size_t i) { return _mm512_loadu_ps((const float *)p + i); }
+T_512 INLINE __m512 ldm_f32(const void *p, size_t i, uint32_t n) {
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), (const float *)p + i);
+}
+T_512 INLINE __m512 bf16x16(__m256i v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+T_512 INLINE __m512 ld_bf16(const void *p, size_t i) {
+    return bf16x16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
+}
+T_512 INLINE __m512 ldm_bf16(const void *p, size_t i, uint32_t n) {
+    return bf16x16(_mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), (const uint16_t *)p + i));
+}
+T_512 INLINE __m512 ld_f16(const void *p, size_t i) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
+}
+T_512 INLINE __m512 ldm_f16(const void *p, size_t i, uint32_t n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), (const uint16_t *)p + i));
+}
+T_512 INLINE __m512 ld_i8(const void *p, size_t i) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)p + i))));
+}
+T_512 INLINE __m512 ldm_i8(const void *p, size_t i, uint32_t n) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1),
+                                                                         (const int8_t *)p + i)));
+}
+
+/* One register block: rows w[0..RB) against tokens x[0..tb) with f32
+ * activations, weights converted by LD/LDM. tb is a constant after
+ * inlining, so each token count gets its own unrolled loop. */
+#define BLOCK_CVT(fn, LD, LDM)                                                                        \
+    T_512 INLINE void fn(const void *const *w, const float *const *x, uint32_t tb, uint32_t k,         \
+                         float res[TB][RB]) {                                                          \
+        __m512 acc[TB][RB];                                                                            \
+        for (uint32_t t = 0; t < tb; t++)                                                              \
+            for (uint32_t r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();                         \
+        uint32_t i = 0;                                                                                \
+        for (; i + 16 <= k; i += 16) {                                                                 \
+            __m512 wv[RB];                                                                             \
+            for (uint32_t r = 0; r < RB; r++) wv[r] = LD(w[r], i);                                     \
+            for (uint32_t t = 0; t < tb; t++) {                                                        \
+                __m512 xv = _mm512_loadu_ps(x[t] + i);                                                 \
+                for (uint32_t r = 0; r < RB; r++) acc[t][r] = _mm512_fmadd_ps(wv[r], xv, acc[t][r]);   \
+            }                                                                                          \
+        }                                                                                              \
+        if (i < k) {                                                                                   \
+            uint32_t n = k - i;                                                                        \
+            __m512 wv[RB];                                                                             \
+            for (uint32_t r = 0; r < RB; r++) wv[r] = LDM(w[r], i, n);                                 \
+            for (uint32_t t = 0; t < tb; t++) {                                                        \
+                __m512 xv = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), x[t] + i);               \
+                for (uint32_t r = 0; r < RB; r++) acc[t][r] = _mm512_fmadd_ps(wv[r], xv, acc[t][r]);   \
+            }                                                                                          \
+        }                                                                                              \
+        for (uint32_t t = 0; t < tb; t++)                                                              \
+            for (uint32_t r = 0; r < RB; r++) res[t][r] = _mm512_reduce_add_ps(acc[t][r]);             \
+    }
+
+BLOCK_CVT(blk_f32, ld_f32, ldm_f32)
+BLOCK_CVT(blk_bf16c, ld_bf16, ldm_bf16)
+BLOCK_CVT(blk_f16, ld_f16, ldm_f16)
+BLOCK_CVT(blk_i8c, ld_i8, ldm_i8)
+
+/* Row pointers for rows j..j+RB of W (rows past n1 repeat the last one, and
+ * their results are dropped), and token pointers likewise. */
+static inline uint32_t rows_at(const void *w, size_t row_bytes, uint32_t j, uint32_t n1, const void **wr) {
+    uint32_t nr = n1 - j < RB ? n1 - j : RB;
+    for (uint32_t r = 0; r < RB; r++) wr[r] = (const char *)w + (size_t)(j + (r < nr ? r : nr - 1)) * row_bytes;
+    return nr;
+}
+
+static inline uint32_t toks_at(const moe_acts *x, size_t esize, uint32_t r0, const void **xr) {
+    uint32_t tb = x->m - r0 < TB ? x->m - r0 : TB;
+    for (uint32_t t = 0; t < TB; t++)
+        xr[t] = (const char *)x->data + (size_t)(r0 + (t < tb ? t : tb - 1)) * x->ld * esize;
+    return tb;
+}
+
+static inline void store_block(float res[TB][RB], uint32_t tb, uint32_t nr, uint32_t r0, uint32_t col,
+                               const float *wscale, uint32_t j, float *out, size_t ldo) {
+    for (uint32_t t = 0; t < tb; t++)
+        for (uint32_t r = 0; r < nr; r++)
+            out[(size_t)(r0 + t) * ldo + col + r] = wscale ? res[t][r] * wscale[j + r] : res[t][r];
+}
+
+#define GEMV_CVT(name, blk, wsize, scaled)                                                            \
+    T_512 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,       \
+                           const moe_acts *x, float *out, size_t ldo) {                                \
+        for (uint32_t j = n0; j < n1; j += RB) {                                                       \
+            const void *wr[RB];                                                                        \
+            uint32_t nr = rows_at(w, (size_t)k * (wsize), j, n1, wr);                                  \
+            for (uint32_t r0 = 0; r0 < x->m; r0 += TB) {                                               \
+                const void *xr[TB];                                                                    \
+                uint32_t tb = toks_at(x, sizeof(float), r0, xr);                                       \
+                float res[TB][RB];                                                                     \
+                const float *const *xf = (const float *const *)xr;                                     \
+                switch (tb) {                                                                          \
+                case 1: blk(wr, xf, 1, k, res); break;                                                 \
+                case 2: blk(wr, xf, 2, k, res); break;                                                 \
+                case 3: blk(wr, xf, 3, k, res); break;                                                 \
+                default: blk(wr, xf, 4, k, res); break;                                                \
+                }                                                                                      \
+                store_block(res, tb, nr, r0, j - n0, (scaled) ? ws : NULL, j, out, ldo);               \
+            }                                                                                          \
+        }                                                                                              \
+    }
+
+GEMV_CVT(gemv_512_f32, blk_f32, 4, 0)
+GEMV_CVT(gemv_512_bf16c, blk_bf16c, 2, 0)
+GEMV_CVT(gemv_512_f16, blk_f16, 2, 0)
+GEMV_CVT(gemv_512_i8c, blk_i8c, 1, 1)
+
+/* bf16 weights x bf16 activations with the AVX512-BF16 pair dot product:
+ * 32 weights per instruction, accumulated in f32. */
+T_BF16 INLINE void blk_bf16dp(const void *const *w, const void *const *x, uint32_t tb, uint32_t k,
+                              float res[TB][RB]) {
+    __m512 acc[TB][RB];
+    for (uint32_t t = 0; t < tb; t++)
+        for (uint32_t r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();
+    for (uint32_t i = 0; i < k; i += 32) {
+        const __mmask32 m = k - i >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (k - i)) - 1);
+        __m512i wv[RB];
+        for (uint32_t r = 0; r < RB; r++) wv[r] = _mm512_maskz_loadu_epi16(m, (const uint16_t *)w[r] + i);
+        for (uint32_t t = 0; t < tb; t++) {
+            __m512i xv = _mm512_maskz_loadu_epi16(m, (const uint16_t *)x[t] + i);
+            for (uint32_t r = 0; r < RB; r++)
+                acc[t][r] = _mm512_dpbf16_ps(acc[t][r], (__m512bh)wv[r], (__m512bh)xv);
+        }
+    }
+    for (uint32_t t = 0; t < tb; t++)
+        for (uint32_t r = 0; r < RB; r++) res[t][r] = _mm512_reduce_add_ps(acc[t][r]);
+}
+
+T_BF16 static void gemv_512_bf16dp(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
+                                   const moe_acts *x, float *out, size_t ldo) {
+    (void)ws;
+    for (uint32_t j = n0; j < n1; j += RB) {
+        const void *wr[RB];
+        uint32_t nr = rows_at(w, (size_t)k * 2, j, n1, wr);
+        for (uint32_t r0 = 0; r0 < x->m; r0 += TB) {
+            const void *xr[TB];
+            uint32_t tb = toks_at(x, 2, r0, xr);
+            float res[TB][RB];
+            switch (tb) {
+            case 1: blk_bf16dp(wr, xr, 1, k, res); break;
+            case 2: blk_bf16dp(wr, xr, 2, k, res); break;
+            case 3: blk_bf16dp(wr, xr, 3, k, res); break;
+            default: blk_bf16dp(wr, xr, 4, k, res); break;
+            }
+            store_block(res, tb, nr, r0, j - n0, NULL, j, out, ldo);
+        }
+    }
+}
+
+/* s8 weights x u8 activations (q + 128) with VNNI: 64 products per
+ * instruction into int32 lanes. The +128 offset is removed with the row's
+ * weight sum, taken with the same instruction against a vector of ones.
+ * Sums are reduced to int64 every KSEG elements so no lane overflows
+ * (KSEG * 255 * 128 < 2^31). */
+enum { KSEG = 1 << 15 };
+
+T_VNNI INLINE void blk_vnni(const void *const *w, const void *const *x, uint32_t tb, uint32_t k,
+                            int64_t res[TB][RB], int64_t wsum[RB]) {
+    for (uint32_t t = 0; t < tb; t++)
+        for (uint32_t r = 0; r < RB; r++) res[t][r] = 0;
+    for (uint32_t r = 0; r < RB; r++) wsum[r] = 0;
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (uint32_t s = 0; s < k; s += KSEG) {
+        const uint32_t e = k - s > KSEG ? s + KSEG : k;
+        __m512i acc[TB][RB], sum[RB];
+        for (uint32_t r = 0; r < RB; r++) {
+            sum[r] = _mm512_setzero_si512();
+            for (uint32_t t = 0; t < tb; t++) acc[t][r] = _mm512_setzero_si512();
+        }
+        for (uint32_t i = s; i < e; i += 64) {
+            const __mmask64 m = e - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (e - i)) - 1);
+            __m512i wv[RB];
+            for (uint32_t r = 0; r < RB; r++) {
+                wv[r] = _mm512_maskz_loadu_epi8(m, (const int8_t *)w[r] + i);
+                sum[r] = _mm512_dpbusd_epi32(sum[r], ones, wv[r]);
+            }
+            for (uint32_t t = 0; t < tb; t++) {
+                __m512i xv = _mm512_maskz_loadu_epi8(m, (const uint8_t *)x[t] + i);
+                for (uint32_t r = 0; r < RB; r++) acc[t][r] = _mm512_dpbusd_epi32(acc[t][r], xv, wv[r]);
+            }
+        }
+        for (uint32_t r = 0; r < RB; r++) {
+            wsum[r] += _mm512_reduce_add_epi32(sum[r]);
+            for (uint32_t t = 0; t < tb; t++) res[t][r] += _mm512_reduce_add_epi32(acc[t][r]);
+        }
+    }
+}
+
+T_VNNI static void gemv_512_vnni(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
+                                 const moe_acts *x, float *out, size_t ldo) {
+    for (uint32_t j = n0; j < n1; j += RB) {
+        const void *wr[RB];
+        uint32_t nr = rows_at(w, k, j, n1, wr);
+        for (uint32_t r0 = 0; r0 < x->m; r0 += TB) {
+            const void *xr[TB];
+            uint32_t tb = toks_at(x, 1, r0, xr);
+            int64_t res[TB][RB], wsum[RB];
+            switch (tb) {
+            case 1: blk_vnni(wr, xr, 1, k, res, wsum); break;
+            case 2: blk_vnni(wr, xr, 2, k, res, wsum); break;
+            case 3: blk_vnni(wr, xr, 3, k, res, wsum); break;
+            default: blk_vnni(wr, xr, 4, k, res, wsum); break;
+            }
+            for (uint32_t t = 0; t < tb; t++)
+                for (uint32_t r = 0; r < nr; r++)
+                    out[(size_t)(r0 + t) * ldo + (j - n0) + r] =
+                        (float)(res[t][r] - 128 * wsum[r]) * x->scale[r0 + t] * ws[j + r];
+        }
+    }
+}
+
+/* ---- vectorized glue --------------------------------------------------- */
+
+/* exp(x) as Cephes' expf: range reduction by ln 2 (split in two for
+ * accuracy), a degree-6 polynomial, and scalef for the power of two. min
+ * and max return their second operand when either is NaN, so x goes second
+ * and NaN passes through. */
+T_512 INLINE __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), x);
+    x = _mm512_max_ps(_mm512_set1_ps(-87.3365447504f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+T_512 static void exp_512(float *y, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, exp512(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+/* silu(g) * u = g / (1 + exp(-g)) * u, the reference's formula. */
+T_512 INLINE __m512 silu_mul512(__m512 g, __m512 u) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
+}
+
+T_512 static void silu_mul_512(float *h, const float *g, const float *u, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(h + i, silu_mul512(_mm512_loadu_ps(g + i), _mm512_loadu_ps(u + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(h + i, m, silu_mul512(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+T_BF16 static void to_bf16_512(uint16_t *q, const float *x, uint32_t k) {
+    uint32_t i = 0;
+    for (; i + 16 <= k; i += 16)
+        _mm256_storeu_si256((__m256i *)(q + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+    if (i < k) {
+        __mmask16 m = (__mmask16)((1u << (k - i)) - 1);
+        _mm256_mask_storeu_epi16(q + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+/* Largest |x| of a row, or NaN if the row holds NaN or Inf (x * 0 is NaN
+ * exactly for those), so that non-finite inputs reach the output. */
+T_512 static float amax_512(const float *x, uint32_t k) {
+    __m512 mx = _mm512_setzero_ps(), bad = _mm512_setzero_ps();
+    uint32_t i = 0;
+    for (; i < k; i += 16) {
+        __mmask16 m = (__mmask16)(k - i >= 16 ? 0xffffu : (1u << (k - i)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(v));
+        bad = _mm512_add_ps(bad, _mm512_mul_ps(v, _mm512_setzero_ps()));
+    }
+    float b = _mm512_reduce_add_ps(bad);
+    return b != b ? NAN : _mm512_reduce_max_ps(mx);
+}
+
+T_512 static void quant_512(uint8_t *q, const float *x, uint32_t k, float inv, int offset) {
+    const __m512 vi = _mm512_set1_ps(inv);
+    const __m512i off = _mm512_set1_epi32(offset);
+    for (uint32_t i = 0; i < k; i += 16) {
+        __mmask16 m = (__mmask16)(k - i >= 16 ? 0xffffu : (1u << (k - i)) - 1);
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vi));
+        v = _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127)), off);
+        _mm_mask_storeu_epi8(q + i, m, _mm512_cvtepi32_epi8(v)); /* in range: truncation is exact */
+    }
+}
+
+#define HAS(feat) __builtin_cpu_supports(feat)
+static bool cpu_512(void) {
+    return HAS("avx512f") && HAS("avx512bw") && HAS("avx512vl") && HAS("avx512dq") && HAS("fma");
+}
+static bool cpu_bf16(void) { return cpu_512() && HAS("avx512bf16"); }
+static bool cpu_vnni(void) { return cpu_512() && HAS("avx512vnni"); }
+#else
+static bool cpu_512(void) { return false; }
+static bool cpu_bf16(void) { return false; }
+static bool cpu_vnni(void) { return false; }
+#endif
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+moe_kernel moe_kernel_select(moe_dtype t, bool portable) {
+    moe_kernel k = {MOE_ACT_F32, NULL, "c"};
+    switch (t) {
+    case MOE_DTYPE_F32: k.gemv = gemv_c_f32; break;
+    case MOE_DTYPE_BF16: k.gemv = gemv_c_bf16; break;
+    case MOE_DTYPE_F16: k.gemv = gemv_c_f16; break;
+    case MOE_DTYPE_I8: k.gemv = gemv_c_i8; break;
+    default: return k;
+    }
+    if (portable) return k;
+#ifdef MOE_X86
+    __builtin_cpu_init();
+    if (!cpu_512()) return k;
+    switch (t) {
+    case MOE_DTYPE_F32: return (moe_kernel){MOE_ACT_F32, gemv_512_f32, "avx512"};
+    case MOE_DTYPE_F16: return (moe_kernel){MOE_ACT_F32, gemv_512_f16, "avx512"};
+    case MOE_DTYPE_BF16:
+        if (cpu_bf16()) return (moe_kernel){MOE_ACT_BF16, gemv_512_bf16dp, "avx512_bf16"};
+        return (moe_kernel){MOE_ACT_F32, gemv_512_bf16c, "avx512"};
+    case MOE_DTYPE_I8:
+        if (cpu_vnni()) return (moe_kernel){MOE_ACT_U8, gemv_512_vnni, "avx512_vnni"};
+        return (moe_kernel){MOE_ACT_F32, gemv_512_i8c, "avx512"};
+    default: break;
+    }
+#endif
+    return k;
+}
+
+size_t moe_act_size(moe_act_kind a) {
+    return a == MOE_ACT_F32 ? 4 : a == MOE_ACT_BF16 ? 2 : 1; /* U8, S8 */
+}
+
+static float amax_c(const float *x, uint32_t k) {
+    float m = 0.0f;
+    for (uint32_t i = 0; i < k; i++) {
+        if (!isfinite(x[i])) return NAN;
+        m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    }
+    return m;
+}
+
+moe_acts moe_acts_prepare(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf,
+                          float *scale) {
+    moe_acts r = {.kind = a, .m = m, .k = k, .ld = k, .data = buf, .scale = NULL};
+    if (a == MOE_ACT_F32) { /* used in place */
+        r.data = x;
+        r.ld = ldx;
+        return r;
+    }
+    for (uint32_t row = 0; row < m; row++) {
+        const float *xr = x + (size_t)row * ldx;
+        if (a == MOE_ACT_BF16) {
+            uint16_t *q = (uint16_t *)buf + (size_t)row * k;
+#ifdef MOE_X86
+            if (cpu_bf16()) {
+                to_bf16_512(q, xr, k);
+                continue;
+            }
+#endif
+            for (uint32_t i = 0; i < k; i++) q[i] = moe_f32_to_bf16(xr[i]);
+            continue;
+        }
+        uint8_t *q = (uint8_t *)buf + (size_t)row * k;
+        float amax;
+#ifdef MOE_X86
+        amax = cpu_512() ? amax_512(xr, k) : amax_c(xr, k);
+#else
+        amax = amax_c(xr, k);
+#endif
+        /* scale NaN marks a non-finite row: every output of it is NaN. */
+        scale[row] = amax > 0.0f ? amax / 127.0f : amax == 0.0f ? 1.0f : NAN;
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const int offset = a == MOE_ACT_U8 ? 128 : 0;
+#ifdef MOE_X86
+        if (cpu_512()) {
+            quant_512(q, xr, k, amax == amax ? inv : 0.0f, offset);
+            continue;
+        }
+#endif
+        for (uint32_t i = 0; i < k; i++) {
+            float v = amax == amax ? rintf(xr[i] * inv) : 0.0f;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            q[i] = (uint8_t)((int)v + offset); /* S8: two's complement */
+        }
+    }
+    r.scale = a == MOE_ACT_U8 || a == MOE_ACT_S8 ? scale : NULL;
+    return r;
+}
+
+void moe_silu_mul(float *h, const float *g, const float *u, size_t n) {
+#ifdef MOE_X86
+    if (cpu_512()) {
+        silu_mul_512(h, g, u, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) h[i] = moe_silu(g[i]) * u[i];
+}
+
+void moe_exp_f32(float *y, const float *x, size_t n) {
+#ifdef MOE_X86
+    if (cpu_512()) {
+        exp_512(y, x, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) y[i] = expf(x[i]);
+}

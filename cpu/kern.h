@@ -1,0 +1,70 @@
+/* kern.h - the CPU engine's inner kernels: a many-row dot product (GEMV for
+ * a handful of tokens) over weights in HF layout, and the vectorized glue
+ * around it (activation conversion and quantization, SiLU-multiply, output
+ * scaling).
+ *
+ * Weights are never copied or repacked: W is [n, k] row-major in its
+ * registered dtype, and a call computes
+ *     out[r][j - n0] = sum_i W[j][i] * x[r][i]   for n0 <= j < n1, r < m
+ * with x the activations prepared by moe_acts_prepare() in the format the
+ * kernel asked for (f32, bf16 pairs, or u8 quantized per token).
+ *
+ * Each dtype has an AVX-512 kernel (AVX512-BF16 dot products for bf16,
+ * VNNI u8 x s8 dot products for int8) chosen at run time from the CPU's
+ * features, and a portable C kernel used everywhere else and as a second
+ * implementation in tests. */
+#ifndef MOE_CPU_KERN_H
+#define MOE_CPU_KERN_H
+
+#include "common.h"
+
+typedef enum moe_act_kind {
+    MOE_ACT_F32 = 0, /* float */
+    MOE_ACT_BF16,    /* bf16, as the AVX512-BF16 dot product wants */
+    MOE_ACT_U8,      /* u8 = round(x / scale) + 128, one f32 scale per row */
+    MOE_ACT_S8,      /* s8 = round(x / scale), one f32 scale per row (oneDNN) */
+} moe_act_kind;
+
+/* Activations for m rows of k values, in one of the kinds above. */
+typedef struct moe_acts {
+    moe_act_kind kind;
+    uint32_t m, k;
+    size_t ld;          /* elements between rows */
+    const void *data;
+    const float *scale; /* U8: x[r][i] ~ scale[r] * (q - 128); S8: scale[r] * q */
+} moe_acts;
+
+/* See the top of this file. wscale: one f32 per weight row for int8
+ * weights, NULL otherwise. out has row stride ldo floats. */
+typedef void (*moe_gemv_fn)(const void *w, const float *wscale, uint32_t k, uint32_t n0, uint32_t n1,
+                            const moe_acts *x, float *out, size_t ldo);
+
+typedef struct moe_kernel {
+    moe_act_kind act;   /* what the kernel wants its activations as */
+    moe_gemv_fn gemv;
+    const char *name;   /* e.g. "avx512_bf16", "c" */
+} moe_kernel;
+
+/* The fastest kernel this CPU can run for weight dtype `t`, or with
+ * `portable` the plain C one. Never fails for a valid dtype. */
+moe_kernel moe_kernel_select(moe_dtype t, bool portable);
+
+/* Bytes per activation element of kind `a`. */
+size_t moe_act_size(moe_act_kind a);
+
+/* Converts m rows of f32 x (row stride ldx) into `buf` (m * k elements of
+ * kind `a`, row stride k) and, for MOE_ACT_U8, `scale` (m floats). Fills
+ * and returns the moe_acts that describes the result. MOE_ACT_F32 is used
+ * in place (no copy). A row holding NaN or Inf gets scale NaN, so all its
+ * outputs are NaN rather than silently finite. */
+moe_acts moe_acts_prepare(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf,
+                          float *scale);
+
+/* h[i] = silu(g[i]) * u[i] for i < n (h may alias g or u). */
+void moe_silu_mul(float *h, const float *g, const float *u, size_t n);
+
+/* Vectorized exp for the glue code: relative error under 2e-7 on
+ * [-87, 88]; clamps outside; NaN stays NaN. */
+void moe_exp_f32(float *y, const float *x, size_t n);
+
+#endif

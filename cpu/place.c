@@ -1,0 +1,27 @@
+/* place.c - see place.h. */
+#include "place.h"
+
+#include <numa.h>
+#include <numaif.h>
+#include <unistd.h>
+
+bool moe_numa_node_exists(uint32_t node) {
+    return numa_available() >= 0 && node <= (uint32_t)numa_max_node() && numa_bitmask_isbitset(numa_all_nodes_ptr, node);
+}
+
+size_t moe_numa_move(const void *p, size_t bytes, uint32_t node) {
+    if (!p || !moe_numa_node_exists(node)) return 0;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)p + bytes) & ~(page - 1);
+    if (hi <= lo) return 0;
+    unsigned long mask[16] = {0};
+    if (node >= sizeof mask * 8) return 0;
+    mask[node / (8 * sizeof mask[0])] |= 1ul << (node % (8 * sizeof mask[0]));
+    if (mbind((void *)lo, hi - lo, MPOL_BIND, mask, sizeof mask * 8, MPOL_MF_MOVE) != 0) return 0;
+    return hi - lo;
+}
+
+bool moe_numa_bind_thread(uint32_t node) {
+    return moe_numa_node_exists(node) && numa_run_on_node((int)node) == 0;
+}

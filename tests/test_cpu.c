@@ -1,0 +1,350 @@
+/* test_cpu.c - the CPU expert engine and its kernels against the reference
+ * expert: every dtype, the fast (AVX-512 / oneDNN) and portable paths,
+ * odd sizes, empty groups, NUMA teams on a faked 2-node machine, and bad
+ * input. Tolerances are NMSE per dtype (util.h). */
+#include <math.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "mm.h"
+#include "place.h"
+#include "util.h"
+
+static const moe_dtype all_types[4] = {MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_I8};
+
+/* One random expert of a dtype, owning its memory. */
+typedef struct expert_buf {
+    void *w[3];
+    float *s[3];
+    moe_expert_view v;
+} expert_buf;
+
+static void expert_make(expert_buf *b, uint32_t H, uint32_t I, moe_dtype t, moe_rng *r) {
+    memset(b, 0, sizeof *b);
+    const size_t n = (size_t)H * I;
+    for (int m = 0; m < 3; m++) {
+        const uint32_t fan_in = m == 2 ? I : H, rows = m == 2 ? H : I;
+        b->w[m] = malloc(n * moe_dtype_size(t));
+        for (size_t i = 0; i < n; i++) {
+            float v = moe_rng_range(r, -1.0f, 1.0f) / sqrtf((float)fan_in);
+            switch (t) {
+            case MOE_DTYPE_F32: ((float *)b->w[m])[i] = v; break;
+            case MOE_DTYPE_BF16: ((uint16_t *)b->w[m])[i] = moe_f32_to_bf16(v); break;
+            case MOE_DTYPE_F16: ((uint16_t *)b->w[m])[i] = moe_f32_to_f16(v); break;
+            default: ((int8_t *)b->w[m])[i] = (int8_t)(int)moe_rng_range(r, -127.0f, 127.0f); break;
+            }
+        }
+        if (t == MOE_DTYPE_I8) {
+            b->s[m] = malloc(rows * sizeof(float));
+            for (uint32_t j = 0; j < rows; j++) b->s[m][j] = moe_rng_range(r, 0.5f, 1.5f) / (127.0f * sqrtf((float)fan_in));
+        }
+    }
+    b->v = (moe_expert_view){b->w[0], b->w[1], b->w[2], t, H, I, b->s[0], b->s[1], b->s[2]};
+}
+
+static void expert_free(expert_buf *b) {
+    for (int m = 0; m < 3; m++) free(b->w[m]), free(b->s[m]);
+}
+
+static void ref(const moe_expert_view *v, uint32_t m, const float *x, float *y) {
+    float *scratch = malloc(v->inter * sizeof *scratch);
+    moe_ref_expert(v, m, x, y, scratch);
+    free(scratch);
+}
+
+static moe_cpu *engine(uint32_t threads, uint32_t teams, bool portable) {
+    moe_cpu_params p = {.n_threads = threads, .n_teams = teams, .portable = portable};
+    moe_cpu *c = NULL;
+    CHECK_OK(moe_cpu_create(&c, &p));
+    return c;
+}
+
+/* The GEMV kernels (fast and portable) against a double-precision dot
+ * product of dequantized weights and the activations they were given. */
+static void gemv_kernels_match_dot_products(void) {
+    moe_rng r = {11};
+    const uint32_t ks[] = {1, 15, 16, 17, 31, 33, 64, 65, 100, 257, 33000}; /* 33000 > int8 segment */
+    for (int ti = 0; ti < 4; ti++) {
+        const moe_dtype t = all_types[ti];
+        for (int portable = 0; portable < 2; portable++) {
+            const moe_kernel kern = moe_kernel_select(t, portable);
+            CHECK(kern.gemv != NULL);
+            for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+                const uint32_t k = ks[ki], n = 1 + moe_rng_below(&r, 11), m = 1 + moe_rng_below(&r, 9);
+                expert_buf b;
+                expert_make(&b, k, n, t, &r); /* gate is [n, k] */
+                float *x = malloc((size_t)m * k * sizeof *x), *out = malloc((size_t)m * n * sizeof *out);
+                float *want = malloc((size_t)m * n * sizeof *want), *scale = malloc(m * sizeof *scale);
+                void *xa = malloc((size_t)m * k * 4);
+                test_fill(&r, x, (size_t)m * k);
+                moe_acts a = moe_acts_prepare(kern.act, m, k, x, k, xa, scale);
+                /* The expected value uses the activations as the kernel
+                 * sees them, so only the kernel's arithmetic is tested. */
+                for (uint32_t row = 0; row < m; row++)
+                    for (uint32_t j = 0; j < n; j++) {
+                        double acc = 0;
+                        for (uint32_t i = 0; i < k; i++) {
+                            double xv = kern.act == MOE_ACT_F32 ? x[(size_t)row * k + i]
+                                        : kern.act == MOE_ACT_BF16
+                                            ? moe_bf16_to_f32(((uint16_t *)xa)[(size_t)row * k + i])
+                                            : scale[row] * ((double)((uint8_t *)xa)[(size_t)row * k + i] - 128.0);
+                            double wv = t == MOE_DTYPE_I8 ? ((int8_t *)b.w[0])[(size_t)j * k + i] * (double)b.s[0][j]
+                                                          : moe_load_f32(b.w[0], t, (size_t)j * k + i);
+                            acc += wv * xv;
+                        }
+                        want[(size_t)row * n + j] = (float)acc;
+                    }
+                kern.gemv(b.w[0], b.s[0], k, 0, n, &a, out, n);
+                double e = test_nmse(out, want, (size_t)m * n);
+                if (!(e < 1e-10)) {
+                    fprintf(stderr, "%s %s k=%u n=%u m=%u: nmse %g\n", moe_dtype_name(t), kern.name, k, n, m, e);
+                    CHECK(0);
+                }
+                /* A sub-range of rows writes only its own columns. */
+                if (n > 2) {
+                    float *part = calloc((size_t)m * n, sizeof *part);
+                    kern.gemv(b.w[0], b.s[0], k, 1, n - 1, &a, part, n);
+                    for (uint32_t row = 0; row < m; row++) {
+                        CHECK(memcmp(part + (size_t)row * n, out + (size_t)row * n + 1, (n - 2) * sizeof *out) == 0);
+                        CHECK(part[(size_t)row * n + n - 2 + 1] == 0.0f);
+                    }
+                    free(part);
+                }
+                free(x), free(out), free(want), free(scale), free(xa);
+                expert_free(&b);
+            }
+        }
+    }
+}
+
+static void glue_is_accurate_and_propagates_nan(void) {
+    float x[40], y[40];
+    for (int i = 0; i < 37; i++) x[i] = -87.0f + 175.0f * (float)i / 36.0f;
+    moe_exp_f32(y, x, 37);
+    for (int i = 0; i < 37; i++) CHECK(fabs(y[i] / exp((double)x[i]) - 1.0) < 4e-7);
+    x[0] = NAN, x[1] = 200.0f, x[2] = -200.0f;
+    moe_exp_f32(y, x, 3);
+    CHECK(isnan(y[0]));
+    CHECK(y[1] > 1e38f && isfinite(y[1]));
+    CHECK(y[2] >= 0.0f && y[2] < 1e-37f);
+    float g[3] = {NAN, 3.0f, -1.0f}, u[3] = {1.0f, 2.0f, INFINITY}, h[3];
+    moe_silu_mul(h, g, u, 3);
+    CHECK(isnan(h[0]));
+    CHECK(fabsf(h[1] - 3.0f / (1.0f + expf(-3.0f)) * 2.0f) < 1e-6f);
+    CHECK(isinf(h[2]));
+    /* int8 activations: a zero row quantizes to the offset, a row holding
+     * NaN or Inf gets scale NaN so its outputs cannot look finite. */
+    float rows[3][5] = {{0, 0, 0, 0, 0}, {1, -2, NAN, 0, 0}, {1, INFINITY, 0, 0, 0}}, sc[3];
+    uint8_t q[15];
+    moe_acts a = moe_acts_prepare(MOE_ACT_U8, 3, 5, &rows[0][0], 5, q, sc);
+    CHECK(a.scale == sc);
+    CHECK(sc[0] == 1.0f && q[0] == 128 && q[4] == 128);
+    CHECK(isnan(sc[1]) && isnan(sc[2]));
+    float s8r[4] = {1.0f, -1.0f, 0.5f, 0.0f}, s8s;
+    int8_t s8q[4];
+    moe_acts_prepare(MOE_ACT_S8, 1, 4, s8r, 4, s8q, &s8s);
+    CHECK(s8q[0] == 127 && s8q[1] == -127 && s8q[2] == 64 && s8q[3] == 0);
+}
+
+/* Tasks of assorted sizes, including empty ones and ones large enough for
+ * oneDNN, through the fast and the portable engine, against the reference. */
+static void engine_matches_reference(void) {
+    moe_rng r = {5};
+    const uint32_t shapes[][2] = {{64, 96}, {37, 51}, {256, 176}, {2048, 1408}};
+    const uint32_t ms[] = {0, 1, 3, 8, 9, 17, 100};
+    enum { NT = sizeof ms / sizeof ms[0] };
+    for (int ti = 0; ti < 4; ti++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+            for (int portable = 0; portable < 2; portable++) {
+                const moe_dtype t = all_types[ti];
+                const uint32_t H = shapes[si][0], I = shapes[si][1];
+                if (portable && H * I > 100000) continue; /* the C kernels are slow */
+                const bool big = H * I > 100000;             /* so is the reference at m = 100 */
+                moe_cpu *c = engine(2, 1, portable);
+                CHECK_OK(moe_cpu_prepare(c, H, I, t));
+                expert_buf b[NT];
+                moe_cpu_task tasks[NT];
+                float *want[NT];
+                for (uint32_t i = 0; i < NT; i++) {
+                    expert_make(&b[i], H, I, t, &r);
+                    const uint32_t m = big && ms[i] > 32 ? 32 : ms[i];
+                    const size_t n = (size_t)(m ? m : 1) * H;
+                    float *x = malloc(n * sizeof *x);
+                    test_fill(&r, x, n);
+                    tasks[i] = (moe_cpu_task){b[i].v, 0, m, x, malloc(n * sizeof(float))};
+                    want[i] = malloc(n * sizeof(float));
+                    ref(&b[i].v, m, x, want[i]);
+                }
+                CHECK_OK(moe_cpu_run(c, tasks, NT));
+                for (uint32_t i = 0; i < NT; i++) {
+                    const uint32_t m = tasks[i].m;
+                    double e = m ? test_nmse(tasks[i].y, want[i], (size_t)m * H) : 0.0;
+                    if (!(e <= test_tolerance(t))) {
+                        fprintf(stderr, "%s %ux%u m=%u %s (%s): nmse %g\n", moe_dtype_name(t), H, I, m,
+                                portable ? "portable" : moe_cpu_kernel_name(c, t), moe_cpu_dnnl_impl(c, H, I, t, m), e);
+                        CHECK(0);
+                    }
+                    free((void *)tasks[i].x), free(tasks[i].y), free(want[i]);
+                    expert_free(&b[i]);
+                }
+                moe_cpu_free(&c);
+            }
+}
+
+/* oneDNN runs groups above the GEMV threshold for every dtype it serves,
+ * with an optimized implementation (never its reference code). */
+static void large_groups_use_onednn(void) {
+    moe_cpu *c = engine(2, 1, false);
+    for (int ti = 0; ti < 4; ti++) {
+        moe_act_kind a;
+        if (!moe_mm_act(all_types[ti], &a)) continue;
+        CHECK_OK(moe_cpu_prepare(c, 256, 176, all_types[ti]));
+        const char *impl = moe_cpu_dnnl_impl(c, 256, 176, all_types[ti], 100);
+        printf("  %s: gemv %s, oneDNN %s\n", moe_dtype_name(all_types[ti]), moe_cpu_kernel_name(c, all_types[ti]),
+               impl);
+        if (all_types[ti] == MOE_DTYPE_F32) CHECK(impl[0] != '\0'); /* f32 matmul exists everywhere */
+        CHECK(strncmp(impl, "ref", 3) != 0);
+    }
+    CHECK_EQ(moe_mm_rows(0), 0);
+    CHECK_EQ(moe_mm_rows(1), 16);
+    CHECK_EQ(moe_mm_rows(49), 64);
+    CHECK_EQ(moe_mm_rows(512), 512);
+    CHECK_EQ(moe_mm_rows(513), 528);
+    moe_cpu_free(&c);
+}
+
+/* A faked 2-node machine: experts alternate between the nodes, each
+ * node's team of one thread computes exactly its own experts' rows, and
+ * the results match the reference. On a 1-node host the memory of a
+ * node that does not exist stays put, and the call says so. */
+static void numa_teams_run_their_own_experts(void) {
+    moe_rng r = {3};
+    const uint32_t H = 128, I = 96, NT = 6;
+    CHECK_EQ(moe_cpu_home(0, 2), 0);
+    CHECK_EQ(moe_cpu_home(5, 2), 1);
+    CHECK_EQ(moe_cpu_home(7, 1), 0);
+    moe_cpu *c = engine(2, 2, false);
+    expert_buf b[6];
+    moe_cpu_task tasks[6];
+    float *want[6];
+    for (uint32_t i = 0; i < NT; i++) {
+        expert_make(&b[i], H, I, MOE_DTYPE_BF16, &r);
+        float *x = malloc(2 * H * sizeof *x);
+        test_fill(&r, x, 2 * H);
+        tasks[i] = (moe_cpu_task){b[i].v, moe_cpu_home(i, 2), 2, x, malloc(2 * H * sizeof(float))};
+        want[i] = malloc(2 * H * sizeof(float));
+        ref(&b[i].v, 2, x, want[i]);
+    }
+    uint32_t work[2 * 6];
+    moe_cpu_trace(c, work, 12);
+    CHECK_OK(moe_cpu_run(c, tasks, NT));
+    for (uint32_t i = 0; i < NT; i++) {
+        const uint32_t home = tasks[i].team;
+        CHECK(work[home * NT + i] > 0);      /* its team's thread did it */
+        CHECK_EQ(work[(1 - home) * NT + i], 0); /* the other node's did not */
+        CHECK(test_nmse(tasks[i].y, want[i], 2 * H) <= test_tolerance(MOE_DTYPE_BF16));
+        free((void *)tasks[i].x), free(tasks[i].y), free(want[i]);
+        expert_free(&b[i]);
+    }
+    moe_cpu_free(&c);
+    /* Memory placement: a node this machine lacks is refused (0 bytes). */
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char *mem = aligned_alloc(page, 4 * page);
+    memset(mem, 1, 4 * page);
+    CHECK_EQ(moe_numa_move(mem, 4 * page, 63), 0);
+    if (moe_numa_node_exists(0)) CHECK_EQ(moe_numa_move(mem + 1, 4 * page - 1, 0), 3 * page);
+    CHECK(mem[0] == 1 && mem[4 * page - 1] == 1); /* contents unchanged */
+    free(mem);
+}
+
+static void log_to(moe_log_level l, const char *msg, void *user) {
+    (void)l;
+    if (strstr(msg, "NUMA team")) snprintf(user, 128, "%s", msg);
+}
+
+/* The runtime on a synthetic 2-node topology splits its threads into two
+ * teams and still computes the reference result. */
+static void runtime_on_two_nodes(void) {
+    moe_topology_t *topo = NULL;
+    CHECK_OK(moe_topology_synthetic(&topo, "numa:2 core:1 pu:1"));
+    test_model tm;
+    test_model_make(&tm, 1, 8, 40, 24, MOE_DTYPE_F32, 4);
+    char seen[128] = "";
+    moe_runtime_params p = moe_runtime_default_params();
+    p.topology = topo, p.log_fn = log_to, p.log_user = seen, p.log_level = MOE_LOG_INFO;
+    moe_runtime_t *rt = NULL;
+    CHECK_OK(moe_runtime_create(&rt, tm.model, &p));
+    CHECK(strstr(seen, "2 threads in 2 NUMA team(s)") != NULL);
+    moe_rng r = {8};
+    float x[3 * 40], y[3 * 40], w[6], want[3 * 40], one[40], scratch[24];
+    int32_t ids[6];
+    test_fill(&r, x, 3 * 40);
+    test_routing(&r, 3, 8, 2, ids, w);
+    CHECK_OK(moe_layer_forward(rt, 0, 3, x, 2, ids, w, y));
+    memset(want, 0, sizeof want);
+    for (int t = 0; t < 3; t++)
+        for (int j = 0; j < 2; j++) {
+            const uint32_t e = (uint32_t)ids[t * 2 + j];
+            moe_expert_view v = {test_weight(&tm, 0, e, 0), test_weight(&tm, 0, e, 1), test_weight(&tm, 0, e, 2),
+                                 MOE_DTYPE_F32, 40, 24, NULL, NULL, NULL};
+            moe_ref_expert(&v, 1, x + t * 40, one, scratch);
+            for (int i = 0; i < 40; i++) want[t * 40 + i] += w[t * 2 + j] * one[i];
+        }
+    CHECK(test_nmse(y, want, 3 * 40) <= test_tolerance(MOE_DTYPE_F32));
+    moe_runtime_free(&rt);
+    moe_topology_free(&topo);
+    test_model_free(&tm);
+}
+
+static void bad_tasks_are_refused(void) {
+    moe_rng r = {9};
+    expert_buf b;
+    expert_make(&b, 16, 8, MOE_DTYPE_I8, &r);
+    float x[16], y[16];
+    test_fill(&r, x, 16);
+    moe_cpu *c = engine(1, 1, false);
+    moe_cpu_task t = {b.v, 0, 1, x, y};
+    moe_cpu_task bad = t;
+    bad.w.dtype = MOE_DTYPE_COUNT_;
+    CHECK_STATUS(moe_cpu_run(c, &bad, 1), MOE_ERR_UNSUPPORTED);
+    CHECK_ERROR_MENTIONS("task 0: weight dtype");
+    bad = t, bad.w.inter = 0;
+    CHECK_STATUS(moe_cpu_run(c, &bad, 1), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("expert shape 16x0");
+    bad = t, bad.w.down = NULL;
+    CHECK_STATUS(moe_cpu_run(c, &bad, 1), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("down weights are NULL");
+    bad = t, bad.w.up_scale = NULL;
+    CHECK_STATUS(moe_cpu_run(c, &bad, 1), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("without scales");
+    bad = t, bad.team = 1;
+    CHECK_STATUS(moe_cpu_run(c, &bad, 1), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("team 1 out of range");
+    bad = t, bad.y = NULL;
+    CHECK_STATUS(moe_cpu_run(c, &bad, 1), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_cpu_run(c, NULL, 1), MOE_ERR_INVALID_ARG);
+    CHECK_OK(moe_cpu_run(c, NULL, 0));
+    /* NaN in a token reaches that token's outputs, and no other's. */
+    float x2[32], y2[32];
+    test_fill(&r, x2, 32);
+    x2[3] = NAN;
+    moe_cpu_task two = {b.v, 0, 2, x2, y2};
+    CHECK_OK(moe_cpu_run(c, &two, 1));
+    for (int i = 0; i < 16; i++) CHECK(isnan(y2[i]) && isfinite(y2[16 + i]));
+    moe_cpu_params p = {.n_threads = 2, .n_teams = 3};
+    moe_cpu *c2 = NULL;
+    CHECK_STATUS(moe_cpu_create(&c2, &p), MOE_ERR_INVALID_ARG);
+    uint32_t sizes[2] = {2, 1};
+    p.n_teams = 2, p.team_size = sizes;
+    CHECK_STATUS(moe_cpu_create(&c2, &p), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("add up to 3, not 2");
+    CHECK(c2 == NULL);
+    moe_cpu_free(&c);
+    moe_cpu_free(&c);
+    expert_free(&b);
+}
+
+TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
+          TEST_CASE(engine_matches_reference), TEST_CASE(large_groups_use_onednn),
+          TEST_CASE(numa_teams_run_their_own_experts), TEST_CASE(runtime_on_two_nodes),
+          TEST_CASE(bad_tasks_are_refused))
