@@ -11,7 +11,8 @@
 enum { ALIGN = 64, MIN_BLK = 16, MAX_BLK = 256, MAX_DIM = 1u << 20 };
 
 struct moe_cpu {
-    uint32_t n_threads, n_teams, gemv_max_m;
+    uint32_t n_threads, n_teams;
+    uint32_t gemv_max_m[MOE_DTYPE_COUNT_];
     uint32_t *team_of, *rank_of; /* per thread */
     uint32_t *team_n;            /* threads per team */
     moe_kernel kern[MOE_DTYPE_COUNT_];
@@ -42,7 +43,8 @@ moe_status moe_cpu_create(moe_cpu **out, const moe_cpu_params *p) {
     moe_cpu *c = calloc(1, sizeof *c);
     if (!c) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_cpu_create: allocation failed");
     c->n_threads = p->n_threads, c->n_teams = p->n_teams, c->log = p->log;
-    c->gemv_max_m = p->gemv_max_m ? p->gemv_max_m : MOE_CPU_GEMV_MAX_M;
+    for (int d = 0; d < MOE_DTYPE_COUNT_; d++)
+        c->gemv_max_m[d] = p->gemv_max_m ? p->gemv_max_m : moe_cpu_default_gemv_max_m((moe_dtype)d);
     c->team_of = calloc(p->n_threads, sizeof *c->team_of);
     c->rank_of = calloc(p->n_threads, sizeof *c->rank_of);
     c->team_n = calloc(p->n_teams, sizeof *c->team_n);
@@ -99,6 +101,21 @@ void moe_cpu_free(moe_cpu **pc) {
     free(c);
 }
 
+/* Where oneDNN's smallest bucket (16 rows, cold weights) overtakes the
+ * GEMV kernels on 2048x1408 experts, 2 threads: bf16 and int8 past 4
+ * tokens (AMX), f32 near 24 (brgemm avx512 reads plain weights slowly). */
+uint32_t moe_cpu_default_gemv_max_m(moe_dtype t) {
+    switch (t) {
+    case MOE_DTYPE_BF16: case MOE_DTYPE_I8: return 4;
+    case MOE_DTYPE_F32: return 16;
+    default: return UINT32_MAX; /* f16: no oneDNN path */
+    }
+}
+
+uint32_t moe_cpu_gemv_max_m(const moe_cpu *c, moe_dtype t) {
+    return c && moe_dtype_size(t) ? c->gemv_max_m[t] : 0;
+}
+
 moe_status moe_cpu_prepare(moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtype t) {
     if (!c) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_prepare: engine is NULL");
     moe_act_kind a;
@@ -151,7 +168,7 @@ static moe_status check_task(const moe_cpu *c, const moe_cpu_task *t, uint32_t i
 
 /* True if the task runs on oneDNN: a large group of a prepared shape. */
 static bool is_large(const moe_cpu *c, const moe_cpu_task *t) {
-    return t->m > c->gemv_max_m && moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
+    return t->m > c->gemv_max_m[t->w.dtype] && moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
            moe_mm_ready(c->mm, t->w.inter, t->w.hidden, t->w.dtype);
 }
 

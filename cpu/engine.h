@@ -26,13 +26,14 @@ typedef struct moe_cpu_params {
     uint32_t n_teams;          /* NUMA nodes that hold experts; >= 1 */
     const uint32_t *team_size; /* threads of each team (sum = n_threads), or NULL for an even split */
     bool bind_threads;         /* pin each team to its node's CPUs (nodes this machine has) */
-    uint32_t gemv_max_m;       /* groups of more tokens go to oneDNN; 0 = default */
+    uint32_t gemv_max_m;       /* groups of more tokens go to oneDNN; 0 = per-dtype defaults */
     bool portable;             /* plain C kernels and no oneDNN: the second implementation for tests */
     const moe_logger *log;
 } moe_cpu_params;
 
-/* Default threshold between the GEMV kernels and oneDNN (tokens per group). */
-enum { MOE_CPU_GEMV_MAX_M = 8 };
+/* Largest group (tokens) the GEMV kernels take for weight dtype t by default;
+ * larger groups go to oneDNN. Measured crossovers (docs/cpu-engine.md). */
+uint32_t moe_cpu_default_gemv_max_m(moe_dtype t);
 
 typedef struct moe_cpu_task {
     moe_expert_view w;
@@ -56,6 +57,9 @@ moe_status moe_cpu_prepare(moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtyp
 moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n_tasks);
 
 void moe_cpu_free(moe_cpu **c);
+
+/* The threshold this engine uses for dtype t. */
+uint32_t moe_cpu_gemv_max_m(const moe_cpu *c, moe_dtype t);
 
 /* Which kernel runs dtype t ("avx512_bf16", "c", ...), and which oneDNN
  * implementation a group of m tokens of this shape uses ("" for none). */

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Turns JSON lines from `moe-bench cpu --json` and the peers (bench/peers/torch_swiglu.py,
+a ggml harness printing the same keys with "peer":"ggml") into the markdown tables of
+docs/benchmarks.md.
+
+    python3 bench/report.py moerun.jsonl [ggml.jsonl torch.jsonl ...]
+
+Expert table: one row per (shape, m), one column per (engine, dtype): weight bandwidth as a
+fraction of the DRAM read bandwidth each process measured just before (decode, m <= 8) or
+GFLOP/s (larger m), with the ratio to one prepacked oneDNN matmul for moerun.
+"""
+import json
+import sys
+from collections import defaultdict
+
+
+def load(paths):
+    rows = []
+    for p in paths:
+        with open(p) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    rows.append(json.loads(line))
+    return rows
+
+
+def engine(r):
+    return r.get("peer", "moerun").split()[0]
+
+
+def main(paths):
+    rows = load(paths)
+    experts = [r for r in rows if r.get("bench", "cpu") == "cpu" and r.get("case", "expert") == "expert" and "m" in r]
+    cols, cells = [], defaultdict(dict)
+    for r in experts:
+        col = f"{engine(r)} {r['dtype']}"
+        if col not in cols:
+            cols.append(col)
+        m = r["m"]
+        if m <= 8:
+            cell = f"{r['ratio_to_dram']:.2f}"
+        else:
+            cell = f"{r['gflops']:.0f}"
+            if r.get("ratio_to_matmul"):
+                cell += f" ({r['ratio_to_matmul']:.2f})"
+        cells[(r["shape"], m)][col] = cell
+    print("| shape | m | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for (shape, m) in sorted(cells, key=lambda k: (k[0], k[1])):
+        print(f"| {shape} | {m} | " + " | ".join(cells[(shape, m)].get(c, "") for c in cols) + " |")
+    layers = [r for r in rows if r.get("bench") == "layer" or r.get("case") == "layer"]
+    if layers:
+        print()
+        print("| engine | dtype | tokens | ms per layer | ratio to DRAM (decode) | GFLOP/s |")
+        print("|---|---|---|---|---|---|")
+        for r in layers:
+            for key in ("decode", "prefill"):
+                if key in r:  # peers may report both phases in one object
+                    s = r[key]
+                    print(f"| {engine(r)} | {r['dtype']} | {s.get('tokens', '')} | {s.get('ms_per_layer', 0):.2f} | "
+                          f"{s.get('ratio_to_dram', 0):.2f} | {s.get('gflops', 0):.0f} |")
+            if "ms_per_layer" in r:
+                print(f"| {engine(r)} | {r['dtype']} | {r.get('tokens', '')} | {r['ms_per_layer']:.2f} | "
+                      f"{r.get('ratio_to_dram', 0):.2f} | {r.get('gflops', 0):.0f} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
