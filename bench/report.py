@@ -34,7 +34,7 @@ def main(paths):
     experts = [r for r in rows if r.get("bench", "cpu") == "cpu" and r.get("case", "expert") == "expert" and "m" in r]
     cols, cells = [], defaultdict(dict)
     for r in experts:
-        col = f"{engine(r)} {r['dtype']}"
+        col = f"{engine(r)} {r['dtype'].split('+')[0]}"
         if col not in cols:
             cols.append(col)
         m = r["m"]
@@ -61,8 +61,9 @@ def main(paths):
                     print(f"| {engine(r)} | {r['dtype']} | {s.get('tokens', '')} | {s.get('ms_per_layer', 0):.2f} | "
                           f"{s.get('ratio_to_dram', 0):.2f} | {s.get('gflops', 0):.0f} |")
             if "ms_per_layer" in r:
+                ratio = f"{r['ratio_to_dram']:.2f}" if r.get("tokens") == 1 and "ratio_to_dram" in r else ""
                 print(f"| {engine(r)} | {r['dtype']} | {r.get('tokens', '')} | {r['ms_per_layer']:.2f} | "
-                      f"{r.get('ratio_to_dram', 0):.2f} | {r.get('gflops', 0):.0f} |")
+                      f"{ratio} | {r.get('gflops', 0):.0f} |")
 
 
 if __name__ == "__main__":
