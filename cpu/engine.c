@@ -172,15 +172,17 @@ static bool is_large(const moe_cpu *c, const moe_cpu_task *t) {
            moe_mm_ready(c->mm, t->w.inter, t->w.hidden, t->w.dtype);
 }
 
-/* Scratch bytes of a large task: x, h (as activations, with scales), the
- * gate and up results (h overwrites gate) and the down result, all padded
- * to the bucket rows. */
+/* Scratch bytes of a large task: x and h as activations with their
+ * scales, padded to the bucket rows; the gate and up results (h is written
+ * as activations straight from them); and one bucket of down results for
+ * a padded last bucket (the others go straight to y). */
 static size_t large_bytes(const moe_cpu_task *t) {
     moe_act_kind a;
     moe_mm_act(t->w.dtype, &a);
     const size_t rows = moe_mm_rows(t->m), asz = moe_act_size(a), H = t->w.hidden, I = t->w.inter;
+    const size_t tail = rows < 512 ? rows : 512;
     return al(rows * H * asz) + al(rows * 4) + 2 * al(rows * I * 4) + al(rows * I * asz) + al(rows * 4) +
-           al(rows * H * 4);
+           al(tail * H * 4);
 }
 
 static size_t small_bytes(const moe_cpu *c, const moe_cpu_task *t) {
@@ -294,9 +296,10 @@ static void prep_rows(uint32_t nthr, moe_act_kind a, uint32_t m, uint32_t k, con
     }
 }
 
-/* One large group on oneDNN: gate and up matmuls, a parallel epilogue
- * (int8 scales, SiLU-multiply), the down matmul, and a copy (scaled for
- * int8) of the valid rows into y. */
+/* One large group on oneDNN: gate and up matmuls; one parallel pass per
+ * row that applies int8 scales, SiLU-multiplies and converts h into the
+ * activations of the down matmul (the row is still in cache); the down
+ * matmul straight into y; for int8 a scaling pass over y. */
 static moe_status run_large(moe_cpu *c, const moe_cpu_task *t, char *p) {
     const moe_expert_view *w = &t->w;
     const uint32_t H = w->hidden, I = w->inter, m = t->m;
@@ -308,35 +311,39 @@ static moe_status run_large(moe_cpu *c, const moe_cpu_task *t, char *p) {
     float *xs = (float *)(p += al(rows * H * asz));
     float *G = (float *)(p += al(rows * 4));
     float *U = (float *)(p += al(rows * I * 4));
-    void *ha = (p += al(rows * I * 4));
+    char *ha = (p += al(rows * I * 4));
     float *hs = (float *)(p += al(rows * I * asz));
-    float *Y = (float *)(p += al(rows * 4));
+    float *tail = (float *)(p += al(rows * 4));
     const int nthr = (int)c->n_threads;
 
     prep_rows(c->n_threads, a, m, H, t->x, xa, xs, rows);
-    moe_status st = moe_mm_run(c->mm, H, I, w->dtype, m, xa, w->gate, G);
-    if (st == MOE_OK) st = moe_mm_run(c->mm, H, I, w->dtype, m, xa, w->up, U);
+    moe_status st = moe_mm_run(c->mm, H, I, w->dtype, m, xa, w->gate, G, NULL);
+    if (st == MOE_OK) st = moe_mm_run(c->mm, H, I, w->dtype, m, xa, w->up, U, NULL);
     if (st != MOE_OK) return st;
 #pragma omp parallel for num_threads(nthr) schedule(static)
-    for (int64_t r = 0; r < (int64_t)m; r++) {
+    for (int64_t r = 0; r < (int64_t)rows; r++) {
+        char *hr = ha + (size_t)r * I * asz;
+        if ((uint64_t)r >= m) { /* padding rows of the down matmul's source */
+            memset(hr, 0, (size_t)I * asz);
+            hs[r] = 0.0f;
+            continue;
+        }
         float *g = G + (size_t)r * I, *u = U + (size_t)r * I;
         if (q) {
             const float s = xs[r];
             for (uint32_t j = 0; j < I; j++) g[j] *= s * w->gate_scale[j], u[j] *= s * w->up_scale[j];
         }
         moe_silu_mul(g, g, u, I);
+        if (a == MOE_ACT_F32) memcpy(hr, g, (size_t)I * sizeof *g);
+        else moe_acts_prepare(a, 1, I, g, I, hr, hs + r);
     }
-    prep_rows(c->n_threads, a, m, I, G, ha, hs, rows);
-    if ((st = moe_mm_run(c->mm, I, H, w->dtype, m, ha, w->down, Y)) != MOE_OK) return st;
+    if ((st = moe_mm_run(c->mm, I, H, w->dtype, m, ha, w->down, t->y, tail)) != MOE_OK) return st;
+    if (q) {
 #pragma omp parallel for num_threads(nthr) schedule(static)
-    for (int64_t r = 0; r < (int64_t)m; r++) {
-        const float *src = Y + (size_t)r * H;
-        float *y = t->y + (size_t)r * H;
-        if (q) {
+        for (int64_t r = 0; r < (int64_t)m; r++) {
+            float *y = t->y + (size_t)r * H;
             const float s = hs[r];
-            for (uint32_t j = 0; j < H; j++) y[j] = src[j] * s * w->down_scale[j];
-        } else {
-            memcpy(y, src, (size_t)H * sizeof *y);
+            for (uint32_t j = 0; j < H; j++) y[j] *= s * w->down_scale[j];
         }
     }
     return MOE_OK;

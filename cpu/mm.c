@@ -165,7 +165,7 @@ const char *moe_mm_impl(const moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype
 }
 
 moe_status moe_mm_run(moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype t, uint32_t m, const void *src,
-                      const void *w, float *dst) {
+                      const void *w, float *dst, float *tail) {
     moe_act_kind a;
     if (!moe_mm_act(t, &a)) return moe_fail(MOE_ERR_UNSUPPORTED, "moe_mm_run: %s", moe_dtype_name(t));
     const size_t asz = moe_act_size(a);
@@ -174,12 +174,17 @@ moe_status moe_mm_run(moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype t, uint
         mm_entry *e = find(c, k, n, t, mb);
         if (!e)
             return moe_fail(MOE_ERR_STATE, "moe_mm_run: %s [%u x %u] was not prepared", moe_dtype_name(t), n, k);
+        const bool padded = tail && s + mb > m; /* the last bucket overhangs dst */
         dnnl_memory_set_data_handle(e->src, (char *)(uintptr_t)src + (size_t)s * k * asz);
         dnnl_memory_set_data_handle(e->wei, (void *)(uintptr_t)w);
-        dnnl_memory_set_data_handle(e->dst, dst + (size_t)s * n);
+        dnnl_memory_set_data_handle(e->dst, padded ? tail : dst + (size_t)s * n);
         dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->wei}, {DNNL_ARG_DST, e->dst}};
         if (dnnl_primitive_execute(e->prim, c->stream, 3, args) != dnnl_success)
             return moe_fail(MOE_ERR_INTERNAL, "moe_mm_run: oneDNN matmul failed");
+        if (padded) {
+            dnnl_stream_wait(c->stream);
+            memcpy(dst + (size_t)s * n, tail, (size_t)(m - s) * n * sizeof *dst);
+        }
         s += mb;
     }
     dnnl_stream_wait(c->stream);
