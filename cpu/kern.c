@@ -344,7 +344,9 @@ T_512 static void exp_512(float *y, const float *x, size_t n) {
     }
 }
 
-/* silu(g) * u = g / (1 + exp(-g)) * u, the reference's formula. */
+/* silu(g) * u = g / (1 + exp(-g)) * u, the reference's formula. Bound by
+ * exp's polynomial (about 12 cycles per vector); rcp14 with a Newton step
+ * instead of the division measured no faster. */
 T_512 INLINE __m512 silu_mul512(__m512 g, __m512 u) {
     __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
     return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
@@ -369,19 +371,28 @@ T_BF16 static void to_bf16_512(uint16_t *q, const float *x, uint32_t k) {
     }
 }
 
-/* Largest |x| of a row, or NaN if the row holds NaN or Inf (x * 0 is NaN
- * exactly for those), so that non-finite inputs reach the output. */
+/* Largest |x| of a row, or NaN if the row holds NaN or Inf, so that
+ * non-finite inputs reach the output. Four independent maxima, and NaN
+ * found with an unordered compare (max would drop it). */
 T_512 static float amax_512(const float *x, uint32_t k) {
-    __m512 mx = _mm512_setzero_ps(), bad = _mm512_setzero_ps();
+    __m512 m0 = _mm512_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+    __mmask16 nan = 0;
     uint32_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        __m512 c = _mm512_loadu_ps(x + i + 32), d = _mm512_loadu_ps(x + i + 48);
+        nan |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
+        m0 = _mm512_max_ps(m0, _mm512_abs_ps(a)), m1 = _mm512_max_ps(m1, _mm512_abs_ps(b));
+        m2 = _mm512_max_ps(m2, _mm512_abs_ps(c)), m3 = _mm512_max_ps(m3, _mm512_abs_ps(d));
+    }
     for (; i < k; i += 16) {
         __mmask16 m = (__mmask16)(k - i >= 16 ? 0xffffu : (1u << (k - i)) - 1);
         __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        mx = _mm512_max_ps(mx, _mm512_abs_ps(v));
-        bad = _mm512_add_ps(bad, _mm512_mul_ps(v, _mm512_setzero_ps()));
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        m0 = _mm512_max_ps(m0, _mm512_abs_ps(v));
     }
-    float b = _mm512_reduce_add_ps(bad);
-    return b != b ? NAN : _mm512_reduce_max_ps(mx);
+    const float r = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
+    return nan || isinf(r) ? NAN : r;
 }
 
 T_512 static void quant_512(uint8_t *q, const float *x, uint32_t k, float inv, int offset) {
