@@ -16,6 +16,7 @@ struct moe_demo {
     float *router;  /* [layers, experts, hidden] */
     float *lm_head; /* [vocab, hidden] */
     void *experts;  /* [layers, experts, 3, hidden*inter] in cfg.dtype */
+    float *scales;  /* int8 only: [layers, experts, inter + inter + hidden] per-row scales */
     /* forward workspace, grown on demand */
     uint32_t cap_tokens;
     float *h, *x, *y, *probs, *weights;
@@ -31,11 +32,14 @@ static void fill_uniform(moe_rng *r, float *p, size_t n, float scale) {
     for (size_t i = 0; i < n; i++) p[i] = moe_rng_range(r, -scale, scale);
 }
 
-static void store(void *base, moe_dtype t, size_t i, float v) {
+/* Weight i of a matrix whose values lie in [-a, a]; int8 stores the code of
+ * a symmetric per-row scale a / 127 (every row of a matrix shares a). */
+static void store(void *base, moe_dtype t, size_t i, float v, float a) {
     switch (t) {
     case MOE_DTYPE_F32: ((float *)base)[i] = v; break;
     case MOE_DTYPE_BF16: ((uint16_t *)base)[i] = moe_f32_to_bf16(v); break;
     case MOE_DTYPE_F16: ((uint16_t *)base)[i] = moe_f32_to_f16(v); break;
+    case MOE_DTYPE_I8: ((int8_t *)base)[i] = (int8_t)lrintf(v * 127.0f / a); break;
     default: break;
     }
 }
@@ -70,8 +74,10 @@ moe_status moe_demo_create(moe_demo **out, const moe_demo_config *cfg) {
     d->lm_head = malloc((size_t)c.vocab * c.hidden * sizeof(float));
     d->router = malloc((size_t)c.n_layers * c.n_experts * c.hidden * sizeof(float));
     d->experts = malloc((size_t)c.n_layers * c.n_experts * 3 * per * esz);
+    const size_t per_scales = 2 * (size_t)c.inter + c.hidden;
+    if (c.dtype == MOE_DTYPE_I8) d->scales = malloc((size_t)c.n_layers * c.n_experts * per_scales * sizeof(float));
     moe_status st = MOE_OK;
-    if (!d->embed || !d->lm_head || !d->router || !d->experts) {
+    if (!d->embed || !d->lm_head || !d->router || !d->experts || (c.dtype == MOE_DTYPE_I8 && !d->scales)) {
         st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "demo: allocation of %.1f MB of weights failed", expert_bytes / 1e6);
         goto fail;
     }
@@ -82,8 +88,13 @@ moe_status moe_demo_create(moe_demo **out, const moe_demo_config *cfg) {
     /* Uniform(-a, a) with a = sqrt(3/fan_in) keeps activations near unit variance. */
     const float a_in = sqrtf(3.0f / (float)c.hidden), a_out = sqrtf(3.0f / (float)c.inter);
     for (size_t m = 0; m < (size_t)c.n_layers * c.n_experts; m++) {
-        for (size_t i = 0; i < 2 * per; i++) store(d->experts, c.dtype, m * 3 * per + i, moe_rng_range(&r, -a_in, a_in));
-        for (size_t i = 2 * per; i < 3 * per; i++) store(d->experts, c.dtype, m * 3 * per + i, moe_rng_range(&r, -a_out, a_out));
+        for (size_t i = 0; i < 2 * per; i++)
+            store(d->experts, c.dtype, m * 3 * per + i, moe_rng_range(&r, -a_in, a_in), a_in);
+        for (size_t i = 2 * per; i < 3 * per; i++)
+            store(d->experts, c.dtype, m * 3 * per + i, moe_rng_range(&r, -a_out, a_out), a_out);
+        if (d->scales)
+            for (size_t j = 0; j < per_scales; j++)
+                d->scales[m * per_scales + j] = (j < 2 * (size_t)c.inter ? a_in : a_out) / 127.0f;
     }
 
     if ((st = moe_model_create(&d->model, c.n_layers)) != MOE_OK) goto fail;
@@ -92,7 +103,10 @@ moe_status moe_demo_create(moe_demo **out, const moe_demo_config *cfg) {
         if ((st = moe_model_set_layer(d->model, l, &desc)) != MOE_OK) goto fail;
         for (uint32_t e = 0; e < c.n_experts; e++) {
             const char *base = (const char *)d->experts + ((size_t)l * c.n_experts + e) * 3 * per * esz;
-            const moe_expert_weights w = {.gate = base, .up = base + per * esz, .down = base + 2 * per * esz};
+            const float *sc = d->scales ? d->scales + ((size_t)l * c.n_experts + e) * per_scales : NULL;
+            const moe_expert_weights w = {.gate = base, .up = base + per * esz, .down = base + 2 * per * esz,
+                                          .gate_scale = sc, .up_scale = sc ? sc + c.inter : NULL,
+                                          .down_scale = sc ? sc + 2 * (size_t)c.inter : NULL};
             if ((st = moe_model_set_expert(d->model, l, e, &w)) != MOE_OK) goto fail;
         }
     }
@@ -125,6 +139,7 @@ void moe_demo_free(moe_demo **pd) {
     free(d->lm_head);
     free(d->router);
     free(d->experts);
+    free(d->scales);
     free(d);
 }
 

@@ -151,7 +151,7 @@ static void glue_is_accurate_and_propagates_nan(void) {
 static void engine_matches_reference(void) {
     moe_rng r = {5};
     const uint32_t shapes[][2] = {{64, 96}, {37, 51}, {256, 176}, {2048, 1408}};
-    const uint32_t ms[] = {0, 1, 3, 8, 9, 17, 100};
+    const uint32_t ms[] = {0, 1, 3, 8, 9, 16, 17, 32, 100}; /* 16, 32: whole buckets */
     enum { NT = sizeof ms / sizeof ms[0] };
     for (int ti = 0; ti < 4; ti++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)

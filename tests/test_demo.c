@@ -39,6 +39,23 @@ static void same_logits_every_way(void) {
     free(a), free(b), free(c);
 }
 
+/* The int8 demo quantizes the f32 demo's weights (same seed, per-row
+ * scales), so its logits follow the f32 ones through the whole stack:
+ * every layer's int8 kernels, activation quantization and all. */
+static void int8_follows_f32(void) {
+    moe_demo_config cfg = moe_demo_default_config();
+    cfg.n_layers = 3, cfg.hidden = 64, cfg.inter = 96, cfg.vocab = 100, cfg.dtype = MOE_DTYPE_F32;
+    int32_t tok[24];
+    uint32_t n = moe_demo_tokenize("int8 weights, per-row scales", cfg.vocab, tok, 24);
+    float *f = run(&cfg, 2, NULL, tok, n);
+    cfg.dtype = MOE_DTYPE_I8;
+    float *q = run(&cfg, 2, NULL, tok, n), *q1 = run(&cfg, 1, NULL, tok, n);
+    const double e = test_nmse(q, f, (size_t)n * cfg.vocab);
+    CHECK(e > 0.0 && e < 1e-2);
+    CHECK(memcmp(q, q1, (size_t)n * cfg.vocab * sizeof *q) == 0);
+    free(f), free(q), free(q1);
+}
+
 static void bad_configs_are_refused(void) {
     moe_demo *d = (moe_demo *)1;
     moe_demo_config cfg = moe_demo_default_config();
@@ -80,5 +97,5 @@ static void tokens_out_of_vocab_are_refused(void) {
     moe_demo_free(&d);
 }
 
-TEST_MAIN("demo", TEST_CASE(same_logits_every_way), TEST_CASE(bad_configs_are_refused),
+TEST_MAIN("demo", TEST_CASE(same_logits_every_way), TEST_CASE(int8_follows_f32), TEST_CASE(bad_configs_are_refused),
           TEST_CASE(tokens_out_of_vocab_are_refused))

@@ -28,7 +28,7 @@ static void usage(FILE *f) {
             "  --layers N --experts N --top-k N --hidden N --inter N --vocab N\n"
             "                        demo model shape (default 4 layers, 16 experts, top-2,\n"
             "                        hidden 256, inter 512, vocab 512)\n"
-            "  --dtype f32|bf16|f16  expert weight type (default bf16)\n"
+            "  --dtype f32|bf16|f16|int8  expert weight type (default bf16)\n"
             "  -q, --quiet           print only the statistics\n"
             "  --version             print the version and build\n"
             "  -h, --help            this help\n"
@@ -115,7 +115,8 @@ int main(int argc, char **argv) {
             if (!strcmp(v, "f32")) cfg.dtype = MOE_DTYPE_F32;
             else if (!strcmp(v, "bf16")) cfg.dtype = MOE_DTYPE_BF16;
             else if (!strcmp(v, "f16")) cfg.dtype = MOE_DTYPE_F16;
-            else return bad("--dtype: \"%s\" is not one of f32, bf16, f16", v);
+            else if (!strcmp(v, "int8")) cfg.dtype = MOE_DTYPE_I8;
+            else return bad("--dtype: \"%s\" is not one of f32, bf16, f16, int8", v);
         } else
             return bad("unknown option %s", a);
         if (num && !parse_u32(v, lo, hi, num)) return bad("%s: bad value (an integer in %u..%u)", a, lo, hi);
