@@ -3,7 +3,7 @@
  *
  *   moe-bench cpu [--shape HxI,...] [--dtype bf16,int8,f32,f16] [--m 1,4,512]
  *                 [--threads N] [--rotate-mb MB] [--reps N] [--no-layer] [--json]
- *                 [--gemv-max-m N]   (groups of up to N tokens on the GEMV kernels)
+ *                 [--gemv-max-m N] [--amx-max-m N]   (where the kernels hand over)
  *
  * For every shape, dtype and token count m: one expert call through the CPU
  * engine, with weights cold (rotating over more distinct experts than the
@@ -47,7 +47,7 @@ typedef struct opts {
     uint32_t n_dtypes;
     uint32_t ms[16];
     uint32_t n_ms;
-    uint32_t threads, gemv_max_m;
+    uint32_t threads, gemv_max_m, amx_max_m;
     size_t rotate_bytes;
     int reps;
     bool json, layer;
@@ -57,7 +57,7 @@ static void die(const char *fmt, const char *arg) {
     fprintf(stderr, "moe-bench: ");
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nusage: moe-bench cpu [--shape HxI,...] [--dtype bf16,int8,f32,f16] [--m 1,4,512] "
-                    "[--threads N] [--rotate-mb MB] [--reps N] [--no-layer] [--json] [--gemv-max-m N]\n");
+                    "[--threads N] [--rotate-mb MB] [--reps N] [--no-layer] [--json] [--gemv-max-m N] [--amx-max-m N]\n");
     exit(2);
 }
 
@@ -238,10 +238,11 @@ static void bench_expert(const opts *o, moe_cpu *cpu, const shape *s, moe_dtype 
         const double gflops = 6.0 * m * s->hidden * s->inter / best / 1e9, gbps = wbytes / best / 1e9;
         const double mm = m >= 32 ? matmul_gflops(t, m, s->hidden, 3 * s->inter, o->reps) : 0.0;
         char path[96];
-        if (m > moe_cpu_gemv_max_m(cpu, t) && moe_cpu_dnnl_impl(cpu, s->hidden, s->inter, t, m)[0])
+        const char *how = moe_cpu_path(cpu, s->hidden, s->inter, t, m);
+        if (!strcmp(how, "onednn"))
             snprintf(path, sizeof path, "onednn %s", moe_cpu_dnnl_impl(cpu, s->hidden, s->inter, t, m));
         else
-            snprintf(path, sizeof path, "gemv %s", moe_cpu_kernel_name(cpu, t));
+            snprintf(path, sizeof path, "%s %s", strncmp(how, "amx", 3) ? "gemv" : "own", how);
         if (o->json)
             printf("{\"bench\":\"cpu\",\"model\":\"%s\",\"shape\":\"%ux%u\",\"dtype\":\"%s\",\"m\":%u,\"threads\":%u,"
                    "\"path\":\"%s\",\"us_per_expert\":%.1f,\"weight_gbps\":%.2f,\"gflops\":%.1f,"
@@ -346,12 +347,12 @@ static void bench_layer(const opts *o, moe_dtype t, double dram) {
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "cpu") != 0) die("%s", argc < 2 ? "which benchmark? (cpu)" : "unknown benchmark");
     opts o = {.reps = 5, .layer = true, .rotate_bytes = 0};
-    enum { O_SHAPE = 1, O_DTYPE, O_M, O_THREADS, O_ROT, O_REPS, O_NOLAYER, O_JSON, O_GEMV };
+    enum { O_SHAPE = 1, O_DTYPE, O_M, O_THREADS, O_ROT, O_REPS, O_NOLAYER, O_JSON, O_GEMV, O_AMX };
     static const struct option lo[] = {{"shape", 1, 0, O_SHAPE},     {"dtype", 1, 0, O_DTYPE},
                                        {"m", 1, 0, O_M},             {"threads", 1, 0, O_THREADS},
                                        {"rotate-mb", 1, 0, O_ROT},   {"reps", 1, 0, O_REPS},
                                        {"no-layer", 0, 0, O_NOLAYER}, {"json", 0, 0, O_JSON},
-                                       {"gemv-max-m", 1, 0, O_GEMV},
+                                       {"gemv-max-m", 1, 0, O_GEMV},  {"amx-max-m", 1, 0, O_AMX},
                                        {0, 0, 0, 0}};
     int c;
     optind = 2;
@@ -366,6 +367,7 @@ int main(int argc, char **argv) {
         case O_NOLAYER: o.layer = false; break;
         case O_JSON: o.json = true; break;
         case O_GEMV: o.gemv_max_m = parse_u32(optarg, "--gemv-max-m"); break;
+        case O_AMX: o.amx_max_m = parse_u32(optarg, "--amx-max-m"); break;
         default: die("%s", "bad option");
         }
     }
@@ -385,7 +387,7 @@ int main(int argc, char **argv) {
     if (!o.rotate_bytes) o.rotate_bytes = info.l3_bytes * 3 > (1ull << 30) ? info.l3_bytes * 3 : (1ull << 30);
     omp_set_num_threads((int)o.threads);
 
-    moe_cpu_params cp = {.n_threads = o.threads, .n_teams = 1, .gemv_max_m = o.gemv_max_m};
+    moe_cpu_params cp = {.n_threads = o.threads, .n_teams = 1, .gemv_max_m = o.gemv_max_m, .amx_max_m = o.amx_max_m};
     moe_cpu *cpu = NULL;
     if (moe_cpu_create(&cpu, &cp) != MOE_OK) {
         fprintf(stderr, "moe-bench: %s\n", moe_last_error());

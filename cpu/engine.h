@@ -26,7 +26,8 @@ typedef struct moe_cpu_params {
     uint32_t n_teams;          /* NUMA nodes that hold experts; >= 1 */
     const uint32_t *team_size; /* threads of each team (sum = n_threads), or NULL for an even split */
     bool bind_threads;         /* pin each team to its node's CPUs (nodes this machine has) */
-    uint32_t gemv_max_m;       /* groups of more tokens go to oneDNN; 0 = per-dtype defaults */
+    uint32_t gemv_max_m;       /* groups of more tokens go to AMX or oneDNN; 0 = per-dtype defaults */
+    uint32_t amx_max_m;        /* bf16 groups up to this size run on our AMX kernel; 0 = default */
     bool portable;             /* plain C kernels and no oneDNN: the second implementation for tests */
     const moe_logger *log;
 } moe_cpu_params;
@@ -57,6 +58,14 @@ moe_status moe_cpu_prepare(moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtyp
 moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n_tasks);
 
 void moe_cpu_free(moe_cpu **c);
+
+/* bf16 groups above the GEMV threshold and up to this many tokens run on
+ * the AMX kernel (weights in place as A tiles) where the CPU has AMX. */
+enum { MOE_CPU_AMX_MAX_M = 96 }; /* measured: level with oneDNN at 128 */
+
+/* The path a group of m tokens of this shape takes: "onednn", or the name
+ * of the kernel ("amx_bf16", "avx512_bf16", ...). */
+const char *moe_cpu_path(const moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m);
 
 /* The threshold this engine uses for dtype t. */
 uint32_t moe_cpu_gemv_max_m(const moe_cpu *c, moe_dtype t);

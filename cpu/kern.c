@@ -7,8 +7,10 @@
  * converted or dot-multiplied in registers, never repacked in memory.
  * The AVX-512 code is compiled with target attributes, so one binary runs
  * the right kernel on any x86-64 CPU. */
+#define _GNU_SOURCE /* syscall() for the AMX permission request */
 #include "kern.h"
 #include "expert.h"
+#include "topology.h"
 
 #include <math.h>
 #include <string.h>
@@ -412,6 +414,95 @@ static bool cpu_512(void) {
 }
 static bool cpu_bf16(void) { return cpu_512() && HAS("avx512bf16"); }
 static bool cpu_vnni(void) { return cpu_512() && HAS("avx512vnni"); }
+
+/* ---- AMX: weights in place as the A operand ------------------------------ */
+
+/* Groups of 5..64 tokens (prefill over many experts) with bf16 weights run
+ * on AMX with the roles swapped: 16 weight rows x 32 k of the registered
+ * [n, k] matrix are exactly an A tile (one 64-byte line per row, loaded in
+ * place with the row stride), and the tokens' activations, packed once per
+ * call into the VNNI pair layout, are the B tile (16 k pairs x 16 tokens).
+ * C = 16 weight rows x 16 tokens, stored transposed into out. No weight is
+ * copied, so the kernel streams weights at memory speed for any m up to
+ * 64, where oneDNN must first re-lay plain weights out. Needs k % 32 == 0
+ * and n % 16 == 0 (true of every real model); moe_kernel_amx() says. */
+#define T_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+
+typedef struct amx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+
+/* Tiles: 0-1 C (token groups 0 and 1), 2 A (weights), 3-4 B. A constant
+ * in memory: GCC 12 does not treat ldtilecfg as reading a local struct and
+ * drops the stores that fill it (seen: rows and colsb left zero). */
+static const amx_cfg tile_cfg = {.palette = 1,
+                                 .colsb = {64, 64, 64, 64, 64},
+                                 .rows = {16, 16, 16, 16, 16}};
+
+T_AMX static void amx_begin(void) { _tile_loadconfig(&tile_cfg); }
+
+T_AMX static void amx_end(void) { _tile_release(); }
+
+/* VNNI B layout of m tokens of bf16 activations: for each group of 16
+ * tokens and each 32-wide k step, 16 rows (k pairs) of 16 tokens x 2 bf16
+ * (1 KB); tokens past m are zero. Element (token t, k) is at
+ * ((g * k_steps + k / 32) * 16 + (k % 32) / 2) * 32 + (t % 16) * 2 + k % 2. */
+static size_t moe_amx_acts_bytes(uint32_t m, uint32_t k) { return (size_t)((m + 15) / 16) * 16 * k * 2; }
+
+/* 32 activations of one token -> 16 bf16 pairs (cvtne2ps, rounding to
+ * nearest even), scattered down the token's column of the 16 x 16 block. */
+T_AMX static void amx_pack(uint16_t *b, const float *x, size_t ldx, uint32_t m, uint32_t k) {
+    const uint32_t steps = k / 32;
+    memset(b, 0, moe_amx_acts_bytes(m, k));
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(16));
+    for (uint32_t t = 0; t < m; t++) {
+        const float *xr = x + (size_t)t * ldx;
+        uint32_t *g = (uint32_t *)(b + (size_t)(t / 16) * steps * 512) + (t % 16);
+        for (uint32_t s = 0; s < steps; s++) {
+            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + s * 32 + 16), _mm512_loadu_ps(xr + s * 32));
+            _mm512_i32scatter_epi32(g + (size_t)s * 256, rows, (__m512i)v, 4);
+        }
+    }
+}
+
+T_AMX static void gemv_amx_bf16(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
+                                const moe_acts *x, float *out, size_t ldo) {
+    (void)ws;
+    const uint32_t steps = k / 32, groups = (x->m + 15) / 16;
+    const uint16_t *b = x->data;
+    float c[2][16][16];
+    for (uint32_t j = n0; j < n1; j += 16) {
+        const uint16_t *a = (const uint16_t *)w + (size_t)j * k;
+        for (uint32_t g = 0; g < groups; g += 2) {
+            const bool two = g + 1 < groups;
+            const uint16_t *b0 = b + (size_t)g * steps * 512, *b1 = b0 + (size_t)steps * 512;
+            _tile_zero(0);
+            _tile_zero(1);
+            for (uint32_t s = 0; s < steps; s++) {
+                _tile_loadd(2, a + (size_t)s * 32, (long)k * 2);
+                _tile_loadd(3, b0 + (size_t)s * 512, 64);
+                _tile_dpbf16ps(0, 2, 3);
+                if (two) {
+                    _tile_loadd(4, b1 + (size_t)s * 512, 64);
+                    _tile_dpbf16ps(1, 2, 4);
+                }
+            }
+            _tile_stored(0, c[0], 64);
+            if (two) _tile_stored(1, c[1], 64);
+            const uint32_t tn = two ? 2 : 1;
+            for (uint32_t q = 0; q < tn; q++)
+                for (uint32_t i = 0; i < 16; i++) {
+                    const uint32_t t = (g + q) * 16 + i;
+                    if (t >= x->m) break;
+                    for (uint32_t r = 0; r < 16; r++) out[(size_t)t * ldo + (j - n0) + r] = c[q][r][i];
+                }
+        }
+    }
+}
+
 #else
 static bool cpu_512(void) { return false; }
 static bool cpu_bf16(void) { return false; }
@@ -449,7 +540,7 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable) {
 }
 
 size_t moe_act_size(moe_act_kind a) {
-    return a == MOE_ACT_F32 ? 4 : a == MOE_ACT_BF16 ? 2 : 1; /* U8, S8 */
+    return a == MOE_ACT_F32 ? 4 : a == MOE_ACT_BF16 || a == MOE_ACT_BF16_VNNI ? 2 : 1; /* U8, S8 */
 }
 
 static float amax_c(const float *x, uint32_t k) {
@@ -469,6 +560,13 @@ moe_acts moe_acts_prepare(moe_act_kind a, uint32_t m, uint32_t k, const float *x
         r.ld = ldx;
         return r;
     }
+#ifdef MOE_X86
+    if (a == MOE_ACT_BF16_VNNI) { /* only chosen where AMX runs */
+        amx_pack(buf, x, ldx, m, k);
+        r.ld = 0;
+        return r;
+    }
+#endif
     for (uint32_t row = 0; row < m; row++) {
         const float *xr = x + (size_t)row * ldx;
         if (a == MOE_ACT_BF16) {
@@ -527,4 +625,48 @@ void moe_exp_f32(float *y, const float *x, size_t n) {
     }
 #endif
     for (size_t i = 0; i < n; i++) y[i] = expf(x[i]);
+}
+
+/* ---- AMX dispatch ----------------------------------------------------- */
+
+#if defined(MOE_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+/* Linux hands out the AMX tile state only to processes that ask for it. */
+static bool amx_permitted(void) {
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    moe_topology_info info = {0};
+    moe_cpu_features(&info);
+    return info.has_amx && cpu_bf16() && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+#endif
+
+moe_kernel moe_kernel_amx(moe_dtype t) {
+    moe_kernel k = {MOE_ACT_BF16_VNNI, NULL, "amx_bf16"};
+#if defined(MOE_X86) && defined(__linux__)
+    __builtin_cpu_init();
+    if (t == MOE_DTYPE_BF16 && amx_permitted()) k.gemv = gemv_amx_bf16;
+#else
+    (void)t;
+#endif
+    return k;
+}
+
+void moe_amx_begin(void) {
+#if defined(MOE_X86) && defined(__linux__)
+    amx_begin();
+#endif
+}
+
+void moe_amx_end(void) {
+#if defined(MOE_X86) && defined(__linux__)
+    amx_end();
+#endif
+}
+
+size_t moe_acts_bytes(moe_act_kind a, uint32_t m, uint32_t k) {
+#ifdef MOE_X86
+    if (a == MOE_ACT_BF16_VNNI) return moe_amx_acts_bytes(m, k);
+#endif
+    return (size_t)m * k * moe_act_size(a);
 }

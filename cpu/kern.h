@@ -23,6 +23,7 @@ typedef enum moe_act_kind {
     MOE_ACT_BF16,    /* bf16, as the AVX512-BF16 dot product wants */
     MOE_ACT_U8,      /* u8 = round(x / scale) + 128, one f32 scale per row */
     MOE_ACT_S8,      /* s8 = round(x / scale), one f32 scale per row (oneDNN) */
+    MOE_ACT_BF16_VNNI, /* bf16 packed as AMX B tiles: 16 tokens x 16 k pairs per 1 KB */
 } moe_act_kind;
 
 /* Activations for m rows of k values, in one of the kinds above. */
@@ -51,6 +52,19 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable);
 
 /* Bytes per activation element of kind `a`. */
 size_t moe_act_size(moe_act_kind a);
+
+/* Bytes moe_acts_prepare() writes for m rows of k (the VNNI kind pads the
+ * tokens to a multiple of 16). */
+size_t moe_acts_bytes(moe_act_kind a, uint32_t m, uint32_t k);
+
+/* The AMX kernel for weight dtype t (bf16 weights as A tiles in place,
+ * activations as VNNI B tiles), or one with gemv NULL where AMX cannot run
+ * (no AMX, the OS refuses the tile state, another dtype). Its shapes: k a
+ * multiple of 32, n1 - n0 a multiple of 16. A thread brackets its calls
+ * with moe_amx_begin() and moe_amx_end() (tile configuration and release). */
+moe_kernel moe_kernel_amx(moe_dtype t);
+void moe_amx_begin(void);
+void moe_amx_end(void);
 
 /* Converts m rows of f32 x (row stride ldx) into `buf` (m * k elements of
  * kind `a`, row stride k) and, for MOE_ACT_U8, `scale` (m floats). Fills

@@ -117,6 +117,57 @@ static void gemv_kernels_match_dot_products(void) {
     }
 }
 
+/* The AMX kernel (bf16 weights as A tiles in place, tokens packed as VNNI
+ * B tiles) against double dot products of the bf16 activations it sees:
+ * token counts around the 16-token tile, k of one and many steps, and a
+ * row range that starts inside the matrix. Where AMX cannot run, says so. */
+static void amx_kernel_matches_dot_products(void) {
+    const moe_kernel kern = moe_kernel_amx(MOE_DTYPE_BF16);
+    if (!kern.gemv) {
+        printf("  AMX not usable here: kernel not run\n");
+        return;
+    }
+    CHECK(moe_kernel_amx(MOE_DTYPE_F32).gemv == NULL);
+    moe_rng r = {21};
+    const uint32_t ks[] = {32, 64, 2048}, ms[] = {1, 5, 16, 17, 33, 64};
+    for (size_t ki = 0; ki < 3; ki++)
+        for (size_t mi = 0; mi < 6; mi++) {
+            const uint32_t k = ks[ki], m = ms[mi], n = 48;
+            expert_buf b;
+            expert_make(&b, k, n, MOE_DTYPE_BF16, &r);
+            float *x = malloc((size_t)m * k * sizeof *x), *out = calloc((size_t)m * n, sizeof *out);
+            float *want = malloc((size_t)m * n * sizeof *want);
+            void *xa = malloc(moe_acts_bytes(kern.act, m, k));
+            test_fill(&r, x, (size_t)m * k);
+            moe_acts a = moe_acts_prepare(kern.act, m, k, x, k, xa, NULL);
+            for (uint32_t t = 0; t < m; t++)
+                for (uint32_t j = 16; j < n; j++) {
+                    double acc = 0;
+                    for (uint32_t i = 0; i < k; i++)
+                        acc += (double)moe_bf16_to_f32(moe_f32_to_bf16(x[(size_t)t * k + i])) *
+                               moe_load_f32(b.w[0], MOE_DTYPE_BF16, (size_t)j * k + i);
+                    want[(size_t)t * n + j] = (float)acc;
+                }
+            moe_amx_begin();
+            kern.gemv(b.w[0], NULL, k, 16, n, &a, out + 16, n); /* rows 16..47 into columns 16..47 */
+            moe_amx_end();
+            double num = 0, den = 0;
+            for (uint32_t t = 0; t < m; t++) {
+                for (uint32_t j = 0; j < 16; j++) CHECK(out[(size_t)t * n + j] == 0.0f); /* untouched */
+                for (uint32_t j = 16; j < n; j++) {
+                    const double d = (double)out[(size_t)t * n + j] - want[(size_t)t * n + j];
+                    num += d * d, den += (double)want[(size_t)t * n + j] * want[(size_t)t * n + j];
+                }
+            }
+            if (!(num / den < 1e-10)) {
+                fprintf(stderr, "amx k=%u m=%u: nmse %g\n", k, m, num / den);
+                CHECK(0);
+            }
+            free(x), free(out), free(want), free(xa);
+            expert_free(&b);
+        }
+}
+
 static void glue_is_accurate_and_propagates_nan(void) {
     float x[40], y[40];
     for (int i = 0; i < 37; i++) x[i] = -87.0f + 175.0f * (float)i / 36.0f;
@@ -344,7 +395,7 @@ static void bad_tasks_are_refused(void) {
     expert_free(&b);
 }
 
-TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
+TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(amx_kernel_matches_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
           TEST_CASE(engine_matches_reference), TEST_CASE(large_groups_use_onednn),
           TEST_CASE(numa_teams_run_their_own_experts), TEST_CASE(runtime_on_two_nodes),
           TEST_CASE(bad_tasks_are_refused))
