@@ -16,8 +16,8 @@ struct moe_cpu {
     uint32_t *team_of, *rank_of; /* per thread */
     uint32_t *team_n;            /* threads per team */
     moe_kernel kern[MOE_DTYPE_COUNT_];
-    moe_kernel amx;   /* bf16 on AMX tiles, gemv NULL where unusable */
-    uint32_t amx_max_m;
+    moe_kernel amx, amx8; /* bf16 and int8 on AMX tiles, gemv NULL where unusable */
+    uint32_t amx_max_m[MOE_DTYPE_COUNT_];
     moe_mm_cache *mm; /* NULL when portable */
     const moe_logger *log;
     char *buf; /* per-call scratch, grown, never shrunk */
@@ -74,7 +74,9 @@ moe_status moe_cpu_create(moe_cpu **out, const moe_cpu_params *p) {
         for (uint32_t r = 0; r < c->team_n[t]; r++, tid++) c->team_of[tid] = t, c->rank_of[tid] = r;
     for (int d = 0; d < MOE_DTYPE_COUNT_; d++) c->kern[d] = moe_kernel_select((moe_dtype)d, p->portable);
     c->amx = p->portable ? (moe_kernel){0} : moe_kernel_amx(MOE_DTYPE_BF16);
-    c->amx_max_m = p->amx_max_m ? p->amx_max_m : MOE_CPU_AMX_MAX_M;
+    c->amx8 = p->portable ? (moe_kernel){0} : moe_kernel_amx(MOE_DTYPE_I8);
+    for (int d = 0; d < MOE_DTYPE_COUNT_; d++)
+        c->amx_max_m[d] = p->amx_max_m ? p->amx_max_m : d == MOE_DTYPE_I8 ? MOE_CPU_AMX_MAX_M_I8 : MOE_CPU_AMX_MAX_M_BF16;
     /* With AMX, bf16 groups of 2 or more tokens stream faster on tiles than
      * on the GEMV kernel (2048x1408, cold: 0.93 vs 0.83 of DRAM at m = 2). */
     if (c->amx.gemv && !p->gemv_max_m) c->gemv_max_m[MOE_DTYPE_BF16] = 1;
@@ -179,16 +181,20 @@ static moe_status check_task(const moe_cpu *c, const moe_cpu_task *t, uint32_t i
  * tiles; the dtype's GEMV kernel otherwise. */
 static const moe_kernel *kernel_for(const moe_cpu *c, const moe_cpu_task *t) {
     const moe_expert_view *w = &t->w;
-    if (c->amx.gemv && w->dtype == MOE_DTYPE_BF16 && t->m > c->gemv_max_m[w->dtype] && t->m <= c->amx_max_m &&
-        w->hidden % 32 == 0 && w->inter % 32 == 0)
-        return &c->amx;
+    if (t->m <= c->gemv_max_m[w->dtype] || t->m > c->amx_max_m[w->dtype]) return &c->kern[w->dtype];
+    if (c->amx.gemv && w->dtype == MOE_DTYPE_BF16 && w->hidden % 32 == 0 && w->inter % 32 == 0) return &c->amx;
+    if (c->amx8.gemv && w->dtype == MOE_DTYPE_I8 && w->hidden % 64 == 0 && w->inter % 64 == 0 &&
+        w->hidden <= 65536 && w->inter <= 65536)
+        return &c->amx8;
     return &c->kern[w->dtype];
 }
+
+static bool is_amx(const moe_cpu *c, const moe_kernel *k) { return k == &c->amx || k == &c->amx8; }
 
 /* True if the task runs on oneDNN: a large group of a prepared shape that
  * no AMX kernel of ours takes. */
 static bool is_large(const moe_cpu *c, const moe_cpu_task *t) {
-    return t->m > c->gemv_max_m[t->w.dtype] && kernel_for(c, t) != &c->amx && moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
+    return t->m > c->gemv_max_m[t->w.dtype] && !is_amx(c, kernel_for(c, t)) && moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
            moe_mm_ready(c->mm, t->w.inter, t->w.hidden, t->w.dtype);
 }
 
@@ -240,7 +246,7 @@ static uint32_t block_rows(uint64_t rows, uint32_t tsize) {
 static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, const bool *large, small_ws *ws,
                       float *tmp, size_t tmp_stride) {
     bool amx = false;
-    for (uint32_t i = 0; i < n; i++) amx |= !large[i] && tasks[i].m && kernel_for(c, &tasks[i]) == &c->amx;
+    for (uint32_t i = 0; i < n; i++) amx |= !large[i] && tasks[i].m && is_amx(c, kernel_for(c, &tasks[i]));
 #pragma omp parallel num_threads((int)c->n_threads)
     {
         if (amx) moe_amx_begin();

@@ -27,7 +27,7 @@ typedef struct moe_cpu_params {
     const uint32_t *team_size; /* threads of each team (sum = n_threads), or NULL for an even split */
     bool bind_threads;         /* pin each team to its node's CPUs (nodes this machine has) */
     uint32_t gemv_max_m;       /* groups of more tokens go to AMX or oneDNN; 0 = per-dtype defaults */
-    uint32_t amx_max_m;        /* bf16 groups up to this size run on our AMX kernel; 0 = default */
+    uint32_t amx_max_m;        /* groups up to this size run on our AMX kernels; 0 = per-dtype defaults */
     bool portable;             /* plain C kernels and no oneDNN: the second implementation for tests */
     const moe_logger *log;
 } moe_cpu_params;
@@ -59,9 +59,11 @@ moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n_tasks);
 
 void moe_cpu_free(moe_cpu **c);
 
-/* bf16 groups above the GEMV threshold and up to this many tokens run on
- * the AMX kernel (weights in place as A tiles) where the CPU has AMX. */
-enum { MOE_CPU_AMX_MAX_M = 96 }; /* measured: level with oneDNN at 128 */
+/* bf16 and int8 groups above the GEMV threshold and up to this many tokens
+ * run on our AMX kernels (weights in place as A tiles) where the CPU has
+ * AMX; larger ones on oneDNN. Measured crossovers (2048x1408, cold):
+ * bf16 level with oneDNN at 128 tokens, int8 near 64. */
+enum { MOE_CPU_AMX_MAX_M_BF16 = 96, MOE_CPU_AMX_MAX_M_I8 = 64 };
 
 /* The path a group of m tokens of this shape takes: "onednn", or the name
  * of the kernel ("amx_bf16", "avx512_bf16", ...). */

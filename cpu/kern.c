@@ -503,6 +503,73 @@ T_AMX static void gemv_amx_bf16(const void *w, const float *ws, uint32_t k, uint
     }
 }
 
+
+/* int8: s8 weight rows as A tiles (16 rows x 64 k), tokens quantized to s8
+ * per token and packed in VNNI quads as B tiles (16 k quads x 16 tokens),
+ * s8 x s8 dot products (tdpbssd, no offset to remove) into int32, scaled
+ * by token and row at the store. |sum| <= k * 127 * 127 < 2^31 needs
+ * k <= 65536; moe_kernel_amx() callers check k % 64 == 0 and that bound. */
+#define T_AMX8 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-int8")))
+
+T_AMX8 static void amx_pack_s8(int8_t *b, const float *x, size_t ldx, uint32_t m, uint32_t k, float *scale) {
+    const uint32_t steps = k / 64;
+    memset(b, 0, moe_amx_acts_bytes(m, k) / 2);
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(16));
+    for (uint32_t t = 0; t < m; t++) {
+        const float *xr = x + (size_t)t * ldx;
+        const float amax = amax_512(xr, k);
+        scale[t] = amax > 0.0f ? amax / 127.0f : amax == 0.0f ? 1.0f : NAN;
+        const __m512 inv = _mm512_set1_ps(amax > 0.0f && amax == amax ? 127.0f / amax : 0.0f);
+        uint32_t *g = (uint32_t *)(b + (size_t)(t / 16) * steps * 1024) + (t % 16);
+        for (uint32_t s = 0; s < steps; s++) {
+            __m128i q[4];
+            for (int j = 0; j < 4; j++) {
+                __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + s * 64 + 16 * j), inv));
+                q[j] = _mm512_cvtsepi32_epi8(v); /* |v| <= 127 by construction */
+            }
+            __m512i all = _mm512_inserti32x4(_mm512_castsi128_si512(q[0]), q[1], 1);
+            all = _mm512_inserti32x4(_mm512_inserti32x4(all, q[2], 2), q[3], 3);
+            _mm512_i32scatter_epi32(g + (size_t)s * 256, rows, all, 4);
+        }
+    }
+}
+
+T_AMX8 static void gemv_amx_i8(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
+                               const moe_acts *x, float *out, size_t ldo) {
+    const uint32_t steps = k / 64, groups = (x->m + 15) / 16;
+    const int8_t *b = x->data;
+    int32_t c[2][16][16];
+    for (uint32_t j = n0; j < n1; j += 16) {
+        const int8_t *a = (const int8_t *)w + (size_t)j * k;
+        for (uint32_t g = 0; g < groups; g += 2) {
+            const bool two = g + 1 < groups;
+            const int8_t *b0 = b + (size_t)g * steps * 1024, *b1 = b0 + (size_t)steps * 1024;
+            _tile_zero(0);
+            _tile_zero(1);
+            for (uint32_t s = 0; s < steps; s++) {
+                _tile_loadd(2, a + (size_t)s * 64, (long)k);
+                _tile_loadd(3, b0 + (size_t)s * 1024, 64);
+                _tile_dpbssd(0, 2, 3);
+                if (two) {
+                    _tile_loadd(4, b1 + (size_t)s * 1024, 64);
+                    _tile_dpbssd(1, 2, 4);
+                }
+            }
+            _tile_stored(0, c[0], 64);
+            if (two) _tile_stored(1, c[1], 64);
+            const uint32_t tn = two ? 2 : 1;
+            for (uint32_t q = 0; q < tn; q++)
+                for (uint32_t i = 0; i < 16; i++) {
+                    const uint32_t t = (g + q) * 16 + i;
+                    if (t >= x->m) break;
+                    for (uint32_t r = 0; r < 16; r++)
+                        out[(size_t)t * ldo + (j - n0) + r] = (float)c[q][r][i] * x->scale[t] * ws[j + r];
+                }
+        }
+    }
+}
+
 #else
 static bool cpu_512(void) { return false; }
 static bool cpu_bf16(void) { return false; }
@@ -540,7 +607,7 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable) {
 }
 
 size_t moe_act_size(moe_act_kind a) {
-    return a == MOE_ACT_F32 ? 4 : a == MOE_ACT_BF16 || a == MOE_ACT_BF16_VNNI ? 2 : 1; /* U8, S8 */
+    return a == MOE_ACT_F32 ? 4 : a == MOE_ACT_BF16 || a == MOE_ACT_BF16_VNNI ? 2 : 1; /* U8, S8, S8_VNNI */
 }
 
 static float amax_c(const float *x, uint32_t k) {
@@ -564,6 +631,12 @@ moe_acts moe_acts_prepare(moe_act_kind a, uint32_t m, uint32_t k, const float *x
     if (a == MOE_ACT_BF16_VNNI) { /* only chosen where AMX runs */
         amx_pack(buf, x, ldx, m, k);
         r.ld = 0;
+        return r;
+    }
+    if (a == MOE_ACT_S8_VNNI) {
+        amx_pack_s8(buf, x, ldx, m, k, scale);
+        r.ld = 0;
+        r.scale = scale;
         return r;
     }
 #endif
@@ -646,6 +719,7 @@ moe_kernel moe_kernel_amx(moe_dtype t) {
 #if defined(MOE_X86) && defined(__linux__)
     __builtin_cpu_init();
     if (t == MOE_DTYPE_BF16 && amx_permitted()) k.gemv = gemv_amx_bf16;
+    if (t == MOE_DTYPE_I8 && amx_permitted()) k = (moe_kernel){MOE_ACT_S8_VNNI, gemv_amx_i8, "amx_int8"};
 #else
     (void)t;
 #endif
@@ -667,6 +741,7 @@ void moe_amx_end(void) {
 size_t moe_acts_bytes(moe_act_kind a, uint32_t m, uint32_t k) {
 #ifdef MOE_X86
     if (a == MOE_ACT_BF16_VNNI) return moe_amx_acts_bytes(m, k);
+    if (a == MOE_ACT_S8_VNNI) return moe_amx_acts_bytes(m, k) / 2;
 #endif
     return (size_t)m * k * moe_act_size(a);
 }

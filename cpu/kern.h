@@ -24,6 +24,7 @@ typedef enum moe_act_kind {
     MOE_ACT_U8,      /* u8 = round(x / scale) + 128, one f32 scale per row */
     MOE_ACT_S8,      /* s8 = round(x / scale), one f32 scale per row (oneDNN) */
     MOE_ACT_BF16_VNNI, /* bf16 packed as AMX B tiles: 16 tokens x 16 k pairs per 1 KB */
+    MOE_ACT_S8_VNNI,   /* s8 per token (scale per row) as AMX B tiles: 16 tokens x 16 k quads */
 } moe_act_kind;
 
 /* Activations for m rows of k values, in one of the kinds above. */
@@ -57,10 +58,11 @@ size_t moe_act_size(moe_act_kind a);
  * tokens to a multiple of 16). */
 size_t moe_acts_bytes(moe_act_kind a, uint32_t m, uint32_t k);
 
-/* The AMX kernel for weight dtype t (bf16 weights as A tiles in place,
- * activations as VNNI B tiles), or one with gemv NULL where AMX cannot run
- * (no AMX, the OS refuses the tile state, another dtype). Its shapes: k a
- * multiple of 32, n1 - n0 a multiple of 16. A thread brackets its calls
+/* The AMX kernel for weight dtype t (bf16 or int8 weights as A tiles in
+ * place, activations as VNNI B tiles), or one with gemv NULL where AMX
+ * cannot run (no AMX, the OS refuses the tile state, another dtype). Its
+ * shapes: k a multiple of 32 (bf16) or 64 (int8, and at most 65536), n1 -
+ * n0 a multiple of 16. A thread brackets its calls
  * with moe_amx_begin() and moe_amx_end() (tile configuration and release). */
 moe_kernel moe_kernel_amx(moe_dtype t);
 void moe_amx_begin(void);

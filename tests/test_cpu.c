@@ -122,50 +122,67 @@ static void gemv_kernels_match_dot_products(void) {
  * token counts around the 16-token tile, k of one and many steps, and a
  * row range that starts inside the matrix. Where AMX cannot run, says so. */
 static void amx_kernel_matches_dot_products(void) {
-    const moe_kernel kern = moe_kernel_amx(MOE_DTYPE_BF16);
-    if (!kern.gemv) {
-        printf("  AMX not usable here: kernel not run\n");
-        return;
-    }
     CHECK(moe_kernel_amx(MOE_DTYPE_F32).gemv == NULL);
+    const moe_dtype types[2] = {MOE_DTYPE_BF16, MOE_DTYPE_I8};
     moe_rng r = {21};
-    const uint32_t ks[] = {32, 64, 2048}, ms[] = {1, 5, 16, 17, 33, 64};
-    for (size_t ki = 0; ki < 3; ki++)
-        for (size_t mi = 0; mi < 6; mi++) {
-            const uint32_t k = ks[ki], m = ms[mi], n = 48;
-            expert_buf b;
-            expert_make(&b, k, n, MOE_DTYPE_BF16, &r);
-            float *x = malloc((size_t)m * k * sizeof *x), *out = calloc((size_t)m * n, sizeof *out);
-            float *want = malloc((size_t)m * n * sizeof *want);
-            void *xa = malloc(moe_acts_bytes(kern.act, m, k));
-            test_fill(&r, x, (size_t)m * k);
-            moe_acts a = moe_acts_prepare(kern.act, m, k, x, k, xa, NULL);
-            for (uint32_t t = 0; t < m; t++)
-                for (uint32_t j = 16; j < n; j++) {
-                    double acc = 0;
-                    for (uint32_t i = 0; i < k; i++)
-                        acc += (double)moe_bf16_to_f32(moe_f32_to_bf16(x[(size_t)t * k + i])) *
-                               moe_load_f32(b.w[0], MOE_DTYPE_BF16, (size_t)j * k + i);
-                    want[(size_t)t * n + j] = (float)acc;
-                }
-            moe_amx_begin();
-            kern.gemv(b.w[0], NULL, k, 16, n, &a, out + 16, n); /* rows 16..47 into columns 16..47 */
-            moe_amx_end();
-            double num = 0, den = 0;
-            for (uint32_t t = 0; t < m; t++) {
-                for (uint32_t j = 0; j < 16; j++) CHECK(out[(size_t)t * n + j] == 0.0f); /* untouched */
-                for (uint32_t j = 16; j < n; j++) {
-                    const double d = (double)out[(size_t)t * n + j] - want[(size_t)t * n + j];
-                    num += d * d, den += (double)want[(size_t)t * n + j] * want[(size_t)t * n + j];
-                }
-            }
-            if (!(num / den < 1e-10)) {
-                fprintf(stderr, "amx k=%u m=%u: nmse %g\n", k, m, num / den);
-                CHECK(0);
-            }
-            free(x), free(out), free(want), free(xa);
-            expert_free(&b);
+    for (int ti = 0; ti < 2; ti++) {
+        const moe_dtype dt = types[ti];
+        const moe_kernel kern = moe_kernel_amx(dt);
+        if (!kern.gemv) {
+            printf("  AMX not usable here for %s: kernel not run\n", moe_dtype_name(dt));
+            continue;
         }
+        const uint32_t ks[] = {64, 128, 2048}, ms[] = {1, 5, 16, 17, 33, 64};
+        for (size_t ki = 0; ki < 3; ki++)
+            for (size_t mi = 0; mi < 6; mi++) {
+                const uint32_t k = ks[ki], m = ms[mi], n = 48;
+                expert_buf b;
+                expert_make(&b, k, n, dt, &r);
+                float *x = malloc((size_t)m * k * sizeof *x), *out = calloc((size_t)m * n, sizeof *out);
+                float *want = malloc((size_t)m * n * sizeof *want), *scale = malloc(m * sizeof *scale);
+                void *xa = malloc(moe_acts_bytes(kern.act, m, k));
+                test_fill(&r, x, (size_t)m * k);
+                moe_acts a = moe_acts_prepare(kern.act, m, k, x, k, xa, scale);
+                /* Expected: the activations as the kernel sees them (bf16,
+                 * or s8 codes times the token's scale). */
+                for (uint32_t t = 0; t < m; t++) {
+                    float amax = 0.0f; /* the kernel's quantization: round(x * 127 / amax) */
+                    for (uint32_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[(size_t)t * k + i]));
+                    const float inv = 127.0f / amax;
+                    for (uint32_t j = 16; j < n; j++) {
+                        double acc = 0;
+                        for (uint32_t i = 0; i < k; i++) {
+                            const float xv = x[(size_t)t * k + i];
+                            const double xs = dt == MOE_DTYPE_BF16
+                                                  ? moe_bf16_to_f32(moe_f32_to_bf16(xv))
+                                                  : scale[t] * (double)rintf(xv * inv);
+                            const double wv = dt == MOE_DTYPE_BF16
+                                                  ? moe_load_f32(b.w[0], dt, (size_t)j * k + i)
+                                                  : ((int8_t *)b.w[0])[(size_t)j * k + i] * (double)b.s[0][j];
+                            acc += xs * wv;
+                        }
+                        want[(size_t)t * n + j] = (float)acc;
+                    }
+                }
+                moe_amx_begin();
+                kern.gemv(b.w[0], b.s[0], k, 16, n, &a, out + 16, n); /* rows 16..47 into columns 16..47 */
+                moe_amx_end();
+                double num = 0, den = 0;
+                for (uint32_t t = 0; t < m; t++) {
+                    for (uint32_t j = 0; j < 16; j++) CHECK(out[(size_t)t * n + j] == 0.0f); /* untouched */
+                    for (uint32_t j = 16; j < n; j++) {
+                        const double d = (double)out[(size_t)t * n + j] - want[(size_t)t * n + j];
+                        num += d * d, den += (double)want[(size_t)t * n + j] * want[(size_t)t * n + j];
+                    }
+                }
+                if (!(num / den < 1e-10)) {
+                    fprintf(stderr, "%s k=%u m=%u: nmse %g\n", kern.name, k, m, num / den);
+                    CHECK(0);
+                }
+                free(x), free(out), free(want), free(scale), free(xa);
+                expert_free(&b);
+            }
+    }
 }
 
 static void glue_is_accurate_and_propagates_nan(void) {
