@@ -443,6 +443,13 @@ static const amx_cfg tile_cfg = {.palette = 1,
 
 T_AMX static void amx_begin(void) { _tile_loadconfig(&tile_cfg); }
 
+/* Offsets of column 0 of a stored 16 x 16 C tile (row stride 16 elements):
+ * adding i gives token i's 16 outputs. */
+T_512 INLINE __m512i amx_col(void) {
+    return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                              _mm512_set1_epi32(16));
+}
+
 T_AMX static void amx_end(void) { _tile_release(); }
 
 /* VNNI B layout of m tokens of bf16 activations: for each group of 16
@@ -494,10 +501,11 @@ T_AMX static void gemv_amx_bf16(const void *w, const float *ws, uint32_t k, uint
             if (two) _tile_stored(1, c[1], 64);
             const uint32_t tn = two ? 2 : 1;
             for (uint32_t q = 0; q < tn; q++)
-                for (uint32_t i = 0; i < 16; i++) {
+                for (uint32_t i = 0; i < 16; i++) { /* token i's column of C: 16 outputs */
                     const uint32_t t = (g + q) * 16 + i;
                     if (t >= x->m) break;
-                    for (uint32_t r = 0; r < 16; r++) out[(size_t)t * ldo + (j - n0) + r] = c[q][r][i];
+                    const __m512i idx = _mm512_add_epi32(amx_col(), _mm512_set1_epi32((int)i));
+                    _mm512_storeu_ps(out + (size_t)t * ldo + (j - n0), _mm512_i32gather_ps(idx, &c[q][0][0], 4));
                 }
         }
     }
@@ -559,12 +567,15 @@ T_AMX8 static void gemv_amx_i8(const void *w, const float *ws, uint32_t k, uint3
             _tile_stored(0, c[0], 64);
             if (two) _tile_stored(1, c[1], 64);
             const uint32_t tn = two ? 2 : 1;
+            const __m512 wsv = _mm512_loadu_ps(ws + j);
             for (uint32_t q = 0; q < tn; q++)
-                for (uint32_t i = 0; i < 16; i++) {
+                for (uint32_t i = 0; i < 16; i++) { /* token i's column of C, scaled by row and token */
                     const uint32_t t = (g + q) * 16 + i;
                     if (t >= x->m) break;
-                    for (uint32_t r = 0; r < 16; r++)
-                        out[(size_t)t * ldo + (j - n0) + r] = (float)c[q][r][i] * x->scale[t] * ws[j + r];
+                    const __m512i idx = _mm512_add_epi32(amx_col(), _mm512_set1_epi32((int)i));
+                    const __m512 v = _mm512_cvtepi32_ps(_mm512_i32gather_epi32(idx, &c[q][0][0], 4));
+                    _mm512_storeu_ps(out + (size_t)t * ldo + (j - n0),
+                                     _mm512_mul_ps(_mm512_mul_ps(v, wsv), _mm512_set1_ps(x->scale[t])));
                 }
         }
     }
