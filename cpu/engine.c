@@ -39,6 +39,11 @@ static size_t al(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
 moe_status moe_cpu_create(moe_cpu **out, const moe_cpu_params *p) {
     if (!out || !p) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_create: NULL argument");
     *out = NULL;
+    /* oneDNN splits its work for the thread count it asks for; a team that
+     * OpenMP cannot grant would leave outputs uncomputed. */
+    if (p->n_threads > (uint32_t)omp_get_thread_limit())
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_create: %u threads, but OpenMP allows %d (OMP_THREAD_LIMIT)",
+                        p->n_threads, omp_get_thread_limit());
     if (p->n_threads == 0 || p->n_teams == 0 || p->n_teams > p->n_threads)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_create: %u threads in %u teams (need 1 <= teams <= threads)",
                         p->n_threads, p->n_teams);
@@ -440,13 +445,16 @@ moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n) {
 
     /* oneDNN sizes its parallel regions by the calling thread's OpenMP
      * setting: make it this engine's for the duration, then restore it. */
-    const int saved = omp_get_max_threads();
+    /* ... and with dynamic threads off: oneDNN 2.6 divides a matmul for the
+     * threads it asked for, and a region granted fewer (OMP_DYNAMIC on a
+     * loaded host) would leave part of the output uncomputed. */
+    const int saved = omp_get_max_threads(), saved_dyn = omp_get_dynamic();
     bool set = false;
     for (uint32_t i = 0; i < n && st == MOE_OK; i++) {
         if (!large[i]) continue;
-        if (!set) omp_set_num_threads((int)c->n_threads), set = true;
+        if (!set) omp_set_num_threads((int)c->n_threads), omp_set_dynamic(0), set = true;
         st = run_large(c, &tasks[i], c->buf + large_off);
     }
-    if (set) omp_set_num_threads(saved);
+    if (set) omp_set_num_threads(saved), omp_set_dynamic(saved_dyn);
     return st;
 }

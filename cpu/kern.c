@@ -12,6 +12,7 @@
 #include "expert.h"
 #include "topology.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -526,7 +527,8 @@ T_AMX8 static void amx_pack_s8(int8_t *b, const float *x, size_t ldx, uint32_t m
                                             _mm512_set1_epi32(16));
     for (uint32_t t = 0; t < m; t++) {
         const float *xr = x + (size_t)t * ldx;
-        const float amax = amax_512(xr, k);
+        float amax = amax_512(xr, k);
+        if (amax < 127.0f / FLT_MAX) amax = 0.0f; /* 127 / amax would overflow: a zero row */
         scale[t] = amax > 0.0f ? amax / 127.0f : amax == 0.0f ? 1.0f : NAN;
         const __m512 inv = _mm512_set1_ps(amax > 0.0f && amax == amax ? 127.0f / amax : 0.0f);
         uint32_t *g = (uint32_t *)(b + (size_t)(t / 16) * steps * 1024) + (t % 16);
@@ -672,6 +674,7 @@ moe_acts moe_acts_prepare(moe_act_kind a, uint32_t m, uint32_t k, const float *x
         amax = amax_c(xr, k);
 #endif
         /* scale NaN marks a non-finite row: every output of it is NaN. */
+        if (amax < 127.0f / FLT_MAX) amax = 0.0f; /* 127 / amax would overflow: a zero row */
         scale[row] = amax > 0.0f ? amax / 127.0f : amax == 0.0f ? 1.0f : NAN;
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         const int offset = a == MOE_ACT_U8 ? 128 : 0;

@@ -2,6 +2,7 @@
  * layer as plan (sched) -> execute (cpu, gpu) -> combine in a fixed order.
  * This is the top of the library; it calls down into every layer and no
  * layer calls back up. */
+#include <omp.h>
 #include <stdlib.h>
 
 #include "engine.h"
@@ -125,6 +126,12 @@ static moe_status resolve_threads(moe_runtime_t *rt, const moe_runtime_params *p
     }
     rt->n_threads = p->n_threads ? p->n_threads : topo->info.n_cores ? topo->info.n_cores : 1;
     if (rt->n_threads > MOE_MAX_THREADS) rt->n_threads = MOE_MAX_THREADS;
+    /* No more threads than OpenMP will run (OMP_THREAD_LIMIT). */
+    if (rt->n_threads > (uint32_t)omp_get_thread_limit()) {
+        moe_log(&rt->log, MOE_LOG_WARN, "runtime: %u threads asked, OpenMP allows %d", rt->n_threads,
+                omp_get_thread_limit());
+        rt->n_threads = (uint32_t)omp_get_thread_limit();
+    }
     split_teams(rt, topo);
     moe_topology_free(&own);
     return MOE_OK;
