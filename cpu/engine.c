@@ -127,10 +127,6 @@ uint32_t moe_cpu_default_gemv_max_m(moe_dtype t) {
     }
 }
 
-uint32_t moe_cpu_gemv_max_m(const moe_cpu *c, moe_dtype t) {
-    return c && moe_dtype_size(t) ? c->gemv_max_m[t] : 0;
-}
-
 moe_status moe_cpu_prepare(moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtype t) {
     if (!c) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_prepare: engine is NULL");
     moe_act_kind a;

@@ -69,9 +69,6 @@ enum { MOE_CPU_AMX_MAX_M_BF16 = 96, MOE_CPU_AMX_MAX_M_I8 = 64 };
  * of the kernel ("amx_bf16", "avx512_bf16", ...). */
 const char *moe_cpu_path(const moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m);
 
-/* The threshold this engine uses for dtype t. */
-uint32_t moe_cpu_gemv_max_m(const moe_cpu *c, moe_dtype t);
-
 /* Which kernel runs dtype t ("avx512_bf16", "c", ...), and which oneDNN
  * implementation a group of m tokens of this shape uses ("" for none). */
 const char *moe_cpu_kernel_name(const moe_cpu *c, moe_dtype t);

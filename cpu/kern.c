@@ -444,8 +444,10 @@ static const amx_cfg tile_cfg = {.palette = 1,
 
 T_AMX static void amx_begin(void) { _tile_loadconfig(&tile_cfg); }
 
-/* Offsets of column 0 of a stored 16 x 16 C tile (row stride 16 elements):
- * adding i gives token i's 16 outputs. */
+/* Element offsets r * 16 of the 16 rows of a 16 x 16 block of 4-byte
+ * elements (an AMX tile of 64-byte rows): plus i, they walk column i. The
+ * packs scatter a token's pairs/quads down its column with them, and the
+ * kernels gather a token's outputs from a stored C tile. */
 T_512 INLINE __m512i amx_col(void) {
     return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                               _mm512_set1_epi32(16));
@@ -464,8 +466,7 @@ static size_t moe_amx_acts_bytes(uint32_t m, uint32_t k) { return (size_t)((m + 
 T_AMX static void amx_pack(uint16_t *b, const float *x, size_t ldx, uint32_t m, uint32_t k) {
     const uint32_t steps = k / 32;
     memset(b, 0, moe_amx_acts_bytes(m, k));
-    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(16));
+    const __m512i rows = amx_col();
     for (uint32_t t = 0; t < m; t++) {
         const float *xr = x + (size_t)t * ldx;
         uint32_t *g = (uint32_t *)(b + (size_t)(t / 16) * steps * 512) + (t % 16);
@@ -523,8 +524,7 @@ T_AMX static void gemv_amx_bf16(const void *w, const float *ws, uint32_t k, uint
 T_AMX8 static void amx_pack_s8(int8_t *b, const float *x, size_t ldx, uint32_t m, uint32_t k, float *scale) {
     const uint32_t steps = k / 64;
     memset(b, 0, moe_amx_acts_bytes(m, k) / 2);
-    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(16));
+    const __m512i rows = amx_col();
     for (uint32_t t = 0; t < m; t++) {
         const float *xr = x + (size_t)t * ldx;
         float amax = amax_512(xr, k);

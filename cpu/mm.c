@@ -36,8 +36,6 @@ bool moe_mm_act(moe_dtype t, moe_act_kind *out) {
     }
 }
 
-uint32_t moe_mm_min_m(void) { return buckets[0]; }
-
 static uint32_t bucket_for(uint32_t rem) {
     for (uint32_t i = 0; i < N_BUCKETS; i++)
         if (rem <= buckets[i]) return buckets[i];

@@ -35,15 +35,12 @@ bool moe_mm_ready(const moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype t);
 /* Rows a source or destination buffer needs for m rows. */
 size_t moe_mm_rows(uint32_t m);
 
-/* Smallest m the buckets serve; smaller groups belong to the GEMV kernels. */
-uint32_t moe_mm_min_m(void);
-
 /* Runs dst = src * W^T on the calling thread's OpenMP team (call it
  * outside a parallel region). src is in the kind moe_mm_act() gave, row
  * stride k, with room for moe_mm_rows(m) rows; dst has row stride n. With
  * `tail` NULL, dst must also have room for moe_mm_rows(m) rows; otherwise
  * dst needs only m rows: a last, padded bucket is computed into `tail`
- * (room for moe_mm_min_m()..512 rows: 512 * n floats) and its valid rows
+ * (room for min(moe_mm_rows(m), 512) rows of n floats) and its valid rows
  * copied. For int8 the result is the raw integer dot product (scales are
  * the caller's). */
 moe_status moe_mm_run(moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype t, uint32_t m, const void *src,
