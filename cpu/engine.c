@@ -28,6 +28,7 @@ struct moe_cpu {
 
 /* Per-call state of a task on the GEMV path. */
 typedef struct small_ws {
+    const moe_kernel *k; /* kernel_for() the task; NULL if it does not run here */
     void *xa, *ha;  /* activations of x and of h in the kernel's kind */
     float *xs, *hs; /* their per-row scales */
     float *h;       /* [m, inter] silu(gate x) * up x */
@@ -244,10 +245,20 @@ static uint32_t block_rows(uint64_t rows, uint32_t tsize) {
     return (uint32_t)((b + 15) & ~15ull); /* whole AMX tiles; GEMV blocks stay 4-row aligned */
 }
 
-static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, const bool *large, small_ws *ws,
-                      float *tmp, size_t tmp_stride) {
+/* True if thread-team `team` runs task i on the GEMV/AMX path (any team
+ * when OpenMP gave another team size than asked: then one team runs all). */
+static inline bool ours(const small_ws *w, const moe_cpu_task *t, bool teams, uint32_t team) {
+    return w->k && (!teams || t->team == team);
+}
+
+static inline void trace_block(moe_cpu *c, uint32_t tid, uint32_t n, uint32_t i) {
+    if (c->trace && (size_t)tid * n + i < c->trace_cap) c->trace[(size_t)tid * n + i]++;
+}
+
+static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, small_ws *ws, float *tmp,
+                      size_t tmp_stride) {
     bool amx = false;
-    for (uint32_t i = 0; i < n; i++) amx |= !large[i] && tasks[i].m && is_amx(c, kernel_for(c, &tasks[i]));
+    for (uint32_t i = 0; i < n; i++) amx |= ws[i].k && is_amx(c, ws[i].k);
 #pragma omp parallel num_threads((int)c->n_threads)
     {
         if (amx) moe_amx_begin();
@@ -259,25 +270,23 @@ static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, const b
         float *g = tmp + tid * tmp_stride, *u = g + tmp_stride / 2;
         uint64_t rows1 = 0, rows2 = 0;
         for (uint32_t i = 0; i < n; i++)
-            if (!large[i] && tasks[i].m && (!teams || tasks[i].team == team))
-                rows1 += tasks[i].w.inter, rows2 += tasks[i].w.hidden;
+            if (ours(&ws[i], &tasks[i], teams, team)) rows1 += tasks[i].w.inter, rows2 += tasks[i].w.hidden;
         const uint32_t blk1 = block_rows(rows1, tsize), blk2 = block_rows(rows2, tsize);
         uint64_t cnt = 0;
 
         /* Phase 0: activations of x in the kernels' kind. */
         for (uint32_t i = 0; i < n; i++) {
             const moe_cpu_task *t = &tasks[i];
-            if (large[i] || !t->m || (teams && t->team != team) || cnt++ % tsize != rank) continue;
-            ws[i].x = moe_acts_prepare(kernel_for(c, t)->act, t->m, t->w.hidden, t->x, t->w.hidden, ws[i].xa,
-                                       ws[i].xs);
+            if (!ours(&ws[i], t, teams, team) || cnt++ % tsize != rank) continue;
+            ws[i].x = moe_acts_prepare(ws[i].k->act, t->m, t->w.hidden, t->x, t->w.hidden, ws[i].xa, ws[i].xs);
         }
 #pragma omp barrier
         /* Phase 1: blocks of gate and up rows, then SiLU-multiply. */
         cnt = 0;
         for (uint32_t i = 0; i < n; i++) {
             const moe_cpu_task *t = &tasks[i];
-            if (large[i] || !t->m || (teams && t->team != team)) continue;
-            const moe_kernel *k = kernel_for(c, t);
+            if (!ours(&ws[i], t, teams, team)) continue;
+            const moe_kernel *k = ws[i].k;
             const uint32_t I = t->w.inter;
             for (uint32_t n0 = 0; n0 < I; n0 += blk1) {
                 if (cnt++ % tsize != rank) continue;
@@ -286,7 +295,7 @@ static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, const b
                 k->gemv(t->w.up, t->w.up_scale, t->w.hidden, n0, n1, &ws[i].x, u, nb);
                 for (uint32_t r = 0; r < t->m; r++)
                     moe_silu_mul(ws[i].h + (size_t)r * I + n0, g + (size_t)r * nb, u + (size_t)r * nb, nb);
-                if (c->trace && (size_t)tid * n + i < c->trace_cap) c->trace[(size_t)tid * n + i]++;
+                trace_block(c, tid, n, i);
             }
         }
 #pragma omp barrier
@@ -294,23 +303,21 @@ static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, const b
         cnt = 0;
         for (uint32_t i = 0; i < n; i++) {
             const moe_cpu_task *t = &tasks[i];
-            if (large[i] || !t->m || (teams && t->team != team) || cnt++ % tsize != rank) continue;
-            ws[i].hx = moe_acts_prepare(kernel_for(c, t)->act, t->m, t->w.inter, ws[i].h, t->w.inter, ws[i].ha,
-                                        ws[i].hs);
+            if (!ours(&ws[i], t, teams, team) || cnt++ % tsize != rank) continue;
+            ws[i].hx = moe_acts_prepare(ws[i].k->act, t->m, t->w.inter, ws[i].h, t->w.inter, ws[i].ha, ws[i].hs);
         }
 #pragma omp barrier
         /* Phase 2: blocks of down rows, straight into y. */
         cnt = 0;
         for (uint32_t i = 0; i < n; i++) {
             const moe_cpu_task *t = &tasks[i];
-            if (large[i] || !t->m || (teams && t->team != team)) continue;
-            const moe_kernel *k = kernel_for(c, t);
+            if (!ours(&ws[i], t, teams, team)) continue;
             const uint32_t H = t->w.hidden;
             for (uint32_t n0 = 0; n0 < H; n0 += blk2) {
                 if (cnt++ % tsize != rank) continue;
                 const uint32_t n1 = H - n0 < blk2 ? H : n0 + blk2;
-                k->gemv(t->w.down, t->w.down_scale, t->w.inter, n0, n1, &ws[i].hx, t->y + n0, H);
-                if (c->trace && (size_t)tid * n + i < c->trace_cap) c->trace[(size_t)tid * n + i]++;
+                ws[i].k->gemv(t->w.down, t->w.down_scale, t->w.inter, n0, n1, &ws[i].hx, t->y + n0, H);
+                trace_block(c, tid, n, i);
             }
         }
         if (amx) moe_amx_end();
@@ -427,8 +434,10 @@ moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
         const moe_cpu_task *t = &tasks[i];
         large[i] = t->m && is_large(c, t);
+        ws[i].k = NULL;
         if (!t->m || large[i]) continue;
-        const moe_act_kind a = kernel_for(c, t)->act;
+        ws[i].k = kernel_for(c, t);
+        const moe_act_kind a = ws[i].k->act;
         const size_t m = t->m, I = t->w.inter;
         ws[i].xa = p, p += al(moe_acts_bytes(a, t->m, t->w.hidden));
         ws[i].xs = (float *)p, p += al(m * 4);
@@ -437,7 +446,7 @@ moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n) {
         ws[i].hs = (float *)p, p += al(m * 4);
     }
     if (c->trace) memset(c->trace, 0, c->trace_cap * sizeof *c->trace);
-    if (n_small) run_small(c, tasks, n, large, ws, (float *)(c->buf + tmp_off), tmp_stride);
+    if (n_small) run_small(c, tasks, n, ws, (float *)(c->buf + tmp_off), tmp_stride);
 
     /* oneDNN sizes its parallel regions by the calling thread's OpenMP
      * setting: make it this engine's for the duration, then restore it. */
