@@ -13,8 +13,11 @@ enum { ALIGN = 64, MIN_BLK = 16, MAX_BLK = 256, MAX_DIM = 1u << 20 };
 struct moe_cpu {
     uint32_t n_threads, n_teams;
     uint32_t gemv_max_m[MOE_DTYPE_COUNT_];
+    uint32_t bf16_untiled_max_m; /* bf16 GEMV threshold for shapes AMX cannot take; 0 = gemv_max_m's */
     uint32_t *team_of, *rank_of; /* per thread */
     uint32_t *team_n;            /* threads per team */
+    uint32_t *team_node;         /* the OS's NUMA node per team */
+    moe_cpu_mask *caller;        /* when threads are bound: the caller's own mask, restored after each run */
     moe_kernel kern[MOE_DTYPE_COUNT_];
     moe_kernel amx, amx8; /* bf16 and int8 on AMX tiles, gemv NULL where unusable */
     uint32_t amx_max_m[MOE_DTYPE_COUNT_];
@@ -56,8 +59,9 @@ moe_status moe_cpu_create(moe_cpu **out, const moe_cpu_params *p) {
     c->team_of = calloc(p->n_threads, sizeof *c->team_of);
     c->rank_of = calloc(p->n_threads, sizeof *c->rank_of);
     c->team_n = calloc(p->n_teams, sizeof *c->team_n);
+    c->team_node = calloc(p->n_teams, sizeof *c->team_node);
     moe_status st = MOE_OK;
-    if (!c->team_of || !c->rank_of || !c->team_n) {
+    if (!c->team_of || !c->rank_of || !c->team_n || !c->team_node) {
         st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_cpu_create: allocation failed");
         goto fail;
     }
@@ -76,6 +80,7 @@ moe_status moe_cpu_create(moe_cpu **out, const moe_cpu_params *p) {
                       (unsigned long long)sum, p->n_threads);
         goto fail;
     }
+    for (uint32_t t = 0; t < p->n_teams; t++) c->team_node[t] = p->team_node ? p->team_node[t] : t;
     for (uint32_t t = 0, tid = 0; t < p->n_teams; t++)
         for (uint32_t r = 0; r < c->team_n[t]; r++, tid++) c->team_of[tid] = t, c->rank_of[tid] = r;
     for (int d = 0; d < MOE_DTYPE_COUNT_; d++) c->kern[d] = moe_kernel_select((moe_dtype)d, p->portable);
@@ -85,17 +90,24 @@ moe_status moe_cpu_create(moe_cpu **out, const moe_cpu_params *p) {
         c->amx_max_m[d] = p->amx_max_m ? p->amx_max_m : d == MOE_DTYPE_I8 ? MOE_CPU_AMX_MAX_M_I8 : MOE_CPU_AMX_MAX_M_BF16;
     /* With AMX, bf16 groups of 2 or more tokens stream faster on tiles than
      * on the GEMV kernel (2048x1408, cold: 0.93 vs 0.83 of DRAM at m = 2). */
-    if (c->amx.gemv && !p->gemv_max_m) c->gemv_max_m[MOE_DTYPE_BF16] = 1;
+    if (c->amx.gemv && !p->gemv_max_m) {
+        c->bf16_untiled_max_m = c->gemv_max_m[MOE_DTYPE_BF16];
+        c->gemv_max_m[MOE_DTYPE_BF16] = 1;
+    }
     if (!p->portable && (st = moe_mm_cache_create(&c->mm, p->log)) != MOE_OK) goto fail;
-    if (p->bind_threads && p->n_teams > 1) {
+    /* OpenMP's worker threads are bound for good; thread 0 is the caller's
+     * own thread, bound only for the length of each run (moe_cpu_run). */
+    if (p->bind_threads && p->n_teams > 1 && (c->caller = moe_cpu_mask_new()) != NULL) {
         uint32_t bound = 0;
 #pragma omp parallel num_threads((int)c->n_threads) reduction(+ : bound)
         {
             uint32_t tid = (uint32_t)omp_get_thread_num();
-            if ((uint32_t)omp_get_num_threads() == c->n_threads && moe_numa_bind_thread(c->team_of[tid])) bound++;
+            if ((uint32_t)omp_get_num_threads() == c->n_threads && tid &&
+                moe_numa_bind_thread(c->team_node[c->team_of[tid]]))
+                bound++;
         }
-        moe_log(c->log, bound == c->n_threads ? MOE_LOG_INFO : MOE_LOG_WARN,
-                "cpu: %u of %u threads bound to their NUMA node", bound, c->n_threads);
+        moe_log(c->log, bound + 1 == c->n_threads ? MOE_LOG_INFO : MOE_LOG_WARN,
+                "cpu: %u of %u worker threads bound to their NUMA node", bound, c->n_threads - 1);
     }
     *out = c;
     return MOE_OK;
@@ -112,6 +124,8 @@ void moe_cpu_free(moe_cpu **pc) {
     free(c->team_of);
     free(c->rank_of);
     free(c->team_n);
+    free(c->team_node);
+    moe_cpu_mask_free(c->caller);
     free(c->buf);
     free(c);
 }
@@ -181,14 +195,23 @@ static moe_status check_task(const moe_cpu *c, const moe_cpu_task *t, uint32_t i
 /* The kernel of a task on the GEMV path: AMX for bf16 groups past the GEMV
  * threshold up to amx_max_m tokens, in shapes whose rows and k fit whole
  * tiles; the dtype's GEMV kernel otherwise. */
+static bool amx_fits(const moe_cpu *c, const moe_expert_view *w) {
+    if (w->dtype == MOE_DTYPE_BF16) return c->amx.gemv && w->hidden % 32 == 0 && w->inter % 32 == 0;
+    return w->dtype == MOE_DTYPE_I8 && c->amx8.gemv && w->hidden % 64 == 0 && w->inter % 64 == 0 &&
+           w->hidden <= 65536 && w->inter <= 65536;
+}
+
+/* Largest group of the GEMV kernels for these weights: bf16 shapes that
+ * AMX cannot take keep the threshold of a machine without it. */
+static uint32_t gemv_max(const moe_cpu *c, const moe_expert_view *w) {
+    if (w->dtype == MOE_DTYPE_BF16 && c->bf16_untiled_max_m && !amx_fits(c, w)) return c->bf16_untiled_max_m;
+    return c->gemv_max_m[w->dtype];
+}
+
 static const moe_kernel *kernel_for(const moe_cpu *c, const moe_cpu_task *t) {
     const moe_expert_view *w = &t->w;
-    if (t->m <= c->gemv_max_m[w->dtype] || t->m > c->amx_max_m[w->dtype]) return &c->kern[w->dtype];
-    if (c->amx.gemv && w->dtype == MOE_DTYPE_BF16 && w->hidden % 32 == 0 && w->inter % 32 == 0) return &c->amx;
-    if (c->amx8.gemv && w->dtype == MOE_DTYPE_I8 && w->hidden % 64 == 0 && w->inter % 64 == 0 &&
-        w->hidden <= 65536 && w->inter <= 65536)
-        return &c->amx8;
-    return &c->kern[w->dtype];
+    if (t->m <= gemv_max(c, w) || t->m > c->amx_max_m[w->dtype] || !amx_fits(c, w)) return &c->kern[w->dtype];
+    return w->dtype == MOE_DTYPE_BF16 ? &c->amx : &c->amx8;
 }
 
 static bool is_amx(const moe_cpu *c, const moe_kernel *k) { return k == &c->amx || k == &c->amx8; }
@@ -196,7 +219,7 @@ static bool is_amx(const moe_cpu *c, const moe_kernel *k) { return k == &c->amx 
 /* True if the task runs on oneDNN: a large group of a prepared shape that
  * no AMX kernel of ours takes. */
 static bool is_large(const moe_cpu *c, const moe_cpu_task *t) {
-    return t->m > c->gemv_max_m[t->w.dtype] && !is_amx(c, kernel_for(c, t)) && moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
+    return t->m > gemv_max(c, &t->w) && !is_amx(c, kernel_for(c, t)) && moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
            moe_mm_ready(c->mm, t->w.inter, t->w.hidden, t->w.dtype);
 }
 
@@ -446,6 +469,7 @@ moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n) {
         ws[i].hs = (float *)p, p += al(m * 4);
     }
     if (c->trace) memset(c->trace, 0, c->trace_cap * sizeof *c->trace);
+    const bool rebind = c->caller && moe_cpu_mask_save(c->caller) && moe_numa_bind_thread(c->team_node[c->team_of[0]]);
     if (n_small) run_small(c, tasks, n, ws, (float *)(c->buf + tmp_off), tmp_stride);
 
     /* oneDNN sizes its parallel regions by the calling thread's OpenMP
@@ -461,5 +485,6 @@ moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n) {
         st = run_large(c, &tasks[i], c->buf + large_off);
     }
     if (set) omp_set_num_threads(saved), omp_set_dynamic(saved_dyn);
+    if (rebind) moe_cpu_mask_restore(c->caller);
     return st;
 }

@@ -25,7 +25,9 @@ typedef struct moe_cpu_params {
     uint32_t n_threads;        /* >= 1; the OpenMP team size */
     uint32_t n_teams;          /* NUMA nodes that hold experts; >= 1 */
     const uint32_t *team_size; /* threads of each team (sum = n_threads), or NULL for an even split */
-    bool bind_threads;         /* pin each team to its node's CPUs (nodes this machine has) */
+    const uint32_t *team_node; /* the OS's NUMA node of each team, or NULL for node = team */
+    bool bind_threads;         /* pin each team to its node's CPUs (nodes this machine has); the
+                                  calling thread, thread 0 of team 0, only while moe_cpu_run runs */
     uint32_t gemv_max_m;       /* groups of more tokens go to AMX or oneDNN; 0 = per-dtype defaults */
     uint32_t amx_max_m;        /* groups up to this size run on our AMX kernels; 0 = per-dtype defaults */
     bool portable;             /* plain C kernels and no oneDNN: the second implementation for tests */

@@ -133,6 +133,10 @@ moe_status moe_mm_prepare(moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype t) 
     moe_act_kind a;
     if (!c || !moe_mm_act(t, &a) || k == 0 || n == 0)
         return moe_fail(MOE_ERR_UNSUPPORTED, "moe_mm_prepare: no oneDNN matmul for %s", moe_dtype_name(t));
+    /* s8 x s8 sums into int32: |sum| <= k * 127 * 127 < 2^31 needs k <= 2^17. */
+    if (t == MOE_DTYPE_I8 && k > MOE_MM_I8_MAX_K)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_mm_prepare: int8 with k = %u would overflow oneDNN's int32 "
+                        "sums (at most %u)", k, MOE_MM_I8_MAX_K);
     if (find(c, k, n, t, buckets[0])) return MOE_OK;
     if (c->cap - c->n < N_BUCKETS) {
         size_t cap = c->cap ? c->cap * 2 : 4 * N_BUCKETS;

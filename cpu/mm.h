@@ -16,6 +16,9 @@
 
 typedef struct moe_mm_cache moe_mm_cache;
 
+/* Largest k of an int8 matmul here: int32 sums of s8 x s8 products. */
+#define MOE_MM_I8_MAX_K 131072u
+
 moe_status moe_mm_cache_create(moe_mm_cache **out, const moe_logger *log);
 void moe_mm_cache_free(moe_mm_cache **c);
 

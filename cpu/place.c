@@ -3,6 +3,7 @@
 
 #include <numa.h>
 #include <numaif.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 bool moe_numa_node_exists(uint32_t node) {
@@ -24,4 +25,30 @@ size_t moe_numa_move(const void *p, size_t bytes, uint32_t node) {
 
 bool moe_numa_bind_thread(uint32_t node) {
     return moe_numa_node_exists(node) && numa_run_on_node((int)node) == 0;
+}
+
+/* The mask is a libnuma cpumask; the struct only names the type. */
+struct moe_cpu_mask {
+    struct bitmask *bits;
+};
+
+moe_cpu_mask *moe_cpu_mask_new(void) {
+    if (numa_available() < 0) return NULL;
+    moe_cpu_mask *m = malloc(sizeof *m);
+    if (!m) return NULL;
+    if (!(m->bits = numa_allocate_cpumask())) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+bool moe_cpu_mask_save(moe_cpu_mask *m) { return m && numa_sched_getaffinity(0, m->bits) > 0; }
+
+bool moe_cpu_mask_restore(const moe_cpu_mask *m) { return m && numa_sched_setaffinity(0, m->bits) == 0; }
+
+void moe_cpu_mask_free(moe_cpu_mask *m) {
+    if (!m) return;
+    numa_free_cpumask(m->bits);
+    free(m);
 }

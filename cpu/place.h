@@ -18,4 +18,11 @@ size_t moe_numa_move(const void *p, size_t bytes, uint32_t node);
 /* Restricts the calling thread to the CPUs of `node`. False if not possible. */
 bool moe_numa_bind_thread(uint32_t node);
 
+/* A thread's CPU mask, so a binding can be undone. */
+typedef struct moe_cpu_mask moe_cpu_mask;
+moe_cpu_mask *moe_cpu_mask_new(void); /* NULL without libnuma support */
+bool moe_cpu_mask_save(moe_cpu_mask *m);          /* the calling thread's mask into m */
+bool moe_cpu_mask_restore(const moe_cpu_mask *m); /* m back onto the calling thread */
+void moe_cpu_mask_free(moe_cpu_mask *m);
+
 #endif

@@ -38,17 +38,24 @@ double moe_read_bandwidth(size_t bytes, uint32_t threads, int reps) {
     __builtin_cpu_init();
     wide = __builtin_cpu_supports("avx512f");
 #endif
-    const size_t per = n / 64 / threads * 64; /* floats per thread, whole chunks */
+    /* Each thread that OpenMP grants touches and reads its own share (whole
+     * chunks); the bytes are counted from the threads that ran. */
 #pragma omp parallel num_threads((int)threads)
-    memset(buf + (size_t)omp_get_thread_num() * per, 0, per * sizeof(float));
+    {
+        const size_t per = n / 64 / (size_t)omp_get_num_threads() * 64;
+        memset(buf + (size_t)omp_get_thread_num() * per, 0, per * sizeof(float));
+    }
     double best = 0.0;
     volatile float sink = 0.0f;
     for (int r = 0; r < reps; r++) {
         float total = 0.0f;
+        size_t read = 0;
         double t0 = moe_now();
-#pragma omp parallel num_threads((int)threads) reduction(+ : total)
+#pragma omp parallel num_threads((int)threads) reduction(+ : total, read)
         {
+            const size_t per = n / 64 / (size_t)omp_get_num_threads() * 64;
             const float *p = buf + (size_t)omp_get_thread_num() * per;
+            read += per;
 #if defined(__x86_64__) && defined(__GNUC__)
             total += wide ? sum_512(p, per) : sum_c(p, per);
 #else
@@ -57,7 +64,7 @@ double moe_read_bandwidth(size_t bytes, uint32_t threads, int reps) {
         }
         double dt = moe_now() - t0;
         sink = sink + total;
-        double gbps = (double)(per * threads * sizeof(float)) / dt / 1e9;
+        double gbps = (double)(read * sizeof(float)) / dt / 1e9;
         if (gbps > best) best = gbps;
     }
     (void)sink;

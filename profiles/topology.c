@@ -70,6 +70,10 @@ static moe_status fill_from_hwloc(hwloc_topology_t t, moe_topology_t *out) {
     /* Each core counts once, for the first NUMA node whose cpuset holds it;
      * memory-only nodes (HBM, CXL) have none. Cores that no node claims
      * count for node 0. */
+    for (uint32_t n = 0; n < info->n_numa_nodes; n++) {
+        hwloc_obj_t node = hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, n);
+        out->node_os[n] = node ? node->os_index : n;
+    }
     for (uint32_t c = 0; c < info->n_cores; c++) {
         hwloc_obj_t core = hwloc_get_obj_by_type(t, HWLOC_OBJ_CORE, c);
         uint32_t owner = 0;

@@ -10,6 +10,7 @@ struct moe_topology {
     uint32_t magic;
     moe_topology_info info;
     uint32_t node_cores[MOE_MAX_NUMA_NODES];
+    uint32_t node_os[MOE_MAX_NUMA_NODES]; /* the OS's (libnuma's) number of each node */
 };
 
 /* Fills info's CPU feature flags from cpuid. */

@@ -22,6 +22,7 @@ struct moe_runtime {
     uint32_t n_threads;
     uint32_t n_teams;                       /* NUMA nodes that run experts */
     uint32_t team_size[MOE_MAX_NUMA_NODES]; /* threads of each */
+    uint32_t team_node[MOE_MAX_NUMA_NODES]; /* the OS's number of each team's node */
     bool detected;                          /* topology is this host's */
     moe_cpu *cpu;                           /* the CPU expert engine */
     moe_logger log;
@@ -88,7 +89,8 @@ static void split_teams(moe_runtime_t *rt, const moe_topology_t *topo) {
     uint32_t cores[MOE_MAX_NUMA_NODES], n = 0;
     uint64_t total = 0;
     for (uint32_t i = 0; i < topo->info.n_numa_nodes && i < MOE_MAX_NUMA_NODES; i++)
-        if (topo->node_cores[i]) cores[n++] = topo->node_cores[i], total += topo->node_cores[i];
+        if (topo->node_cores[i])
+            rt->team_node[n] = topo->node_os[i], cores[n++] = topo->node_cores[i], total += topo->node_cores[i];
     if (n == 0 || n > rt->n_threads) { /* fewer threads than nodes: one team */
         rt->n_teams = 1, rt->team_size[0] = rt->n_threads;
         return;
@@ -147,7 +149,7 @@ static void place_experts(moe_runtime_t *rt) {
         const moe_model_layer *L = &m->layers[l];
         const size_t b = (size_t)L->desc.hidden * L->desc.inter * moe_dtype_size(L->desc.weight_dtype);
         for (uint32_t e = 0; e < L->desc.n_experts; e++) {
-            const uint32_t node = moe_cpu_home(e, rt->n_teams);
+            const uint32_t node = rt->team_node[moe_cpu_home(e, rt->n_teams)];
             moved += moe_numa_move(L->experts[e].gate, b, node) + moe_numa_move(L->experts[e].up, b, node) +
                      moe_numa_move(L->experts[e].down, b, node);
             total += 3ull * b;
@@ -206,7 +208,7 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
         goto fail;
     }
     moe_cpu_params cp = {.n_threads = rt->n_threads, .n_teams = rt->n_teams, .team_size = rt->team_size,
-                         .bind_threads = rt->detected, .log = &rt->log};
+                         .team_node = rt->team_node, .bind_threads = rt->detected, .log = &rt->log};
     if ((st = moe_cpu_create(&rt->cpu, &cp)) != MOE_OK) goto fail;
     for (uint32_t l = 0; l < model->n_layers; l++) { /* every primitive now, none on the hot path */
         const moe_layer_desc *d = &model->layers[l].desc;

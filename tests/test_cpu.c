@@ -2,8 +2,10 @@
  * expert: every dtype, the fast (AVX-512 / oneDNN) and portable paths,
  * odd sizes, empty groups, NUMA teams on a faked 2-node machine, and bad
  * input. Tolerances are NMSE per dtype (util.h). */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include <math.h>
 #include <omp.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -334,6 +336,56 @@ static void numa_teams_run_their_own_experts(void) {
     free(mem);
 }
 
+/* Thread binding: OpenMP's workers are bound to their team's node for
+ * good, the caller's thread only while a run lasts; the caller's own CPU
+ * mask is back afterwards. Both teams name node 0, which every machine
+ * has, so this runs on 1-node hosts too. */
+static void binding_restores_the_callers_cpus(void) {
+    if (omp_get_thread_limit() < 2 || !moe_numa_node_exists(0)) {
+        printf("  needs 2 OpenMP threads and libnuma's node 0\n");
+        return;
+    }
+    cpu_set_t orig, one, after;
+    CHECK(sched_getaffinity(0, sizeof orig, &orig) == 0);
+    size_t first = 0;
+    while (first < CPU_SETSIZE && !CPU_ISSET(first, &orig)) first++;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+
+    const uint32_t nodes[2] = {0, 0}, sizes[2] = {1, 1};
+    moe_cpu_params p = {.n_threads = 2, .n_teams = 2, .team_size = sizes, .team_node = nodes, .bind_threads = true};
+    moe_cpu *c = NULL;
+    CHECK_OK(moe_cpu_create(&c, &p));
+    moe_rng r = {12};
+    expert_buf b;
+    expert_make(&b, 64, 48, MOE_DTYPE_F32, &r);
+    float x[3 * 64], y[3 * 64], want[3 * 64];
+    test_fill(&r, x, 3 * 64);
+    ref(&b.v, 3, x, want);
+    moe_cpu_task task = {b.v, 1, 3, x, y};
+    CHECK_OK(moe_cpu_run(c, &task, 1));
+    CHECK(test_nmse(y, want, 3 * 64) <= test_tolerance(MOE_DTYPE_F32));
+    CHECK(sched_getaffinity(0, sizeof after, &after) == 0);
+    CHECK(CPU_EQUAL(&after, &one));
+    moe_cpu_free(&c);
+    expert_free(&b);
+    CHECK(sched_setaffinity(0, sizeof orig, &orig) == 0);
+}
+
+/* Where a group runs at the shapes the fast kernels cannot take: bf16
+ * rows that do not fill AMX tiles keep small groups off oneDNN (whose
+ * small buckets are slow), and int8 with k past the int32 bound of
+ * oneDNN's sums never goes to it. */
+static void paths_respect_kernel_limits(void) {
+    moe_cpu *c = engine(2, 1, false);
+    CHECK_OK(moe_cpu_prepare(c, 200, 72, MOE_DTYPE_BF16)); /* 200 % 32 != 0 */
+    for (uint32_t m = 1; m <= 4; m++) CHECK(strcmp(moe_cpu_path(c, 200, 72, MOE_DTYPE_BF16, m), "onednn") != 0);
+    CHECK_OK(moe_cpu_prepare(c, MOE_MM_I8_MAX_K + 64, 16, MOE_DTYPE_I8));
+    CHECK(strcmp(moe_cpu_path(c, MOE_MM_I8_MAX_K + 64, 16, MOE_DTYPE_I8, 512), "onednn") != 0);
+    moe_cpu_free(&c);
+}
+
 static void log_to(moe_log_level l, const char *msg, void *user) {
     (void)l;
     if (strstr(msg, "NUMA team")) snprintf(user, 128, "%s", msg);
@@ -430,4 +482,5 @@ static void bad_tasks_are_refused(void) {
 TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(amx_kernel_matches_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
           TEST_CASE(engine_matches_reference), TEST_CASE(large_groups_use_onednn),
           TEST_CASE(numa_teams_run_their_own_experts), TEST_CASE(runtime_on_two_nodes),
+          TEST_CASE(binding_restores_the_callers_cpus), TEST_CASE(paths_respect_kernel_limits),
           TEST_CASE(bad_tasks_are_refused))

@@ -1,5 +1,6 @@
 /* test_topology.c - this host through hwloc, and synthetic multi-node
  * machines, which is how NUMA-dependent code is tested on 1-node hosts. */
+#include "topology.h"
 #include "util.h"
 
 /* Cores summed over the NUMA nodes; each core must count once. */
@@ -77,6 +78,19 @@ static void each_core_counts_once(void) {
     moe_topology_free(&t);
 }
 
+/* Nodes keep the OS's numbers, which need not be 0..n-1 (offline or
+ * memory-only nodes, numbering by firmware): binding and moving memory
+ * use them, not the position in the list. */
+static void nodes_keep_os_numbers(void) {
+    moe_topology_t *t = NULL;
+    CHECK_OK(moe_topology_synthetic(&t, "numa:2(indexes=4,9) core:2 pu:1"));
+    CHECK_EQ(t->info.n_numa_nodes, 2);
+    CHECK_EQ(t->node_os[0], 4);
+    CHECK_EQ(t->node_os[1], 9);
+    CHECK_EQ(t->node_cores[0], 2);
+    moe_topology_free(&t);
+}
+
 static void rejects_bad_descriptions(void) {
     moe_topology_t *t = (moe_topology_t *)1;
     CHECK_STATUS(moe_topology_synthetic(&t, "pack:two"), MOE_ERR_PARSE);
@@ -123,4 +137,5 @@ static void runtime_sizes_threads_from_topology(void) {
 }
 
 TEST_MAIN("topology", TEST_CASE(detects_this_host), TEST_CASE(synthetic_two_sockets), TEST_CASE(each_core_counts_once),
+          TEST_CASE(nodes_keep_os_numbers),
           TEST_CASE(rejects_bad_descriptions), TEST_CASE(runtime_sizes_threads_from_topology))
