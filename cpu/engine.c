@@ -98,6 +98,7 @@ moe_status moe_cpu_create(moe_cpu **out, const moe_cpu_params *p) {
     /* OpenMP's worker threads are bound for good; thread 0 is the caller's
      * own thread, bound only for the length of each run (moe_cpu_run). */
     if (p->bind_threads && p->n_teams > 1 && (c->caller = moe_cpu_mask_new()) != NULL) {
+        for (uint32_t t = 0; t < p->n_teams; t++) moe_numa_warm(c->team_node[t]);
         uint32_t bound = 0;
 #pragma omp parallel num_threads((int)c->n_threads) reduction(+ : bound)
         {

@@ -192,3 +192,8 @@ moe_status moe_mm_run(moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype t, uint
     dnnl_stream_wait(c->stream);
     return MOE_OK;
 }
+
+void moe_mm_onednn_version(char *buf, size_t cap) {
+    const dnnl_version_t *d = dnnl_version();
+    snprintf(buf, cap, "%d.%d.%d", d->major, d->minor, d->patch);
+}

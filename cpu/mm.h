@@ -53,4 +53,7 @@ moe_status moe_mm_run(moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype t, uint
  * "brg:avx512_core_amx_bf16" (for benchmarks and logs); "" if none. */
 const char *moe_mm_impl(const moe_mm_cache *c, uint32_t k, uint32_t n, moe_dtype t, uint32_t m);
 
+/* The version of the oneDNN library this process runs, "2.6.3". */
+void moe_mm_onednn_version(char *buf, size_t cap);
+
 #endif

@@ -27,6 +27,12 @@ bool moe_numa_bind_thread(uint32_t node) {
     return moe_numa_node_exists(node) && numa_run_on_node((int)node) == 0;
 }
 
+void moe_numa_warm(uint32_t node) {
+    if (!moe_numa_node_exists(node)) return;
+    struct bitmask *b = numa_allocate_cpumask();
+    if (b) numa_node_to_cpus((int)node, b), numa_free_cpumask(b);
+}
+
 /* The mask is a libnuma cpumask; the struct only names the type. */
 struct moe_cpu_mask {
     struct bitmask *bits;

@@ -15,8 +15,13 @@ bool moe_numa_node_exists(uint32_t node);
  * node does not exist or the range holds no whole page). */
 size_t moe_numa_move(const void *p, size_t bytes, uint32_t node);
 
-/* Restricts the calling thread to the CPUs of `node`. False if not possible. */
+/* Restricts the calling thread to the CPUs of `node`. False if not possible.
+ * Call moe_numa_warm(node) first, outside any parallel region. */
 bool moe_numa_bind_thread(uint32_t node);
+
+/* libnuma fills its per-node CPU cache on first use without a lock (two
+ * threads binding at once leak one copy): fill it from one thread. */
+void moe_numa_warm(uint32_t node);
 
 /* A thread's CPU mask, so a binding can be undone. */
 typedef struct moe_cpu_mask moe_cpu_mask;

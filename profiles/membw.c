@@ -1,5 +1,9 @@
 /* membw.c - see membw.h. */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "membw.h"
+
+#include <numa.h>
+#include <sched.h>
 
 #include <omp.h>
 #include <stdlib.h>
@@ -70,4 +74,65 @@ double moe_read_bandwidth(size_t bytes, uint32_t threads, int reps) {
     (void)sink;
     free(buf);
     return best;
+}
+
+int moe_read_bandwidth_nodes(size_t bytes, uint32_t threads, int reps, uint32_t cpu_node, uint32_t mem_node,
+                             double *out) {
+    const size_t n = bytes / (64 * sizeof(float)) * 64;
+    if (n == 0 || threads == 0 || reps <= 0 || numa_available() < 0 || cpu_node > (uint32_t)numa_max_node() ||
+        mem_node > (uint32_t)numa_max_node())
+        return 0;
+    float *buf = numa_alloc_onnode(n * sizeof(float), (int)mem_node);
+    cpu_set_t *masks = calloc(threads, sizeof *masks);
+    if (!buf || !masks) {
+        if (buf) numa_free(buf, n * sizeof(float));
+        free(masks);
+        return 0;
+    }
+    bool wide = false;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    wide = __builtin_cpu_supports("avx512f");
+#endif
+    /* Separate regions: the pool's threads keep their binding between them,
+     * and the reads cannot be folded into the touching stores. */
+    int done = 0, ran = 0;
+    bool bound_all = true;
+    struct bitmask *warm = numa_allocate_cpumask(); /* fill libnuma's node cache from one thread */
+    if (warm) numa_node_to_cpus((int)cpu_node, warm), numa_free_cpumask(warm);
+#pragma omp parallel num_threads((int)threads) reduction(&& : bound_all)
+    {
+        const int id = omp_get_thread_num();
+        bound_all = sched_getaffinity(0, sizeof masks[id], &masks[id]) == 0 && numa_run_on_node((int)cpu_node) == 0;
+        const size_t per = n / 64 / (size_t)omp_get_num_threads() * 64;
+        memset(buf + (size_t)id * per, 0, per * sizeof(float));
+#pragma omp master
+        ran = omp_get_num_threads();
+    }
+    for (int r = 0; r < reps && bound_all; r++) {
+        float total = 0.0f;
+        size_t read = 0;
+        double t0 = moe_now();
+#pragma omp parallel num_threads(ran) reduction(+ : total, read)
+        {
+            const size_t per = n / 64 / (size_t)omp_get_num_threads() * 64;
+            const float *p = buf + (size_t)omp_get_thread_num() * per;
+#if defined(__x86_64__) && defined(__GNUC__)
+            total += wide ? sum_512(p, per) : sum_c(p, per);
+#else
+            total += sum_c(p, per);
+#endif
+            read += per;
+        }
+        const double dt = moe_now() - t0;
+        volatile float sink = total;
+        (void)sink;
+        out[r] = (double)(read * sizeof(float)) / dt / 1e9;
+        done = r + 1;
+    }
+#pragma omp parallel num_threads(ran)
+    sched_setaffinity(0, sizeof masks[omp_get_thread_num()], &masks[omp_get_thread_num()]);
+    numa_free(buf, n * sizeof(float));
+    free(masks);
+    return bound_all ? done : 0;
 }

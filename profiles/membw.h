@@ -12,4 +12,11 @@
  * threads. 0 if the buffer cannot be allocated. */
 double moe_read_bandwidth(size_t bytes, uint32_t threads, int reps);
 
+/* The same with the buffer's pages on NUMA node `mem_node` and the threads
+ * on the CPUs of node `cpu_node` (OS node numbers); each thread gets its
+ * own CPU mask back afterwards. Each pass is one sample in out[0..reps);
+ * returns the passes done (0 if the nodes or the buffer are not there). */
+int moe_read_bandwidth_nodes(size_t bytes, uint32_t threads, int reps, uint32_t cpu_node, uint32_t mem_node,
+                             double *out);
+
 #endif

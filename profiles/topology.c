@@ -70,6 +70,9 @@ static moe_status fill_from_hwloc(hwloc_topology_t t, moe_topology_t *out) {
     /* Each core counts once, for the first NUMA node whose cpuset holds it;
      * memory-only nodes (HBM, CXL) have none. Cores that no node claims
      * count for node 0. */
+    hwloc_obj_t pkg = hwloc_get_obj_by_type(t, HWLOC_OBJ_PACKAGE, 0);
+    const char *model = pkg ? hwloc_obj_get_info_by_name(pkg, "CPUModel") : NULL;
+    if (model) snprintf(out->cpu_model, sizeof out->cpu_model, "%s", model);
     for (uint32_t n = 0; n < info->n_numa_nodes; n++) {
         hwloc_obj_t node = hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, n);
         out->node_os[n] = node ? node->os_index : n;

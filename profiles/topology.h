@@ -11,6 +11,7 @@ struct moe_topology {
     moe_topology_info info;
     uint32_t node_cores[MOE_MAX_NUMA_NODES];
     uint32_t node_os[MOE_MAX_NUMA_NODES]; /* the OS's (libnuma's) number of each node */
+    char cpu_model[128];                  /* hwloc's CPUModel of the first package, "" if unknown */
 };
 
 /* Fills info's CPU feature flags from cpuid. */

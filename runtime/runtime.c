@@ -10,6 +10,7 @@
 #include "place.h"
 #include "model.h"
 #include "plan.h"
+#include "teams.h"
 #include "topology.h"
 
 #define MOE_MAX_THREADS 4096u
@@ -20,9 +21,7 @@ struct moe_runtime {
     moe_device_kind device;
     moe_policy_id policy;
     uint32_t n_threads;
-    uint32_t n_teams;                       /* NUMA nodes that run experts */
-    uint32_t team_size[MOE_MAX_NUMA_NODES]; /* threads of each */
-    uint32_t team_node[MOE_MAX_NUMA_NODES]; /* the OS's number of each team's node */
+    moe_teams teams;                        /* NUMA teams of the CPU engine */
     bool detected;                          /* topology is this host's */
     moe_cpu *cpu;                           /* the CPU expert engine */
     moe_logger log;
@@ -83,34 +82,33 @@ static moe_status resolve_device(moe_runtime_t *rt, moe_device_kind want) {
     return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: device %d is not a moe_device_kind", (int)want);
 }
 
-/* Splits n threads over the NUMA nodes that have cores, in proportion to
- * their cores and at least one each: one team per node. */
-static void split_teams(moe_runtime_t *rt, const moe_topology_t *topo) {
+void moe_split_teams(const moe_topology_t *topo, uint32_t n_threads, moe_teams *out) {
     uint32_t cores[MOE_MAX_NUMA_NODES], n = 0;
     uint64_t total = 0;
+    memset(out, 0, sizeof *out);
     for (uint32_t i = 0; i < topo->info.n_numa_nodes && i < MOE_MAX_NUMA_NODES; i++)
         if (topo->node_cores[i])
-            rt->team_node[n] = topo->node_os[i], cores[n++] = topo->node_cores[i], total += topo->node_cores[i];
-    if (n == 0 || n > rt->n_threads) { /* fewer threads than nodes: one team */
-        rt->n_teams = 1, rt->team_size[0] = rt->n_threads;
+            out->node[n] = topo->node_os[i], out->index[n] = i, cores[n++] = topo->node_cores[i],
+            total += topo->node_cores[i];
+    if (n == 0 || n > n_threads) { /* fewer threads than nodes: one team */
+        out->n = 1, out->size[0] = n_threads;
         return;
     }
     uint32_t sum = 0;
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t s = (uint64_t)rt->n_threads * cores[i] / total;
-        rt->team_size[i] = s ? (uint32_t)s : 1, sum += rt->team_size[i];
+        uint64_t s = (uint64_t)n_threads * cores[i] / total;
+        out->size[i] = s ? (uint32_t)s : 1, sum += out->size[i];
     }
-    while (sum != rt->n_threads) { /* fix rounding on the most (least) loaded node */
+    while (sum != n_threads) { /* fix rounding on the most (least) loaded node */
         uint32_t best = 0;
         for (uint32_t i = 1; i < n; i++) {
-            double ri = (double)cores[i] / rt->team_size[i], rb = (double)cores[best] / rt->team_size[best];
-            if (sum < rt->n_threads ? ri > rb : (rt->team_size[i] > 1 && (ri < rb || rt->team_size[best] == 1)))
-                best = i;
+            double ri = (double)cores[i] / out->size[i], rb = (double)cores[best] / out->size[best];
+            if (sum < n_threads ? ri > rb : (out->size[i] > 1 && (ri < rb || out->size[best] == 1))) best = i;
         }
-        if (sum < rt->n_threads) rt->team_size[best]++, sum++;
-        else rt->team_size[best]--, sum--;
+        if (sum < n_threads) out->size[best]++, sum++;
+        else out->size[best]--, sum--;
     }
-    rt->n_teams = n;
+    out->n = n;
 }
 
 static moe_status resolve_threads(moe_runtime_t *rt, const moe_runtime_params *p) {
@@ -134,7 +132,7 @@ static moe_status resolve_threads(moe_runtime_t *rt, const moe_runtime_params *p
                 omp_get_thread_limit());
         rt->n_threads = (uint32_t)omp_get_thread_limit();
     }
-    split_teams(rt, topo);
+    moe_split_teams(topo, rt->n_threads, &rt->teams);
     moe_topology_free(&own);
     return MOE_OK;
 }
@@ -142,14 +140,14 @@ static moe_status resolve_threads(moe_runtime_t *rt, const moe_runtime_params *p
 /* On a NUMA machine, moves each expert's weight pages to the node whose
  * team runs it (best effort: pages that cannot move stay and still work). */
 static void place_experts(moe_runtime_t *rt) {
-    if (rt->n_teams < 2 || !rt->detected) return;
+    if (rt->teams.n < 2 || !rt->detected) return;
     const moe_model_t *m = rt->model;
     uint64_t moved = 0, total = 0;
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const moe_model_layer *L = &m->layers[l];
         const size_t b = (size_t)L->desc.hidden * L->desc.inter * moe_dtype_size(L->desc.weight_dtype);
         for (uint32_t e = 0; e < L->desc.n_experts; e++) {
-            const uint32_t node = rt->team_node[moe_cpu_home(e, rt->n_teams)];
+            const uint32_t node = rt->teams.node[moe_cpu_home(e, rt->teams.n)];
             moved += moe_numa_move(L->experts[e].gate, b, node) + moe_numa_move(L->experts[e].up, b, node) +
                      moe_numa_move(L->experts[e].down, b, node);
             total += 3ull * b;
@@ -207,8 +205,8 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
         st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
         goto fail;
     }
-    moe_cpu_params cp = {.n_threads = rt->n_threads, .n_teams = rt->n_teams, .team_size = rt->team_size,
-                         .team_node = rt->team_node, .bind_threads = rt->detected, .log = &rt->log};
+    moe_cpu_params cp = {.n_threads = rt->n_threads, .n_teams = rt->teams.n, .team_size = rt->teams.size,
+                         .team_node = rt->teams.node, .bind_threads = rt->detected, .log = &rt->log};
     if ((st = moe_cpu_create(&rt->cpu, &cp)) != MOE_OK) goto fail;
     for (uint32_t l = 0; l < model->n_layers; l++) { /* every primitive now, none on the hot path */
         const moe_layer_desc *d = &model->layers[l].desc;
@@ -219,7 +217,7 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     place_experts(rt);
     rt->magic = MOE_MAGIC_RUNTIME;
     moe_log(&rt->log, MOE_LOG_INFO, "runtime: device %s, policy %s, %u threads in %u NUMA team(s)",
-            moe_device_name(rt->device), moe_policy_name(rt->policy), rt->n_threads, rt->n_teams);
+            moe_device_name(rt->device), moe_policy_name(rt->policy), rt->n_threads, rt->teams.n);
     *out = rt;
     return MOE_OK;
 fail:
@@ -329,7 +327,7 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
             .w = {.gate = w->gate, .up = w->up, .down = w->down, .dtype = L->desc.weight_dtype,
                   .hidden = H, .inter = L->desc.inter, .gate_scale = w->gate_scale,
                   .up_scale = w->up_scale, .down_scale = w->down_scale},
-            .team = moe_cpu_home(grp->expert, rt->n_teams),
+            .team = moe_cpu_home(grp->expert, rt->teams.n),
             .m = grp->n_tokens,
             .x = rt->xg + (size_t)grp->first * H,
             .y = rt->yg + (size_t)grp->first * H,

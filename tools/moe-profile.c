@@ -1,0 +1,313 @@
+/* moe-profile - measures this machine into a moerun profile, and shows,
+ * checks and merges profile files (docs/profiles.md).
+ *
+ *   moe-profile [--quick] [-o FILE] [--threads N] [--shape HxI,...] [--dtype T,...] [--m M,...]
+ *   moe-profile --show FILE
+ *   moe-profile --check FILE
+ *   moe-profile --merge A B [-o FILE] [--force]
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "profile.h"
+#include "profiler.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: moe-profile [--quick] [-o FILE] [options]   measure this machine, write a profile\n"
+            "       moe-profile --show FILE                     print a profile readably\n"
+            "       moe-profile --check FILE                    exit 0 if FILE is a valid profile\n"
+            "       moe-profile --merge A B [-o FILE] [--force] add B's samples to A's\n"
+            "\n"
+            "Measuring:\n"
+            "  --quick          one shape per dtype, 5 M points, looser error target (under a minute)\n"
+            "  -o FILE          where to write (default: $MOE_PROFILE, else ~/.cache/moerun/profile.txt,\n"
+            "                   which the runtime loads by default); '-' writes to standard output\n"
+            "  --threads N      CPU threads (default: one per core)\n"
+            "  --shape HxI,...  expert shapes (default: 2048x1408 quick; every real model's shape full)\n"
+            "  --dtype T,...    bf16, int8, f32, f16 (default: bf16,int8,f32)\n"
+            "  --m M,...        token counts per expert call (default: 1,4,16,64,256 quick;\n"
+            "                   1,2,4,...,512 full)\n"
+            "  --rse X          stop sampling a figure once its relative standard error is below X\n"
+            "                   (default 0.03 quick, 0.01 full)\n"
+            "  --cap-s S        at most S seconds per figure (default 1 quick, 4 full)\n"
+            "  -q, --quiet      no progress lines\n"
+            "Merging:\n"
+            "  --force          merge profiles of different hosts or library versions\n"
+            "Other: --help, --version\n");
+}
+
+static int fail(const char *fmt, ...) MOE_PRINTF(1, 2);
+static int fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("moe-profile: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+static bool parse_list(const char *s, uint32_t *out, uint32_t cap, uint32_t *n) {
+    *n = 0;
+    while (*s) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(s, &end, 10);
+        if (end == s || errno || v == 0 || v > 65536 || (*end && *end != ',') || *n == cap) return false;
+        out[(*n)++] = (uint32_t)v;
+        s = *end ? end + 1 : end;
+    }
+    return *n > 0;
+}
+
+static bool parse_shapes(const char *s, uint32_t (*out)[2], uint32_t cap, uint32_t *n) {
+    *n = 0;
+    while (*s) {
+        char *end;
+        unsigned long h = strtoul(s, &end, 10);
+        if (end == s || *end != 'x' || !h || h > (1u << 20)) return false;
+        const char *t = end + 1;
+        unsigned long i = strtoul(t, &end, 10);
+        if (end == t || !i || i > (1u << 20) || (*end && *end != ',') || *n == cap) return false;
+        out[*n][0] = (uint32_t)h, out[*n][1] = (uint32_t)i, (*n)++;
+        s = *end ? end + 1 : end;
+    }
+    return *n > 0;
+}
+
+static bool parse_dtypes(char *s, moe_dtype *out, uint32_t cap, uint32_t *n) {
+    *n = 0;
+    for (char *t = strtok(s, ","); t; t = strtok(NULL, ",")) {
+        int d = 0;
+        while (d < MOE_DTYPE_COUNT_ && strcmp(t, moe_dtype_name((moe_dtype)d))) d++;
+        if (d == MOE_DTYPE_COUNT_ || *n == cap) return false;
+        out[(*n)++] = (moe_dtype)d;
+    }
+    return *n > 0;
+}
+
+static void log_line(moe_log_level l, const char *msg, void *user) {
+    (void)l, (void)user;
+    fprintf(stderr, "%s\n", msg);
+}
+
+/* Creates the directories above `path`. */
+static void make_parents(const char *path) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    for (char *p = dir + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(dir, 0755);
+            *p = '/';
+        }
+}
+
+static int write_profile(const moe_profile *p, const char *path) {
+    if (!strcmp(path, "-")) {
+        const size_t len = moe_profile_format(p, NULL, 0);
+        char *text = malloc(len + 1);
+        if (!text) return fail("out of memory");
+        moe_profile_format(p, text, len + 1);
+        fputs(text, stdout);
+        free(text);
+        return 0;
+    }
+    make_parents(path);
+    if (moe_profile_save(p, path) != MOE_OK) return fail("%s", moe_last_error());
+    fprintf(stderr, "moe-profile: wrote %s\n", path);
+    return 0;
+}
+
+static void show(const moe_profile *p, const char *path) {
+    printf("%s: %s profile%s%s%s, %s, host \"%s\", moerun %s, oneDNN %s\n", path, p->source,
+           p->mode[0] ? " (" : "", p->mode, p->mode[0] ? ")" : "", p->created[0] ? p->created : "undated",
+           p->hostname[0] ? p->hostname : "?", p->moerun_version, p->onednn_version[0] ? p->onednn_version : "?");
+    const moe_topology_info *t = &p->topo;
+    printf("CPU: %s; %u package(s), %u NUMA node(s), %u cores, %u hardware threads; L3 %.0f MB; memory %.1f GB;"
+           " measured with %u threads\n", p->cpu_model, t->n_packages, t->n_numa_nodes, t->n_cores, t->n_pus,
+           (double)t->l3_bytes / (1 << 20), (double)t->memory_bytes / (1u << 30), p->threads);
+    printf("CPU features:%s%s%s%s%s\n", t->has_avx2 ? " avx2" : "", t->has_avx512f ? " avx512f" : "",
+           t->has_avx512_bf16 ? " avx512_bf16" : "", t->has_avx512_vnni ? " avx512_vnni" : "", t->has_amx ? " amx" : "");
+    printf("\nMemory read bandwidth, GB/s (row: the node's cores; column: the memory's node):\n      ");
+    for (uint32_t j = 0; j < t->n_numa_nodes; j++) printf("  %12s%u", "node", j);
+    printf("\n");
+    for (uint32_t i = 0; i < t->n_numa_nodes; i++) {
+        printf("node%-2u", i);
+        for (uint32_t j = 0; j < t->n_numa_nodes; j++) {
+            const moe_stat *s = &p->read_gbps[i][j];
+            if (s->n) printf("  %8.1f +-%2.0f%%", moe_stat_mean(s), 100.0 * moe_stat_sd(s) / moe_stat_mean(s));
+            else printf("  %13s", "-");
+        }
+        printf("\n");
+    }
+    for (int gpu = 0; gpu < 2; gpu++) {
+        bool any = false;
+        for (uint32_t i = 0; i < p->n_curves; i++) {
+            const moe_curve *c = &p->curves[i];
+            if ((c->gpu >= 0) != (gpu == 1)) continue;
+            if (!any) printf("\n%s expert call, microseconds (mean +- sd over n samples):\n", gpu ? "GPU" : "CPU");
+            any = true;
+            printf("  %ux%u %s %s%d:\n", c->hidden, c->inter, moe_dtype_name(c->dtype), gpu ? "gpu" : "node",
+                   gpu ? c->gpu : (int)c->node);
+            const double bytes = 3.0 * c->hidden * c->inter * (double)moe_dtype_size(c->dtype);
+            for (uint32_t j = 0; j < c->n_points; j++) {
+                const moe_stat *s = &c->points[j].us;
+                const double us = moe_stat_mean(s);
+                printf("    m %4u  %10.1f +- %4.1f%%  (n %3llu)  %7.1f GB/s of weights  %8.1f GFLOP/s\n",
+                       c->points[j].m, us, us > 0 ? 100.0 * moe_stat_sd(s) / us : 0.0, (unsigned long long)s->n,
+                       bytes / us / 1e3, 6.0 * c->points[j].m * c->hidden * c->inter / us / 1e3);
+            }
+        }
+    }
+    if (!p->n_gpus) printf("\nGPU: none\n");
+    for (uint32_t g = 0; g < p->n_gpus; g++) {
+        const moe_profile_gpu *d = &p->gpus[g];
+        printf("\nGPU %u: %s, compute capability %u.%u, %.1f GB (%.1f GB free), NUMA node %d\n", g, d->name,
+               d->cc_major, d->cc_minor, (double)d->total_bytes / (1u << 30), (double)d->free_bytes / (1u << 30),
+               d->numa_node);
+        if (d->launch_us.n) printf("  kernel launch %.1f us, event %.1f us\n", moe_stat_mean(&d->launch_us), moe_stat_mean(&d->event_us));
+        const moe_link_curve *links[3] = {&d->h2d_pinned, &d->h2d_pageable, &d->d2h_pinned};
+        const char *names[3] = {"host->device pinned", "host->device pageable", "device->host pinned"};
+        for (int k = 0; k < 3; k++) {
+            if (!links[k]->n) continue;
+            printf("  %s:", names[k]);
+            for (uint32_t i = 0; i < links[k]->n; i++)
+                printf("  %.0f MB %.1f GB/s", (double)links[k]->bytes[i] / (1 << 20), moe_stat_mean(&links[k]->gbps[i]));
+            printf("\n");
+        }
+    }
+    const size_t len = moe_profile_format(p, NULL, 0);
+    char *text = malloc(len + 1);
+    if (text) {
+        moe_profile_format(p, text, len + 1);
+        const char *tun = strstr(text, "\n[tuning]\n");
+        printf("\nTuning:");
+        bool any = false;
+        for (const char *l = tun ? strchr(tun + 1, '\n') : NULL; l && l[1]; l = strchr(l + 1, '\n'))
+            if (l[1] != '#' && l[1] != '\n') {
+                const char *e = strchr(l + 1, '\n');
+                printf("\n  %.*s", (int)(e ? e - l - 1 : (long)strlen(l + 1)), l + 1);
+                any = true;
+            }
+        printf("%s\n", any ? "" : " none set (the runtime's defaults)");
+        free(text);
+    }
+    moe_profile here;
+    moe_profile_init(&here);
+    char why[256];
+    if (moe_profiler_host(&here) == MOE_OK)
+        printf("\nThis host: %s%s\n", moe_profile_matches(p, &here, why, sizeof why) ? "matches" : "differs: ",
+               why);
+    moe_profile_clear(&here);
+}
+
+int main(int argc, char **argv) {
+    enum { O_QUICK = 256, O_SHOW, O_CHECK, O_MERGE, O_FORCE, O_THREADS, O_SHAPE, O_DTYPE, O_M, O_RSE, O_CAP, O_VERSION };
+    static const struct option opts[] = {
+        {"quick", 0, 0, O_QUICK},   {"show", 1, 0, O_SHOW},       {"check", 1, 0, O_CHECK},
+        {"merge", 1, 0, O_MERGE},   {"force", 0, 0, O_FORCE},     {"threads", 1, 0, O_THREADS},
+        {"shape", 1, 0, O_SHAPE},   {"dtype", 1, 0, O_DTYPE},     {"m", 1, 0, O_M},
+        {"rse", 1, 0, O_RSE},       {"cap-s", 1, 0, O_CAP},       {"output", 1, 0, 'o'},
+        {"quiet", 0, 0, 'q'},       {"help", 0, 0, 'h'},          {"version", 0, 0, O_VERSION},
+        {0, 0, 0, 0}};
+    const char *out = NULL, *show_path = NULL, *check_path = NULL, *merge_a = NULL;
+    bool quick = false, force = false, quiet = false;
+    uint32_t threads = 0, ms[32], n_ms = 0, shapes[16][2], n_shapes = 0, n_dtypes = 0;
+    moe_dtype dtypes[8];
+    double rse = 0, cap = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case O_QUICK: quick = true; break;
+        case O_SHOW: show_path = optarg; break;
+        case O_CHECK: check_path = optarg; break;
+        case O_MERGE: merge_a = optarg; break;
+        case O_FORCE: force = true; break;
+        case O_THREADS: {
+            uint32_t one;
+            if (!parse_list(optarg, &threads, 1, &one) || threads > 4096) return fail("--threads: bad value (1..4096)");
+            break;
+        }
+        case O_SHAPE:
+            if (!parse_shapes(optarg, shapes, 16, &n_shapes)) return fail("--shape: expected HIDDENxINTER[,...] (at most 16)");
+            break;
+        case O_DTYPE:
+            if (!parse_dtypes(optarg, dtypes, 8, &n_dtypes)) return fail("--dtype: expected bf16, int8, f32 or f16[,...]");
+            break;
+        case O_M:
+            if (!parse_list(optarg, ms, 32, &n_ms)) return fail("--m: expected token counts 1..65536[,...] (at most 32)");
+            break;
+        case O_RSE:
+            rse = strtod(optarg, &end);
+            if (*end || !(rse > 0 && rse < 1)) return fail("--rse: expected a fraction in (0, 1)");
+            break;
+        case O_CAP:
+            cap = strtod(optarg, &end);
+            if (*end || !(cap > 0 && cap <= 3600)) return fail("--cap-s: expected seconds in (0, 3600]");
+            break;
+        case 'o': out = optarg; break;
+        case 'q': quiet = true; break;
+        case 'h': usage(stdout); return 0;
+        case O_VERSION: printf("moe-profile %s\n", moe_build_info()); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    moe_profile p;
+    moe_profile_init(&p);
+    int rc = 0;
+    if (show_path || check_path) {
+        const char *path = show_path ? show_path : check_path;
+        if (optind != argc) return fail("unexpected argument \"%s\"", argv[optind]);
+        if (moe_profile_load(&p, path) != MOE_OK) {
+            fprintf(stderr, "%s\n", moe_last_error());
+            return 1;
+        }
+        if (show_path) show(&p, path);
+        else printf("%s: a valid moerun profile (%s%s%s, %u curves, %u GPUs)\n", path, p.source, p.mode[0] ? ", " : "",
+                    p.mode, p.n_curves, p.n_gpus);
+    } else if (merge_a) {
+        if (optind + 1 != argc) return fail("--merge A B: give exactly one more file (B)");
+        moe_profile b;
+        moe_profile_init(&b);
+        if (moe_profile_load(&p, merge_a) != MOE_OK || moe_profile_load(&b, argv[optind]) != MOE_OK ||
+            moe_profile_merge(&p, &b, force) != MOE_OK) {
+            fprintf(stderr, "moe-profile: %s\n", moe_last_error());
+            rc = 1;
+        } else {
+            rc = write_profile(&p, out ? out : "-");
+        }
+        moe_profile_clear(&b);
+    } else {
+        if (optind != argc) return fail("unexpected argument \"%s\" (see --help)", argv[optind]);
+        char def[4096];
+        if (!out && !moe_profile_default_path(def, sizeof def)) return fail("no default path ($HOME unset): use -o FILE");
+        moe_profile_shape sh[16 * 8];
+        uint32_t n_sh = 0;
+        if (n_shapes || n_dtypes) {
+            static const moe_dtype def_dt[3] = {MOE_DTYPE_BF16, MOE_DTYPE_I8, MOE_DTYPE_F32};
+            if (!n_shapes) shapes[0][0] = 2048, shapes[0][1] = 1408, n_shapes = 1;
+            const moe_dtype *dt = n_dtypes ? dtypes : def_dt;
+            for (uint32_t d = 0; d < (n_dtypes ? n_dtypes : 3); d++)
+                for (uint32_t i = 0; i < n_shapes; i++) sh[n_sh++] = (moe_profile_shape){shapes[i][0], shapes[i][1], dt[d]};
+        }
+        const moe_logger log = {.fn = log_line, .level = quiet ? MOE_LOG_WARN : MOE_LOG_INFO};
+        const moe_profiler_opts o = {.quick = quick, .threads = threads, .shapes = n_sh ? sh : NULL, .n_shapes = n_sh,
+                                     .ms = n_ms ? ms : NULL, .n_ms = n_ms, .rse_target = rse, .cap_s = cap, .log = &log};
+        const double t0 = moe_now();
+        if (moe_profiler_run(&p, &o) != MOE_OK) {
+            rc = fail("%s", moe_last_error());
+        } else {
+            if (!quiet) fprintf(stderr, "moe-profile: measured in %.1f s\n", moe_now() - t0);
+            rc = write_profile(&p, out ? out : def);
+        }
+    }
+    moe_profile_clear(&p);
+    return rc;
+}
