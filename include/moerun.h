@@ -77,7 +77,7 @@ extern "C" {
 /* API version of this header: bumped whenever a declaration changes in a way
  * that needs callers to be recompiled. Compare with moe_api_version() at run
  * time to detect a header/library mismatch. */
-#define MOE_API_VERSION 2
+#define MOE_API_VERSION 3
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
 MOE_EXPORT const char *moe_version(void);
@@ -281,6 +281,16 @@ typedef struct moe_runtime_params {
     moe_log_fn log_fn;          /* NULL = write to stderr */
     void *log_user;
     moe_log_level log_level;    /* messages above this level are dropped; default WARN */
+    /* Machine profile written by moe-profile (docs/profiles.md), whose
+     * measured costs the scheduler plans with and whose [tuning] section
+     * sets the policy and CPU threads where these params leave them unset.
+     * NULL = the default file ($MOE_PROFILE, else
+     * $XDG_CACHE_HOME/moerun/profile.txt or ~/.cache/moerun/profile.txt)
+     * if there is one; "" = none. A named file that is missing, invalid or
+     * measured on another host fails creation with a message naming it (the
+     * default file only logs a warning and is not used). */
+    const char *profile_path;
+    int profile_any_host;       /* non-zero: use a profile of another host or library version anyway */
 } moe_runtime_params;
 
 MOE_EXPORT moe_runtime_params moe_runtime_default_params(void);
@@ -300,6 +310,14 @@ MOE_EXPORT moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model
 /* Frees the runtime, waits for nothing (no work is left in flight after a
  * synchronous call) and sets *rt to NULL. */
 MOE_EXPORT void moe_runtime_free(moe_runtime_t **rt);
+
+/* The profile file the runtime plans with, "" if none. */
+MOE_EXPORT const char *moe_runtime_profile(const moe_runtime_t *rt);
+
+/* What the profile predicts one expert of `layer` costs on the CPU for
+ * n_tokens tokens, in microseconds (its measured curve, or a roofline
+ * from this machine's measured rates); negative without a profile. */
+MOE_EXPORT double moe_runtime_cpu_cost_us(const moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens);
 
 /* The device and policy the runtime resolved "auto" to. */
 MOE_EXPORT moe_device_kind moe_runtime_device(const moe_runtime_t *rt);

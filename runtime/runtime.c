@@ -1,15 +1,19 @@
+#define _POSIX_C_SOURCE 200809L /* access */
 /* runtime.c - the runtime: resolves device and policy, and runs each MoE
  * layer as plan (sched) -> execute (cpu, gpu) -> combine in a fixed order.
  * This is the top of the library; it calls down into every layer and no
  * layer calls back up. */
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "gpu.h"
 #include "place.h"
 #include "model.h"
 #include "plan.h"
+#include "profiler.h"
 #include "teams.h"
 #include "topology.h"
 
@@ -22,6 +26,8 @@ struct moe_runtime {
     moe_policy_id policy;
     uint32_t n_threads;
     moe_teams teams;                        /* NUMA teams of the CPU engine */
+    moe_profile profile;                    /* measured costs; empty without one */
+    char profile_path[1024];                /* "" without one */
     bool detected;                          /* topology is this host's */
     moe_cpu *cpu;                           /* the CPU expert engine */
     moe_logger log;
@@ -57,6 +63,8 @@ moe_runtime_params moe_runtime_default_params(void) {
         .log_fn = NULL,
         .log_user = NULL,
         .log_level = MOE_LOG_WARN,
+        .profile_path = NULL,
+        .profile_any_host = 0,
     };
 }
 
@@ -157,6 +165,36 @@ static void place_experts(moe_runtime_t *rt) {
             (double)moved / 1e6, (double)total / 1e6);
 }
 
+/* Loads the profile: a named file must be valid and this host's (unless
+ * any_host); the default file is used only if it is. */
+static moe_status load_profile(moe_runtime_t *rt, const moe_runtime_params *p) {
+    char def[1024];
+    const bool named = p->profile_path != NULL;
+    const char *path = named ? p->profile_path : moe_profile_default_path(def, sizeof def) ? def : "";
+    if (!path[0] || (!named && access(path, F_OK) != 0)) return MOE_OK;
+    moe_status st = moe_profile_load(&rt->profile, path);
+    char why[256] = "";
+    if (st == MOE_OK && !p->profile_any_host) {
+        moe_profile here;
+        moe_profile_init(&here);
+        st = moe_profiler_host(&here);
+        if (st == MOE_OK && !moe_profile_matches(&rt->profile, &here, why, sizeof why))
+            st = moe_fail(MOE_ERR_INVALID_ARG, "%s: a profile of another host or build (%s); run moe-profile "
+                          "here, or set profile_any_host (moe-run --any-host) to use it anyway", path, why);
+        moe_profile_clear(&here);
+    }
+    if (st != MOE_OK) {
+        moe_profile_clear(&rt->profile);
+        if (named) return st;
+        moe_log(&rt->log, MOE_LOG_WARN, "runtime: not using the default profile: %s", moe_last_error());
+        return MOE_OK;
+    }
+    snprintf(rt->profile_path, sizeof rt->profile_path, "%s", path);
+    moe_log(&rt->log, MOE_LOG_INFO, "runtime: profile %s (%s %s, %s, %u curves)", path, rt->profile.source,
+            rt->profile.mode, rt->profile.created, rt->profile.n_curves);
+    return MOE_OK;
+}
+
 moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe_runtime_params *params) {
     if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: out is NULL");
     *out = NULL;
@@ -187,9 +225,20 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     if (!rt) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
     rt->log = (moe_logger){.fn = p.log_fn, .user = p.log_user, .level = p.log_level};
     moe_plan_init(&rt->plan);
-    if ((st = resolve_device(rt, p.device)) != MOE_OK ||
-        (st = moe_policy_lookup(p.policy && strcmp(p.policy, "auto") != 0 ? p.policy : "static-cpu",
-                                &rt->policy)) != MOE_OK ||
+    moe_profile_init(&rt->profile);
+    if ((st = load_profile(rt, &p)) != MOE_OK) goto fail;
+    /* [tuning] fills what the params leave unset. */
+    const moe_tuning *tun = &rt->profile.tuning;
+    const char *policy = p.policy && strcmp(p.policy, "auto") != 0 ? p.policy
+                         : tun->set & MOE_TUNE_POLICY && strcmp(tun->policy, "auto") != 0 ? tun->policy
+                                                                                              : "static-cpu";
+    if (!p.n_threads && tun->set & MOE_TUNE_THREADS_PER_NODE && tun->threads_per_node) {
+        uint32_t nodes = 0;
+        for (uint32_t i = 0; i < rt->profile.topo.n_numa_nodes; i++) nodes += rt->profile.node_cores[i] > 0;
+        p.n_threads = tun->threads_per_node * (nodes ? nodes : 1);
+        if (p.n_threads > MOE_MAX_THREADS) p.n_threads = MOE_MAX_THREADS;
+    }
+    if ((st = resolve_device(rt, p.device)) != MOE_OK || (st = moe_policy_lookup(policy, &rt->policy)) != MOE_OK ||
         (st = resolve_threads(rt, &p)) != MOE_OK)
         goto fail;
     if (rt->policy != MOE_POLICY_STATIC_CPU && rt->device == MOE_DEVICE_CPU) {
@@ -221,6 +270,7 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     *out = rt;
     return MOE_OK;
 fail:
+    moe_profile_clear(&rt->profile);
     moe_cpu_free(&rt->cpu);
     free(rt->tasks);
     free(rt);
@@ -233,6 +283,7 @@ void moe_runtime_free(moe_runtime_t **prt) {
     *prt = NULL;
     if (!valid(rt)) return;
     moe_plan_release(&rt->plan);
+    moe_profile_clear(&rt->profile);
     moe_cpu_free(&rt->cpu);
     free(rt->tasks);
     free(rt->pair_of);
@@ -245,6 +296,14 @@ void moe_runtime_free(moe_runtime_t **prt) {
 
 moe_device_kind moe_runtime_device(const moe_runtime_t *rt) {
     return valid(rt) ? rt->device : MOE_DEVICE_COUNT_;
+}
+
+const char *moe_runtime_profile(const moe_runtime_t *rt) { return valid(rt) ? rt->profile_path : NULL; }
+
+double moe_runtime_cpu_cost_us(const moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens) {
+    if (!valid(rt) || !rt->profile_path[0] || layer >= rt->model->n_layers) return -1.0;
+    const moe_layer_desc *d = &rt->model->layers[layer].desc;
+    return moe_profile_cpu_us(&rt->profile, d->hidden, d->inter, d->weight_dtype, n_tokens, 0);
 }
 
 const char *moe_runtime_policy(const moe_runtime_t *rt) {

@@ -9,6 +9,10 @@
 #include "profiler.h"
 #include "util.h"
 
+#include <omp.h>
+
+static bool omp_limit_below_2(void) { return omp_get_thread_limit() < 2; }
+
 /* A profile with every section and every kind of figure. */
 static void make(moe_profile *p) {
     moe_profile_init(p);
@@ -319,7 +323,81 @@ static void save_is_atomic(void) {
     moe_profile_clear(&a), moe_profile_clear(&b);
 }
 
+static void log_to(moe_log_level l, const char *msg, void *user) {
+    (void)l;
+    char *seen = user;
+    if (strlen(seen) + strlen(msg) + 2 < 1024) strcat(strcat(seen, msg), "\n");
+}
+
+static moe_status create(moe_runtime_t **rt, test_model *tm, const char *path, int any_host, char *seen) {
+    moe_runtime_params p = moe_runtime_default_params();
+    p.profile_path = path, p.profile_any_host = any_host;
+    p.log_fn = log_to, p.log_user = seen, p.log_level = MOE_LOG_INFO;
+    seen[0] = '\0';
+    return moe_runtime_create(rt, tm->model, &p);
+}
+
+/* The runtime loads a named profile, refuses one of another host unless
+ * told, applies its [tuning], answers cost queries from it; the default
+ * file is used only when it is valid. */
+static void runtime_loads_profiles(void) {
+    char dir[] = "/tmp/moerun-rt-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[256], bad_path[256];
+    snprintf(path, sizeof path, "%s/other-host.txt", dir);
+    snprintf(bad_path, sizeof bad_path, "%s/bad.txt", dir);
+    moe_profile a;
+    make(&a); /* "Test CPU": not this host */
+    snprintf(a.tuning.policy, sizeof a.tuning.policy, "static-cpu");
+    a.tuning.threads_per_node = 1; /* two nodes with cores: 2 threads */
+    CHECK_OK(moe_profile_save(&a, path));
+    FILE *f = fopen(bad_path, "w");
+    fputs("# moerun-profile 1\n[host]\nthreads = 0\n", f);
+    fclose(f);
+
+    test_model tm;
+    test_model_make(&tm, 2, 4, 64, 32, MOE_DTYPE_BF16, 5);
+    moe_runtime_t *rt = NULL;
+    char seen[1024];
+    CHECK_STATUS(create(&rt, &tm, path, 0, seen), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS(path);
+    CHECK_ERROR_MENTIONS("another host");
+    CHECK_STATUS(create(&rt, &tm, bad_path, 1, seen), MOE_ERR_PARSE);
+    CHECK_ERROR_MENTIONS(":3: threads");
+    CHECK_STATUS(create(&rt, &tm, "/nonexistent/p.txt", 0, seen), MOE_ERR_IO);
+
+    CHECK_OK(create(&rt, &tm, path, 1, seen));
+    CHECK(strcmp(moe_runtime_profile(rt), path) == 0);
+    CHECK(strstr(seen, "2 threads") != NULL || omp_limit_below_2());
+    const double want = moe_profile_cpu_us(&a, 64, 32, MOE_DTYPE_BF16, 3, 0);
+    CHECK(want > 0);
+    CHECK_NEAR(moe_runtime_cpu_cost_us(rt, 1, 3), want, 1e-9);
+    CHECK(moe_runtime_cpu_cost_us(rt, 2, 3) < 0); /* no such layer */
+    moe_runtime_free(&rt);
+
+    /* The default file: used when valid, skipped with a warning when not;
+     * "" asks for none. */
+    setenv("MOE_PROFILE", bad_path, 1);
+    CHECK_OK(create(&rt, &tm, NULL, 0, seen));
+    CHECK(strcmp(moe_runtime_profile(rt), "") == 0);
+    CHECK(strstr(seen, "not using the default profile") != NULL);
+    moe_runtime_free(&rt);
+    setenv("MOE_PROFILE", path, 1);
+    CHECK_OK(create(&rt, &tm, NULL, 1, seen));
+    CHECK(strcmp(moe_runtime_profile(rt), path) == 0);
+    moe_runtime_free(&rt);
+    CHECK_OK(create(&rt, &tm, "", 1, seen));
+    CHECK(strcmp(moe_runtime_profile(rt), "") == 0);
+    CHECK(moe_runtime_cpu_cost_us(rt, 0, 1) < 0);
+    moe_runtime_free(&rt);
+    unsetenv("MOE_PROFILE");
+
+    test_model_free(&tm);
+    moe_profile_clear(&a);
+    unlink(path), unlink(bad_path), rmdir(dir);
+}
+
 TEST_MAIN("profile", TEST_CASE(round_trip_is_identical), TEST_CASE(bad_files_are_refused_with_their_line),
           TEST_CASE(huge_garbage_file_is_refused), TEST_CASE(merge_adds_samples),
           TEST_CASE(identity_names_the_difference), TEST_CASE(cost_queries_use_the_curves),
-          TEST_CASE(save_is_atomic))
+          TEST_CASE(save_is_atomic), TEST_CASE(runtime_loads_profiles))

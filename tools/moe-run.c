@@ -23,6 +23,9 @@ static void usage(FILE *f) {
             "  --device auto|cpu     where experts run (default auto)\n"
             "  --policy NAME         scheduling policy: auto, or one of the names below (default auto)\n"
             "  --threads N           CPU expert threads (default: one per core)\n"
+            "  --profile FILE        machine profile from moe-profile (default: $MOE_PROFILE or\n"
+            "                        ~/.cache/moerun/profile.txt if present; 'none' for none)\n"
+            "  --any-host            use a profile measured on another host or build anyway\n"
             "  --stats text|json     statistics format; json prints one object on the last line\n"
             "  --seed N              seed of the demo weights (default 42)\n"
             "  --layers N --experts N --top-k N --hidden N --inter N --vocab N\n"
@@ -59,6 +62,18 @@ static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out) {
     return true;
 }
 
+/* s as the inside of a JSON string. */
+static void json_str(char *out, size_t cap, const char *s) {
+    size_t n = 0;
+    for (; *s && n + 7 < cap; s++) {
+        const unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') out[n++] = '\\', out[n++] = (char)c;
+        else if (c < 0x20) n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+        else out[n++] = (char)c;
+    }
+    out[n] = '\0';
+}
+
 int main(int argc, char **argv) {
     moe_demo_config cfg = moe_demo_default_config();
     moe_runtime_params rp = moe_runtime_default_params();
@@ -81,6 +96,10 @@ int main(int argc, char **argv) {
             quiet = true;
             continue;
         }
+        if (!strcmp(a, "--any-host")) {
+            rp.profile_any_host = 1;
+            continue;
+        }
         if (a[0] != '-')
             return bad("\"%s\": loading a model from a file or directory is not supported in this version; "
                        "run moe-run without a model for the demo", a);
@@ -98,6 +117,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--inter")) num = &cfg.inter;
         else if (!strcmp(a, "--vocab")) num = &cfg.vocab;
         else if (!strcmp(a, "--policy")) rp.policy = v;
+        else if (!strcmp(a, "--profile")) rp.profile_path = strcmp(v, "none") ? v : "";
         else if (!strcmp(a, "--seed")) {
             char *end;
             errno = 0;
@@ -173,15 +193,19 @@ int main(int argc, char **argv) {
     const uint64_t gpu_calls = s.gpu_hits + s.gpu_misses;
     const double hit_rate = gpu_calls ? (double)s.gpu_hits / (double)gpu_calls : 0.0;
     if (json) {
+        char prof[2048];
+        json_str(prof, sizeof prof, moe_runtime_profile(rt));
         printf("{\"model\":\"demo\",\"device\":\"%s\",\"policy\":\"%s\",\"prompt_tokens\":%u,"
                "\"generated_tokens\":%u,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"layer_calls\":%llu,"
                "\"experts_cpu\":%llu,\"experts_gpu\":%llu,\"expert_tokens\":%llu,\"gpu_hit_rate\":%.4f,"
-               "\"bytes_copied\":%llu,\"plan_s\":%.6f,\"cpu_s\":%.6f,\"gpu_s\":%.6f,\"moe_s\":%.6f}\n",
+               "\"bytes_copied\":%llu,\"plan_s\":%.6f,\"cpu_s\":%.6f,\"gpu_s\":%.6f,\"moe_s\":%.6f,"
+               "\"profile\":\"%s\"}\n",
                moe_device_name(moe_runtime_device(rt)), moe_runtime_policy(rt),
                n_prompt, n_gen, prefill_tok_s, decode_tok_s,
                (unsigned long long)s.layer_calls, (unsigned long long)s.expert_calls_cpu,
                (unsigned long long)s.expert_calls_gpu, (unsigned long long)s.expert_tokens, hit_rate,
-               (unsigned long long)s.bytes_copied, s.plan_seconds, s.cpu_seconds, s.gpu_seconds, s.total_seconds);
+               (unsigned long long)s.bytes_copied, s.plan_seconds, s.cpu_seconds, s.gpu_seconds, s.total_seconds,
+               prof);
     } else {
         printf("prefill: %u tokens, %.1f tok/s; decode: %u steps, %.1f tok/s\n", n_prompt, prefill_tok_s,
                n_gen > 1 ? n_gen - 1 : 0, decode_tok_s);
@@ -191,6 +215,11 @@ int main(int argc, char **argv) {
                (unsigned long long)s.expert_tokens, hit_rate, (unsigned long long)s.bytes_copied);
         printf("time in MoE layers: %.3f s (plan %.3f s, CPU experts %.3f s, GPU experts %.3f s)\n",
                s.total_seconds, s.plan_seconds, s.cpu_seconds, s.gpu_seconds);
+        if (moe_runtime_profile(rt)[0])
+            printf("profile: %s; it predicts %.1f us per CPU expert call at decode (1 token)\n",
+                   moe_runtime_profile(rt), moe_runtime_cpu_cost_us(rt, 0, 1));
+        else
+            printf("profile: none (moe-profile --quick measures this machine in seconds)\n");
     }
     rc = 0;
     goto out;
