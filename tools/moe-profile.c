@@ -130,8 +130,9 @@ static void show(const moe_profile *p, const char *path) {
            p->hostname[0] ? p->hostname : "?", p->moerun_version, p->onednn_version[0] ? p->onednn_version : "?");
     const moe_topology_info *t = &p->topo;
     printf("CPU: %s; %u package(s), %u NUMA node(s), %u cores, %u hardware threads; L3 %.0f MB; memory %.1f GB;"
-           " measured with %u threads\n", p->cpu_model, t->n_packages, t->n_numa_nodes, t->n_cores, t->n_pus,
-           (double)t->l3_bytes / (1 << 20), (double)t->memory_bytes / (1u << 30), p->threads);
+           " %s %u threads\n", p->cpu_model, t->n_packages, t->n_numa_nodes, t->n_cores, t->n_pus,
+           (double)t->l3_bytes / (1 << 20), (double)t->memory_bytes / (1u << 30),
+           strcmp(p->source, "measured") ? "figures for" : "measured with", p->threads);
     printf("CPU features:%s%s%s%s%s\n", t->has_avx2 ? " avx2" : "", t->has_avx512f ? " avx512f" : "",
            t->has_avx512_bf16 ? " avx512_bf16" : "", t->has_avx512_vnni ? " avx512_vnni" : "", t->has_amx ? " amx" : "");
     printf("\nMemory read bandwidth, GB/s (row: the node's cores; column: the memory's node):\n      ");
