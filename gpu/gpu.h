@@ -41,6 +41,27 @@ moe_status moe_gpu_expert_f32(moe_gpu_ctx *ctx, const float *gate, const float *
 /* Waits for everything enqueued on the context's stream. */
 moe_status moe_gpu_sync(moe_gpu_ctx *ctx);
 
+/* ---- measurements for the profiler (one sample per repetition) ---- */
+
+typedef enum moe_gpu_copy_kind {
+    MOE_GPU_H2D_PINNED,   /* host memory from cudaMallocHost to the device */
+    MOE_GPU_H2D_PAGEABLE, /* ordinary malloc'd host memory to the device */
+    MOE_GPU_D2H_PINNED,   /* the device to pinned host memory */
+} moe_gpu_copy_kind;
+
+/* `reps` copies of `bytes`, each timed with events around cudaMemcpyAsync
+ * on a stream of its own (after one untimed copy): GB/s into gbps[]. */
+moe_status moe_gpu_time_copy(int device, moe_gpu_copy_kind kind, size_t bytes, int reps, double *gbps);
+
+/* `reps` samples of an empty kernel's launch-to-completion time and of an
+ * event record + synchronize round trip, in microseconds. */
+moe_status moe_gpu_time_launch(int device, int reps, double *launch_us, double *event_us);
+
+/* `reps` calls of the f32 expert (moe_gpu_expert_f32) on m tokens with its
+ * weights resident, each timed with events, in microseconds. */
+moe_status moe_gpu_time_expert_f32(int device, uint32_t hidden, uint32_t inter, uint32_t m, int reps,
+                                   double *us);
+
 #ifdef __cplusplus
 }
 #endif

@@ -26,6 +26,22 @@ moe_status moe_gpu_expert_f32(moe_gpu_ctx *ctx, const float *gate, const float *
     return moe_gpu_probe(0, NULL);
 }
 
+moe_status moe_gpu_time_copy(int device, moe_gpu_copy_kind kind, size_t bytes, int reps, double *gbps) {
+    (void)kind, (void)bytes, (void)reps, (void)gbps;
+    return moe_gpu_probe(device, NULL);
+}
+
+moe_status moe_gpu_time_launch(int device, int reps, double *launch_us, double *event_us) {
+    (void)reps, (void)launch_us, (void)event_us;
+    return moe_gpu_probe(device, NULL);
+}
+
+moe_status moe_gpu_time_expert_f32(int device, uint32_t hidden, uint32_t inter, uint32_t m, int reps,
+                                   double *us) {
+    (void)hidden, (void)inter, (void)m, (void)reps, (void)us;
+    return moe_gpu_probe(device, NULL);
+}
+
 moe_status moe_gpu_sync(moe_gpu_ctx *ctx) {
     (void)ctx;
     return moe_gpu_probe(0, NULL);

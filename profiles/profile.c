@@ -116,6 +116,7 @@ static void put_stat(text_out *o, const char *key, const moe_stat *s, const char
 static void put_link(text_out *o, uint32_t g, const char *dir, const moe_link_curve *c) {
     char key[96];
     for (uint32_t i = 0; i < c->n; i++) {
+        if (!c->gbps[i].n) continue;
         snprintf(key, sizeof key, "gpu%u.%s.%llu_bytes.gbps", g, dir, (unsigned long long)c->bytes[i]);
         put_stat(o, key, &c->gbps[i], "GB/s");
     }
@@ -127,6 +128,7 @@ static void put_curves(text_out *o, const moe_profile *p, bool gpu) {
         const moe_curve *c = &p->curves[i];
         if ((c->gpu >= 0) != gpu) continue;
         for (uint32_t j = 0; j < c->n_points; j++) {
+            if (!c->points[j].us.n) continue; /* no samples: nothing to say */
             if (gpu)
                 snprintf(key, sizeof key, "gpu%d.%ux%u.%s.m%u.time_us", c->gpu, c->hidden, c->inter,
                          moe_dtype_name(c->dtype), c->points[j].m);

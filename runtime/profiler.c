@@ -105,6 +105,98 @@ static void measure_bandwidth(moe_profile *p, const sampling *r, const moe_logge
     }
 }
 
+/* ---- GPUs ---------------------------------------------------------------- */
+
+typedef moe_status (*gpu_sampler)(int g, int reps, double *a, double *b, const void *arg);
+
+/* Batches of samples from fn into a (and b) until the sampling rule holds. */
+static moe_status sample_gpu(int g, gpu_sampler fn, const void *arg, const sampling *r, moe_stat *a, moe_stat *b) {
+    enum { BATCH = 5 };
+    const double t0 = moe_now();
+    while (!enough(a, r, t0)) {
+        double x[BATCH], y[BATCH];
+        moe_status st = fn(g, BATCH, x, y, arg);
+        if (st != MOE_OK) return st;
+        for (int i = 0; i < BATCH; i++) {
+            moe_stat_add(a, x[i]);
+            if (b) moe_stat_add(b, y[i]);
+        }
+    }
+    return MOE_OK;
+}
+
+static moe_status s_launch(int g, int reps, double *a, double *b, const void *arg) {
+    (void)arg;
+    return moe_gpu_time_launch(g, reps, a, b);
+}
+
+typedef struct copy_arg {
+    moe_gpu_copy_kind kind;
+    size_t bytes;
+} copy_arg;
+
+static moe_status s_copy(int g, int reps, double *a, double *b, const void *arg) {
+    (void)b;
+    const copy_arg *c = arg;
+    return moe_gpu_time_copy(g, c->kind, c->bytes, reps, a);
+}
+
+static moe_status s_expert(int g, int reps, double *a, double *b, const void *arg) {
+    (void)b;
+    const uint32_t *s = arg; /* hidden, inter, m */
+    return moe_gpu_time_expert_f32(g, s[0], s[1], s[2], reps, a);
+}
+
+/* Launch and event overheads, copy rates from 1 MB to the largest expert
+ * profiled, and the f32 expert (the GPU expert this build has) at each M.
+ * A GPU that fails a measurement keeps what it had and the error is
+ * logged: the CPU figures stay usable. */
+static moe_status measure_gpus(moe_profile *p, const sampling *r, const moe_profile_shape *shapes, uint32_t n_shapes,
+                               const uint32_t *ms, uint32_t n_ms, const moe_logger *log) {
+    size_t top = 64u << 20;
+    for (uint32_t i = 0; i < n_shapes; i++) {
+        const size_t e = 3 * (size_t)shapes[i].hidden * shapes[i].inter * moe_dtype_size(shapes[i].dtype);
+        top = e > top ? e : top;
+    }
+    size_t sizes[MOE_PROFILE_MAX_SIZES];
+    uint32_t n_sizes = 0;
+    for (size_t s = 1u << 20; s < top && n_sizes + 1 < MOE_PROFILE_MAX_SIZES; s *= 4) sizes[n_sizes++] = s;
+    sizes[n_sizes++] = top;
+    for (uint32_t g = 0; g < p->n_gpus; g++) {
+        moe_profile_gpu *d = &p->gpus[g];
+        moe_status st = sample_gpu((int)g, s_launch, NULL, r, &d->launch_us, &d->event_us);
+        moe_link_curve *links[3] = {&d->h2d_pinned, &d->h2d_pageable, &d->d2h_pinned};
+        const moe_gpu_copy_kind kinds[3] = {MOE_GPU_H2D_PINNED, MOE_GPU_H2D_PAGEABLE, MOE_GPU_D2H_PINNED};
+        for (int k = 0; k < 3 && st == MOE_OK; k++)
+            for (uint32_t i = 0; i < n_sizes && st == MOE_OK; i++) {
+                const copy_arg a = {kinds[k], sizes[i]};
+                moe_stat s = {0};
+                if ((st = sample_gpu((int)g, s_copy, &a, r, &s, NULL)) != MOE_OK) break;
+                links[k]->bytes[links[k]->n] = sizes[i], links[k]->gbps[links[k]->n++] = s;
+            }
+        for (uint32_t i = 0; i < n_shapes && st == MOE_OK; i++) {
+            if (shapes[i].dtype != MOE_DTYPE_F32) continue;
+            moe_curve *c = moe_profile_curve(p, shapes[i].hidden, shapes[i].inter, MOE_DTYPE_F32, (int32_t)g, 0);
+            for (uint32_t k = 0; c && k < n_ms && st == MOE_OK; k++) {
+                const uint32_t arg[3] = {shapes[i].hidden, shapes[i].inter, ms[k]};
+                moe_stat s = {0};
+                if ((st = sample_gpu((int)g, s_expert, arg, r, &s, NULL)) != MOE_OK) break;
+                moe_curve_point *pt = moe_curve_at(c, ms[k]);
+                if (!pt) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "profiler: allocation failed");
+                moe_stat_merge(&pt->us, &s);
+            }
+        }
+        if (st != MOE_OK) {
+            moe_log(log, MOE_LOG_WARN, "profile: GPU %u: %s; its remaining figures are not measured", g,
+                    moe_last_error());
+            continue;
+        }
+        moe_log(log, MOE_LOG_INFO, "profile: GPU %u (%s): launch %.1f us, pinned upload %.1f GB/s at %zu MB", g,
+                d->name, moe_stat_mean(&d->launch_us), moe_stat_mean(&d->h2d_pinned.gbps[n_sizes - 1]), top >> 20);
+    }
+    return MOE_OK;
+}
+
 /* ---- expert curves ------------------------------------------------------- */
 
 /* A rotation of experts carved from one buffer, first touched on `node`. */
@@ -297,6 +389,7 @@ moe_status moe_profiler_run(moe_profile *p, const moe_profiler_opts *o) {
         }
     }
     ctx_free(&c);
+    if (st == MOE_OK && p->n_gpus) st = measure_gpus(p, &r, shapes, n_shapes, ms, n_ms, o->log);
     if (st == MOE_OK) st = moe_profile_finish(p);
     return st;
 }

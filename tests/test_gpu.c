@@ -60,6 +60,33 @@ static void probe_describes_device(void) {
            (double)gi.free_bytes / (1 << 30), (double)gi.total_bytes / (1 << 30));
     CHECK_STATUS(moe_gpu_probe(moe_gpu_count(), &gi), MOE_ERR_NO_DEVICE);
 }
+
+/* The profiler's GPU measurements give plausible figures: copies between
+ * 0.1 and 1000 GB/s, a pinned upload no slower than a pageable one by more
+ * than noise, launches and events under 10 ms, an expert that takes longer
+ * on more tokens. */
+static void measurements_are_plausible(void) {
+    double a[4], b[4];
+    const moe_gpu_copy_kind kinds[3] = {MOE_GPU_H2D_PINNED, MOE_GPU_H2D_PAGEABLE, MOE_GPU_D2H_PINNED};
+    double best[3] = {0};
+    for (int k = 0; k < 3; k++) {
+        CHECK_OK(moe_gpu_time_copy(0, kinds[k], 16u << 20, 4, a));
+        for (int i = 0; i < 4; i++) {
+            CHECK(a[i] > 0.1 && a[i] < 1000.0);
+            best[k] = a[i] > best[k] ? a[i] : best[k];
+        }
+    }
+    printf("  16 MB: upload pinned %.1f GB/s, pageable %.1f, download pinned %.1f\n", best[0], best[1], best[2]);
+    CHECK(best[0] > 0.7 * best[1]);
+    CHECK_OK(moe_gpu_time_launch(0, 4, a, b));
+    for (int i = 0; i < 4; i++) CHECK(a[i] > 0 && a[i] < 1e4 && b[i] > 0 && b[i] < 1e4);
+    double small[4], large[4];
+    CHECK_OK(moe_gpu_time_expert_f32(0, 2048, 1408, 1, 4, small));
+    CHECK_OK(moe_gpu_time_expert_f32(0, 2048, 1408, 4096, 4, large));
+    CHECK(small[3] > 0 && large[3] > small[3]);
+    CHECK_STATUS(moe_gpu_time_copy(0, MOE_GPU_H2D_PINNED, 0, 4, a), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_gpu_time_launch(moe_gpu_count(), 4, a, b), MOE_ERR_NO_DEVICE);
+}
 #endif
 
 int main(int argc, char **argv) {
@@ -68,6 +95,9 @@ int main(int argc, char **argv) {
         moe_gpu_ctx *ctx = (moe_gpu_ctx *)1;
         int bad = moe_gpu_probe(0, &gi) != MOE_ERR_NO_DEVICE;
         bad |= moe_gpu_ctx_create(&ctx, 0) != MOE_ERR_NO_DEVICE || ctx != NULL;
+        double x[1], y[1];
+        bad |= moe_gpu_time_copy(0, MOE_GPU_H2D_PINNED, 1 << 20, 1, x) != MOE_ERR_NO_DEVICE;
+        bad |= moe_gpu_time_launch(0, 1, x, y) != MOE_ERR_NO_DEVICE;
         if (bad) {
             fprintf(stderr, "a missing GPU was not reported as MOE_ERR_NO_DEVICE\n");
             return 1;
@@ -76,7 +106,8 @@ int main(int argc, char **argv) {
         return TEST_SKIP;
     }
 #ifdef MOE_HAVE_CUDA
-    static const test_case cases[] = {TEST_CASE(probe_describes_device), TEST_CASE(expert_matches_reference)};
+    static const test_case cases[] = {TEST_CASE(probe_describes_device), TEST_CASE(expert_matches_reference),
+                                      TEST_CASE(measurements_are_plausible)};
     return run_tests("gpu", cases, sizeof cases / sizeof cases[0], argc, argv);
 #else
     (void)argc, (void)argv;

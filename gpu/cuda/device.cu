@@ -163,3 +163,123 @@ extern "C" moe_status moe_gpu_sync(moe_gpu_ctx *c) {
     CUDA_OK(cudaStreamSynchronize(c->stream));
     return MOE_OK;
 }
+
+// ---- measurements -------------------------------------------------------
+// Resources are released by a scope object, so every early return of a
+// checked call frees what was allocated.
+
+namespace {
+struct bench_res {
+    int device = 0;
+    cudaStream_t stream = nullptr;
+    cudaEvent_t a = nullptr, b = nullptr;
+    void *dev = nullptr, *pinned = nullptr, *pageable = nullptr;
+    moe_gpu_ctx *ctx = nullptr;
+    ~bench_res() {
+        device_guard g(device);
+        if (stream) cudaStreamSynchronize(stream);
+        if (a) cudaEventDestroy(a);
+        if (b) cudaEventDestroy(b);
+        if (dev) cudaFree(dev);
+        if (pinned) cudaFreeHost(pinned);
+        free(pageable);
+        if (stream) cudaStreamDestroy(stream);
+        if (ctx) moe_gpu_ctx_free(&ctx);
+    }
+};
+} // namespace
+
+__global__ void empty_kernel() {}
+
+// Call with `device` current (SWITCH_TO), after bench_check.
+static moe_status bench_check(int device, int reps, const void *out) {
+    if (reps <= 0 || !out) return moe_fail(MOE_ERR_INVALID_ARG, "GPU measurement: reps %d, output %p", reps, out);
+    return moe_gpu_probe(device, NULL);
+}
+
+static moe_status bench_open(bench_res &r, int device) {
+    r.device = device;
+    CUDA_OK(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking));
+    CUDA_OK(cudaEventCreate(&r.a));
+    CUDA_OK(cudaEventCreate(&r.b));
+    return MOE_OK;
+}
+
+extern "C" moe_status moe_gpu_time_copy(int device, moe_gpu_copy_kind kind, size_t bytes, int reps, double *gbps) {
+    bench_res r;
+    moe_status st = bench_check(device, reps, gbps);
+    if (st != MOE_OK) return st;
+    SWITCH_TO(device);
+    if ((st = bench_open(r, device)) != MOE_OK) return st;
+    if (bytes == 0) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_time_copy: 0 bytes");
+    CUDA_OK(cudaMalloc(&r.dev, bytes));
+    void *host;
+    if (kind == MOE_GPU_H2D_PAGEABLE) {
+        if (!(r.pageable = malloc(bytes))) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_gpu_time_copy: %zu bytes", bytes);
+        memset(r.pageable, 1, bytes); // pages present, as weights in host memory are
+        host = r.pageable;
+    } else {
+        CUDA_OK(cudaMallocHost(&r.pinned, bytes));
+        memset(r.pinned, 1, bytes);
+        host = r.pinned;
+    }
+    const bool h2d = kind != MOE_GPU_D2H_PINNED;
+    for (int i = -1; i < reps; i++) {
+        CUDA_OK(cudaEventRecord(r.a, r.stream));
+        CUDA_OK(h2d ? cudaMemcpyAsync(r.dev, host, bytes, cudaMemcpyHostToDevice, r.stream)
+                    : cudaMemcpyAsync(host, r.dev, bytes, cudaMemcpyDeviceToHost, r.stream));
+        CUDA_OK(cudaEventRecord(r.b, r.stream));
+        CUDA_OK(cudaEventSynchronize(r.b));
+        float ms = 0.0f;
+        CUDA_OK(cudaEventElapsedTime(&ms, r.a, r.b));
+        if (i >= 0) gbps[i] = ms > 0 ? (double)bytes / (ms * 1e6) : 0.0;
+    }
+    return MOE_OK;
+}
+
+extern "C" moe_status moe_gpu_time_launch(int device, int reps, double *launch_us, double *event_us) {
+    bench_res r;
+    moe_status st = bench_check(device, reps, launch_us);
+    if (st != MOE_OK) return st;
+    SWITCH_TO(device);
+    if ((st = bench_open(r, device)) != MOE_OK) return st;
+    if (!event_us) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_time_launch: NULL output");
+    for (int i = -1; i < reps; i++) {
+        // Host clock: what the runtime waits from launching to seeing it done.
+        double t0 = moe_now();
+        empty_kernel<<<1, 1, 0, r.stream>>>();
+        CUDA_OK(cudaGetLastError());
+        CUDA_OK(cudaStreamSynchronize(r.stream));
+        double t1 = moe_now();
+        CUDA_OK(cudaEventRecord(r.a, r.stream));
+        CUDA_OK(cudaEventSynchronize(r.a));
+        double t2 = moe_now();
+        if (i >= 0) launch_us[i] = (t1 - t0) * 1e6, event_us[i] = (t2 - t1) * 1e6;
+    }
+    return MOE_OK;
+}
+
+extern "C" moe_status moe_gpu_time_expert_f32(int device, uint32_t hidden, uint32_t inter, uint32_t m, int reps,
+                                              double *us) {
+    bench_res r;
+    moe_status st = bench_check(device, reps, us);
+    if (st != MOE_OK) return st;
+    SWITCH_TO(device);
+    if ((st = bench_open(r, device)) != MOE_OK) return st;
+    if (!hidden || !inter || !m) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_time_expert_f32: empty shape");
+    if ((st = moe_gpu_ctx_create(&r.ctx, device)) != MOE_OK) return st;
+    const size_t nw = (size_t)hidden * inter, nx = (size_t)m * hidden, ns = 2 * (size_t)m * inter;
+    CUDA_OK(cudaMalloc(&r.dev, (3 * nw + 2 * nx + ns) * sizeof(float)));
+    float *w = (float *)r.dev, *x = w + 3 * nw, *y = x + nx, *s = y + nx;
+    CUDA_OK(cudaMemset(r.dev, 0, (3 * nw + 2 * nx + ns) * sizeof(float)));
+    for (int i = -1; i < reps; i++) {
+        CUDA_OK(cudaEventRecord(r.a, r.ctx->stream));
+        if ((st = moe_gpu_expert_f32(r.ctx, w, w + nw, w + 2 * nw, hidden, inter, m, x, y, s)) != MOE_OK) return st;
+        CUDA_OK(cudaEventRecord(r.b, r.ctx->stream));
+        CUDA_OK(cudaEventSynchronize(r.b));
+        float ms = 0.0f;
+        CUDA_OK(cudaEventElapsedTime(&ms, r.a, r.b));
+        if (i >= 0) us[i] = ms * 1e3;
+    }
+    return MOE_OK;
+}
