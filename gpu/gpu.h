@@ -14,7 +14,7 @@ typedef struct moe_gpu_info {
     int cc_major, cc_minor; /* compute capability */
     uint64_t total_bytes;
     uint64_t free_bytes;
-    int pci_bus;
+    int pci_domain, pci_bus, pci_device;
 } moe_gpu_info;
 
 /* Usable CUDA devices: 0 without CUDA support, a driver, or a GPU. */

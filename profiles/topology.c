@@ -93,6 +93,25 @@ static moe_status fill_from_hwloc(hwloc_topology_t t, moe_topology_t *out) {
     return MOE_OK;
 }
 
+int moe_topology_pci_node(unsigned domain, unsigned bus, unsigned dev) {
+    hwloc_topology_t t;
+    if (hwloc_topology_init(&t) != 0) return -1;
+    int node = -1;
+    if (hwloc_topology_set_io_types_filter(t, HWLOC_TYPE_FILTER_KEEP_IMPORTANT) == 0 && hwloc_topology_load(t) == 0) {
+        hwloc_obj_t pci = hwloc_get_pcidev_by_busid(t, domain, bus, dev, 0);
+        hwloc_obj_t parent = pci ? hwloc_get_non_io_ancestor_obj(t, pci) : NULL;
+        /* The nodes local to the device's CPU-side ancestor: one node only. */
+        if (parent && parent->nodeset && hwloc_bitmap_weight(parent->nodeset) == 1 &&
+            hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE) > 1) {
+            const int os = hwloc_bitmap_first(parent->nodeset);
+            for (int i = 0; i < hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE); i++)
+                if ((int)hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, (unsigned)i)->os_index == os) node = i;
+        }
+    }
+    hwloc_topology_destroy(t);
+    return node;
+}
+
 static moe_status build(moe_topology_t **out, const char *synthetic) {
     if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "topology: out is NULL");
     *out = NULL;

@@ -64,7 +64,7 @@ moe_status moe_profiler_host(moe_profile *p) {
         snprintf(d->name, sizeof d->name, "%.127s", gi.name);
         d->cc_major = (uint32_t)gi.cc_major, d->cc_minor = (uint32_t)gi.cc_minor;
         d->total_bytes = gi.total_bytes, d->free_bytes = gi.free_bytes;
-        d->numa_node = -1;
+        d->numa_node = moe_topology_pci_node((unsigned)gi.pci_domain, (unsigned)gi.pci_bus, (unsigned)gi.pci_device);
     }
     return MOE_OK;
 }

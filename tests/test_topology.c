@@ -91,6 +91,19 @@ static void nodes_keep_os_numbers(void) {
     moe_topology_free(&t);
 }
 
+/* A PCI device's node: this machine's first PCI device (if hwloc sees
+ * one) is on a node of the topology or "unknown"; no device at all is
+ * unknown. The answer on a multi-node host needs one to test. */
+static void pci_devices_have_a_node_or_none(void) {
+    moe_topology_t *t = NULL;
+    CHECK_OK(moe_topology_detect(&t));
+    const int n = moe_topology_pci_node(0, 0, 0);
+    CHECK(n >= -1 && n < (int)t->info.n_numa_nodes);
+    if (t->info.n_numa_nodes == 1) CHECK_EQ(n, -1);
+    CHECK_EQ(moe_topology_pci_node(0xffff, 0xff, 0x1f), -1);
+    moe_topology_free(&t);
+}
+
 static void rejects_bad_descriptions(void) {
     moe_topology_t *t = (moe_topology_t *)1;
     CHECK_STATUS(moe_topology_synthetic(&t, "pack:two"), MOE_ERR_PARSE);
@@ -137,5 +150,5 @@ static void runtime_sizes_threads_from_topology(void) {
 }
 
 TEST_MAIN("topology", TEST_CASE(detects_this_host), TEST_CASE(synthetic_two_sockets), TEST_CASE(each_core_counts_once),
-          TEST_CASE(nodes_keep_os_numbers),
+          TEST_CASE(nodes_keep_os_numbers), TEST_CASE(pci_devices_have_a_node_or_none),
           TEST_CASE(rejects_bad_descriptions), TEST_CASE(runtime_sizes_threads_from_topology))

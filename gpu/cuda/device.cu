@@ -74,7 +74,9 @@ extern "C" moe_status moe_gpu_probe(int device, moe_gpu_info *out) {
     snprintf(out->name, sizeof out->name, "%s", prop.name);
     out->cc_major = prop.major;
     out->cc_minor = prop.minor;
+    out->pci_domain = prop.pciDomainID;
     out->pci_bus = prop.pciBusID;
+    out->pci_device = prop.pciDeviceID;
     SWITCH_TO(device);
     size_t free_b = 0, total_b = 0;
     CUDA_OK(cudaMemGetInfo(&free_b, &total_b));
