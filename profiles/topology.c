@@ -93,22 +93,17 @@ static moe_status fill_from_hwloc(hwloc_topology_t t, moe_topology_t *out) {
     return MOE_OK;
 }
 
-int moe_topology_pci_node(unsigned domain, unsigned bus, unsigned dev) {
-    hwloc_topology_t t;
-    if (hwloc_topology_init(&t) != 0) return -1;
+int moe_pci_os_node(unsigned domain, unsigned bus, unsigned dev) {
+    /* Linux's own answer; hwloc's PCI plugin (libpciaccess) would give the
+     * same and leaks. */
+    char path[96];
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%04x:%02x:%02x.0/numa_node", domain & 0xffffu, bus & 0xffu,
+             dev & 0x1fu);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
     int node = -1;
-    if (hwloc_topology_set_io_types_filter(t, HWLOC_TYPE_FILTER_KEEP_IMPORTANT) == 0 && hwloc_topology_load(t) == 0) {
-        hwloc_obj_t pci = hwloc_get_pcidev_by_busid(t, domain, bus, dev, 0);
-        hwloc_obj_t parent = pci ? hwloc_get_non_io_ancestor_obj(t, pci) : NULL;
-        /* The nodes local to the device's CPU-side ancestor: one node only. */
-        if (parent && parent->nodeset && hwloc_bitmap_weight(parent->nodeset) == 1 &&
-            hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE) > 1) {
-            const int os = hwloc_bitmap_first(parent->nodeset);
-            for (int i = 0; i < hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE); i++)
-                if ((int)hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, (unsigned)i)->os_index == os) node = i;
-        }
-    }
-    hwloc_topology_destroy(t);
+    if (fscanf(f, "%d", &node) != 1 || node < 0) node = -1;
+    fclose(f);
     return node;
 }
 

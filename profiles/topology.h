@@ -14,10 +14,10 @@ struct moe_topology {
     char cpu_model[128];                  /* hwloc's CPUModel of the first package, "" if unknown */
 };
 
-/* The index (in hwloc's list, as node_cores uses) of the NUMA node that
- * PCI device domain:bus:dev is attached to; -1 when the machine does not
- * say (one node, a VM) or there is no such device. */
-int moe_topology_pci_node(unsigned domain, unsigned bus, unsigned dev);
+/* The OS's number of the NUMA node that PCI device domain:bus:dev is
+ * attached to; -1 when the machine does not say (one node, a VM) or there
+ * is no such device. */
+int moe_pci_os_node(unsigned domain, unsigned bus, unsigned dev);
 
 /* Fills info's CPU feature flags from cpuid. */
 void moe_cpu_features(moe_topology_info *info);

@@ -64,7 +64,10 @@ moe_status moe_profiler_host(moe_profile *p) {
         snprintf(d->name, sizeof d->name, "%.127s", gi.name);
         d->cc_major = (uint32_t)gi.cc_major, d->cc_minor = (uint32_t)gi.cc_minor;
         d->total_bytes = gi.total_bytes, d->free_bytes = gi.free_bytes;
-        d->numa_node = moe_topology_pci_node((unsigned)gi.pci_domain, (unsigned)gi.pci_bus, (unsigned)gi.pci_device);
+        const int os = moe_pci_os_node((unsigned)gi.pci_domain, (unsigned)gi.pci_bus, (unsigned)gi.pci_device);
+        d->numa_node = -1;
+        for (uint32_t n = 0; n < p->topo.n_numa_nodes && os >= 0; n++)
+            if (p->node_os[n] == (uint32_t)os) d->numa_node = (int32_t)n;
     }
     return MOE_OK;
 }
