@@ -161,8 +161,12 @@ size_t moe_profile_format(const moe_profile *p, char *buf, size_t cap) {
             "# sum=<sum> sumsq=<sum of squares>; the comment after each is its mean\n"
             "# and standard deviation. Edit [tuning] freely; moe-profile --check FILE\n"
             "# says whether the file is still valid.\n\n");
-    put(&o, "[host]\nhostname = %s\ncpu_model = %s\nmoerun_version = %s\nonednn_version = %s\ncreated = %s\n"
-            "source = %s\n", p->hostname, p->cpu_model, p->moerun_version, p->onednn_version, p->created, p->source);
+    put(&o, "[host]\n");
+    if (p->hostname[0]) put(&o, "hostname = %s\n", p->hostname);
+    put(&o, "cpu_model = %s\nmoerun_version = %s\n", p->cpu_model, p->moerun_version);
+    if (p->onednn_version[0]) put(&o, "onednn_version = %s\n", p->onednn_version);
+    if (p->created[0]) put(&o, "created = %s\n", p->created);
+    put(&o, "source = %s\n", p->source);
     if (p->mode[0]) put(&o, "mode = %s\n", p->mode);
     put(&o, "threads = %u\n\n", p->threads);
 
@@ -193,9 +197,10 @@ size_t moe_profile_format(const moe_profile *p, char *buf, size_t cap) {
         put(&o, "\n[gpu]\n");
         for (uint32_t g = 0; g < p->n_gpus; g++) {
             const moe_profile_gpu *d = &p->gpus[g];
-            put(&o, "gpu%u.name = %s\ngpu%u.compute_capability = %u.%u\ngpu%u.total_bytes = %llu\n"
-                    "gpu%u.free_bytes = %llu\ngpu%u.numa_node = %d\n", g, d->name, g, d->cc_major, d->cc_minor, g,
-                (unsigned long long)d->total_bytes, g, (unsigned long long)d->free_bytes, g, d->numa_node);
+            put(&o, "gpu%u.name = %s\ngpu%u.compute_capability = %u.%u\ngpu%u.total_bytes = %llu\n", g, d->name, g,
+                d->cc_major, d->cc_minor, g, (unsigned long long)d->total_bytes);
+            if (d->free_bytes) put(&o, "gpu%u.free_bytes = %llu\n", g, (unsigned long long)d->free_bytes);
+            put(&o, "gpu%u.numa_node = %d\n", g, d->numa_node);
             if (d->launch_us.n) snprintf(key, sizeof key, "gpu%u.launch_us", g), put_stat(&o, key, &d->launch_us, "us");
             if (d->event_us.n) snprintf(key, sizeof key, "gpu%u.event_us", g), put_stat(&o, key, &d->event_us, "us");
         }
@@ -339,6 +344,11 @@ static moe_status parse_stat(const parser *ps, const char *key, char *v, moe_sta
 
 static moe_status copy_str(const parser *ps, const char *key, const char *v, char *dst, size_t cap) {
     if (!*v) return bad(ps, "%s: empty value", key);
+    /* What the writer writes back must read the same: no '#' that would
+     * start a comment after "key = ", no control characters. */
+    if (*v == '#') return bad(ps, "%s: a value cannot start with '#'", key);
+    for (const char *c = v; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) return bad(ps, "%s: control character in the value", key);
     if (strlen(v) >= cap) return bad(ps, "%s: value longer than %zu characters", key, cap - 1);
     memcpy(dst, v, strlen(v) + 1);
     return MOE_OK;
@@ -636,6 +646,10 @@ static moe_status section_done(parser *ps) {
         return MOE_OK;
     case S_TOPOLOGY:
         if ((ps->keys[S_TOPOLOGY] & 0xf) != 0xf) return bad(ps, "[topology] needs packages, numa_nodes, cores and pus");
+        return MOE_OK;
+    case S_GPU:
+        for (uint32_t g = 0; g < p->n_gpus; g++)
+            if ((ps->gpu_keys[g] & 7) != 7) return bad(ps, "[gpu] gpu%u needs name, compute_capability and total_bytes", g);
         return MOE_OK;
     default: return MOE_OK;
     }

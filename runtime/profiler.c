@@ -31,6 +31,18 @@ bool moe_profile_default_path(char *buf, size_t cap) {
     return false;
 }
 
+/* A name as a profile value: control characters become spaces, leading
+ * spaces and '#' go (the reader refuses both), never empty. */
+static void clean(char *s, size_t cap) {
+    for (char *c = s; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = ' ';
+    size_t skip = strspn(s, " #");
+    memmove(s, s + skip, strlen(s + skip) + 1);
+    size_t n = strlen(s);
+    while (n && s[n - 1] == ' ') s[--n] = '\0';
+    if (!n) snprintf(s, cap, "unknown");
+}
+
 moe_status moe_profiler_host(moe_profile *p) {
     moe_profile_clear(p);
     moe_topology_t *t = NULL;
@@ -49,6 +61,8 @@ moe_status moe_profiler_host(moe_profile *p) {
     if (gethostname(p->hostname, sizeof p->hostname) != 0 || !p->hostname[0])
         snprintf(p->hostname, sizeof p->hostname, "unknown");
     p->hostname[sizeof p->hostname - 1] = '\0';
+    clean(p->hostname, sizeof p->hostname);
+    clean(p->cpu_model, sizeof p->cpu_model);
     snprintf(p->moerun_version, sizeof p->moerun_version, "%s", moe_version());
     moe_mm_onednn_version(p->onednn_version, sizeof p->onednn_version);
     const time_t now = time(NULL);
@@ -62,6 +76,7 @@ moe_status moe_profiler_host(moe_profile *p) {
         if (moe_gpu_probe(g, &gi) != MOE_OK) break;
         moe_profile_gpu *d = &p->gpus[p->n_gpus++];
         snprintf(d->name, sizeof d->name, "%.127s", gi.name);
+        clean(d->name, sizeof d->name);
         d->cc_major = (uint32_t)gi.cc_major, d->cc_minor = (uint32_t)gi.cc_minor;
         d->total_bytes = gi.total_bytes, d->free_bytes = gi.free_bytes;
         const int os = moe_pci_os_node((unsigned)gi.pci_domain, (unsigned)gi.pci_bus, (unsigned)gi.pci_device);

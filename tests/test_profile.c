@@ -188,6 +188,49 @@ static void bad_files_are_refused_with_their_line(void) {
     moe_profile_clear(&a);
 }
 
+/* Random damage (bytes flipped, lines cut, text spliced) never crashes the
+ * reader or leaves it half-loaded: each result is either a valid profile
+ * that writes back and reads again identically, or an error with a line. */
+static void random_damage_is_handled(void) {
+    moe_profile a, b, c;
+    make(&a);
+    moe_profile_init(&b), moe_profile_init(&c);
+    char *v = text_of(&a);
+    const size_t n = strlen(v);
+    char *t = malloc(n + 64);
+    moe_rng r = {2024};
+    int ok = 0;
+    for (int it = 0; it < (getenv("MOE_FUZZ_ITERS") ? atoi(getenv("MOE_FUZZ_ITERS")) : 3000); it++) {
+        memcpy(t, v, n + 1);
+        size_t len = n;
+        const int edits = 1 + (int)(moe_rng_next(&r) % 4);
+        for (int e = 0; e < edits && len > 0; e++) {
+            const size_t at = moe_rng_next(&r) % len;
+            switch (moe_rng_next(&r) % 4) {
+            case 0: t[at] = (char)(moe_rng_next(&r) & 0xff); break;          /* any byte */
+            case 1: t[at] = "0123456789.-=ex \n#[]"[moe_rng_next(&r) % 20]; break; /* plausible ones */
+            case 2: len = at; break;                                             /* cut short */
+            default: memmove(t + at, t + at + 1, len - at), len--; break;        /* drop a byte */
+            }
+        }
+        const moe_status st = moe_profile_parse(&b, t, len, "fuzz");
+        if (st == MOE_OK) {
+            ok++;
+            char *w = text_of(&b);
+            CHECK_OK(moe_profile_parse(&c, w, strlen(w), "rewritten"));
+            char *w2 = text_of(&c);
+            CHECK(strcmp(w, w2) == 0);
+            free(w), free(w2);
+        } else {
+            CHECK(strncmp(moe_last_error(), "fuzz:", 5) == 0);
+            CHECK_EQ(b.n_curves, 0);
+        }
+    }
+    printf("  %d damaged files were still valid profiles\n", ok);
+    free(t), free(v);
+    moe_profile_clear(&a), moe_profile_clear(&b), moe_profile_clear(&c);
+}
+
 /* A 100 MB file of garbage is refused without being read whole. */
 static void huge_garbage_file_is_refused(void) {
     char path[] = "/tmp/moerun-profile-XXXXXX";
@@ -398,6 +441,6 @@ static void runtime_loads_profiles(void) {
 }
 
 TEST_MAIN("profile", TEST_CASE(round_trip_is_identical), TEST_CASE(bad_files_are_refused_with_their_line),
-          TEST_CASE(huge_garbage_file_is_refused), TEST_CASE(merge_adds_samples),
+          TEST_CASE(random_damage_is_handled), TEST_CASE(huge_garbage_file_is_refused), TEST_CASE(merge_adds_samples),
           TEST_CASE(identity_names_the_difference), TEST_CASE(cost_queries_use_the_curves),
           TEST_CASE(save_is_atomic), TEST_CASE(runtime_loads_profiles))
