@@ -8,6 +8,7 @@
 typedef struct slot {
     uint64_t last_use; /* step counter value at the last use, 0 = never */
     uint64_t uses;
+    uint64_t next_use; /* Belady: the step it is needed next */
     uint32_t layer;
     bool resident;
 } slot;
@@ -33,7 +34,7 @@ moe_status moe_cache_create(moe_cache **out, uint32_t n_layers, const uint32_t *
     if (!out || !n_experts || !expert_bytes || n_layers == 0)
         return moe_fail(MOE_ERR_INVALID_ARG, "cache: bad arguments");
     *out = NULL;
-    if (policy != MOE_CACHE_LRU && policy != MOE_CACHE_LFU)
+    if (policy != MOE_CACHE_LRU && policy != MOE_CACHE_LFU && policy != MOE_CACHE_BELADY)
         return moe_fail(MOE_ERR_INVALID_ARG, "cache: unknown replacement policy %d", (int)policy);
     uint64_t total = 0;
     for (uint32_t l = 0; l < n_layers; l++) total += n_experts[l];
@@ -100,9 +101,15 @@ void moe_cache_use(moe_cache *c, uint32_t layer, uint32_t expert) {
     s->uses++;
 }
 
+void moe_cache_set_next_use(moe_cache *c, uint32_t layer, uint32_t expert, uint64_t step) {
+    slot *s = find(c, layer, expert);
+    if (s) s->next_use = step;
+}
+
 /* True if a should be evicted before b. */
 static bool worse(const moe_cache *c, const slot *a, const slot *b) {
     if (c->policy == MOE_CACHE_LFU && a->uses != b->uses) return a->uses < b->uses;
+    if (c->policy == MOE_CACHE_BELADY && a->next_use != b->next_use) return a->next_use > b->next_use;
     return a->last_use < b->last_use;
 }
 

@@ -12,6 +12,8 @@ typedef struct moe_cache moe_cache;
 typedef enum moe_cache_policy {
     MOE_CACHE_LRU = 0, /* evict the least recently used expert */
     MOE_CACHE_LFU,     /* evict the least frequently used; ties: least recent */
+    MOE_CACHE_BELADY,  /* evict the one needed again farthest in the future (the caller says when,
+                          moe_cache_set_next_use); ties: least recent. An oracle for simulation. */
 } moe_cache_policy;
 
 /* Called for each expert the cache evicts, so the device can free its slot. */
@@ -33,6 +35,10 @@ bool moe_cache_resident(const moe_cache *c, uint32_t layer, uint32_t expert);
 
 /* Records a use of (layer, expert) in this step, resident or not. */
 void moe_cache_use(moe_cache *c, uint32_t layer, uint32_t expert);
+
+/* MOE_CACHE_BELADY: the step at which (layer, expert) is next needed
+ * (UINT64_MAX: never). Any value works for the other policies (unused). */
+void moe_cache_set_next_use(moe_cache *c, uint32_t layer, uint32_t expert, uint64_t step);
 
 /* Makes (layer, expert) resident, evicting by the policy until it fits.
  * Returns MOE_ERR_STATE (no eviction done) when it cannot fit without

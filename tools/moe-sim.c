@@ -1,0 +1,112 @@
+/* moe-sim - replays expert-routing traces (moe-trace v1) through moerun's
+ * cache and scheduling code on a virtual clock (docs/scheduling.md).
+ *
+ *   moe-sim --cache-only --cache-per-layer C --policy lru|lfu|belady --trace FILE... [--json]
+ *   moe-sim --cache-only --cache-per-layer C --compare --trace FILE... [--json]
+ *
+ * Built so far: the pure cache mode. The timed simulation of the
+ * scheduling policies (--mode decode|prefill, --profile, --gpu-budget)
+ * arrives with the scheduler; asking for it says so. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "sim.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: moe-sim --cache-only --cache-per-layer C (--policy lru|lfu|belady | --compare)\n"
+               "               --trace FILE [--trace FILE ...] [--json]\n"
+               "\n"
+               "Replays the traces' tokens one at a time, sequences back to back (files in the order\n"
+               "given), through one cache of C experts per layer, empty at the start: a token's experts\n"
+               "are hits if resident, then all become resident, evicting only experts it does not need\n"
+               "(LFU counts uses since the start, ties to the least recent; Belady knows the future).\n"
+               "Prints the fraction of needed experts that were resident.\n"
+               "  --json      one JSON object per policy: policy, mode, cache_per_layer, hit_rate,\n"
+               "              needed, hits, experts_loaded\n"
+               "The timed simulation of scheduling policies is not built yet (the scheduler's issue).\n");
+}
+
+static int fail(const char *msg, const char *arg) {
+    fprintf(stderr, "moe-sim: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    enum { O_CACHE_ONLY = 256, O_PER_LAYER, O_POLICY, O_COMPARE, O_TRACE, O_JSON, O_MODE };
+    static const struct option opts[] = {{"cache-only", 0, 0, O_CACHE_ONLY}, {"cache-per-layer", 1, 0, O_PER_LAYER},
+                                         {"policy", 1, 0, O_POLICY},         {"compare", 0, 0, O_COMPARE},
+                                         {"trace", 1, 0, O_TRACE},           {"json", 0, 0, O_JSON},
+                                         {"mode", 1, 0, O_MODE},             {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    static const char *const names[] = {"lru", "lfu", "belady"};
+    bool cache_only = false, compare = false, json = false;
+    long per_layer = 0;
+    int policy = -1;
+    const char *traces[64];
+    int n_traces = 0, c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case O_CACHE_ONLY: cache_only = true; break;
+        case O_PER_LAYER:
+            per_layer = strtol(optarg, &end, 10);
+            if (*end || per_layer < 1 || per_layer > 65535) return fail("--cache-per-layer: expected 1..65535", optarg);
+            break;
+        case O_POLICY:
+            for (int i = 0; i < 3; i++)
+                if (!strcmp(optarg, names[i])) policy = i;
+            if (policy < 0) return fail("--policy: expected lru, lfu or belady in the cache-only mode", optarg);
+            break;
+        case O_COMPARE: compare = true; break;
+        case O_TRACE:
+            if (n_traces == 64) return fail("at most 64 traces", NULL);
+            traces[n_traces++] = optarg;
+            break;
+        case O_JSON: json = true; break;
+        case O_MODE:
+            return fail("--mode: the timed simulation of scheduling policies is not built yet; --cache-only is", NULL);
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) return fail("unexpected argument", argv[optind]);
+    if (!cache_only) return fail("only --cache-only is built so far (see --help)", NULL);
+    if (!n_traces) return fail("no --trace FILE", NULL);
+    if (!per_layer) return fail("no --cache-per-layer C", NULL);
+    if (compare == (policy >= 0)) return fail("give either --policy NAME or --compare", NULL);
+
+    moe_trace t;
+    moe_trace_init(&t);
+    for (int i = 0; i < n_traces; i++)
+        if (moe_trace_load(&t, traces[i]) != MOE_OK) {
+            fprintf(stderr, "moe-sim: %s\n", moe_last_error());
+            moe_trace_free(&t);
+            return 1;
+        }
+    if (!json)
+        printf("%d trace(s): %llu tokens in %u sequences, %u layers x %u experts, top-%u; %ld experts per layer\n",
+               n_traces, (unsigned long long)t.n_tokens, t.n_seqs, t.n_layers, t.n_experts, t.top_k, per_layer);
+    int rc = 0;
+    for (int p = 0; p < 3 && rc == 0; p++) {
+        if (!compare && p != policy) continue;
+        moe_cache_sim r;
+        const double t0 = moe_now();
+        if (moe_sim_cache_only(&t, (uint32_t)per_layer, (moe_cache_policy)p, &r) != MOE_OK) {
+            fprintf(stderr, "moe-sim: %s\n", moe_last_error());
+            rc = 1;
+            break;
+        }
+        if (json)
+            printf("{\"policy\":\"%s\",\"mode\":\"cache-only\",\"cache_per_layer\":%ld,\"hit_rate\":%.6f,"
+                   "\"needed\":%llu,\"hits\":%llu,\"experts_loaded\":%llu}\n",
+                   names[p], per_layer, r.hit_rate, (unsigned long long)r.needed, (unsigned long long)r.hits,
+                   (unsigned long long)r.loads);
+        else
+            printf("%-7s hit rate %.4f (%llu of %llu), %llu experts loaded, %.2f s\n", names[p], r.hit_rate,
+                   (unsigned long long)r.hits, (unsigned long long)r.needed, (unsigned long long)r.loads,
+                   moe_now() - t0);
+    }
+    moe_trace_free(&t);
+    return rc;
+}
