@@ -9,6 +9,7 @@ typedef struct slot {
     uint64_t last_use; /* step counter value at the last use, 0 = never */
     uint64_t uses;
     uint64_t next_use; /* Belady: the step it is needed next */
+    double score;      /* MRS score */
     uint32_t layer;
     bool resident;
 } slot;
@@ -34,7 +35,7 @@ moe_status moe_cache_create(moe_cache **out, uint32_t n_layers, const uint32_t *
     if (!out || !n_experts || !expert_bytes || n_layers == 0)
         return moe_fail(MOE_ERR_INVALID_ARG, "cache: bad arguments");
     *out = NULL;
-    if (policy != MOE_CACHE_LRU && policy != MOE_CACHE_LFU && policy != MOE_CACHE_BELADY)
+    if (policy != MOE_CACHE_LRU && policy != MOE_CACHE_LFU && policy != MOE_CACHE_BELADY && policy != MOE_CACHE_SCORE)
         return moe_fail(MOE_ERR_INVALID_ARG, "cache: unknown replacement policy %d", (int)policy);
     uint64_t total = 0;
     for (uint32_t l = 0; l < n_layers; l++) total += n_experts[l];
@@ -101,6 +102,15 @@ void moe_cache_use(moe_cache *c, uint32_t layer, uint32_t expert) {
     s->uses++;
 }
 
+void moe_cache_score_layer(moe_cache *c, uint32_t layer, const uint16_t *experts, const float *scores, uint32_t n,
+                           double a) {
+    if (layer >= c->n_layers) return;
+    slot *s = &c->slots[c->first[layer]];
+    for (uint32_t e = 0; e < c->n_experts[layer]; e++) s[e].score *= 1.0 - a;
+    for (uint32_t i = 0; i < n; i++)
+        if (experts[i] < c->n_experts[layer]) s[experts[i]].score += a * (double)scores[i];
+}
+
 void moe_cache_set_next_use(moe_cache *c, uint32_t layer, uint32_t expert, uint64_t step) {
     slot *s = find(c, layer, expert);
     if (s) s->next_use = step;
@@ -110,6 +120,7 @@ void moe_cache_set_next_use(moe_cache *c, uint32_t layer, uint32_t expert, uint6
 static bool worse(const moe_cache *c, const slot *a, const slot *b) {
     if (c->policy == MOE_CACHE_LFU && a->uses != b->uses) return a->uses < b->uses;
     if (c->policy == MOE_CACHE_BELADY && a->next_use != b->next_use) return a->next_use > b->next_use;
+    if (c->policy == MOE_CACHE_SCORE && a->score != b->score) return a->score < b->score;
     return a->last_use < b->last_use;
 }
 

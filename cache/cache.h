@@ -14,6 +14,7 @@ typedef enum moe_cache_policy {
     MOE_CACHE_LFU,     /* evict the least frequently used; ties: least recent */
     MOE_CACHE_BELADY,  /* evict the one needed again farthest in the future (the caller says when,
                           moe_cache_set_next_use); ties: least recent. An oracle for simulation. */
+    MOE_CACHE_SCORE,   /* evict the lowest score (HybriMoE's MRS, moe_cache_score_layer); ties: least recent */
 } moe_cache_policy;
 
 /* Called for each expert the cache evicts, so the device can free its slot. */
@@ -35,6 +36,12 @@ bool moe_cache_resident(const moe_cache *c, uint32_t layer, uint32_t expert);
 
 /* Records a use of (layer, expert) in this step, resident or not. */
 void moe_cache_use(moe_cache *c, uint32_t layer, uint32_t expert);
+
+/* MOE_CACHE_SCORE: one run of `layer` with router scores: every expert's
+ * score S becomes a * s + (1 - a) * S, s being its score in this run (the
+ * `n` given (expert, score) pairs; 0 for the others, so they decay). */
+void moe_cache_score_layer(moe_cache *c, uint32_t layer, const uint16_t *experts, const float *scores, uint32_t n,
+                           double a);
 
 /* MOE_CACHE_BELADY: the step at which (layer, expert) is next needed
  * (UINT64_MAX: never). Any value works for the other policies (unused). */

@@ -27,7 +27,8 @@ static uint32_t *next_uses(const moe_trace *t) {
     return next;
 }
 
-moe_status moe_sim_cache_only(const moe_trace *t, uint32_t per_layer, moe_cache_policy policy, moe_cache_sim *out) {
+moe_status moe_sim_cache_only(const moe_trace *t, uint32_t per_layer, moe_cache_policy policy, double score_alpha,
+                              moe_cache_sim *out) {
     if (!t || !out || !t->n_tokens) return moe_fail(MOE_ERR_INVALID_ARG, "cache simulation: no trace");
     if (per_layer < t->top_k)
         return moe_fail(MOE_ERR_INVALID_ARG, "cache simulation: %u experts per layer cannot hold one token's %u",
@@ -47,6 +48,12 @@ moe_status moe_sim_cache_only(const moe_trace *t, uint32_t per_layer, moe_cache_
             moe_cache *c = caches[l];
             const uint16_t *ids = moe_trace_ids(t, tok, l);
             moe_cache_begin_step(c);
+            if (policy == MOE_CACHE_SCORE) {
+                float w[MOE_TRACE_MAX_TOP_K];
+                const float *tw = t->weights + (tok * t->n_layers + l) * t->top_k;
+                for (uint32_t k = 0; k < t->top_k; k++) w[k] = tw[k] == tw[k] ? tw[k] : 1.0f / (float)t->top_k;
+                moe_cache_score_layer(c, 0, ids, w, t->top_k, score_alpha);
+            }
             for (uint32_t k = 0; k < t->top_k; k++) {
                 out->hits += moe_cache_resident(c, 0, ids[k]);
                 moe_cache_use(c, 0, ids[k]);

@@ -20,7 +20,11 @@ typedef struct moe_cache_sim {
 /* Replays decode tokens one at a time, sequences back to back, each layer a
  * cache of `per_layer` experts, empty at the start: a token's needed
  * experts count as hits if resident, then all of them are made resident,
- * evicting by `policy` only experts that token does not need. */
-moe_status moe_sim_cache_only(const moe_trace *t, uint32_t per_layer, moe_cache_policy policy, moe_cache_sim *out);
+ * evicting by `policy` only experts that token does not need. With
+ * MOE_CACHE_SCORE each token first updates its layer's scores with its
+ * router weights (1 / top_k each where the trace has none) and weight
+ * `score_alpha`. */
+moe_status moe_sim_cache_only(const moe_trace *t, uint32_t per_layer, moe_cache_policy policy, double score_alpha,
+                              moe_cache_sim *out);
 
 #endif

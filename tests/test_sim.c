@@ -19,15 +19,17 @@ static moe_trace parse(const char *seq) {
     return t;
 }
 
-static uint64_t hits(const char *seq, uint32_t c, moe_cache_policy p) {
+static uint64_t hits_a(const char *seq, uint32_t c, moe_cache_policy p, double alpha) {
     moe_trace t = parse(seq);
     moe_cache_sim r;
-    CHECK_OK(moe_sim_cache_only(&t, c, p, &r));
+    CHECK_OK(moe_sim_cache_only(&t, c, p, alpha, &r));
     CHECK_EQ(r.needed, t.n_tokens);
     CHECK_EQ(r.hits + r.loads, r.needed); /* every miss is loaded */
     moe_trace_free(&t);
     return r.hits;
 }
+
+static uint64_t hits(const char *seq, uint32_t c, moe_cache_policy p) { return hits_a(seq, c, p, 0.5); }
 
 /* Worked by hand in the comments: the caches hold 2 experts. */
 static void small_traces_by_hand(void) {
@@ -41,11 +43,16 @@ static void small_traces_by_hand(void) {
     CHECK_EQ(hits("0 1 2 0 1 3 0", 2, MOE_CACHE_LRU), 0);
     CHECK_EQ(hits("0 1 2 0 1 3 0", 2, MOE_CACHE_LFU), 0);
     CHECK_EQ(hits("0 1 2 0 1 3 0", 2, MOE_CACHE_BELADY), 2);
+    /* MRS scores (weight 1 each, no weights in the trace): with a = 0.5,
+     * before the 5th token S0 = 0.4375 * 0.5 = 0.219 < S1 = 0.25, so 0 is
+     * evicted and missed again; with a = 0.1, S0 = 0.22 > S1 = 0.09 keeps it. */
+    CHECK_EQ(hits_a("0 0 0 1 2 0", 2, MOE_CACHE_SCORE, 0.5), 2);
+    CHECK_EQ(hits_a("0 0 0 1 2 0", 2, MOE_CACHE_SCORE, 0.1), 3);
     /* Room for all four: only the first use of each misses. */
     CHECK_EQ(hits("0 1 2 0 1 3 0", 4, MOE_CACHE_LRU), 3);
     moe_trace t = parse("0 1");
     moe_cache_sim r;
-    CHECK_STATUS(moe_sim_cache_only(&t, 0, MOE_CACHE_LRU, &r), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_sim_cache_only(&t, 0, MOE_CACHE_LRU, 0.5, &r), MOE_ERR_INVALID_ARG);
     CHECK_ERROR_MENTIONS("cannot hold one token's 1");
     moe_trace_free(&t);
 }
@@ -71,7 +78,7 @@ static void esft_figures_are_reproduced(void) {
         const double w[3] = {want[i].lru, want[i].lfu, want[i].belady};
         for (int p = 0; p < 3; p++) {
             moe_cache_sim r;
-            CHECK_OK(moe_sim_cache_only(&t, want[i].c, (moe_cache_policy)p, &r));
+            CHECK_OK(moe_sim_cache_only(&t, want[i].c, (moe_cache_policy)p, 0.5, &r));
             printf("  C=%u %s: %.4f (independent: %.3f)\n", want[i].c, p == 0 ? "LRU" : p == 1 ? "LFU" : "Belady",
                    r.hit_rate, w[p]);
             CHECK_NEAR(r.hit_rate, w[p], 0.005);

@@ -14,13 +14,14 @@
 #include "sim.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: moe-sim --cache-only --cache-per-layer C (--policy lru|lfu|belady | --compare)\n"
+    fprintf(f, "usage: moe-sim --cache-only --cache-per-layer C (--policy lru|lfu|belady|score | --compare)\n"
                "               --trace FILE [--trace FILE ...] [--json]\n"
                "\n"
                "Replays the traces' tokens one at a time, sequences back to back (files in the order\n"
                "given), through one cache of C experts per layer, empty at the start: a token's experts\n"
                "are hits if resident, then all become resident, evicting only experts it does not need\n"
-               "(LFU counts uses since the start, ties to the least recent; Belady knows the future).\n"
+               "(LFU counts uses since the start, ties to the least recent; Belady knows the future;\n"
+               "score is HybriMoE's MRS: S = a * router weight + (1 - a) * S, --score-alpha a, default 0.5).\n"
                "Prints the fraction of needed experts that were resident.\n"
                "  --json      one JSON object per policy: policy, mode, cache_per_layer, hit_rate,\n"
                "              needed, hits, experts_loaded\n"
@@ -33,15 +34,17 @@ static int fail(const char *msg, const char *arg) {
 }
 
 int main(int argc, char **argv) {
-    enum { O_CACHE_ONLY = 256, O_PER_LAYER, O_POLICY, O_COMPARE, O_TRACE, O_JSON, O_MODE };
+    enum { O_CACHE_ONLY = 256, O_PER_LAYER, O_POLICY, O_COMPARE, O_TRACE, O_JSON, O_MODE, O_ALPHA };
     static const struct option opts[] = {{"cache-only", 0, 0, O_CACHE_ONLY}, {"cache-per-layer", 1, 0, O_PER_LAYER},
                                          {"policy", 1, 0, O_POLICY},         {"compare", 0, 0, O_COMPARE},
                                          {"trace", 1, 0, O_TRACE},           {"json", 0, 0, O_JSON},
-                                         {"mode", 1, 0, O_MODE},             {"help", 0, 0, 'h'},
+                                         {"mode", 1, 0, O_MODE},             {"score-alpha", 1, 0, O_ALPHA},
+                                         {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
-    static const char *const names[] = {"lru", "lfu", "belady"};
+    static const char *const names[] = {"lru", "lfu", "belady", "score"};
     bool cache_only = false, compare = false, json = false;
     long per_layer = 0;
+    double alpha = 0.5;
     int policy = -1;
     const char *traces[64];
     int n_traces = 0, c;
@@ -54,11 +57,15 @@ int main(int argc, char **argv) {
             if (*end || per_layer < 1 || per_layer > 65535) return fail("--cache-per-layer: expected 1..65535", optarg);
             break;
         case O_POLICY:
-            for (int i = 0; i < 3; i++)
+            for (int i = 0; i < 4; i++)
                 if (!strcmp(optarg, names[i])) policy = i;
-            if (policy < 0) return fail("--policy: expected lru, lfu or belady in the cache-only mode", optarg);
+            if (policy < 0) return fail("--policy: expected lru, lfu, belady or score in the cache-only mode", optarg);
             break;
         case O_COMPARE: compare = true; break;
+        case O_ALPHA:
+            alpha = strtod(optarg, &end);
+            if (*end || !(alpha > 0 && alpha <= 1)) return fail("--score-alpha: expected a weight in (0, 1]", optarg);
+            break;
         case O_TRACE:
             if (n_traces == 64) return fail("at most 64 traces", NULL);
             traces[n_traces++] = optarg;
@@ -88,11 +95,11 @@ int main(int argc, char **argv) {
         printf("%d trace(s): %llu tokens in %u sequences, %u layers x %u experts, top-%u; %ld experts per layer\n",
                n_traces, (unsigned long long)t.n_tokens, t.n_seqs, t.n_layers, t.n_experts, t.top_k, per_layer);
     int rc = 0;
-    for (int p = 0; p < 3 && rc == 0; p++) {
+    for (int p = 0; p < 4 && rc == 0; p++) {
         if (!compare && p != policy) continue;
         moe_cache_sim r;
         const double t0 = moe_now();
-        if (moe_sim_cache_only(&t, (uint32_t)per_layer, (moe_cache_policy)p, &r) != MOE_OK) {
+        if (moe_sim_cache_only(&t, (uint32_t)per_layer, (moe_cache_policy)p, alpha, &r) != MOE_OK) {
             fprintf(stderr, "moe-sim: %s\n", moe_last_error());
             rc = 1;
             break;
