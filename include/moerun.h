@@ -291,6 +291,11 @@ typedef struct moe_runtime_params {
      * default file only logs a warning and is not used). */
     const char *profile_path;
     int profile_any_host;       /* non-zero: use a profile of another host or library version anyway */
+    /* Records the routing of every forward pass (layers called in order 0,
+     * 1, ..., last for the same tokens) and writes it as a moe-trace v1
+     * file (docs/scheduling.md) when the runtime is freed; NULL = no. A
+     * host that calls layers out of order gets a warning and no trace. */
+    const char *record_trace_path;
 } moe_runtime_params;
 
 MOE_EXPORT moe_runtime_params moe_runtime_default_params(void);

@@ -15,6 +15,7 @@
 #include "plan.h"
 #include "profiler.h"
 #include "teams.h"
+#include "trace.h"
 #include "topology.h"
 
 #define MOE_MAX_THREADS 4096u
@@ -28,6 +29,11 @@ struct moe_runtime {
     moe_teams teams;                        /* NUMA teams of the CPU engine */
     moe_profile profile;                    /* measured costs; empty without one */
     char profile_path[1024];                /* "" without one */
+    char trace_path[1024];                  /* record the routing here at free; "" = no */
+    moe_trace trace;                        /* what was recorded */
+    uint32_t trace_next;                    /* layer the recording expects next */
+    uint64_t trace_first;                   /* first token of the pass being recorded */
+    uint32_t trace_tokens;                  /* its tokens */
     bool detected;                          /* topology is this host's */
     moe_cpu *cpu;                           /* the CPU expert engine */
     moe_logger log;
@@ -65,6 +71,7 @@ moe_runtime_params moe_runtime_default_params(void) {
         .log_level = MOE_LOG_WARN,
         .profile_path = NULL,
         .profile_any_host = 0,
+        .record_trace_path = NULL,
     };
 }
 
@@ -226,6 +233,14 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     rt->log = (moe_logger){.fn = p.log_fn, .user = p.log_user, .level = p.log_level};
     moe_plan_init(&rt->plan);
     moe_profile_init(&rt->profile);
+    moe_trace_init(&rt->trace);
+    if (p.record_trace_path) {
+        if (!p.record_trace_path[0] || strlen(p.record_trace_path) >= sizeof rt->trace_path) {
+            st = moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: record_trace_path is empty or too long");
+            goto fail;
+        }
+        snprintf(rt->trace_path, sizeof rt->trace_path, "%s", p.record_trace_path);
+    }
     if ((st = load_profile(rt, &p)) != MOE_OK) goto fail;
     /* [tuning] fills what the params leave unset. */
     const moe_tuning *tun = &rt->profile.tuning;
@@ -284,6 +299,18 @@ void moe_runtime_free(moe_runtime_t **prt) {
     if (!valid(rt)) return;
     moe_plan_release(&rt->plan);
     moe_profile_clear(&rt->profile);
+    if (rt->trace_next != 0 && rt->trace.n_tokens >= rt->trace_tokens) { /* a pass left unfinished */
+        rt->trace.n_tokens -= rt->trace_tokens;
+        rt->trace.seqs[rt->trace.n_seqs - 1].n -= rt->trace_tokens;
+    }
+    if (rt->trace_path[0] && rt->trace.n_tokens) {
+        if (moe_trace_write(&rt->trace, rt->trace_path) == MOE_OK)
+            moe_log(&rt->log, MOE_LOG_INFO, "runtime: wrote the routing of %llu tokens to %s",
+                    (unsigned long long)rt->trace.n_tokens, rt->trace_path);
+        else
+            moe_log(&rt->log, MOE_LOG_ERROR, "runtime: %s", moe_last_error());
+    }
+    moe_trace_free(&rt->trace);
     moe_cpu_free(&rt->cpu);
     free(rt->tasks);
     free(rt->pair_of);
@@ -338,6 +365,37 @@ static bool overlaps(const void *a, const void *b, size_t bytes) {
     return x < y + bytes && y < x + bytes;
 }
 
+/* Records a validated layer call into the trace: layer 0 opens a pass of
+ * n_tokens tokens, the others fill it in order. Anything else stops the
+ * recording for good (a warning, once). */
+static void record(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, uint32_t top_k, const int32_t *ids,
+                   const float *w) {
+    moe_trace *t = &rt->trace;
+    if (layer == 0 && rt->trace_next == 0 && !t->n_layers) {
+        uint32_t experts = 0;
+        for (uint32_t l = 0; l < rt->model->n_layers; l++)
+            if (rt->model->layers[l].desc.n_experts > experts) experts = rt->model->layers[l].desc.n_experts;
+        moe_trace_begin(t, "moerun", rt->model->n_layers, experts, top_k);
+    }
+    const bool in_order = layer == rt->trace_next && t->top_k == top_k && (layer == 0 || n_tokens == rt->trace_tokens) &&
+                          rt->model->layers[layer].desc.n_experts <= MOE_TRACE_MAX_EXPERTS;
+    if (!in_order || (layer == 0 && moe_trace_add_tokens(t, n_tokens, "run", &rt->trace_first) != MOE_OK)) {
+        moe_log(&rt->log, MOE_LOG_WARN, "runtime: layers called out of order (layer %u, %u tokens, top_k %u); "
+                "no routing trace will be written", layer, n_tokens, top_k);
+        rt->trace_path[0] = '\0';
+        moe_trace_free(t);
+        return;
+    }
+    if (layer == 0) rt->trace_tokens = n_tokens;
+    for (uint32_t i = 0; i < n_tokens; i++)
+        for (uint32_t k = 0; k < top_k; k++) {
+            const size_t at = ((rt->trace_first + i) * t->n_layers + layer) * t->top_k + k;
+            t->ids[at] = (uint16_t)ids[(size_t)i * top_k + k];
+            t->weights[at] = w[(size_t)i * top_k + k];
+        }
+    rt->trace_next = layer + 1 == rt->model->n_layers ? 0 : layer + 1;
+}
+
 moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
                              uint32_t top_k, const int32_t *topk_ids, const float *topk_weights, float *out) {
     if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: not a runtime handle");
@@ -367,6 +425,7 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     moe_plan *plan = &rt->plan;
     moe_status st = moe_plan_route(plan, layer, L->desc.n_experts, n_tokens, top_k, topk_ids);
     if (st != MOE_OK) return st;
+    if (rt->trace_path[0]) record(rt, layer, n_tokens, top_k, topk_ids, topk_weights);
     moe_plan_assign(plan, rt->policy, NULL);
     if ((st = reserve(rt, n_pairs, H)) != MOE_OK) return st;
     double t1 = moe_now();

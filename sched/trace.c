@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 void moe_trace_init(moe_trace *t) { memset(t, 0, sizeof *t); }
 
@@ -292,4 +293,62 @@ moe_status moe_trace_load(moe_trace *t, const char *path) {
     moe_status st = err ? moe_fail(MOE_ERR_IO, "%s: read error", path) : moe_trace_parse(t, text, len, path);
     free(text);
     return st;
+}
+
+void moe_trace_begin(moe_trace *t, const char *model, uint32_t n_layers, uint32_t n_experts, uint32_t top_k) {
+    moe_trace_free(t);
+    snprintf(t->model, sizeof t->model, "%s", model ? model : "unknown");
+    t->n_layers = n_layers, t->n_experts = n_experts, t->top_k = top_k;
+}
+
+moe_status moe_trace_add_tokens(moe_trace *t, uint64_t n, const char *seq_name, uint64_t *first) {
+    if (!t->n_layers || !t->top_k) return moe_fail(MOE_ERR_STATE, "trace: not begun");
+    if (!t->n_seqs) {
+        if (!(t->seqs = calloc(1, sizeof *t->seqs))) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "trace: out of memory");
+        t->cap_seqs = t->n_seqs = 1;
+        snprintf(t->seqs[0].name, sizeof t->seqs[0].name, "%s", seq_name ? seq_name : "run");
+    }
+    if (!grow(t, t->n_tokens + n)) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "trace: out of memory");
+    const size_t per = (size_t)t->n_layers * t->top_k;
+    memset(t->ids + t->n_tokens * per, 0, (size_t)n * per * sizeof *t->ids);
+    for (size_t i = 0; i < (size_t)n * per; i++) t->weights[t->n_tokens * per + i] = NAN;
+    *first = t->n_tokens;
+    t->n_tokens += n;
+    t->seqs[t->n_seqs - 1].n += n;
+    return MOE_OK;
+}
+
+moe_status moe_trace_write(const moe_trace *t, const char *path) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return moe_fail(MOE_ERR_INVALID_ARG, "%s: path too long", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return moe_fail(MOE_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    fprintf(f, "# moe-trace 1\n# recorded by moerun %s\nmodel %s\nlayers %u\nexperts %u\ntop_k %u\n", moe_version(),
+            t->model[0] ? t->model : "unknown", t->n_layers, t->n_experts, t->top_k);
+    for (uint32_t s = 0; s < t->n_seqs; s++) {
+        const moe_trace_seq *q = &t->seqs[s];
+        if (!q->n) continue;
+        fprintf(f, "seq %s %llu\n", q->name, (unsigned long long)q->n);
+        for (uint64_t tok = q->first; tok < q->first + q->n; tok++) {
+            for (uint32_t l = 0; l < t->n_layers; l++) {
+                const uint16_t *ids = moe_trace_ids(t, tok, l);
+                const float *w = t->weights + (tok * t->n_layers + l) * t->top_k;
+                for (uint32_t k = 0; k < t->top_k; k++) {
+                    fprintf(f, k ? " %u" : (l ? " | %u" : "%u"), ids[k]);
+                    if (isfinite(w[k]) && w[k] >= 0.0f) fprintf(f, ":%.6g", (double)w[k]); /* what the reader takes */
+                }
+            }
+            fputc('\n', f);
+        }
+    }
+    bool ok = fflush(f) == 0 && !ferror(f);
+    int err = errno;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        if (ok) err = errno;
+        remove(tmp);
+        return moe_fail(MOE_ERR_IO, "%s: cannot write: %s", path, strerror(err));
+    }
+    return MOE_OK;
 }

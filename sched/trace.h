@@ -44,6 +44,17 @@ moe_status moe_trace_load(moe_trace *t, const char *path);
 /* The same from text in memory; `name` stands for the file in messages. */
 moe_status moe_trace_parse(moe_trace *t, const char *text, size_t len, const char *name);
 
+/* Starts an empty trace for recording (model name, shape). */
+void moe_trace_begin(moe_trace *t, const char *model, uint32_t n_layers, uint32_t n_experts, uint32_t top_k);
+
+/* Appends n tokens to the last sequence (a first one named `seq_name` if
+ * there is none), ids 0 and weights NaN until filled; returns the first
+ * new token's index in *first. */
+moe_status moe_trace_add_tokens(moe_trace *t, uint64_t n, const char *seq_name, uint64_t *first);
+
+/* Writes t as moe-trace v1, atomically (path.tmp.PID, then rename). */
+moe_status moe_trace_write(const moe_trace *t, const char *path);
+
 /* The ids of token `tok` in layer `layer`: top_k of them. */
 static inline const uint16_t *moe_trace_ids(const moe_trace *t, uint64_t tok, uint32_t layer) {
     return t->ids + (tok * t->n_layers + layer) * t->top_k;

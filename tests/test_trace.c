@@ -1,5 +1,8 @@
 /* test_trace.c - the moe-trace v1 reader: the format's example, appending
  * files, and every kind of bad file refused with its file:line. */
+#define _POSIX_C_SOURCE 200809L
+#include <unistd.h>
+
 #include "trace.h"
 #include "util.h"
 
@@ -88,4 +91,68 @@ static void bad_traces_are_refused_with_their_line(void) {
     CHECK_ERROR_MENTIONS("nul:2: a NUL byte");
 }
 
-TEST_MAIN("trace", TEST_CASE(reads_the_example), TEST_CASE(bad_traces_are_refused_with_their_line))
+/* What the writer writes, the reader reads back the same. */
+static void write_then_read(void) {
+    moe_trace a, b;
+    moe_trace_init(&a), moe_trace_init(&b);
+    CHECK_OK(moe_trace_parse(&a, example, strlen(example), "ex"));
+    char path[] = "/tmp/moerun-trace-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    CHECK_OK(moe_trace_write(&a, path));
+    CHECK_OK(moe_trace_load(&b, path));
+    CHECK(b.n_tokens == a.n_tokens && b.n_seqs == a.n_seqs && b.n_layers == 2 && b.top_k == 2);
+    CHECK(memcmp(a.ids, b.ids, (size_t)a.n_tokens * 4 * sizeof *a.ids) == 0);
+    for (size_t i = 0; i < (size_t)a.n_tokens * 4; i++)
+        CHECK(isnan(a.weights[i]) ? isnan(b.weights[i]) : a.weights[i] == b.weights[i]);
+    unlink(path);
+    moe_trace_free(&a), moe_trace_free(&b);
+}
+
+static void log_to(moe_log_level l, const char *msg, void *user) {
+    (void)l;
+    if (strstr(msg, "out of order")) *(int *)user = 1;
+}
+
+/* The runtime records passes called in layer order; a host that calls
+ * them out of order is warned and gets no file (rather than a wrong one),
+ * and a pass left unfinished at free is dropped. */
+static void runtime_records_passes(void) {
+    test_model tm;
+    test_model_make(&tm, 2, 4, 16, 8, MOE_DTYPE_F32, 3);
+    char path[] = "/tmp/moerun-rec-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    unlink(path);
+    moe_runtime_params p = moe_runtime_default_params();
+    p.record_trace_path = path, p.profile_path = "";
+    int warned = 0;
+    p.log_fn = log_to, p.log_user = &warned;
+    float x[2 * 16], y[2 * 16], w[4] = {0.75f, 0.25f, 0.5f, 0.5f};
+    for (int i = 0; i < 32; i++) x[i] = (float)i / 32;
+    const int32_t ids[4] = {1, 3, 0, 2};
+    moe_runtime_t *rt = NULL;
+    CHECK_OK(moe_runtime_create(&rt, tm.model, &p));
+    CHECK_OK(moe_layer_forward(rt, 0, 2, x, 2, ids, w, y));
+    CHECK_OK(moe_layer_forward(rt, 1, 2, x, 2, ids, w, y));
+    CHECK_OK(moe_layer_forward(rt, 0, 1, x, 2, ids, w, y)); /* unfinished at free: dropped */
+    moe_runtime_free(&rt);
+    moe_trace t;
+    moe_trace_init(&t);
+    CHECK_OK(moe_trace_load(&t, path));
+    CHECK(t.n_tokens == 2 && t.n_layers == 2 && t.n_experts == 4 && t.top_k == 2);
+    CHECK(moe_trace_ids(&t, 1, 1)[0] == 0 && moe_trace_ids(&t, 1, 1)[1] == 2 && t.weights[0] == 0.75f);
+    moe_trace_free(&t);
+    unlink(path);
+    CHECK_OK(moe_runtime_create(&rt, tm.model, &p));
+    CHECK_OK(moe_layer_forward(rt, 1, 2, x, 2, ids, w, y));
+    moe_runtime_free(&rt);
+    CHECK(warned);
+    CHECK(access(path, F_OK) != 0);
+    test_model_free(&tm);
+}
+
+TEST_MAIN("trace", TEST_CASE(reads_the_example), TEST_CASE(bad_traces_are_refused_with_their_line),
+          TEST_CASE(write_then_read), TEST_CASE(runtime_records_passes))

@@ -26,6 +26,7 @@ static void usage(FILE *f) {
             "  --profile FILE        machine profile from moe-profile (default: $MOE_PROFILE or\n"
             "                        ~/.cache/moerun/profile.txt if present; 'none' for none)\n"
             "  --any-host            use a profile measured on another host or build anyway\n"
+            "  --record-trace FILE   write every forward pass's routing as a moe-trace v1 file\n"
             "  --stats text|json     statistics format; json prints one object on the last line\n"
             "  --seed N              seed of the demo weights (default 42)\n"
             "  --layers N --experts N --top-k N --hidden N --inter N --vocab N\n"
@@ -118,6 +119,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--vocab")) num = &cfg.vocab;
         else if (!strcmp(a, "--policy")) rp.policy = v;
         else if (!strcmp(a, "--profile")) rp.profile_path = strcmp(v, "none") ? v : "";
+        else if (!strcmp(a, "--record-trace")) rp.record_trace_path = v;
         else if (!strcmp(a, "--seed")) {
             char *end;
             errno = 0;
