@@ -37,6 +37,30 @@ static double gpu_finish(const moe_split_item *items, uint32_t n, const moe_spli
     return t;
 }
 
+/* gpu_finish with the items' indexes sorted by (gpu_us desc, index asc)
+ * in byg: one pass instead of a selection per copied expert. */
+static double gpu_sorted(const moe_split_item *items, const uint32_t *byg, uint32_t n, const moe_split_link *link) {
+    double t = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        if (items[i].where == MOE_ON_GPU && items[i].resident) t += items[i].gpu_us;
+    uint32_t done = 0;
+    for (uint32_t j = 0; j < n; j++) {
+        const moe_split_item *it = &items[byg[j]];
+        if (it->where != MOE_ON_GPU || it->resident) continue;
+        const double arrive = link->link_free_us + (double)(++done) * link->copy_us;
+        t = (t > arrive ? t : arrive) + it->gpu_us;
+    }
+    return t;
+}
+
+static double time_sorted(const moe_split_item *items, const uint32_t *byg, uint32_t n, const moe_split_link *link) {
+    double cpu = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        if (items[i].where == MOE_ON_CPU) cpu += items[i].cpu_us;
+    const double g = gpu_sorted(items, byg, n, link);
+    return cpu > g ? cpu : g;
+}
+
 double moe_split_time(const moe_split_item *items, uint32_t n, const moe_split_link *link) {
     double cpu = 0.0;
     for (uint32_t i = 0; i < n; i++)
@@ -55,20 +79,24 @@ static bool before(const moe_split_item *x, const moe_split_item *y) {
 double moe_split_greedy(moe_split_item *items, uint32_t n, const moe_split_link *link, uint32_t *order) {
     for (uint32_t i = 0; i < n; i++) items[i].where = MOE_ON_CPU;
     if (!link->gpu || n == 0) return moe_split_time(items, n, link);
-    for (uint32_t i = 0; i < n; i++) { /* insertion sort: a layer's experts, no shared state */
+    uint32_t *byg = order + n; /* by GPU time, for time_sorted */
+    for (uint32_t i = 0; i < n; i++) { /* insertion sorts: a layer's experts, no shared state */
         uint32_t j = i;
         while (j > 0 && before(&items[i], &items[order[j - 1]])) order[j] = order[j - 1], j--;
         order[j] = i;
+        j = i;
+        while (j > 0 && items[i].gpu_us > items[byg[j - 1]].gpu_us) byg[j] = byg[j - 1], j--;
+        byg[j] = i;
     }
     /* Two ends: the GPU from the front, the CPU from the back. */
     uint32_t lo = 0, hi = n;
     double cpu = 0.0;
-    /* Items not given yet stay marked CPU (gpu_finish ignores them) but are
+    /* Items not given yet stay marked CPU (gpu_sorted ignores them) but are
      * not counted in `cpu`. */
     while (lo < hi) {
         moe_split_item *front = &items[order[lo]], *back = &items[order[hi - 1]];
         front->where = MOE_ON_GPU; /* the GPU's finish with the front item */
-        const double g = gpu_finish(items, n, link);
+        const double g = gpu_sorted(items, byg, n, link);
         front->where = MOE_ON_CPU;
         const double c = cpu + back->cpu_us;
         if (g <= c) {
@@ -81,13 +109,13 @@ double moe_split_greedy(moe_split_item *items, uint32_t n, const moe_split_link 
     }
     /* Single moves while they shorten the layer (a few rounds: each costs
      * n re-timings). */
-    double best = moe_split_time(items, n, link);
+    double best = time_sorted(items, byg, n, link);
     for (uint32_t round = 0; round < 8; round++) {
         uint32_t pick = UINT32_MAX;
         double pick_t = best;
         for (uint32_t i = 0; i < n; i++) {
             items[i].where = items[i].where == MOE_ON_CPU ? MOE_ON_GPU : MOE_ON_CPU;
-            const double t = moe_split_time(items, n, link);
+            const double t = time_sorted(items, byg, n, link);
             items[i].where = items[i].where == MOE_ON_CPU ? MOE_ON_GPU : MOE_ON_CPU;
             if (t < pick_t - 1e-9) pick = i, pick_t = t;
         }
@@ -98,11 +126,11 @@ double moe_split_greedy(moe_split_item *items, uint32_t n, const moe_split_link 
         }
         /* No single move helps: try exchanging a CPU expert with a GPU one. */
         uint32_t pa = UINT32_MAX, pb = UINT32_MAX;
-        for (uint32_t a = 0; a < n; a++)
+        for (uint32_t a = 0; a < (n <= 32 ? n : 0); a++)
             for (uint32_t b = 0; b < n; b++) {
                 if (items[a].where != MOE_ON_CPU || items[b].where != MOE_ON_GPU) continue;
                 items[a].where = MOE_ON_GPU, items[b].where = MOE_ON_CPU;
-                const double t = moe_split_time(items, n, link);
+                const double t = time_sorted(items, byg, n, link);
                 items[a].where = MOE_ON_CPU, items[b].where = MOE_ON_GPU;
                 if (t < pick_t - 1e-9) pa = a, pb = b, pick_t = t;
             }

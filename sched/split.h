@@ -38,9 +38,10 @@ double moe_split_time(const moe_split_item *items, uint32_t n, const moe_split_l
 /* The greedy split: resident experts by decreasing load, then non-resident
  * ones by decreasing load; the GPU takes from the front, the CPU from the
  * back, each step giving the next expert to the side that would finish
- * earlier; then single moves to the other side while they help. Sets
- * every item's `where` and returns the layer's time. No allocation:
- * `order` is scratch for n indexes. */
+ * earlier; then a few rounds of the best single move to the other side,
+ * else the best exchange of a CPU and a GPU expert (up to 32 experts).
+ * Sets every item's `where` and returns the layer's time. No allocation:
+ * `order` is scratch for 2 * n indexes. */
 double moe_split_greedy(moe_split_item *items, uint32_t n, const moe_split_link *link, uint32_t *order);
 
 /* The best split by trying every assignment (n <= 20), for tests. */

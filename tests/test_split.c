@@ -8,7 +8,7 @@ static moe_split_item item(uint32_t e, uint32_t m, bool res, double cpu, double 
 }
 
 static void hand_worked_cases(void) {
-    uint32_t order[8];
+    uint32_t order[16];
     moe_split_item it[3] = {item(0, 1, false, 100, 10), item(1, 1, true, 100, 10), item(2, 1, false, 100, 10)};
     /* No GPU: everything on the CPU, one after another. */
     const moe_split_link none = {.gpu = false};
@@ -43,7 +43,7 @@ static void hand_worked_cases(void) {
  * 50..1500 us, 0..20 us of queued link time, a random half resident. */
 static void greedy_is_close_to_exhaustive(void) {
     moe_rng r = {77};
-    uint32_t order[16];
+    uint32_t order[32];
     double worst = 1.0, sum = 0.0;
     const int cases = 3000;
     for (int c = 0; c < cases; c++) {
