@@ -425,8 +425,9 @@ static moe_status topology_key(parser *ps, const char *k, char *v) {
     const int i = key_index(k, names, 7);
     if (i < 0) return bad(ps, "unknown key \"%s\" in [topology]", k);
     if (!first_time(&ps->keys[S_TOPOLOGY], i)) return bad(ps, "duplicate key \"%s\"", k);
-    if (i == 6) { /* features: names from a fixed list, each at most once */
-        for (char *f = strtok(v, " \t"); f; f = strtok(NULL, " \t")) {
+    if (i == 6) { /* features: names from a fixed list */
+        char *save = NULL;
+        for (char *f = strtok_r(v, " \t", &save); f; f = strtok_r(NULL, " \t", &save)) {
             int j = 0;
             while (j < N_FEATURES && strcmp(f, features[j].name)) j++;
             if (j == N_FEATURES) return bad(ps, "features: unknown CPU feature \"%s\"", f);
