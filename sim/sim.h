@@ -27,4 +27,22 @@ typedef struct moe_cache_sim {
 moe_status moe_sim_cache_only(const moe_trace *t, uint32_t per_layer, moe_cache_policy policy, double score_alpha,
                               moe_cache_sim *out);
 
+/* Synthetic routing for models without a recorded trace: in each layer the
+ * experts' popularity follows a Zipf law of exponent `zipf` over a random
+ * ranking of the layer's experts; with probability `locality` each of the
+ * previous token's experts of that layer is kept (temporal locality), the
+ * other slots are drawn from the Zipf law without repeats. Gate weights are
+ * the chosen experts' Zipf weights renormalised over the top_k. */
+typedef struct moe_synth_params {
+    uint32_t n_layers, n_experts, top_k;
+    uint64_t n_tokens;
+    double zipf;     /* >= 0; 0 = uniform */
+    double locality; /* 0..1 */
+    uint64_t seed;
+} moe_synth_params;
+
+/* Fills t (cleared first) with one sequence "synthetic". Deterministic for
+ * a seed. */
+moe_status moe_sim_synthetic(moe_trace *t, const moe_synth_params *p);
+
 #endif

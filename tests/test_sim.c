@@ -1,7 +1,9 @@
 /* test_sim.c - the simulator's pure cache mode: hand-checked small traces,
  * and the independent figures on the four real DeepSeek-V2-Lite traces
  * (../shared/traces; skipped, 77, where they are not beside the project). */
+#define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "sim.h"
 #include "util.h"
@@ -57,6 +59,54 @@ static void small_traces_by_hand(void) {
     moe_trace_free(&t);
 }
 
+/* Synthetic routing: valid (the reader accepts what the writer writes of
+ * it), the same for a seed, skewed by the Zipf exponent, and more local
+ * (LRU hits more) with more locality; weights sum to 1 per group. */
+static void synthetic_routing(void) {
+    moe_synth_params p = {.n_layers = 4, .n_experts = 16, .top_k = 4, .n_tokens = 4000, .zipf = 1.2,
+                          .locality = 0.0, .seed = 9};
+    moe_trace a, b;
+    moe_trace_init(&a), moe_trace_init(&b);
+    CHECK_OK(moe_sim_synthetic(&a, &p));
+    CHECK_OK(moe_sim_synthetic(&b, &p));
+    CHECK(a.n_tokens == 4000 && memcmp(a.ids, b.ids, 4000 * 16 * sizeof *a.ids) == 0);
+    double wsum = 0;
+    for (uint32_t k = 0; k < 4; k++) wsum += a.weights[k];
+    CHECK_NEAR(wsum, 1.0, 1e-5);
+    /* Skew: in layer 0 the most used expert is used far more than the least. */
+    uint64_t cnt[16] = {0};
+    for (uint64_t t = 0; t < a.n_tokens; t++)
+        for (uint32_t k = 0; k < 4; k++) cnt[moe_trace_ids(&a, t, 0)[k]]++;
+    uint64_t mx = 0, mn = UINT64_MAX;
+    for (int e = 0; e < 16; e++) mx = cnt[e] > mx ? cnt[e] : mx, mn = cnt[e] < mn ? cnt[e] : mn;
+    CHECK(mx > 3 * mn);
+    /* The writer's output reads back (the reader checks ranges and repeats). */
+    char path[] = "/tmp/moerun-synth-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    CHECK_OK(moe_trace_write(&a, path));
+    moe_trace_free(&b);
+    CHECK_OK(moe_trace_load(&b, path));
+    CHECK(memcmp(a.ids, b.ids, 4000 * 16 * sizeof *a.ids) == 0);
+    unlink(path);
+    /* Locality: LRU hits more when tokens keep their predecessor's experts. */
+    moe_cache_sim r0, r1;
+    CHECK_OK(moe_sim_cache_only(&a, 6, MOE_CACHE_LRU, 0.5, &r0));
+    moe_trace_free(&b);
+    p.locality = 0.8;
+    CHECK_OK(moe_sim_synthetic(&b, &p));
+    CHECK_OK(moe_sim_cache_only(&b, 6, MOE_CACHE_LRU, 0.5, &r1));
+    printf("  LRU hit rate, locality 0 / 0.8: %.3f / %.3f\n", r0.hit_rate, r1.hit_rate);
+    CHECK(r1.hit_rate > r0.hit_rate + 0.1);
+    /* A steep law with top_k = experts still fills every slot. */
+    moe_synth_params steep = {.n_layers = 1, .n_experts = 8, .top_k = 8, .n_tokens = 10, .zipf = 10, .seed = 1};
+    CHECK_OK(moe_sim_synthetic(&b, &steep));
+    p.top_k = 17;
+    CHECK_STATUS(moe_sim_synthetic(&b, &p), MOE_ERR_INVALID_ARG);
+    moe_trace_free(&a), moe_trace_free(&b);
+}
+
 /* The figures an independent implementation gives on all four ESFT traces
  * concatenated in the order intent, law, summary, translation. */
 static void esft_figures_are_reproduced(void) {
@@ -88,16 +138,17 @@ static void esft_figures_are_reproduced(void) {
 }
 
 int main(int argc, char **argv) {
-    static const test_case cases[] = {TEST_CASE(small_traces_by_hand), TEST_CASE(esft_figures_are_reproduced)};
+    static const test_case cases[] = {TEST_CASE(small_traces_by_hand), TEST_CASE(synthetic_routing),
+                                      TEST_CASE(esft_figures_are_reproduced)};
     char probe[1024];
     const char *dir = getenv("MOE_SHARED");
     snprintf(probe, sizeof probe, "%s/traces/esft-deepseek-v2-lite/intent.trace", dir ? dir : MOE_SHARED_DIR);
     FILE *f = fopen(probe, "r");
     if (!f) { /* the hand-checked cases still run; the figures need the traces */
         printf("sim: %s not found (set MOE_SHARED): the ESFT figures are skipped\n", probe);
-        const int rc = run_tests("sim", cases, 1, argc, argv);
+        const int rc = run_tests("sim", cases, 2, argc, argv);
         return rc ? rc : TEST_SKIP;
     }
     fclose(f);
-    return run_tests("sim", cases, 2, argc, argv);
+    return run_tests("sim", cases, 3, argc, argv);
 }

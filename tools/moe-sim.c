@@ -7,7 +7,9 @@
  * Built so far: the pure cache mode. The timed simulation of the
  * scheduling policies (--mode decode|prefill, --profile, --gpu-budget)
  * arrives with the scheduler; asking for it says so. */
+#define _POSIX_C_SOURCE 200809L /* strtok_r */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -25,7 +27,35 @@ static void usage(FILE *f) {
                "Prints the fraction of needed experts that were resident.\n"
                "  --json      one JSON object per policy: policy, mode, cache_per_layer, hit_rate,\n"
                "              needed, hits, experts_loaded\n"
+               "  --synthetic k=v,...   instead of traces: Zipf-skewed routing with temporal locality\n"
+               "              (layers=32,experts=8,top_k=2,tokens=10000,zipf=1,locality=0.3,seed=1 by default)\n"
+               "  --write-trace FILE    write the synthetic trace as moe-trace v1\n"
                "The timed simulation of scheduling policies is not built yet (the scheduler's issue).\n");
+}
+
+/* "layers=32,experts=8,top_k=2,tokens=10000,zipf=1,locality=0.3,seed=1", any subset. */
+static bool parse_synth(const char *s, moe_synth_params *p) {
+    char buf[256];
+    if (strlen(s) >= sizeof buf) return false;
+    strcpy(buf, s);
+    char *save = NULL;
+    for (char *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '='), *end;
+        if (!eq) return false;
+        *eq = '\0';
+        const double v = strtod(eq + 1, &end);
+        if (*end || eq[1] == '\0' || !(v >= 0)) return false;
+        if (!strcmp(kv, "layers")) p->n_layers = (uint32_t)v;
+        else if (!strcmp(kv, "experts")) p->n_experts = (uint32_t)v;
+        else if (!strcmp(kv, "top_k")) p->top_k = (uint32_t)v;
+        else if (!strcmp(kv, "tokens")) p->n_tokens = (uint64_t)v;
+        else if (!strcmp(kv, "zipf")) p->zipf = v;
+        else if (!strcmp(kv, "locality")) p->locality = v;
+        else if (!strcmp(kv, "seed")) p->seed = (uint64_t)v;
+        else return false;
+        if (strcmp(kv, "zipf") && strcmp(kv, "locality") && (v != floor(v) || v > 1e12)) return false;
+    }
+    return true;
 }
 
 static int fail(const char *msg, const char *arg) {
@@ -34,16 +64,18 @@ static int fail(const char *msg, const char *arg) {
 }
 
 int main(int argc, char **argv) {
-    enum { O_CACHE_ONLY = 256, O_PER_LAYER, O_POLICY, O_COMPARE, O_TRACE, O_JSON, O_MODE, O_ALPHA };
+    enum { O_CACHE_ONLY = 256, O_PER_LAYER, O_POLICY, O_COMPARE, O_TRACE, O_JSON, O_MODE, O_ALPHA, O_SYNTH, O_WRITE };
     static const struct option opts[] = {{"cache-only", 0, 0, O_CACHE_ONLY}, {"cache-per-layer", 1, 0, O_PER_LAYER},
                                          {"policy", 1, 0, O_POLICY},         {"compare", 0, 0, O_COMPARE},
                                          {"trace", 1, 0, O_TRACE},           {"json", 0, 0, O_JSON},
                                          {"mode", 1, 0, O_MODE},             {"score-alpha", 1, 0, O_ALPHA},
+                                         {"synthetic", 1, 0, O_SYNTH},       {"write-trace", 1, 0, O_WRITE},
                                          {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
     static const char *const names[] = {"lru", "lfu", "belady", "score"};
     bool cache_only = false, compare = false, json = false;
     long per_layer = 0;
+    const char *synth = NULL, *write_to = NULL;
     double alpha = 0.5;
     int policy = -1;
     const char *traces[64];
@@ -71,6 +103,8 @@ int main(int argc, char **argv) {
             traces[n_traces++] = optarg;
             break;
         case O_JSON: json = true; break;
+        case O_SYNTH: synth = optarg; break;
+        case O_WRITE: write_to = optarg; break;
         case O_MODE:
             return fail("--mode: the timed simulation of scheduling policies is not built yet; --cache-only is", NULL);
         case 'h': usage(stdout); return 0;
@@ -78,13 +112,29 @@ int main(int argc, char **argv) {
         }
     }
     if (optind != argc) return fail("unexpected argument", argv[optind]);
+    moe_trace t;
+    moe_trace_init(&t);
+    if (synth) {
+        if (n_traces) return fail("give --trace or --synthetic, not both", NULL);
+        moe_synth_params sp = {.n_layers = 32, .n_experts = 8, .top_k = 2, .n_tokens = 10000, .zipf = 1.0,
+                               .locality = 0.3, .seed = 1};
+        if (!parse_synth(synth, &sp)) return fail("--synthetic: expected key=value,... with keys layers, experts, "
+                                                  "top_k, tokens, zipf, locality, seed", synth);
+        if (moe_sim_synthetic(&t, &sp) != MOE_OK) return fail(moe_last_error(), NULL);
+        if (write_to && moe_trace_write(&t, write_to) != MOE_OK) {
+            moe_trace_free(&t);
+            return fail(moe_last_error(), NULL);
+        }
+        if (!cache_only) {
+            moe_trace_free(&t);
+            return write_to ? 0 : fail("--synthetic: nothing to do (add --write-trace FILE or --cache-only)", NULL);
+        }
+    }
     if (!cache_only) return fail("only --cache-only is built so far (see --help)", NULL);
-    if (!n_traces) return fail("no --trace FILE", NULL);
+    if (!n_traces && !synth) return fail("no --trace FILE or --synthetic", NULL);
     if (!per_layer) return fail("no --cache-per-layer C", NULL);
     if (compare == (policy >= 0)) return fail("give either --policy NAME or --compare", NULL);
 
-    moe_trace t;
-    moe_trace_init(&t);
     for (int i = 0; i < n_traces; i++)
         if (moe_trace_load(&t, traces[i]) != MOE_OK) {
             fprintf(stderr, "moe-sim: %s\n", moe_last_error());
@@ -92,8 +142,8 @@ int main(int argc, char **argv) {
             return 1;
         }
     if (!json)
-        printf("%d trace(s): %llu tokens in %u sequences, %u layers x %u experts, top-%u; %ld experts per layer\n",
-               n_traces, (unsigned long long)t.n_tokens, t.n_seqs, t.n_layers, t.n_experts, t.top_k, per_layer);
+        printf("%d trace(s)%s: %llu tokens in %u sequences, %u layers x %u experts, top-%u; %ld experts per layer\n",
+               n_traces, synth ? " (synthetic)" : "", (unsigned long long)t.n_tokens, t.n_seqs, t.n_layers, t.n_experts, t.top_k, per_layer);
     int rc = 0;
     for (int p = 0; p < 4 && rc == 0; p++) {
         if (!compare && p != policy) continue;
