@@ -16,7 +16,14 @@
  *                     (the prefill roofline)
  * Then a whole DeepSeek-V2-Lite layer (64 experts of 2048x1408, top-6)
  * through the public moe_layer_forward(): decode of 1 token and prefill of
- * 512. Run with OMP_WAIT_POLICY=active (make bench does). */
+ * 512. Run with OMP_WAIT_POLICY=active (make bench does).
+ *
+ *   moe-bench profile [--shape HxI] [--dtype bf16] [--m 1,8,32] [--threads N]
+ *
+ * How well a quick profile predicts the engine: measures a profile curve
+ * at the --m points, then times the engine again at those points and at
+ * the midpoints between them (interpolated), and prints predicted/measured
+ * for each, with the samples' spread. */
 #include <getopt.h>
 #include <math.h>
 #include <omp.h>
@@ -27,6 +34,8 @@
 
 #include "engine.h"
 #include "membw.h"
+#include "profile.h"
+#include "profiler.h"
 
 typedef struct shape {
     const char *model;
@@ -57,7 +66,8 @@ static void die(const char *fmt, const char *arg) {
     fprintf(stderr, "moe-bench: ");
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nusage: moe-bench cpu [--shape HxI,...] [--dtype bf16,int8,f32,f16] [--m 1,4,512] "
-                    "[--threads N] [--rotate-mb MB] [--reps N] [--no-layer] [--json] [--gemv-max-m N] [--amx-max-m N]\n");
+                    "[--threads N] [--rotate-mb MB] [--reps N] [--no-layer] [--json] [--gemv-max-m N] [--amx-max-m N]\n"
+                    "       moe-bench profile [--shape HxI] [--dtype T] [--m 1,8,32] [--threads N] [--json]\n");
     exit(2);
 }
 
@@ -344,8 +354,55 @@ static void bench_layer(const opts *o, moe_dtype t, double dram) {
     rotation_free(&rot);
 }
 
+/* moe-bench profile: predicted / measured at the profiled points and at
+ * the midpoints between them, each sampled as the profiler samples. */
+static int bench_profile(const opts *o) {
+    const shape *sh = &o->shapes[0];
+    const moe_profile_shape ps = {sh->hidden, sh->inter, o->dtypes[0]};
+    moe_profile p;
+    moe_profile_init(&p);
+    const moe_profiler_opts po = {.quick = true, .threads = o->threads, .shapes = &ps, .n_shapes = 1,
+                                  .ms = o->ms, .n_ms = o->n_ms, .rotate_bytes = o->rotate_bytes};
+    if (moe_profiler_run(&p, &po) != MOE_OK) {
+        fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+        return 1;
+    }
+    if (!o->json)
+        printf("# %s; profile of %ux%u %s, then the engine again\n%6s %-12s %12s %12s %8s %10s\n",
+               moe_build_info(), sh->hidden, sh->inter, moe_dtype_name(ps.dtype), "m", "point", "measured us",
+               "predicted us", "sd %", "pred/meas");
+    for (uint32_t i = 0; i < o->n_ms; i++)
+        for (int mid = 0; mid < 2; mid++) {
+            if (mid && (i + 1 == o->n_ms || o->ms[i + 1] - o->ms[i] < 2)) continue;
+            const uint32_t m = mid ? (o->ms[i] + o->ms[i + 1]) / 2 : o->ms[i];
+            moe_stat s = {0};
+            if (moe_profiler_sample_expert(&ps, m, o->threads, 0.02, 2.0, &s) != MOE_OK) {
+                fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+                moe_profile_clear(&p);
+                return 1;
+            }
+            const double got = moe_stat_mean(&s);
+            const double want = moe_profile_cpu_us(&p, ps.hidden, ps.inter, ps.dtype, m, 0);
+            const char *kind = mid ? "interpolated" : "profiled";
+            if (o->json)
+                printf("{\"bench\":\"profile\",\"hidden\":%u,\"inter\":%u,\"dtype\":\"%s\",\"m\":%u,"
+                       "\"point\":\"%s\",\"measured_us\":%.2f,\"predicted_us\":%.2f,\"sd_rel\":%.4f,"
+                       "\"ratio\":%.3f}\n",
+                       ps.hidden, ps.inter, moe_dtype_name(ps.dtype), m, kind, got, want, moe_stat_sd(&s) / got,
+                       want / got);
+            else
+                printf("%6u %-12s %12.1f %12.1f %8.1f %10.3f\n", m, kind, got, want, 100 * moe_stat_sd(&s) / got,
+                       want / got);
+            fflush(stdout);
+        }
+    moe_profile_clear(&p);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "cpu") != 0) die("%s", argc < 2 ? "which benchmark? (cpu)" : "unknown benchmark");
+    const bool prof = argc >= 2 && !strcmp(argv[1], "profile");
+    if (argc < 2 || (strcmp(argv[1], "cpu") != 0 && !prof))
+        die("%s", argc < 2 ? "which benchmark? (cpu, profile)" : "unknown benchmark");
     opts o = {.reps = 5, .layer = true, .rotate_bytes = 0};
     enum { O_SHAPE = 1, O_DTYPE, O_M, O_THREADS, O_ROT, O_REPS, O_NOLAYER, O_JSON, O_GEMV, O_AMX };
     static const struct option lo[] = {{"shape", 1, 0, O_SHAPE},     {"dtype", 1, 0, O_DTYPE},
@@ -372,6 +429,11 @@ int main(int argc, char **argv) {
         }
     }
     if (optind < argc) die("unexpected argument '%s'", argv[optind]);
+    if (prof) {
+        if (!o.n_shapes) o.shapes[0] = real_shapes[0], o.n_shapes = 1;
+        if (!o.n_dtypes) o.dtypes[0] = MOE_DTYPE_BF16, o.n_dtypes = 1;
+        if (!o.n_ms) o.ms[0] = 1, o.ms[1] = 8, o.ms[2] = 32, o.n_ms = 3;
+    }
     if (!o.n_shapes) memcpy(o.shapes, real_shapes, sizeof real_shapes), o.n_shapes = 5;
     if (!o.n_dtypes) o.dtypes[0] = MOE_DTYPE_BF16, o.dtypes[1] = MOE_DTYPE_I8, o.dtypes[2] = MOE_DTYPE_F32, o.n_dtypes = 3;
     if (!o.n_ms) {
@@ -386,6 +448,7 @@ int main(int argc, char **argv) {
     /* Rotate over 3x the LLC, and at least 1 GiB, so decode reads DRAM. */
     if (!o.rotate_bytes) o.rotate_bytes = info.l3_bytes * 3 > (1ull << 30) ? info.l3_bytes * 3 : (1ull << 30);
     omp_set_num_threads((int)o.threads);
+    if (prof) return bench_profile(&o);
 
     moe_cpu_params cp = {.n_threads = o.threads, .n_teams = 1, .gemv_max_m = o.gemv_max_m, .amx_max_m = o.amx_max_m};
     moe_cpu *cpu = NULL;
