@@ -34,14 +34,24 @@ void moe_cache_begin_step(moe_cache *c);
 
 bool moe_cache_resident(const moe_cache *c, uint32_t layer, uint32_t expert);
 
-/* Records a use of (layer, expert) in this step, resident or not. */
+/* Records a use of (layer, expert) in this step, resident or not; it is
+ * protected from eviction until the next step. */
 void moe_cache_use(moe_cache *c, uint32_t layer, uint32_t expert);
+
+/* Protects (layer, expert) from eviction until the next step without
+ * counting a use (the scheduler protects what the next layer will need). */
+void moe_cache_protect(moe_cache *c, uint32_t layer, uint32_t expert);
 
 /* MOE_CACHE_SCORE: one run of `layer` with router scores: every expert's
  * score S becomes a * s + (1 - a) * S, s being its score in this run (the
  * `n` given (expert, score) pairs; 0 for the others, so they decay). */
 void moe_cache_score_layer(moe_cache *c, uint32_t layer, const uint16_t *experts, const float *scores, uint32_t n,
                            double a);
+
+/* MOE_CACHE_SCORE: sets one expert's score (a scheduler with its own
+ * scoring rule), and reads it back (0 for an expert that does not exist). */
+void moe_cache_set_score(moe_cache *c, uint32_t layer, uint32_t expert, double score);
+double moe_cache_score(const moe_cache *c, uint32_t layer, uint32_t expert);
 
 /* MOE_CACHE_BELADY: the step at which (layer, expert) is next needed
  * (UINT64_MAX: never). Any value works for the other policies (unused). */
@@ -52,6 +62,13 @@ void moe_cache_set_next_use(moe_cache *c, uint32_t layer, uint32_t expert, uint6
  * evicting an expert used in this step, or when it is larger than the
  * budget. Already resident: MOE_OK. */
 moe_status moe_cache_admit(moe_cache *c, uint32_t layer, uint32_t expert);
+
+/* The expert the policy would evict next (resident, not protected), without
+ * evicting it; false when there is none. */
+bool moe_cache_peek_victim(moe_cache *c, uint32_t *layer, uint32_t *expert);
+
+/* Bytes one expert of `layer` takes (0 for a layer that does not exist). */
+uint64_t moe_cache_expert_bytes(const moe_cache *c, uint32_t layer);
 
 uint64_t moe_cache_used_bytes(const moe_cache *c);
 uint64_t moe_cache_budget_bytes(const moe_cache *c);

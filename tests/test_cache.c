@@ -146,6 +146,89 @@ static void invariants_hold_on_random_use(void) {
     }
 }
 
+/* The cache's victim (found through per-layer candidates) against a plain
+ * model of every policy that scans all experts, over random steps of uses,
+ * protections, score and next-use changes and admissions on 5 layers of
+ * 12 experts; also: protected experts are never evicted, and a refused
+ * admission evicts nothing. */
+typedef struct ref_slot {
+    uint64_t last, uses, next, prot;
+    double score;
+    bool res;
+} ref_slot;
+
+static bool ref_worse(moe_cache_policy p, const ref_slot *a, const ref_slot *b) {
+    if (p == MOE_CACHE_LFU && a->uses != b->uses) return a->uses < b->uses;
+    if (p == MOE_CACHE_BELADY && a->next != b->next) return a->next > b->next;
+    if (p == MOE_CACHE_SCORE && a->score != b->score) return a->score < b->score;
+    return a->last < b->last;
+}
+
+static void victim_matches_a_full_scan(void) {
+    enum { L = 5, E = 12 };
+    for (int pol = 0; pol < 4; pol++) {
+        const moe_cache_policy p = (moe_cache_policy)pol;
+        moe_cache *c = make(L, E, 10, 10 * 17, p);
+        ref_slot ref[L][E] = {{{0}}};
+        moe_rng r = {1000u + (uint64_t)pol};
+        uint64_t step = 1;
+        for (int it = 0; it < 4000; it++) {
+            if (it % 7 == 0) moe_cache_begin_step(c), step++;
+            const uint32_t l = (uint32_t)(moe_rng_next(&r) % L), e = (uint32_t)(moe_rng_next(&r) % E);
+            ref_slot *s = &ref[l][e];
+            switch (moe_rng_next(&r) % 5) {
+            case 0: moe_cache_use(c, l, e), s->last = step, s->uses++, s->prot = step; break;
+            case 1: moe_cache_protect(c, l, e), s->prot = step; break;
+            case 2: {
+                const double v = (double)(moe_rng_next(&r) % 100);
+                moe_cache_set_score(c, l, e, v), s->score = v;
+                CHECK(moe_cache_score(c, l, e) == v);
+                break;
+            }
+            case 3: {
+                const uint64_t nx = moe_rng_next(&r) % 1000;
+                moe_cache_set_next_use(c, l, e, nx), s->next = nx;
+                break;
+            }
+            default: {
+                /* The expected victim, if the admission needs one. */
+                const ref_slot *want = NULL;
+                uint64_t evictable = 0;
+                for (uint32_t a = 0; a < L; a++)
+                    for (uint32_t b = 0; b < E; b++) {
+                        const ref_slot *v = &ref[a][b];
+                        if (!v->res || v->prot == step) continue;
+                        evictable += 10;
+                        if (!want || ref_worse(p, v, want)) want = v;
+                    }
+                uint32_t vl, ve;
+                const bool any = moe_cache_peek_victim(c, &vl, &ve);
+                CHECK(any == (want != NULL));
+                if (any && want) CHECK(&ref[vl][ve] == want || !ref_worse(p, want, &ref[vl][ve]));
+                const uint64_t used = moe_cache_used_bytes(c);
+                const moe_status st = moe_cache_admit(c, l, e);
+                if (s->res) {
+                    CHECK(st == MOE_OK && moe_cache_used_bytes(c) == used);
+                } else if (used + 10 <= 170) {
+                    CHECK(st == MOE_OK);
+                    s->res = true;
+                } else if (evictable == 0) {
+                    CHECK(st == MOE_ERR_STATE && moe_cache_used_bytes(c) == used); /* nothing evicted */
+                } else {
+                    CHECK(st == MOE_OK);
+                    CHECK(any && !moe_cache_resident(c, vl, ve)); /* the peeked victim left */
+                    ref[vl][ve].res = false;
+                    s->res = true;
+                }
+            }
+            }
+            for (uint32_t a = 0; a < L; a++)
+                for (uint32_t b = 0; b < E; b++) CHECK(moe_cache_resident(c, a, b) == ref[a][b].res);
+        }
+        moe_cache_free(&c);
+    }
+}
+
 TEST_MAIN("cache", TEST_CASE(lru_evicts_least_recent), TEST_CASE(lfu_evicts_least_frequent),
           TEST_CASE(experts_in_use_are_protected), TEST_CASE(budget_and_arguments), TEST_CASE(unlimited_budget),
-          TEST_CASE(invariants_hold_on_random_use))
+          TEST_CASE(invariants_hold_on_random_use), TEST_CASE(victim_matches_a_full_scan))
