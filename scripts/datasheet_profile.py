@@ -29,9 +29,18 @@ def pcie_gbps(gt_per_s, lanes):
 # 4 UPI 2.0 links at 16 GT/s between the sockets (about 4 x 32 GB/s
 # per direction; a socket reading the other's memory is also bounded
 # by that memory's channels).
+#
+# Its expert compute rate (bf16, per socket): the AMX peak, 1024 bf16
+# FLOP per cycle per core x 56 cores x 2.0 GHz (all-core AMX clock) =
+# 114.7 TFLOP/s, times the fraction of its own AMX peak moerun's CPU engine
+# reached on the dev machine (1.50 TFLOP/s on 2 cores at m = 512, 2048x1408,
+# profiles/machines/dev-2core-xeon-amx.txt, against 2 x 1024 x 2.2 GHz =
+# 4.5 TFLOP/s: 0.33). Without it a CPU expert would cost the same at any
+# token count, and prefill would be simulated on an infinitely fast CPU.
 XEON_8480 = dict(cpu_model="reference: 2 x Intel Xeon Platinum 8480+", packages=2, nodes=2, cores=112,
                  pus=224, l3=2 * 105 << 20, memory=1024 << 30, local_gbps=307.2,
-                 remote_gbps=min(4 * 32.0, 307.2), features="avx2 avx512f avx512_bf16 avx512_vnni amx")
+                 remote_gbps=min(4 * 32.0, 307.2), features="avx2 avx512f avx512_bf16 avx512_vnni amx",
+                 socket_tflops=1024 * 56 * 2.0e9 / 1e12 * 0.33)
 
 MACHINES = {
     # NVIDIA H100 PCIe 80GB: HBM2e 2.0 TB/s, 756 dense BF16 tensor TFLOPS,
@@ -71,7 +80,14 @@ def write(path, m):
     for i in range(h["nodes"]):
         for j in range(h["nodes"]):
             out.append(f"read_gbps.node{i}.from{j} = {stat(h['local_gbps'] if i == j else h['remote_gbps'])}")
-    out += ["", "[cpu-expert]", "# none: the runtime falls back to the bandwidth roofline", "", "[gpu]",
+    out += ["", "[cpu-expert]"]
+    for n in range(h["nodes"]):
+        for hd, it in SHAPES:
+            weight_bytes = 3 * hd * it * 2  # bf16
+            for mm in MS:
+                us = max(weight_bytes / (h["local_gbps"] * 1e3), 6.0 * mm * hd * it / (h["socket_tflops"] * 1e6))
+                out.append(f"{hd}x{it}.bf16.node{n}.m{mm}.time_us = {stat(us)}")
+    out += ["", "[gpu]",
             f"gpu0.name = {g['name']}", f"gpu0.compute_capability = {g['cc']}",
             f"gpu0.total_bytes = {g['total']}", f"gpu0.free_bytes = {g['total']}",
             f"gpu0.numa_node = {g['numa_node']}"]
