@@ -256,6 +256,11 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     if ((st = resolve_device(rt, p.device)) != MOE_OK || (st = moe_policy_lookup(policy, &rt->policy)) != MOE_OK ||
         (st = resolve_threads(rt, &p)) != MOE_OK)
         goto fail;
+    if (rt->policy == MOE_POLICY_ORACLE) {
+        st = moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: policy oracle knows the future routing; it exists "
+                      "only in the simulator (moe-sim)");
+        goto fail;
+    }
     if (rt->policy != MOE_POLICY_STATIC_CPU && rt->device == MOE_DEVICE_CPU) {
         st = moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: policy %s places experts on a GPU; this "
                       "runtime runs on the CPU, where only static-cpu applies", moe_policy_name(rt->policy));

@@ -8,6 +8,13 @@
 static const char *const policy_names[MOE_POLICY_COUNT_ + 1] = {
     [MOE_POLICY_STATIC_CPU] = "static-cpu",
     [MOE_POLICY_FIDDLER] = "fiddler",
+    [MOE_POLICY_STATIC_HOT] = "static-hot",
+    [MOE_POLICY_LAYER_SPLIT] = "layer-split",
+    [MOE_POLICY_GPU_LRU] = "gpu-lru",
+    [MOE_POLICY_GPU_LFU] = "gpu-lfu",
+    [MOE_POLICY_HYBRIMOE] = "hybrimoe",
+    [MOE_POLICY_MOERUN] = "moerun",
+    [MOE_POLICY_ORACLE] = "oracle",
     [MOE_POLICY_COUNT_] = NULL,
 };
 
@@ -23,7 +30,7 @@ moe_status moe_policy_lookup(const char *name, moe_policy_id *out) {
             *out = (moe_policy_id)i;
             return MOE_OK;
         }
-    char known[256] = "";
+    char known[512] = "";
     for (int i = 0; i < MOE_POLICY_COUNT_; i++) {
         strncat(known, i ? ", " : "", sizeof known - strlen(known) - 1);
         strncat(known, policy_names[i], sizeof known - strlen(known) - 1);
@@ -94,7 +101,7 @@ moe_status moe_plan_route(moe_plan *p, uint32_t layer, uint32_t n_experts, uint3
     uint32_t at = 0;
     for (uint32_t e = 0; e < n_experts; e++) {
         uint32_t c = p->counts[e];
-        if (c) p->groups[p->n_groups++] = (moe_plan_group){.expert = e, .n_tokens = c, .first = at, .where = MOE_ON_CPU};
+        if (c) p->groups[p->n_groups++] = (moe_plan_group){.expert = e, .n_tokens = c, .first = at, .where = MOE_ON_CPU, .copy = false};
         p->counts[e] = at;
         at += c;
     }
@@ -111,6 +118,13 @@ void moe_plan_assign(moe_plan *p, moe_policy_id policy, const moe_cache *cache) 
         moe_plan_group *grp = &p->groups[g];
         switch (policy) {
         case MOE_POLICY_FIDDLER:
+        case MOE_POLICY_STATIC_HOT:
+        case MOE_POLICY_LAYER_SPLIT:
+        case MOE_POLICY_GPU_LRU:
+        case MOE_POLICY_GPU_LFU:
+        case MOE_POLICY_HYBRIMOE:
+        case MOE_POLICY_MOERUN:
+        case MOE_POLICY_ORACLE:
             grp->where = cache && moe_cache_resident(cache, p->layer, grp->expert) ? MOE_ON_GPU : MOE_ON_CPU;
             break;
         case MOE_POLICY_STATIC_CPU:

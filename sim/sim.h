@@ -1,13 +1,12 @@
 /* sim.h - the trace-driven simulator (docs/scheduling.md). It replays
- * moe-trace v1 routing through the same cache (and, with the scheduling
- * issue, the same planner) code as the runtime, on a virtual clock.
- *
- * Built so far: the pure cache mode, which checks the cache code against
- * independent figures. */
+ * moe-trace v1 routing through the same scheduler and cache code as the
+ * runtime (scheduler.h), on a virtual clock; and a pure cache mode, which
+ * checks the cache code against independent figures. */
 #ifndef MOE_SIM_H
 #define MOE_SIM_H
 
 #include "cache.h"
+#include "scheduler.h"
 #include "trace.h"
 
 typedef struct moe_cache_sim {
@@ -44,5 +43,48 @@ typedef struct moe_synth_params {
 /* Fills t (cleared first) with one sequence "synthetic". Deterministic for
  * a seed. */
 moe_status moe_sim_synthetic(moe_trace *t, const moe_synth_params *p);
+
+/* ---- the timed simulation ---- */
+
+typedef enum moe_sim_mode { MOE_SIM_DECODE = 0, MOE_SIM_PREFILL } moe_sim_mode;
+
+typedef struct moe_sim_params {
+    /* The scheduler: policy, costs, budget, knobs. n_layers, n_experts and
+     * max_tokens are taken from the trace and the mode. */
+    moe_sched_config sched;
+    moe_sim_mode mode;
+    uint32_t batch;       /* decode: consecutive trace tokens per step (1) */
+    uint32_t chunk;       /* prefill: tokens per chunk, within a sequence (512) */
+    /* A layer's dense part (attention, shared experts) runs on the GPU
+     * before its routed experts, taking `dense_experts` times one routed
+     * expert's GPU time for the step's tokens. */
+    double dense_experts;
+    /* The predictor of later layers' routing: the chance that each routed
+     * expert of layer l+d is predicted, d = 1..MOE_SCHED_MAX_DEPTH (the
+     * oracle always sees the true routing). */
+    double accuracy[MOE_SCHED_MAX_DEPTH];
+    uint64_t seed;
+    bool cold;            /* start with an empty cache (default: the most used experts preloaded) */
+} moe_sim_params;
+
+typedef struct moe_sim_result {
+    uint64_t steps, tokens;
+    double total_us;          /* simulated time of the whole trace */
+    double step_us;           /* mean time of one step (decode: per token of a sequence) */
+    double tokens_per_s;
+    uint64_t needed, hits;    /* activated experts; of those resident at their layer's start */
+    double hit_rate;
+    uint64_t bytes_copied;    /* on demand */
+    uint64_t bytes_prefetched;
+    double cpu_busy, gpu_busy;/* fractions of total_us the routed experts kept each side busy */
+    double wall_s;            /* how long the simulation itself took */
+} moe_sim_result;
+
+/* Runs the whole trace through the scheduler on a virtual clock: steps of
+ * `batch` decode tokens or `chunk`-token prefill chunks, layer by layer;
+ * each layer waits for its dense part, then its experts as the scheduler
+ * plans them; after each layer the scheduler may prefetch from predicted
+ * routings of the next layers. */
+moe_status moe_sim_timed(const moe_trace *t, const moe_sim_params *p, moe_sim_result *out);
 
 #endif

@@ -154,6 +154,10 @@ static void runtime_create_rejects(void) {
     CHECK_STATUS(moe_runtime_create(&rt, t.model, &q), MOE_ERR_UNSUPPORTED);
     CHECK_ERROR_MENTIONS("policy fiddler places experts on a GPU");
     CHECK(rt == NULL);
+    q = p, q.policy = "oracle"; /* the simulator's bound, never a runtime policy */
+    CHECK_STATUS(moe_runtime_create(&rt, t.model, &q), MOE_ERR_UNSUPPORTED);
+    CHECK_ERROR_MENTIONS("only in the simulator");
+    CHECK(rt == NULL);
     q = p, q.policy = "static-cpu";
     CHECK_OK(moe_runtime_create(&rt, t.model, &q));
     CHECK(strcmp(moe_runtime_policy(rt), "static-cpu") == 0);

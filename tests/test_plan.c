@@ -59,7 +59,7 @@ static void policy_names_and_lookup(void) {
     CHECK(moe_policy_names()[MOE_POLICY_COUNT_] == NULL);
     CHECK(moe_policy_name(MOE_POLICY_COUNT_) == NULL);
     CHECK_STATUS(moe_policy_lookup("lru", &id), MOE_ERR_UNSUPPORTED);
-    CHECK_ERROR_MENTIONS("unknown policy \"lru\" (known: static-cpu, fiddler)");
+    CHECK_ERROR_MENTIONS("unknown policy \"lru\" (known: static-cpu, fiddler, static-hot, layer-split, gpu-lru, gpu-lfu, hybrimoe, moerun, oracle)");
     CHECK_STATUS(moe_policy_lookup(NULL, &id), MOE_ERR_UNSUPPORTED);
 }
 
