@@ -141,6 +141,8 @@ moe_status moe_sched_create(moe_sched **out, const moe_sched_config *cfg) {
                         "needs room for at least one",
                         (unsigned long long)c->budget_bytes, (unsigned long long)c->expert_bytes,
                         moe_policy_name(c->policy));
+    if (!(c->min_gain_us >= 0) || !isfinite(c->min_gain_us))
+        return moe_fail(MOE_ERR_INVALID_ARG, "scheduler: minimum prefetch gain %g us", c->min_gain_us);
     if (c->depth > MOE_SCHED_MAX_DEPTH)
         return moe_fail(MOE_ERR_INVALID_ARG, "scheduler: prefetch depth %u (at most %d)", c->depth, MOE_SCHED_MAX_DEPTH);
     moe_sched *s = calloc(1, sizeof *s);
@@ -544,7 +546,7 @@ static uint64_t prefetch_impact(moe_sched *s, uint32_t layer, double now, const 
             const double later = plan_time(s, s->items, k, arrive - start[d]);
             delay_cost += later > base ? later - base : 0.0;
         }
-        if (best_gain <= 1e-3) break;
+        if (best_gain <= 1e-3 || best_gain <= s->cfg.min_gain_us) break;
         /* Evict only what is worth less than this copy's gain (the value
          * scores are savings per step, in the same microseconds). */
         uint32_t vl, ve;

@@ -39,6 +39,7 @@ typedef struct moe_sched_config {
     /* Knobs; 0 picks the policy's default (docs/scheduling.md). */
     uint32_t depth;        /* prefetch lookahead in layers (hybrimoe 1, moerun 3, oracle 4) */
     double score_alpha;    /* hybrimoe: MRS weight (0.5) */
+    double min_gain_us;    /* moerun, oracle: a prefetch must cut more than this (0: any gain) */
     /* Ablations of moerun (docs/scheduling.md): */
     bool no_refine;        /* the plain greedy split */
     bool no_prefetch;      /* no prefetch */

@@ -87,4 +87,27 @@ typedef struct moe_sim_result {
  * routings of the next layers. */
 moe_status moe_sim_timed(const moe_trace *t, const moe_sim_params *p, moe_sim_result *out);
 
+/* ---- tuning (moe-profile --tune) ---- */
+
+#define MOE_SIM_TUNE_MAX 32
+
+typedef struct moe_sim_candidate {
+    moe_policy_id policy;
+    uint32_t depth;     /* prefetch lookahead (moerun) */
+    double min_gain_us; /* prefetch threshold (moerun) */
+    moe_sim_result r;
+} moe_sim_candidate;
+
+typedef struct moe_sim_tune_result {
+    uint32_t n;
+    moe_sim_candidate c[MOE_SIM_TUNE_MAX];
+    uint32_t best; /* index of the fastest */
+} moe_sim_tune_result;
+
+/* Searches the knobs a profile's [tuning] section sets, on a trace: the
+ * runtime's policies (static-cpu, static-hot, fiddler, hybrimoe) and moerun
+ * with prefetch depths 1..4 and minimum gains 0, 10 and 50 us, each run
+ * with `base`'s other settings; the fastest wins (ties: the earlier). */
+moe_status moe_sim_tune(const moe_trace *t, const moe_sim_params *base, moe_sim_tune_result *out);
+
 #endif

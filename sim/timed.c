@@ -239,3 +239,28 @@ moe_status moe_sim_timed(const moe_trace *t, const moe_sim_params *p, moe_sim_re
     moe_sched_free(&s);
     return st;
 }
+
+moe_status moe_sim_tune(const moe_trace *t, const moe_sim_params *base, moe_sim_tune_result *out) {
+    if (!t || !base || !out) return moe_fail(MOE_ERR_INVALID_ARG, "tuning: no trace");
+    memset(out, 0, sizeof *out);
+    static const moe_policy_id fixed[] = {MOE_POLICY_STATIC_CPU, MOE_POLICY_STATIC_HOT, MOE_POLICY_FIDDLER,
+                                          MOE_POLICY_HYBRIMOE};
+    static const double gains[] = {0.0, 10.0, 50.0};
+    for (uint32_t i = 0; i < 4 + MOE_SCHED_MAX_DEPTH * 3; i++) {
+        moe_sim_candidate *c = &out->c[out->n];
+        moe_sim_params p = *base;
+        if (i < 4) {
+            c->policy = fixed[i];
+        } else {
+            c->policy = MOE_POLICY_MOERUN;
+            c->depth = 1 + (i - 4) / 3;
+            c->min_gain_us = gains[(i - 4) % 3];
+        }
+        p.sched.policy = c->policy, p.sched.depth = c->depth, p.sched.min_gain_us = c->min_gain_us;
+        const moe_status st = moe_sim_timed(t, &p, &c->r);
+        if (st != MOE_OK) return st;
+        if (c->r.total_us < out->c[out->best].r.total_us) out->best = out->n;
+        out->n++;
+    }
+    return MOE_OK;
+}

@@ -30,17 +30,8 @@ static moe_sched *make(moe_policy_id p, uint64_t budget_experts, double copy_us)
 
 static void route(moe_plan *p, uint32_t layer, uint32_t n_tokens, uint32_t k, moe_rng *r) {
     int32_t ids[MAXT * 4];
-    for (uint32_t t = 0; t < n_tokens; t++)
-        for (uint32_t j = 0; j < k; j++) {
-            int32_t e;
-            bool dup;
-            do {
-                e = (int32_t)moe_rng_below(r, E);
-                dup = false;
-                for (uint32_t q = 0; q < j; q++) dup |= ids[t * k + q] == e;
-            } while (dup);
-            ids[t * k + j] = e;
-        }
+    float w[MAXT * 4];
+    test_routing(r, n_tokens, E, k, ids, w);
     CHECK_OK(moe_plan_route(p, layer, E, n_tokens, k, ids));
 }
 

@@ -5,6 +5,7 @@
  *   moe-profile --show FILE
  *   moe-profile --check FILE
  *   moe-profile --merge A B [-o FILE] [--force]
+ *   moe-profile --tune FILE --trace T... --shape HxI [--gpu-budget B] [--mode decode|prefill] [-o FILE]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -15,6 +16,7 @@
 
 #include "profile.h"
 #include "profiler.h"
+#include "sim.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -22,6 +24,8 @@ static void usage(FILE *f) {
             "       moe-profile --show FILE                     print a profile readably\n"
             "       moe-profile --check FILE                    exit 0 if FILE is a valid profile\n"
             "       moe-profile --merge A B [-o FILE] [--force] add B's samples to A's\n"
+            "       moe-profile --tune FILE --trace T... --shape HxI [options]\n"
+            "                                                   choose FILE's [tuning] by simulation\n"
             "\n"
             "Measuring:\n"
             "  --quick          one shape per dtype, 5 M points, looser error target (under a minute)\n"
@@ -36,6 +40,12 @@ static void usage(FILE *f) {
             "                   (default 0.03 quick, 0.01 full)\n"
             "  --cap-s S        at most S seconds per figure (default 1 quick, 4 full)\n"
             "  -q, --quiet      no progress lines\n"
+            "Tuning (the simulator on your routing traces, with FILE's costs; writes FILE, or -o):\n"
+            "  --trace T        a moe-trace v1 file (repeat; moe-run --record-trace makes them)\n"
+            "  --shape HxI      the routed experts' shape (the first of --shape)\n"
+            "  --gpu-budget B   GPU expert cache: a fraction (0..1] of all routed experts (default 0.5)\n"
+            "  --mode M         decode (default) or prefill; --prefill-chunk T (512), --batch N (1)\n"
+            "  --dense-experts X  a layer's dense part in routed experts' GPU time (3.6)\n"
             "Merging:\n"
             "  --force          merge profiles of different hosts or library versions\n"
             "Other: --help, --version\n");
@@ -208,20 +218,78 @@ static void show(const moe_profile *p, const char *path) {
     moe_profile_clear(&here);
 }
 
+/* moe-profile --tune: every candidate through the simulator with this
+ * profile's costs; the fastest goes into [tuning]. */
+static int tune(const char *path, const char *out, const char *const *traces, int n_traces, const uint32_t shape[2],
+                moe_dtype dtype, double budget, moe_sim_params *tp) {
+    moe_profile p;
+    moe_profile_init(&p);
+    moe_trace t;
+    moe_trace_init(&t);
+    int rc = 0;
+    if (moe_profile_load(&p, path) != MOE_OK) rc = fail("%s", moe_last_error());
+    for (int i = 0; rc == 0 && i < n_traces; i++)
+        if (moe_trace_load(&t, traces[i]) != MOE_OK) rc = fail("%s", moe_last_error());
+    if (rc == 0 && !p.n_gpus) rc = fail("%s has no GPU: there is nothing to tune but static-cpu", path);
+    moe_sim_tune_result r;
+    if (rc == 0) {
+        const uint64_t eb = 3ull * shape[0] * shape[1] * moe_dtype_size(dtype);
+        tp->sched = (moe_sched_config){.profile = &p, .hidden = shape[0], .inter = shape[1], .dtype = dtype,
+                                       .expert_bytes = eb,
+                                       .budget_bytes = (uint64_t)(budget * (double)eb * t.n_layers * t.n_experts)};
+        fprintf(stderr, "moe-profile: tuning on %llu tokens (%u layers x %u experts), %s, GPU budget %.0f%%\n",
+                (unsigned long long)t.n_tokens, t.n_layers, t.n_experts,
+                tp->mode == MOE_SIM_DECODE ? "decode" : "prefill", 100 * budget);
+        if (moe_sim_tune(&t, tp, &r) != MOE_OK) rc = fail("%s", moe_last_error());
+    }
+    if (rc == 0) {
+        printf("%-12s %6s %9s %14s %8s\n", "policy", "depth", "min gain", tp->mode == MOE_SIM_DECODE ? "ms/token" : "prefill ms",
+               "hit");
+        for (uint32_t i = 0; i < r.n; i++) {
+            const moe_sim_candidate *c = &r.c[i];
+            printf("%-12s %6u %9.0f %14.3f %8.3f%s\n", moe_policy_name(c->policy), c->depth, c->min_gain_us,
+                   (tp->mode == MOE_SIM_DECODE ? c->r.step_us : c->r.total_us) / 1e3, c->r.hit_rate,
+                   i == r.best ? "  <- best" : "");
+        }
+        const moe_sim_candidate *b = &r.c[r.best];
+        moe_tuning *tu = &p.tuning;
+        snprintf(tu->policy, sizeof tu->policy, "%s", moe_policy_name(b->policy));
+        tu->gpu_budget_fraction = budget, tu->gpu_budget_bytes = 0;
+        tu->set |= MOE_TUNE_POLICY | MOE_TUNE_GPU_BUDGET;
+        if (b->policy == MOE_POLICY_MOERUN) {
+            tu->prefetch_depth = b->depth, tu->prefetch_min_gain_us = b->min_gain_us;
+            tu->set |= MOE_TUNE_PREFETCH_DEPTH | MOE_TUNE_PREFETCH_MIN_GAIN;
+        }
+        rc = write_profile(&p, out);
+    }
+    moe_trace_free(&t);
+    moe_profile_clear(&p);
+    return rc;
+}
+
 int main(int argc, char **argv) {
-    enum { O_QUICK = 256, O_SHOW, O_CHECK, O_MERGE, O_FORCE, O_THREADS, O_SHAPE, O_DTYPE, O_M, O_RSE, O_CAP, O_VERSION };
+    enum { O_QUICK = 256, O_SHOW, O_CHECK, O_MERGE, O_FORCE, O_THREADS, O_SHAPE, O_DTYPE, O_M, O_RSE, O_CAP, O_VERSION,
+           O_TUNE, O_TRACE, O_BUDGET, O_MODE, O_CHUNK, O_BATCH, O_DENSE };
     static const struct option opts[] = {
         {"quick", 0, 0, O_QUICK},   {"show", 1, 0, O_SHOW},       {"check", 1, 0, O_CHECK},
         {"merge", 1, 0, O_MERGE},   {"force", 0, 0, O_FORCE},     {"threads", 1, 0, O_THREADS},
         {"shape", 1, 0, O_SHAPE},   {"dtype", 1, 0, O_DTYPE},     {"m", 1, 0, O_M},
         {"rse", 1, 0, O_RSE},       {"cap-s", 1, 0, O_CAP},       {"output", 1, 0, 'o'},
         {"quiet", 0, 0, 'q'},       {"help", 0, 0, 'h'},          {"version", 0, 0, O_VERSION},
+        {"tune", 1, 0, O_TUNE},     {"trace", 1, 0, O_TRACE},     {"gpu-budget", 1, 0, O_BUDGET},
+        {"mode", 1, 0, O_MODE},     {"prefill-chunk", 1, 0, O_CHUNK}, {"batch", 1, 0, O_BATCH},
+        {"dense-experts", 1, 0, O_DENSE},
         {0, 0, 0, 0}};
     const char *out = NULL, *show_path = NULL, *check_path = NULL, *merge_a = NULL;
     bool quick = false, force = false, quiet = false;
     uint32_t threads = 0, ms[32], n_ms = 0, shapes[16][2], n_shapes = 0, n_dtypes = 0;
     moe_dtype dtypes[8];
     double rse = 0, cap = 0;
+    const char *tune_path = NULL, *traces[64];
+    int n_traces = 0;
+    moe_sim_params tp = {.mode = MOE_SIM_DECODE, .batch = 1, .chunk = 512, .dense_experts = 3.6,
+                         .accuracy = {0.85, 0.7, 0.6, 0.5}, .seed = 1};
+    double budget = 0.5;
     int c;
     while ((c = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1) {
         char *end;
@@ -257,13 +325,45 @@ int main(int argc, char **argv) {
         case 'q': quiet = true; break;
         case 'h': usage(stdout); return 0;
         case O_VERSION: printf("moe-profile %s\n", moe_build_info()); return 0;
+        case O_TUNE: tune_path = optarg; break;
+        case O_TRACE:
+            if (n_traces == 64) return fail("at most 64 traces");
+            traces[n_traces++] = optarg;
+            break;
+        case O_BUDGET:
+            budget = strtod(optarg, &end);
+            if (*end || !(budget > 0 && budget <= 1)) return fail("--gpu-budget: expected a fraction in (0, 1]");
+            break;
+        case O_MODE:
+            if (!strcmp(optarg, "decode")) tp.mode = MOE_SIM_DECODE;
+            else if (!strcmp(optarg, "prefill")) tp.mode = MOE_SIM_PREFILL;
+            else return fail("--mode: expected decode or prefill");
+            break;
+        case O_CHUNK:
+        case O_BATCH: {
+            uint32_t v, one;
+            if (!parse_list(optarg, &v, 1, &one) || v > 65536) return fail("%s: expected 1..65536", c == O_CHUNK ? "--prefill-chunk" : "--batch");
+            if (c == O_CHUNK) tp.chunk = v;
+            else tp.batch = v;
+            break;
+        }
+        case O_DENSE:
+            tp.dense_experts = strtod(optarg, &end);
+            if (*end || !(tp.dense_experts >= 0 && tp.dense_experts < 1e6)) return fail("--dense-experts: expected >= 0");
+            break;
         default: usage(stderr); return 2;
         }
     }
     moe_profile p;
     moe_profile_init(&p);
     int rc = 0;
-    if (show_path || check_path) {
+    if (tune_path) {
+        if (optind != argc) return fail("unexpected argument \"%s\"", argv[optind]);
+        if (!n_traces) return fail("--tune: give the routing to tune on with --trace FILE");
+        if (!n_shapes) return fail("--tune: give the experts' shape with --shape HxI");
+        rc = tune(tune_path, out ? out : tune_path, traces, n_traces, shapes[0], n_dtypes ? dtypes[0] : MOE_DTYPE_BF16,
+                  budget, &tp);
+    } else if (show_path || check_path) {
         const char *path = show_path ? show_path : check_path;
         if (optind != argc) return fail("unexpected argument \"%s\"", argv[optind]);
         if (moe_profile_load(&p, path) != MOE_OK) {
