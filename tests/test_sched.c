@@ -121,6 +121,60 @@ static void the_split_decides_copies(void) {
     moe_plan_release(&p);
 }
 
+/* The fixed sets: static-hot (and every cached policy's warm start) takes
+ * the most used experts of the whole model up to the budget; layer-split
+ * whole layers from the first; static-cpu nothing. Preloading past the
+ * budget is refused. */
+static void preload_sets(void) {
+    uint64_t uses[L * E] = {0};
+    uses[3 * E + 5] = 50, uses[0 * E + 1] = 40, uses[2 * E + 7] = 30; /* then all 0 */
+    uint32_t pl[L * E], pe[L * E];
+    moe_sched *s = make(MOE_POLICY_STATIC_HOT, 20, 100.0);
+    const uint32_t n = moe_sched_preload_set(s, uses, pl, pe);
+    CHECK_EQ(n, 20);
+    CHECK(pl[0] == 3 && pe[0] == 5 && pl[1] == 0 && pe[1] == 1 && pl[2] == 2 && pe[2] == 7);
+    for (uint32_t i = 0; i < n; i++) CHECK_OK(moe_sched_preload(s, pl[i], pe[i]));
+    CHECK_STATUS(moe_sched_preload(s, 1, 15), MOE_ERR_STATE);
+    CHECK_ERROR_MENTIONS("budget is full");
+    moe_sched_free(&s);
+    s = make(MOE_POLICY_LAYER_SPLIT, 40, 100.0); /* 2.5 layers' worth: 2 whole layers */
+    CHECK_EQ(moe_sched_preload_set(s, uses, pl, pe), 2 * E);
+    CHECK(pl[0] == 0 && pe[0] == 0 && pl[2 * E - 1] == 1 && pe[2 * E - 1] == E - 1);
+    moe_sched_free(&s);
+    s = make(MOE_POLICY_STATIC_CPU, 40, 100.0);
+    CHECK_EQ(moe_sched_preload_set(s, uses, pl, pe), 0);
+    CHECK_STATUS(moe_sched_preload(s, 0, 0), MOE_ERR_STATE);
+    moe_sched_free(&s);
+}
+
+/* Fiddler judges each miss alone: with a 50 us copy, an expert of 1 token
+ * (CPU 105, copy + GPU 60.1) is copied; with a 200 us copy it is not, and
+ * a resident expert always runs on the GPU. Static-hot never copies. */
+static void fiddler_and_static_hot(void) {
+    moe_plan p;
+    moe_plan_init(&p);
+    const int32_t ids[2] = {2, 9};
+    CHECK_OK(moe_plan_route(&p, 1, E, 1, 2, ids));
+    for (int dear = 0; dear < 2; dear++) {
+        moe_sched *s = make(MOE_POLICY_FIDDLER, 8, dear ? 200.0 : 50.0);
+        CHECK_OK(moe_sched_preload(s, 1, 9));
+        moe_sched_layer_out o;
+        CHECK_OK(moe_sched_layer(s, &p, 0, 0.0, NULL, &o));
+        CHECK(p.groups[1].where == MOE_ON_GPU && !p.groups[1].copy); /* expert 9, resident */
+        CHECK(p.groups[0].where == (dear ? MOE_ON_CPU : MOE_ON_GPU));
+        CHECK_EQ(o.n_copied, dear ? 0 : 1);
+        moe_sched_free(&s);
+    }
+    moe_sched *s = make(MOE_POLICY_STATIC_HOT, 8, 50.0);
+    CHECK_OK(moe_sched_preload(s, 1, 9));
+    moe_sched_layer_out o;
+    CHECK_OK(moe_sched_layer(s, &p, 0, 0.0, NULL, &o));
+    CHECK(p.groups[0].where == MOE_ON_CPU && p.groups[1].where == MOE_ON_GPU && o.n_copied == 0);
+    CHECK_NEAR(o.end_us, 105.0, 1e-9);
+    moe_sched_free(&s);
+    moe_plan_release(&p);
+}
+
 /* A budget below one expert is refused with a clear message; so are more
  * experts per layer than a split can take. */
 static void bad_configs(void) {
@@ -271,5 +325,5 @@ static void timed_simulation_by_hand(void) {
 }
 
 TEST_MAIN("sched", TEST_CASE(plans_keep_budget_and_place_every_expert), TEST_CASE(the_split_decides_copies),
-          TEST_CASE(bad_configs), TEST_CASE(prefetch_never_evicts_needed_experts), TEST_CASE(prefetch_follows_impact),
+          TEST_CASE(preload_sets), TEST_CASE(fiddler_and_static_hot), TEST_CASE(bad_configs), TEST_CASE(prefetch_never_evicts_needed_experts), TEST_CASE(prefetch_follows_impact),
           TEST_CASE(timed_simulation_by_hand))
