@@ -448,7 +448,7 @@ T_AMX static void amx_begin(void) { _tile_loadconfig(&tile_cfg); }
  * elements (an AMX tile of 64-byte rows): plus i, they walk column i. The
  * packs scatter a token's pairs/quads down its column with them, and the
  * kernels gather a token's outputs from a stored C tile. */
-T_512 INLINE __m512i amx_col(void) {
+__attribute__((target("avx512f"))) INLINE __m512i amx_col(void) { /* a subset of both AMX targets */
     return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                               _mm512_set1_epi32(16));
 }
