@@ -33,7 +33,6 @@ struct moe_cache {
     uint32_t *touched;     /* layers with an expert protected in this step */
     uint32_t n_touched;
     uint64_t *touched_at;  /* per layer: the step it was last put in `touched` */
-    double *layer_weight;  /* per layer: MOE_CACHE_SCORE's factor across layers */
     uint32_t n_resident;
     moe_cache_policy policy;
     moe_evict_fn evict_fn;
@@ -61,10 +60,9 @@ moe_status moe_cache_create(moe_cache **out, uint32_t n_layers, const uint32_t *
         c->dirty = calloc(n_layers, sizeof *c->dirty);
         c->touched = calloc(n_layers, sizeof *c->touched);
         c->touched_at = calloc(n_layers, sizeof *c->touched_at);
-        c->layer_weight = calloc(n_layers, sizeof *c->layer_weight);
     }
     if (!c || !c->first || !c->n_experts || !c->expert_bytes || !c->slots || !c->worst || !c->dirty ||
-        !c->touched || !c->touched_at || !c->layer_weight) {
+        !c->touched || !c->touched_at) {
         moe_cache_free(&c);
         return moe_fail(MOE_ERR_OUT_OF_MEMORY, "cache: allocation failed");
     }
@@ -76,7 +74,6 @@ moe_status moe_cache_create(moe_cache **out, uint32_t n_layers, const uint32_t *
         for (uint32_t e = 0; e < n_experts[l]; e++) c->slots[at + e].layer = l;
         at += n_experts[l];
         c->worst[l] = UINT32_MAX;
-        c->layer_weight[l] = 1.0;
     }
     c->n_layers = n_layers;
     c->n_slots = (uint32_t)total;
@@ -97,7 +94,6 @@ void moe_cache_free(moe_cache **c) {
     free((*c)->dirty);
     free((*c)->touched);
     free((*c)->touched_at);
-    free((*c)->layer_weight);
     free(*c);
     *c = NULL;
 }
@@ -167,10 +163,6 @@ double moe_cache_score(const moe_cache *c, uint32_t layer, uint32_t expert) {
     return s ? s->score : 0.0;
 }
 
-void moe_cache_set_layer_weight(moe_cache *c, uint32_t layer, double w) {
-    if (layer < c->n_layers && w > 0) c->layer_weight[layer] = w;
-}
-
 void moe_cache_set_next_use(moe_cache *c, uint32_t layer, uint32_t expert, uint64_t step) {
     slot *s = find(c, layer, expert);
     if (s) s->next_use = step, c->dirty[layer] = true;
@@ -180,12 +172,7 @@ void moe_cache_set_next_use(moe_cache *c, uint32_t layer, uint32_t expert, uint6
 static bool worse(const moe_cache *c, const slot *a, const slot *b) {
     if (c->policy == MOE_CACHE_LFU && a->uses != b->uses) return a->uses < b->uses;
     if (c->policy == MOE_CACHE_BELADY && a->next_use != b->next_use) return a->next_use > b->next_use;
-    if (c->policy == MOE_CACHE_SCORE) {
-        /* Across layers, scores count times their layer's weight (1 unless
-         * set); within a layer the weight is common and cancels. */
-        const double sa = a->score * c->layer_weight[a->layer], sb = b->score * c->layer_weight[b->layer];
-        if (sa != sb) return sa < sb;
-    }
+    if (c->policy == MOE_CACHE_SCORE && a->score != b->score) return a->score < b->score;
     return a->last_use < b->last_use;
 }
 

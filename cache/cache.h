@@ -53,12 +53,6 @@ void moe_cache_score_layer(moe_cache *c, uint32_t layer, const uint16_t *experts
 void moe_cache_set_score(moe_cache *c, uint32_t layer, uint32_t expert, double score);
 double moe_cache_score(const moe_cache *c, uint32_t layer, uint32_t expert);
 
-/* MOE_CACHE_SCORE: a factor (> 0, default 1) on the scores of `layer`'s
- * experts when they are compared with other layers' (the scheduler weighs
- * experts by how soon their layer runs again). Within a layer it changes
- * nothing, so setting it costs no rescan. */
-void moe_cache_set_layer_weight(moe_cache *c, uint32_t layer, double w);
-
 /* MOE_CACHE_BELADY: the step at which (layer, expert) is next needed
  * (UINT64_MAX: never). Any value works for the other policies (unused). */
 void moe_cache_set_next_use(moe_cache *c, uint32_t layer, uint32_t expert, uint64_t step);

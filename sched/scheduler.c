@@ -5,12 +5,12 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* moerun's value scores: a slow and a fast moving average of an expert's
- * router weight per step, mixed (docs/scheduling.md, where the choice of
- * these figures is measured). */
-#define VALUE_A_LONG 0.002
-#define VALUE_A_SHORT 0.3
-#define VALUE_MIX 0.3 /* weight of the slow average */
+/* moerun's cache scores: how often an expert is used per step, a slow and
+ * a fast moving average mixed (docs/scheduling.md, where these figures
+ * are measured). */
+#define USE_A_LONG 0.002
+#define USE_A_SHORT 0.3
+#define USE_MIX 0.3 /* weight of the slow average */
 /* A prefetch may evict an expert only if what the victim saves per step
  * over this many steps is less than the candidate's impact plus its own
  * saving over the same steps. */
@@ -29,8 +29,9 @@ struct moe_sched {
     double copy;
     double link_free;  /* when the link has copied everything queued */
     double *ready_at;  /* [L * E]: when a resident expert's weights are on the GPU */
-    double *u_long, *u_short, *m_avg; /* [L * E]: moerun's value inputs */
-    double *f_use;                    /* [L * E]: moerun: how often it is used per step (moving average) */
+    /* [L * E], moerun: how often each expert is used per step (slow and
+     * fast moving averages) and its usual token count. */
+    double *f_long, *f_short, *m_avg;
     uint64_t *next_step;              /* [L * E]: the oracle's next use */
     uint32_t *next_m;
     double *est_moe, *est_period;     /* [L]: a layer's expert time; start to the next layer's start */
@@ -72,7 +73,7 @@ void moe_sched_free(moe_sched **sp) {
     if (!sp || !*sp) return;
     moe_sched *s = *sp;
     moe_cache_free(&s->cache);
-    free(s->cpu), free(s->gpu), free(s->ready_at), free(s->u_long), free(s->u_short), free(s->m_avg), free(s->f_use);
+    free(s->cpu), free(s->gpu), free(s->ready_at), free(s->f_long), free(s->f_short), free(s->m_avg);
     free(s->next_step), free(s->next_m), free(s->est_moe), free(s->est_period), free(s->last_start);
     free(s);
     *sp = NULL;
@@ -159,16 +160,15 @@ moe_status moe_sched_create(moe_sched **out, const moe_sched_config *cfg) {
     s->cpu = malloc(mt * sizeof *s->cpu);
     s->gpu = malloc(mt * sizeof *s->gpu);
     s->ready_at = calloc(n, sizeof *s->ready_at);
-    s->u_long = calloc(n, sizeof *s->u_long);
-    s->u_short = calloc(n, sizeof *s->u_short);
+    s->f_long = calloc(n, sizeof *s->f_long);
+    s->f_short = calloc(n, sizeof *s->f_short);
     s->m_avg = calloc(n, sizeof *s->m_avg);
-    s->f_use = calloc(n, sizeof *s->f_use);
     s->next_step = calloc(n, sizeof *s->next_step);
     s->next_m = calloc(n, sizeof *s->next_m);
     s->est_moe = calloc(c->n_layers, sizeof *s->est_moe);
     s->est_period = calloc(c->n_layers, sizeof *s->est_period);
     s->last_start = calloc(c->n_layers, sizeof *s->last_start);
-    if (!s->cpu || !s->gpu || !s->ready_at || !s->u_long || !s->u_short || !s->m_avg || !s->f_use || !s->next_step || !s->next_m ||
+    if (!s->cpu || !s->gpu || !s->ready_at || !s->f_long || !s->f_short || !s->m_avg || !s->next_step || !s->next_m ||
         !s->est_moe || !s->est_period || !s->last_start) {
         moe_sched_free(&s);
         return moe_fail(MOE_ERR_OUT_OF_MEMORY, "scheduler: allocation failed");
@@ -228,14 +228,11 @@ uint32_t moe_sched_preload_set(const moe_sched *s, const uint64_t *uses, uint32_
     return n;
 }
 
-void moe_sched_set_prior(moe_sched *s, uint32_t layer, uint32_t expert, double use_rate, double tokens,
-                         double weight) {
+void moe_sched_set_prior(moe_sched *s, uint32_t layer, uint32_t expert, double use_rate, double tokens) {
     if (layer >= s->cfg.n_layers || expert >= s->cfg.n_experts) return;
     const size_t i = at(s, layer, expert);
-    s->f_use[i] = use_rate;
+    s->f_long[i] = s->f_short[i] = use_rate;
     s->m_avg[i] = tokens;
-    s->u_long[i] = s->u_short[i] = weight;
-    if (s->cfg.policy == MOE_POLICY_MOERUN && !s->cfg.no_value_cache) moe_cache_set_score(s->cache, layer, expert, weight);
 }
 
 void moe_sched_set_next_use(moe_sched *s, uint32_t layer, uint32_t expert, uint64_t step, uint32_t m) {
@@ -258,12 +255,20 @@ static double oracle_score(const moe_sched *s, uint32_t layer, uint32_t expert, 
     return saving(s, s->next_m[i]) / dist;
 }
 
-/* moerun's cache score: the expert's router weight per step, averaged
- * slow and fast. (Weighing it by what a use saves did worse on the real
- * traces: in prefill a CPU expert costs the same at 1 and 100 tokens, and
- * the token count is what predicts the next chunk's use.) */
-static double value_of(const moe_sched *s, size_t i) {
-    return VALUE_MIX * s->u_long[i] + (1.0 - VALUE_MIX) * s->u_short[i];
+/* moerun's cache score, the online counterpart of the oracle's: what the
+ * expert saves at a use, per layer run until its expected next use. Its
+ * layer runs again in d layers (d = L for the layer running now); with a
+ * chance p per step of being used, the expected wait after that is
+ * L (1/p - 1) more layers. A rarely used expert of a layer that just ran
+ * is evicted first; a popular expert of the next layer last. */
+static double moerun_score(const moe_sched *s, uint32_t layer, uint32_t expert, uint32_t now_layer) {
+    const size_t i = at(s, layer, expert);
+    const double L = s->cfg.n_layers;
+    const uint32_t d0 = (layer + s->cfg.n_layers - now_layer) % s->cfg.n_layers;
+    double p = USE_MIX * s->f_long[i] + (1.0 - USE_MIX) * s->f_short[i];
+    p = p < 1e-4 ? 1e-4 : p > 1.0 ? 1.0 : p;
+    const double m = s->m_avg[i] > 1.0 ? s->m_avg[i] : 1.0;
+    return saving(s, (uint32_t)(m + 0.5)) / ((d0 ? d0 : L) + L * (1.0 / p - 1.0));
 }
 
 static void update_scores(moe_sched *s, const moe_plan *plan, const float *w) {
@@ -282,27 +287,24 @@ static void update_scores(moe_sched *s, const moe_plan *plan, const float *w) {
     }
     case MOE_POLICY_MOERUN: {
         if (s->cfg.no_value_cache) break;
-        double x[MOE_SPLIT_MAX] = {0};
+        bool used[MOE_SPLIT_MAX] = {false};
         for (uint32_t g = 0; g < plan->n_groups; g++) {
             const moe_plan_group *gr = &plan->groups[g];
-            x[gr->expert] = (w ? w[g] : (double)gr->n_tokens / plan->top_k) * inv_n;
+            used[gr->expert] = true;
             double *m = &s->m_avg[at(s, l, gr->expert)];
-            *m = *m > 0 ? (1 - VALUE_A_SHORT) * *m + VALUE_A_SHORT * gr->n_tokens : gr->n_tokens;
+            *m = *m > 0 ? (1 - USE_A_SHORT) * *m + USE_A_SHORT * gr->n_tokens : gr->n_tokens;
         }
         for (uint32_t e = 0; e < E; e++) {
             const size_t i = at(s, l, e);
-            s->u_long[i] += VALUE_A_LONG * (x[e] - s->u_long[i]);
-            s->u_short[i] += VALUE_A_SHORT * (x[e] - s->u_short[i]);
-            s->f_use[i] += VALUE_A_LONG * ((x[e] > 0) - s->f_use[i]);
-            moe_cache_set_score(s->cache, l, e, value_of(s, i));
+            s->f_long[i] += USE_A_LONG * (used[e] - s->f_long[i]);
+            s->f_short[i] += USE_A_SHORT * (used[e] - s->f_short[i]);
         }
-        /* Across layers, a value counts per layer run until it is next
-         * needed: layers run in order, so the layer that just ran is the
-         * farthest (on a cyclic visit, Belady evicts the most recent). */
-        for (uint32_t ll = 0; ll < s->cfg.n_layers; ll++) {
-            const uint32_t d = (ll + s->cfg.n_layers - l) % s->cfg.n_layers;
-            moe_cache_set_layer_weight(s->cache, ll, 1.0 / (d ? d : s->cfg.n_layers));
-        }
+        /* Distances change every layer: refresh every resident expert (and
+         * this layer's, which may be admitted now). */
+        for (uint32_t ll = 0; ll < s->cfg.n_layers; ll++)
+            for (uint32_t e = 0; e < E; e++)
+                if (moe_cache_resident(s->cache, ll, e) || ll == l)
+                    moe_cache_set_score(s->cache, ll, e, moerun_score(s, ll, e, l));
         break;
     }
     case MOE_POLICY_ORACLE: /* distances change every layer: refresh every resident expert */
@@ -489,7 +491,7 @@ static uint64_t prefetch_top_score(moe_sched *s, uint32_t layer, double now, con
 static double victim_us(const moe_sched *s, uint32_t layer, uint32_t expert) {
     const size_t i = at(s, layer, expert);
     const double m = s->m_avg[i] > 1.0 ? s->m_avg[i] : 1.0;
-    return s->f_use[i] * saving(s, (uint32_t)(m + 0.5));
+    return s->f_long[i] * saving(s, (uint32_t)(m + 0.5));
 }
 
 /* Impact-driven prefetch (moerun, oracle): each candidate's impact is how

@@ -77,11 +77,10 @@ moe_status moe_sched_preload(moe_sched *s, uint32_t layer, uint32_t expert);
 uint32_t moe_sched_preload_set(const moe_sched *s, const uint64_t *uses, uint32_t *layers, uint32_t *experts);
 
 /* What is known of an expert before the run (from an earlier run's trace,
- * the same knowledge the preload uses): the fraction of steps that use it,
- * its tokens when used, and its router weight per step over the batch's
- * tokens. moerun starts its value scores from it; others ignore it. */
-void moe_sched_set_prior(moe_sched *s, uint32_t layer, uint32_t expert, double use_rate, double tokens,
-                         double weight);
+ * the same knowledge the preload uses): the fraction of steps that use it
+ * and its tokens when used. moerun starts its use rates from it; other
+ * policies ignore it. */
+void moe_sched_set_prior(moe_sched *s, uint32_t layer, uint32_t expert, double use_rate, double tokens);
 
 /* The oracle's knowledge: the step at which (layer, expert) is next used,
  * and its tokens then. Ignored by the other policies. */

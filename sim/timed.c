@@ -168,24 +168,22 @@ moe_status moe_sim_timed(const moe_trace *t, const moe_sim_params *p, moe_sim_re
     /* The start: the most used experts resident (or whole layers, for
      * layer-split), as a runtime would preload from an earlier run. */
     if (st == MOE_OK) {
-        double *tok = calloc((size_t)L * E, sizeof *tok), *wt = calloc((size_t)L * E, sizeof *wt);
-        if (!tok || !wt) st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "simulation: allocation failed");
+        double *tok = calloc((size_t)L * E, sizeof *tok);
+        if (!tok) st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "simulation: allocation failed");
         for (uint64_t i = 0; st == MOE_OK && i < S.n_steps; i++)
             for (uint32_t l = 0; l < L; l++)
                 for (uint64_t g = S.off[i * L + l]; g < S.off[i * L + l + 1]; g++) {
                     const size_t x = (size_t)l * E + S.expert[g];
                     uses[x]++;
                     tok[x] += S.m[g];
-                    wt[x] += S.w[g] / (double)(S.tok0[i + 1] - S.tok0[i]);
                 }
-        /* What an earlier run would tell moerun's value scores: each
-         * expert's use rate, tokens per use and router weight per step
-         * (the knowledge the preload already uses). */
+        /* What an earlier run would tell moerun's scores: each expert's use
+         * rate and tokens per use (the knowledge the preload already uses). */
         for (size_t x = 0; st == MOE_OK && x < (size_t)L * E; x++)
             if (uses[x])
                 moe_sched_set_prior(s, (uint32_t)(x / E), (uint32_t)(x % E), (double)uses[x] / (double)S.n_steps,
-                                    tok[x] / (double)uses[x], wt[x] / (double)S.n_steps);
-        free(tok), free(wt);
+                                    tok[x] / (double)uses[x]);
+        free(tok);
         const bool fixed = sc.policy == MOE_POLICY_STATIC_HOT || sc.policy == MOE_POLICY_LAYER_SPLIT;
         if (!p->cold || fixed) {
             const uint32_t n = moe_sched_preload_set(s, uses, pl, pe);

@@ -229,30 +229,6 @@ static void victim_matches_a_full_scan(void) {
     }
 }
 
-/* Layer weights rank scores across layers only: with equal scores the
- * lighter layer's expert goes first; within a layer the order is the
- * scores' whatever the weight. */
-static void layer_weights_rank_across_layers(void) {
-    moe_cache *c = make(2, 4, 10, 30, MOE_CACHE_SCORE);
-    CHECK_OK(moe_cache_admit(c, 0, 0));
-    CHECK_OK(moe_cache_admit(c, 0, 1));
-    CHECK_OK(moe_cache_admit(c, 1, 0));
-    moe_cache_set_score(c, 0, 0, 1.0), moe_cache_set_score(c, 0, 1, 2.0), moe_cache_set_score(c, 1, 0, 1.0);
-    uint32_t l, e;
-    moe_cache_set_layer_weight(c, 0, 0.1);
-    CHECK(moe_cache_peek_victim(c, &l, &e) && l == 0 && e == 0);
-    moe_cache_set_layer_weight(c, 0, 10.0);
-    CHECK(moe_cache_peek_victim(c, &l, &e) && l == 1 && e == 0);
-    moe_cache_set_layer_weight(c, 0, 0.0); /* ignored: weights stay positive */
-    CHECK(moe_cache_peek_victim(c, &l, &e) && l == 1 && e == 0);
-    moe_cache_begin_step(c);
-    moe_cache_use(c, 1, 2);
-    CHECK_OK(moe_cache_admit(c, 1, 2)); /* evicts (1, 0) */
-    CHECK(!moe_cache_resident(c, 1, 0) && moe_cache_resident(c, 0, 0));
-    moe_cache_free(&c);
-}
-
 TEST_MAIN("cache", TEST_CASE(lru_evicts_least_recent), TEST_CASE(lfu_evicts_least_frequent),
           TEST_CASE(experts_in_use_are_protected), TEST_CASE(budget_and_arguments), TEST_CASE(unlimited_budget),
-          TEST_CASE(invariants_hold_on_random_use), TEST_CASE(victim_matches_a_full_scan),
-          TEST_CASE(layer_weights_rank_across_layers))
+          TEST_CASE(invariants_hold_on_random_use), TEST_CASE(victim_matches_a_full_scan))
