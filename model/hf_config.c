@@ -1,0 +1,190 @@
+/* hf_config.c - reads an MoE model's shape from its config.json (see
+ * hf_config.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "hf_config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "json.h"
+
+/* The member `key` of the root object, with null read as absent (HF writes
+ * null for an unset optional value). */
+static const moe_json *opt(const moe_json_doc *d, const char *key) {
+    const moe_json *v = moe_json_member_get(&d->root, key);
+    return v && v->type == MOE_JSON_NULL ? NULL : v;
+}
+
+/* A required integer key in lo..hi. */
+static moe_status req_u32(const moe_json_doc *d, const char *key, uint32_t lo, uint32_t hi, uint32_t *out) {
+    int64_t x;
+    moe_status st = moe_json_get_int(d, moe_json_member_get(&d->root, key), key, lo, hi, &x);
+    if (st == MOE_OK) *out = (uint32_t)x;
+    return st;
+}
+
+/* An optional integer key in lo..hi; *out = def when absent or null. */
+static moe_status opt_u32(const moe_json_doc *d, const char *key, uint32_t lo, uint32_t hi, uint32_t def,
+                          uint32_t *out) {
+    const moe_json *v = opt(d, key);
+    if (!v) {
+        *out = def;
+        return MOE_OK;
+    }
+    int64_t x;
+    moe_status st = moe_json_get_int(d, v, key, lo, hi, &x);
+    if (st == MOE_OK) *out = (uint32_t)x;
+    return st;
+}
+
+static moe_status bad(const moe_json_doc *d, uint32_t line, const char *what) {
+    return moe_fail(MOE_ERR_PARSE, "%s:%u: %s", d->name, line, what);
+}
+
+static uint32_t line_of(const moe_json_doc *d, const char *key) {
+    const moe_json *v = moe_json_member_get(&d->root, key);
+    return v ? v->line : 1;
+}
+
+static moe_status read_attention(const moe_json_doc *d, moe_hf_config *c) {
+    moe_status st;
+    const uint64_t h = c->hidden_size;
+    if ((st = req_u32(d, "num_attention_heads", 1, MOE_HF_MAX_HEADS, &c->n_heads))) return st;
+    if ((st = opt_u32(d, "num_key_value_heads", 1, c->n_heads, c->n_heads, &c->n_kv_heads))) return st;
+    if (c->n_heads % c->n_kv_heads)
+        return moe_fail(MOE_ERR_PARSE, "%s:%u: num_key_value_heads %u must divide num_attention_heads %u", d->name,
+                        line_of(d, "num_key_value_heads"), c->n_kv_heads, c->n_heads);
+    const uint64_t H = c->n_heads;
+    c->mla = opt(d, "kv_lora_rank") != NULL;
+    if (c->mla) {
+        if ((st = req_u32(d, "kv_lora_rank", 1, MOE_HF_MAX_RANK, &c->kv_lora_rank)) ||
+            (st = opt_u32(d, "q_lora_rank", 1, MOE_HF_MAX_RANK, 0, &c->q_lora_rank)) ||
+            (st = req_u32(d, "qk_nope_head_dim", 1, MOE_HF_MAX_HEAD_DIM, &c->qk_nope_head_dim)) ||
+            (st = req_u32(d, "qk_rope_head_dim", 1, MOE_HF_MAX_HEAD_DIM, &c->qk_rope_head_dim)) ||
+            (st = req_u32(d, "v_head_dim", 1, MOE_HF_MAX_HEAD_DIM, &c->v_head_dim)))
+            return st;
+        c->head_dim = c->qk_nope_head_dim + c->qk_rope_head_dim;
+        const uint64_t q = c->q_lora_rank ? h * c->q_lora_rank + (uint64_t)c->q_lora_rank * H * c->head_dim
+                                          : h * H * c->head_dim;
+        const uint64_t kv_a = h * (c->kv_lora_rank + c->qk_rope_head_dim);
+        const uint64_t kv_b = (uint64_t)c->kv_lora_rank * H * (c->qk_nope_head_dim + c->v_head_dim);
+        const uint64_t o = H * c->v_head_dim * h;
+        c->attn_params = q + kv_a + kv_b + o;
+        return MOE_OK;
+    }
+    if (!opt(d, "head_dim") && c->hidden_size % c->n_heads)
+        return moe_fail(MOE_ERR_PARSE, "%s:%u: without head_dim, hidden_size %u must be a multiple of "
+                        "num_attention_heads %u", d->name, line_of(d, "num_attention_heads"), c->hidden_size,
+                        c->n_heads);
+    if ((st = opt_u32(d, "head_dim", 1, MOE_HF_MAX_HEAD_DIM, c->hidden_size / c->n_heads, &c->head_dim))) return st;
+    const uint64_t hd = c->head_dim;
+    c->attn_params = h * H * hd + 2 * h * c->n_kv_heads * hd + H * hd * h;
+    return MOE_OK;
+}
+
+static moe_status read_moe_layers(const moe_json_doc *d, moe_hf_config *c) {
+    moe_status st;
+    uint32_t first_dense, freq, step;
+    if ((st = opt_u32(d, "first_k_dense_replace", 0, c->n_layers, 0, &first_dense)) ||
+        (st = opt_u32(d, "moe_layer_freq", 1, MOE_HF_MAX_LAYERS, 1, &freq)) ||
+        (st = opt_u32(d, "decoder_sparse_step", 1, MOE_HF_MAX_LAYERS, 1, &step)))
+        return st;
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        c->is_moe_layer[l] = l >= first_dense && l % freq == 0 && (l + 1) % step == 0;
+    const moe_json *mlp_only = opt(d, "mlp_only_layers");
+    if (mlp_only && mlp_only->type != MOE_JSON_ARRAY)
+        return bad(d, mlp_only->line, "\"mlp_only_layers\" must be an array of layer numbers");
+    for (size_t i = 0; i < moe_json_array_len(mlp_only); i++) {
+        int64_t l;
+        if ((st = moe_json_get_int(d, moe_json_array_at(mlp_only, i), "mlp_only_layers[]", 0, c->n_layers - 1, &l)))
+            return st;
+        c->is_moe_layer[l] = false;
+    }
+    c->n_moe_layers = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++) c->n_moe_layers += c->is_moe_layer[l];
+    if (c->n_moe_layers == 0) return bad(d, 1, "no layer is an MoE layer: not an MoE model");
+    return MOE_OK;
+}
+
+/* The routed-expert count under whichever of its three names is present. */
+static moe_status read_experts(const moe_json_doc *d, moe_hf_config *c) {
+    static const char *const names[] = {"num_local_experts", "num_experts", "n_routed_experts"};
+    for (int i = 0; i < 3; i++)
+        if (moe_json_member_get(&d->root, names[i]))
+            return req_u32(d, names[i], 1, MOE_HF_MAX_EXPERTS, &c->n_routed_experts);
+    return bad(d, 1, "missing key \"num_local_experts\", \"num_experts\" or \"n_routed_experts\"");
+}
+
+static moe_status read_shared(const moe_json_doc *d, moe_hf_config *c) {
+    moe_status st;
+    uint32_t sesi = 0;
+    const bool have_sesi = opt(d, "shared_expert_intermediate_size") != NULL;
+    if ((st = opt_u32(d, "shared_expert_intermediate_size", 0, MOE_HF_MAX_INTER, 0, &sesi)) ||
+        (st = opt_u32(d, "n_shared_experts", 0, MOE_HF_MAX_SHARED, sesi > 0 ? 1 : 0, &c->n_shared_experts)))
+        return st;
+    c->shared_inter = have_sesi ? sesi : c->n_shared_experts * c->moe_inter;
+    if ((c->n_shared_experts == 0) != (c->shared_inter == 0))
+        return bad(d, line_of(d, have_sesi ? "shared_expert_intermediate_size" : "n_shared_experts"),
+                   "n_shared_experts and shared_expert_intermediate_size disagree on whether there is a shared "
+                   "expert");
+    return MOE_OK;
+}
+
+static moe_status read_config(const moe_json_doc *d, moe_hf_config *c) {
+    moe_status st;
+    if (d->root.type != MOE_JSON_OBJECT) return bad(d, d->root.line, "expected a JSON object at the top level");
+    if ((st = moe_json_get_string(d, moe_json_member_get(&d->root, "model_type"), "model_type", c->model_type,
+                                  sizeof c->model_type)))
+        return st;
+    if (!c->model_type[0]) return bad(d, line_of(d, "model_type"), "\"model_type\" must not be empty");
+    const char *dtype_key = opt(d, "torch_dtype") ? "torch_dtype" : "dtype";
+    if (opt(d, dtype_key) &&
+        (st = moe_json_get_string(d, opt(d, dtype_key), dtype_key, c->torch_dtype, sizeof c->torch_dtype)))
+        return st;
+    if ((st = req_u32(d, "hidden_size", 1, MOE_HF_MAX_HIDDEN, &c->hidden_size)) ||
+        (st = req_u32(d, "num_hidden_layers", 1, MOE_HF_MAX_LAYERS, &c->n_layers)) ||
+        (st = req_u32(d, "vocab_size", 1, MOE_HF_MAX_VOCAB, &c->vocab_size)) ||
+        (st = req_u32(d, "intermediate_size", 1, MOE_HF_MAX_INTER, &c->dense_inter)) ||
+        (st = opt_u32(d, "moe_intermediate_size", 1, MOE_HF_MAX_INTER, c->dense_inter, &c->moe_inter)) ||
+        (st = read_experts(d, c)) ||
+        (st = req_u32(d, "num_experts_per_tok", 1, c->n_routed_experts, &c->top_k)) ||
+        (st = read_shared(d, c)) || (st = read_attention(d, c)) || (st = read_moe_layers(d, c)))
+        return st;
+    return MOE_OK;
+}
+
+moe_status moe_hf_config_parse(moe_hf_config *c, const char *text, size_t len, const char *name) {
+    if (!c || (!text && len)) return moe_fail(MOE_ERR_INVALID_ARG, "hf_config: NULL argument");
+    memset(c, 0, sizeof *c);
+    moe_json_doc d;
+    moe_status st = moe_json_parse(&d, text, len, name ? name : "config.json");
+    if (st) return st;
+    st = read_config(&d, c);
+    moe_json_free(&d);
+    if (st) memset(c, 0, sizeof *c); /* never half a config */
+    return st;
+}
+
+moe_status moe_hf_config_load(moe_hf_config *c, const char *path) {
+    if (!c || !path) return moe_fail(MOE_ERR_INVALID_ARG, "hf_config: NULL argument");
+    memset(c, 0, sizeof *c);
+    FILE *f = fopen(path, "rb");
+    if (!f) return moe_fail(MOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    /* One byte more than the JSON limit is enough to know the file is too
+     * large, without trusting a size the file may not have (a pipe). */
+    const size_t cap = (size_t)MOE_JSON_MAX_BYTES + 1;
+    char *buf = malloc(cap);
+    if (!buf) {
+        fclose(f);
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    }
+    const size_t n = fread(buf, 1, cap, f);
+    const bool err = ferror(f) != 0;
+    fclose(f);
+    moe_status st = err ? moe_fail(MOE_ERR_IO, "%s: read error", path) : moe_hf_config_parse(c, buf, n, path);
+    free(buf);
+    return st;
+}

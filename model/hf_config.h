@@ -1,0 +1,98 @@
+/* hf_config.h - the shape of an MoE model, read from its Hugging Face
+ * config.json (Mixtral, OLMoE, Qwen1.5/2/3-MoE, DeepSeek-V2/V3 style keys).
+ *
+ * Units: every size is a count of elements (not bytes): widths in scalars,
+ * attn_params in weights; the dtype the weights are stored in is only
+ * reported (torch_dtype), never applied.
+ *
+ * Keys read (HF semantics; an optional key that is absent or null takes its
+ * default, a required key that is null counts as the wrong type):
+ *   model_type             required string, at most 63 bytes
+ *   hidden_size, num_hidden_layers, num_attention_heads, vocab_size,
+ *   intermediate_size, num_experts_per_tok                        required
+ *   n_routed_experts: num_local_experts (Mixtral), else num_experts (OLMoE,
+ *     Qwen), else n_routed_experts (DeepSeek); the first present is used
+ *   moe_inter: moe_intermediate_size, else intermediate_size (Mixtral and
+ *     OLMoE, whose intermediate_size is the expert's)
+ *   dense_inter: intermediate_size (the MLP of a dense layer)
+ *   n_shared_experts: n_shared_experts (DeepSeek), else 1 if
+ *     shared_expert_intermediate_size > 0 (Qwen), else 0
+ *   shared_inter: the total intermediate width of the shared expert(s):
+ *     shared_expert_intermediate_size, else n_shared_experts *
+ *     moe_intermediate_size (DeepSeek builds its shared experts as one MLP
+ *     of that width), else 0
+ *   torch_dtype: torch_dtype, else dtype (newer transformers), else ""
+ *
+ * MoE layers (0-based l), the union of both families' rules, whose defaults
+ * make every layer an MoE layer:
+ *   DeepSeek: l >= first_k_dense_replace (0) and l % moe_layer_freq (1) == 0
+ *   Qwen:     (l + 1) % decoder_sparse_step (1) == 0 and l not in
+ *             mlp_only_layers ([])
+ * A config with no MoE layer is refused: this reader is for MoE models.
+ *
+ * attn_params: weights of one layer's attention projections; biases and
+ * q/k/kv norm weights are left out (well under 0.1% of them).
+ *   Standard (GQA/MHA), d = head_dim (default hidden / heads), H = heads,
+ *   K = num_key_value_heads (default H, must divide H):
+ *     q: hidden*H*d + k,v: 2*hidden*K*d + o: H*d*hidden
+ *   DeepSeek MLA (kv_lora_rank present), qd = qk_nope_head_dim +
+ *   qk_rope_head_dim:
+ *     q: hidden*H*qd when q_lora_rank is null (0 here), else
+ *        hidden*q_lora_rank + q_lora_rank*H*qd
+ *     kv_a: hidden*(kv_lora_rank + qk_rope_head_dim)
+ *     kv_b: kv_lora_rank*H*(qk_nope_head_dim + v_head_dim)
+ *     o:    H*v_head_dim*hidden
+ *   e.g. DeepSeek-V2-Lite: 6291456 + 1179648 + 2097152 + 4194304 = 13762560.
+ *
+ * Errors are MOE_ERR_PARSE "file:LINE: what is wrong": LINE is the line of
+ * the offending value, or 1 for a missing key (the message names the key);
+ * MOE_ERR_IO when the file cannot be read. */
+#ifndef MOE_MODEL_HF_CONFIG_H
+#define MOE_MODEL_HF_CONFIG_H
+
+#include "moerun.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Limits on what is accepted: far above any released model, low enough
+ * that no product below overflows (attn_params < 2^52, shared_inter < 2^31). */
+#define MOE_HF_MAX_LAYERS 1024
+#define MOE_HF_MAX_HIDDEN (1u << 20)
+#define MOE_HF_MAX_INTER (1u << 22)
+#define MOE_HF_MAX_EXPERTS (1u << 16)
+#define MOE_HF_MAX_SHARED 256u
+#define MOE_HF_MAX_HEADS (1u << 14)
+#define MOE_HF_MAX_HEAD_DIM (1u << 14)
+#define MOE_HF_MAX_RANK (1u << 20)
+#define MOE_HF_MAX_VOCAB (1u << 24)
+
+typedef struct moe_hf_config {
+    char model_type[64];
+    char torch_dtype[32];
+    uint32_t hidden_size;
+    uint32_t n_layers; /* num_hidden_layers */
+    uint32_t vocab_size;
+    uint32_t n_routed_experts;
+    uint32_t top_k; /* num_experts_per_tok */
+    uint32_t moe_inter, dense_inter;
+    uint32_t n_shared_experts, shared_inter;
+    /* attention */
+    uint32_t n_heads, n_kv_heads;
+    uint32_t head_dim; /* of q and k: qk_nope + qk_rope for MLA */
+    bool mla;          /* DeepSeek multi-head latent attention */
+    uint32_t q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim; /* MLA only */
+    uint64_t attn_params; /* per layer, see above */
+    /* which layers are MoE layers */
+    uint32_t n_moe_layers;
+    bool is_moe_layer[MOE_HF_MAX_LAYERS]; /* [n_layers]; the rest false */
+} moe_hf_config;
+
+/* Reads the config.json at `path` (error messages name it). */
+moe_status moe_hf_config_load(moe_hf_config *c, const char *path);
+
+/* The same from `len` bytes of `text`; `name` prefixes error messages. */
+moe_status moe_hf_config_parse(moe_hf_config *c, const char *text, size_t len, const char *name);
+
+#endif
