@@ -188,3 +188,24 @@ moe_status moe_hf_config_load(moe_hf_config *c, const char *path) {
     free(buf);
     return st;
 }
+
+double moe_hf_config_dense_experts(const moe_hf_config *c) {
+    if (!c || !c->n_moe_layers || !c->moe_inter) return 0;
+    const double h3 = 3.0 * c->hidden_size;
+    const double dense = (double)c->n_layers * (double)c->attn_params +
+                         c->n_moe_layers * h3 * c->shared_inter +
+                         (double)(c->n_layers - c->n_moe_layers) * h3 * c->dense_inter;
+    return dense / (c->n_moe_layers * h3 * c->moe_inter);
+}
+
+moe_status moe_hf_config_check_routing(const moe_hf_config *c, uint32_t n_layers, uint32_t n_experts, uint32_t top_k,
+                                       const char *what) {
+    if (!c) return moe_fail(MOE_ERR_INVALID_ARG, "hf_config: NULL argument");
+    if (n_layers != c->n_moe_layers || n_experts != c->n_routed_experts || top_k != c->top_k)
+        return moe_fail(MOE_ERR_INVALID_ARG,
+                        "%s routes %u layers x %u experts, top-%u, but the model (%s) has %u MoE layers x %u "
+                        "experts, top-%u",
+                        what ? what : "the routing", n_layers, n_experts, top_k, c->model_type, c->n_moe_layers,
+                        c->n_routed_experts, c->top_k);
+    return MOE_OK;
+}

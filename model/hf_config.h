@@ -95,4 +95,20 @@ moe_status moe_hf_config_load(moe_hf_config *c, const char *path);
 /* The same from `len` bytes of `text`; `name` prefixes error messages. */
 moe_status moe_hf_config_parse(moe_hf_config *c, const char *text, size_t len, const char *name);
 
+/* A model's dense work per MoE layer, counted in routed experts' weights:
+ * every layer's attention, the MoE layers' shared experts and the dense
+ * layers' MLPs, spread over the MoE layers:
+ *   (n_layers*attn + n_moe*3*hidden*shared_inter
+ *    + (n_layers - n_moe)*3*hidden*dense_inter) / (n_moe * 3*hidden*moe_inter).
+ * The simulator charges it as that many routed experts' GPU time per layer
+ * (weight-proportional, as decode is bandwidth-bound); embeddings and the
+ * LM head are left out. DeepSeek-V2-Lite: 3.95. */
+double moe_hf_config_dense_experts(const moe_hf_config *c);
+
+/* MOE_OK if a routing trace of n_layers x n_experts, top-k, fits the
+ * model (its MoE layers, routed experts and top-k); else MOE_ERR_INVALID_ARG
+ * naming both (`what` names the trace). */
+moe_status moe_hf_config_check_routing(const moe_hf_config *c, uint32_t n_layers, uint32_t n_experts, uint32_t top_k,
+                                       const char *what);
+
 #endif

@@ -22,6 +22,14 @@ grep -q "^gpu_budget_fraction = 0.5" "$dir/tuned.txt" || fail "no budget in [tun
 # Without -o the profile itself is rewritten.
 "$prof" --tune "$dir/p.txt" --trace "$trace" --shape 2048x1408 > /dev/null 2>&1 || fail "tune in place"
 grep -q "^policy = " "$dir/p.txt" || fail "in place: no policy"
+# --model gives the shape; a model the trace does not fit is refused.
+model=$(dirname "$trace")/toy-config.json
+"$prof" --tune "$dir/p.txt" --trace "$trace" --model "$model" -o "$dir/m.txt" > "$dir/out" 2>&1 \
+    || fail "tune --model: $(cat "$dir/out")"
+grep -q "<- best" "$dir/out" || fail "--model: no best candidate: $(cat "$dir/out")"
+sed 's/"num_experts_per_tok": 1/"num_experts_per_tok": 2/' "$model" > "$dir/top2.json"
+"$prof" --tune "$dir/p.txt" --trace "$trace" --model "$dir/top2.json" > "$dir/e0" 2>&1 && fail "a top-2 model accepted"
+grep -q "but the model (mixtral) has 2 MoE layers x 4 experts, top-2" "$dir/e0" || fail "mismatch message: $(cat "$dir/e0")"
 # Refusals.
 "$prof" --tune "$dir/p.txt" --shape 2048x1408 > "$dir/e1" 2>&1 && fail "no trace accepted"
 grep -q "give the routing" "$dir/e1" || fail "no-trace message: $(cat "$dir/e1")"

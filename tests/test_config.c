@@ -5,6 +5,7 @@
  * configs in ../shared/models (skipped, 77, where they are not beside the
  * project; the other cases still run). */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdlib.h>
 
 #include "hf_config.h"
@@ -604,6 +605,35 @@ static void real_configs(void) {
           c.v_head_dim == 128);
 }
 
+/* The dense work per MoE layer in routed experts' weights, worked out by
+ * hand: DeepSeek-V2-Lite (27 attentions + 26 shared MLPs of width 2816 + one
+ * dense MLP of 10944) / (26 experts of 2048x1408) = 3.951; Mixtral has only
+ * attention, 41943040 / (3*4096*14336) = 0.238; Qwen3-30B 18874368 /
+ * (3*2048*768) = 4. And a trace must fit the model it is simulated for. */
+static void dense_experts_and_routing_check(void) {
+    static const struct { const char *dir; double dense; uint32_t layers, experts, top_k; } want[] = {
+        {"deepseek-v2-lite", 3.951049, 26, 64, 6},
+        {"mixtral-8x7b", 0.238095, 32, 8, 2},
+        {"qwen3-30b-a3b", 4.0, 48, 128, 8},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char path[1024];
+        real_path(path, sizeof path, want[i].dir);
+        moe_hf_config c;
+        CHECK_OK(moe_hf_config_load(&c, path));
+        CHECK(fabs(moe_hf_config_dense_experts(&c) - want[i].dense) < 1e-5);
+        CHECK_OK(moe_hf_config_check_routing(&c, want[i].layers, want[i].experts, want[i].top_k, "t"));
+        CHECK(moe_hf_config_check_routing(&c, want[i].layers + 1, want[i].experts, want[i].top_k, "t") ==
+              MOE_ERR_INVALID_ARG);
+        CHECK(strstr(moe_last_error(), "MoE layers") != NULL);
+        CHECK(moe_hf_config_check_routing(&c, want[i].layers, want[i].experts / 2, want[i].top_k, "t") != MOE_OK);
+        CHECK(moe_hf_config_check_routing(&c, want[i].layers, want[i].experts, want[i].top_k + 1, "t") != MOE_OK);
+    }
+    moe_hf_config zero;
+    memset(&zero, 0, sizeof zero);
+    CHECK(moe_hf_config_dense_experts(&zero) == 0);
+}
+
 static char *read_all(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -639,8 +669,9 @@ int main(int argc, char **argv) {
         TEST_CASE(config_refusals),          TEST_CASE(random_damage_small),
         /* these need ../shared */
         TEST_CASE(real_configs),             TEST_CASE(random_damage_real),
+        TEST_CASE(dense_experts_and_routing_check),
     };
-    const size_t n_all = sizeof cases / sizeof cases[0], n_pure = n_all - 2;
+    const size_t n_all = sizeof cases / sizeof cases[0], n_pure = n_all - 3;
     char probe[1024];
     real_path(probe, sizeof probe, reals[0].dir);
     FILE *f = fopen(probe, "r");

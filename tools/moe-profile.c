@@ -5,7 +5,7 @@
  *   moe-profile --show FILE
  *   moe-profile --check FILE
  *   moe-profile --merge A B [-o FILE] [--force]
- *   moe-profile --tune FILE --trace T... --shape HxI [--gpu-budget B] [--mode decode|prefill] [-o FILE]
+ *   moe-profile --tune FILE --trace T... (--model CONFIG | --shape HxI) [--gpu-budget B] [--mode decode|prefill] [-o FILE]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "hf_config.h"
 #include "profile.h"
 #include "profiler.h"
 #include "sim.h"
@@ -24,7 +25,7 @@ static void usage(FILE *f) {
             "       moe-profile --show FILE                     print a profile readably\n"
             "       moe-profile --check FILE                    exit 0 if FILE is a valid profile\n"
             "       moe-profile --merge A B [-o FILE] [--force] add B's samples to A's\n"
-            "       moe-profile --tune FILE --trace T... --shape HxI [options]\n"
+            "       moe-profile --tune FILE --trace T... (--model CONFIG | --shape HxI) [options]\n"
             "                                                   choose FILE's [tuning] by simulation\n"
             "\n"
             "Measuring:\n"
@@ -42,6 +43,8 @@ static void usage(FILE *f) {
             "  -q, --quiet      no progress lines\n"
             "Tuning (the simulator on your routing traces, with FILE's costs; writes FILE, or -o):\n"
             "  --trace T        a moe-trace v1 file (repeat; moe-run --record-trace makes them)\n"
+            "  --model CONFIG   the model's config.json: the traces must fit it; it gives the shape\n"
+            "                   and the dense work unless --shape or --dense-experts are given\n"
             "  --shape HxI      the routed experts' shape (the first of --shape)\n"
             "  --gpu-budget B   GPU expert cache: a fraction (0..1] of all routed experts (default 0.5)\n"
             "  --mode M         decode (default) or prefill; --prefill-chunk T (512), --batch N (1)\n"
@@ -220,8 +223,8 @@ static void show(const moe_profile *p, const char *path) {
 
 /* moe-profile --tune: every candidate through the simulator with this
  * profile's costs; the fastest goes into [tuning]. */
-static int tune(const char *path, const char *out, const char *const *traces, int n_traces, const uint32_t shape[2],
-                moe_dtype dtype, double budget, moe_sim_params *tp) {
+static int tune(const char *path, const char *out, const char *const *traces, int n_traces, const char *model,
+                uint32_t shape[2], bool dense_set, moe_dtype dtype, double budget, moe_sim_params *tp) {
     moe_profile p;
     moe_profile_init(&p);
     moe_trace t;
@@ -230,6 +233,16 @@ static int tune(const char *path, const char *out, const char *const *traces, in
     if (moe_profile_load(&p, path) != MOE_OK) rc = fail("%s", moe_last_error());
     for (int i = 0; rc == 0 && i < n_traces; i++)
         if (moe_trace_load(&t, traces[i]) != MOE_OK) rc = fail("%s", moe_last_error());
+    if (rc == 0 && model) { /* the traces must fit the model, which fills in what was not given */
+        moe_hf_config mc;
+        if (moe_hf_config_load(&mc, model) != MOE_OK ||
+            moe_hf_config_check_routing(&mc, t.n_layers, t.n_experts, t.top_k, "the traces") != MOE_OK)
+            rc = fail("%s", moe_last_error());
+        else {
+            if (!shape[0]) shape[0] = mc.hidden_size, shape[1] = mc.moe_inter;
+            if (!dense_set) tp->dense_experts = moe_hf_config_dense_experts(&mc);
+        }
+    }
     if (rc == 0 && !p.n_gpus) rc = fail("%s has no GPU: there is nothing to tune but static-cpu", path);
     moe_sim_tune_result r;
     if (rc == 0) {
@@ -269,7 +282,7 @@ static int tune(const char *path, const char *out, const char *const *traces, in
 
 int main(int argc, char **argv) {
     enum { O_QUICK = 256, O_SHOW, O_CHECK, O_MERGE, O_FORCE, O_THREADS, O_SHAPE, O_DTYPE, O_M, O_RSE, O_CAP, O_VERSION,
-           O_TUNE, O_TRACE, O_BUDGET, O_MODE, O_CHUNK, O_BATCH, O_DENSE };
+           O_TUNE, O_TRACE, O_BUDGET, O_MODE, O_CHUNK, O_BATCH, O_DENSE, O_MODEL };
     static const struct option opts[] = {
         {"quick", 0, 0, O_QUICK},   {"show", 1, 0, O_SHOW},       {"check", 1, 0, O_CHECK},
         {"merge", 1, 0, O_MERGE},   {"force", 0, 0, O_FORCE},     {"threads", 1, 0, O_THREADS},
@@ -278,14 +291,15 @@ int main(int argc, char **argv) {
         {"quiet", 0, 0, 'q'},       {"help", 0, 0, 'h'},          {"version", 0, 0, O_VERSION},
         {"tune", 1, 0, O_TUNE},     {"trace", 1, 0, O_TRACE},     {"gpu-budget", 1, 0, O_BUDGET},
         {"mode", 1, 0, O_MODE},     {"prefill-chunk", 1, 0, O_CHUNK}, {"batch", 1, 0, O_BATCH},
-        {"dense-experts", 1, 0, O_DENSE},
+        {"dense-experts", 1, 0, O_DENSE}, {"model", 1, 0, O_MODEL},
         {0, 0, 0, 0}};
     const char *out = NULL, *show_path = NULL, *check_path = NULL, *merge_a = NULL;
     bool quick = false, force = false, quiet = false;
     uint32_t threads = 0, ms[32], n_ms = 0, shapes[16][2], n_shapes = 0, n_dtypes = 0;
     moe_dtype dtypes[8];
     double rse = 0, cap = 0;
-    const char *tune_path = NULL, *traces[64];
+    const char *tune_path = NULL, *traces[64], *model = NULL;
+    bool dense_set = false;
     int n_traces = 0;
     moe_sim_params tp = {.mode = MOE_SIM_DECODE, .batch = 1, .chunk = 512, .dense_experts = 3.6,
                          .accuracy = {0.85, 0.7, 0.6, 0.5}, .seed = 1};
@@ -350,7 +364,9 @@ int main(int argc, char **argv) {
         case O_DENSE:
             tp.dense_experts = strtod(optarg, &end);
             if (*end || !(tp.dense_experts >= 0 && tp.dense_experts < 1e6)) return fail("--dense-experts: expected >= 0");
+            dense_set = true;
             break;
+        case O_MODEL: model = optarg; break;
         default: usage(stderr); return 2;
         }
     }
@@ -360,9 +376,10 @@ int main(int argc, char **argv) {
     if (tune_path) {
         if (optind != argc) return fail("unexpected argument \"%s\"", argv[optind]);
         if (!n_traces) return fail("--tune: give the routing to tune on with --trace FILE");
-        if (!n_shapes) return fail("--tune: give the experts' shape with --shape HxI");
-        rc = tune(tune_path, out ? out : tune_path, traces, n_traces, shapes[0], n_dtypes ? dtypes[0] : MOE_DTYPE_BF16,
-                  budget, &tp);
+        if (!n_shapes && !model) return fail("--tune: give the experts' shape with --shape HxI or --model CONFIG");
+        if (!n_shapes) shapes[0][0] = shapes[0][1] = 0; /* from the model */
+        rc = tune(tune_path, out ? out : tune_path, traces, n_traces, model, shapes[0], dense_set,
+                  n_dtypes ? dtypes[0] : MOE_DTYPE_BF16, budget, &tp);
     } else if (show_path || check_path) {
         const char *path = show_path ? show_path : check_path;
         if (optind != argc) return fail("unexpected argument \"%s\"", argv[optind]);

@@ -1,7 +1,7 @@
 /* moe-sim - replays expert-routing traces (moe-trace v1) through moerun's
  * cache and scheduling code on a virtual clock (docs/scheduling.md).
  *
- *   moe-sim --trace FILE... --profile FILE --shape HxI --policy NAME|--compare
+ *   moe-sim --trace FILE... --profile FILE (--model CONFIG | --shape HxI) --policy NAME|--compare
  *           --gpu-budget FRACTION|BYTES --mode decode|prefill [--batch N] [--prefill-chunk T] [--json]
  *   moe-sim --cache-only --cache-per-layer C --policy lru|lfu|belady|score --trace FILE... [--json]
  *   moe-sim --cache-only --cache-per-layer C --compare --trace FILE... [--json] */
@@ -10,7 +10,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "hf_config.h"
 #include "profile.h"
 #include "sim.h"
 
@@ -26,7 +28,28 @@ typedef struct timed_opts {
     double accuracy[MOE_SCHED_MAX_DEPTH];
     uint64_t seed;
     bool cold, ablation;
+    bool dtype_set, dense_set; /* given on the command line: --model does not override them */
 } timed_opts;
+
+/* --model CONFIG: the routing must fit the model; its expert shape, dtype
+ * and dense work fill in what the command line left out. */
+static bool apply_model(const char *path, const moe_trace *t, timed_opts *o) {
+    moe_hf_config c;
+    if (moe_hf_config_load(&c, path) != MOE_OK ||
+        moe_hf_config_check_routing(&c, t->n_layers, t->n_experts, t->top_k, "the trace") != MOE_OK) {
+        fprintf(stderr, "moe-sim: %s\n", moe_last_error());
+        return false;
+    }
+    if (!o->hidden) o->hidden = c.hidden_size, o->inter = c.moe_inter;
+    if (!o->dense_set) o->dense_experts = moe_hf_config_dense_experts(&c);
+    if (!o->dtype_set) {
+        static const struct { const char *torch; moe_dtype d; } map[] = {
+            {"bfloat16", MOE_DTYPE_BF16}, {"float16", MOE_DTYPE_F16}, {"float32", MOE_DTYPE_F32}};
+        for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+            if (!strcmp(c.torch_dtype, map[i].torch)) o->dtype = map[i].d;
+    }
+    return true;
+}
 
 static void usage(FILE *f) {
     fprintf(f, "usage: moe-sim --trace FILE... --profile FILE --shape HxI (--policy NAME | --compare)\n"
@@ -38,13 +61,15 @@ static void usage(FILE *f) {
                "how busy the CPU and GPU were. Policies: static-cpu, static-hot, layer-split, gpu-lru,\n"
                "gpu-lfu, fiddler, hybrimoe, moerun, oracle; --compare runs them all, with ratios to\n"
                "static-hot and to oracle.\n"
+               "  --model CONFIG        the model's config.json: the trace must fit it; it gives the\n"
+               "                        shape, dtype and dense work unless those are given\n"
                "  --shape HxI           a routed expert's hidden x intermediate size (e.g. 2048x1408)\n"
                "  --dtype T             its weights' type (bf16)\n"
                "  --gpu-budget B        GPU expert cache: a fraction (0..1] of all routed experts, or bytes\n"
                "  --batch N             decode: consecutive trace tokens per step (1)\n"
                "  --prefill-chunk T     prefill: tokens per chunk, within a sequence (512)\n"
                "  --dense-experts X     a layer's dense part (attention, shared experts) costs X routed\n"
-               "                        experts' GPU time (3.6, DeepSeek-V2-Lite)\n"
+               "                        experts' GPU time (3.6, DeepSeek-V2-Lite's MoE layers)\n"
                "  --accuracy a1,a2,..   predictor accuracy at 1, 2, ... layers ahead (0.85,0.7,0.6,0.5)\n"
                "  --depth D             prefetch lookahead for hybrimoe/moerun/oracle (1/3/4)\n"
                "  --seed N, --cold      predictor seed; start with an empty cache\n"
@@ -131,7 +156,7 @@ static void print_row(const timed_opts *o, const char *name, const moe_sim_resul
 static int run_timed(const moe_trace *t, const char *const *traces, int n_traces, const timed_opts *o,
                      const char *policy, bool json) {
     if (!o->profile) return fail("no --profile FILE (a machine profile with GPU figures)", NULL);
-    if (!o->hidden) return fail("no --shape HxI", NULL);
+    if (!o->hidden) return fail("no --shape HxI or --model CONFIG", NULL);
     if (o->budget < 0) return fail("no --gpu-budget FRACTION|BYTES", NULL);
     moe_profile prof;
     moe_profile_init(&prof);
@@ -156,8 +181,9 @@ static int run_timed(const moe_trace *t, const char *const *traces, int n_traces
         printf("%s; experts %ux%u %s (%.1f MB); GPU budget %.1f%% (%.2f GB); %s",
                o->profile, o->hidden, o->inter, moe_dtype_name(o->dtype), (double)eb / 1e6, 100 * frac,
                (double)budget / 1e9, dec ? "decode" : "prefill");
-        if (dec) printf(", batch %u\n", o->batch);
-        else printf(", chunks of %u tokens\n", o->chunk);
+        if (dec) printf(", batch %u", o->batch);
+        else printf(", chunks of %u tokens", o->chunk);
+        printf("; dense work %.2f experts per layer\n", o->dense_experts);
         printf("%-22s %12s %9s %8s %9s %9s %6s %6s %8s %8s\n", "policy", dec ? "ms/token" : "prefill ms", "tok/s",
                "hit", "GB moved", "GB ahead", "cpu", "gpu", policy ? "" : "/hot", policy ? "" : "/oracle");
     }
@@ -207,7 +233,7 @@ static int run_timed(const moe_trace *t, const char *const *traces, int n_traces
 
 int main(int argc, char **argv) {
     enum { O_CACHE_ONLY = 256, O_PER_LAYER, O_POLICY, O_COMPARE, O_TRACE, O_JSON, O_MODE, O_ALPHA, O_SYNTH, O_WRITE,
-           O_PROFILE, O_SHAPE, O_DTYPE, O_BUDGET, O_BATCH, O_CHUNK, O_DENSE, O_ACC, O_DEPTH, O_SEED, O_COLD, O_ABL };
+           O_PROFILE, O_SHAPE, O_DTYPE, O_BUDGET, O_BATCH, O_CHUNK, O_DENSE, O_ACC, O_DEPTH, O_SEED, O_COLD, O_ABL, O_MODEL };
     static const struct option opts[] = {{"cache-only", 0, 0, O_CACHE_ONLY}, {"cache-per-layer", 1, 0, O_PER_LAYER},
                                          {"policy", 1, 0, O_POLICY},         {"compare", 0, 0, O_COMPARE},
                                          {"trace", 1, 0, O_TRACE},           {"json", 0, 0, O_JSON},
@@ -219,12 +245,12 @@ int main(int argc, char **argv) {
                                          {"dense-experts", 1, 0, O_DENSE},   {"accuracy", 1, 0, O_ACC},
                                          {"depth", 1, 0, O_DEPTH},           {"seed", 1, 0, O_SEED},
                                          {"cold", 0, 0, O_COLD},             {"ablation", 0, 0, O_ABL},
-                                         {"help", 0, 0, 'h'},
+                                         {"model", 1, 0, O_MODEL},           {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
     static const char *const names[] = {"lru", "lfu", "belady", "score"};
     bool cache_only = false, compare = false, json = false;
     long per_layer = 0;
-    const char *synth = NULL, *write_to = NULL;
+    const char *synth = NULL, *write_to = NULL, *model = NULL;
     double alpha = 0.5;
     int policy = -1;
     const char *policy_name = NULL;
@@ -265,6 +291,7 @@ int main(int argc, char **argv) {
             have_mode = true;
             break;
         case O_PROFILE: to.profile = optarg; break;
+        case O_MODEL: model = optarg; break;
         case O_SHAPE:
             if (sscanf(optarg, "%ux%u%c", &to.hidden, &to.inter, (char[1]){0}) != 2 || !to.hidden || !to.inter ||
                 to.hidden > 65536 || to.inter > 65536)
@@ -275,6 +302,7 @@ int main(int argc, char **argv) {
             for (int d = 0; d < MOE_DTYPE_COUNT_; d++)
                 if (moe_dtype_name((moe_dtype)d) && !strcmp(optarg, moe_dtype_name((moe_dtype)d))) to.dtype = (moe_dtype)d, ok = true;
             if (!ok) return fail("--dtype: expected bf16, f16, f32 or int8", optarg);
+            to.dtype_set = true;
             break;
         }
         case O_BUDGET:
@@ -296,6 +324,7 @@ int main(int argc, char **argv) {
         case O_DENSE:
             to.dense_experts = strtod(optarg, &end);
             if (*end || !(to.dense_experts >= 0 && to.dense_experts < 1e6)) return fail("--dense-experts: expected >= 0", optarg);
+            to.dense_set = true;
             break;
         case O_ACC: {
             char buf[128];
@@ -345,6 +374,10 @@ int main(int argc, char **argv) {
             moe_trace_free(&t);
             return 1;
         }
+    if (model && !apply_model(model, &t, &to)) {
+        moe_trace_free(&t);
+        return 1;
+    }
     if (!cache_only) {
         if (!have_mode) return fail("no --mode decode|prefill (or --cache-only)", NULL);
         if (compare == (policy_name != NULL) && !to.ablation) return fail("give either --policy NAME or --compare", NULL);
