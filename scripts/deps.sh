@@ -3,7 +3,9 @@
 # nothing and changes nothing when they are all present.
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config libhwloc-dev libnuma-dev libdnnl-dev)
+# ocl-icd-opencl-dev: only recommended by libdnnl-dev, but its CMake config
+# requires OpenCL, so without it find_package(dnnl) fails on a bare machine.
+pkgs=(build-essential cmake pkg-config libhwloc-dev libnuma-dev libdnnl-dev ocl-icd-opencl-dev)
 
 missing=()
 for p in "${pkgs[@]}"; do
