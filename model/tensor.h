@@ -1,0 +1,65 @@
+/* tensor.h - what the weight-file readers (safetensors.c, gguf.c) give the
+ * model loader: named tensors that point into read-only memory maps of the
+ * files, never copied.
+ *
+ * Shapes are in row-major order, outermost first, as PyTorch and
+ * safetensors write them: an nn.Linear weight of out x in is {out, in}.
+ * GGUF lists dimensions innermost first (ne[0] is the row length); its
+ * reader reverses them, so the same weight has the same shape from either
+ * format. */
+#ifndef MOE_MODEL_TENSOR_H
+#define MOE_MODEL_TENSOR_H
+
+#include "moerun.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Element types of weight files. Block types store a row as blocks of
+ * moe_wtype_block() elements in moe_wtype_block_bytes() bytes. */
+typedef enum moe_wtype {
+    MOE_WT_F32 = 0,
+    MOE_WT_F16,
+    MOE_WT_BF16,
+    MOE_WT_Q8_0, /* GGUF: blocks of 32 int8 with one f16 scale (34 bytes) */
+    MOE_WT_COUNT_
+} moe_wtype;
+
+const char *moe_wtype_name(moe_wtype t);  /* "f32", "f16", "bf16", "q8_0"; NULL out of range */
+uint32_t moe_wtype_block(moe_wtype t);        /* elements per block: 1, or 32 for q8_0 */
+uint32_t moe_wtype_block_bytes(moe_wtype t);  /* bytes per block: 4, 2, 2, 34 */
+
+/* Bytes of a tensor of `n_elems` elements whose innermost dimension is
+ * `row` elements; false if `row` is not a whole number of blocks or on
+ * overflow. */
+bool moe_wtype_bytes(moe_wtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes);
+
+#define MOE_TENSOR_MAX_DIMS 4
+
+typedef struct moe_tensor {
+    const char *name; /* NUL-terminated, owned by the file it came from */
+    moe_wtype type;
+    uint32_t n_dims;                     /* 1..MOE_TENSOR_MAX_DIMS */
+    uint64_t shape[MOE_TENSOR_MAX_DIMS]; /* row-major, outermost first; unused dims 1 */
+    uint64_t n_elems;
+    const void *data; /* in the file's read-only mapping */
+    uint64_t bytes;
+    const char *file; /* path of the file that holds it, for messages */
+} moe_tensor;
+
+/* A read-only memory map of a whole file. */
+typedef struct moe_mapped_file {
+    const uint8_t *data; /* NULL for an empty file */
+    uint64_t size;
+    char *path; /* owned copy */
+} moe_mapped_file;
+
+/* Maps `path` read-only (MOE_ERR_IO "path: what went wrong" if it cannot be
+ * opened or mapped). Pages are read on first touch; nothing is copied. */
+moe_status moe_map_file(moe_mapped_file *m, const char *path);
+
+/* Unmaps; safe on a zeroed or already unmapped file. */
+void moe_unmap_file(moe_mapped_file *m);
+
+#endif
