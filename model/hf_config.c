@@ -133,6 +133,88 @@ static moe_status read_shared(const moe_json_doc *d, moe_hf_config *c) {
     return MOE_OK;
 }
 
+/* A number member of `obj` (the root if NULL), or def when absent or null. */
+static moe_status num_in(const moe_json_doc *d, const moe_json *obj, const char *key, double lo, double hi, double def,
+                         double *out) {
+    const moe_json *v = moe_json_member_get(obj ? obj : &d->root, key);
+    *out = def;
+    if (!v || v->type == MOE_JSON_NULL) return MOE_OK;
+    if (v->type != MOE_JSON_NUMBER || !(v->number >= lo && v->number <= hi))
+        return moe_fail(MOE_ERR_PARSE, "%s:%u: \"%s\" must be a number in %g..%g", d->name, v->line, key, lo, hi);
+    *out = v->number;
+    return MOE_OK;
+}
+
+/* A string member of the root, or def when absent or null. */
+static moe_status str_opt(const moe_json_doc *d, const char *key, const char *def, char *buf, size_t cap) {
+    const moe_json *v = opt(d, key);
+    if (!v) {
+        snprintf(buf, cap, "%s", def);
+        return MOE_OK;
+    }
+    return moe_json_get_string(d, v, key, buf, cap);
+}
+
+/* bos_token_id / eos_token_id: an integer, a list of them (the first is
+ * kept) or absent (-1). */
+static moe_status token_id(const moe_json_doc *d, const char *key, int64_t *out) {
+    const moe_json *v = opt(d, key);
+    *out = -1;
+    if (v && v->type == MOE_JSON_ARRAY) v = moe_json_array_len(v) ? moe_json_array_at(v, 0) : NULL;
+    return v ? moe_json_get_int(d, v, key, 0, MOE_HF_MAX_VOCAB, out) : MOE_OK;
+}
+
+static moe_status read_rope(const moe_json_doc *d, moe_hf_config *c) {
+    const moe_json *sc = opt(d, "rope_scaling");
+    const moe_json *params = opt(d, "rope_parameters");
+    if (!sc) sc = params;
+    if (sc && sc->type != MOE_JSON_OBJECT) return bad(d, sc->line, "\"rope_scaling\" must be an object or null");
+    moe_status st;
+    double theta_default = 10000;
+    if (params && params->type == MOE_JSON_OBJECT &&
+        (st = num_in(d, params, "rope_theta", 1e-3, 1e12, theta_default, &theta_default)))
+        return st;
+    if ((st = num_in(d, NULL, "rope_theta", 1e-3, 1e12, theta_default, &c->rope_theta))) return st;
+    snprintf(c->rope_type, sizeof c->rope_type, "default");
+    if (!sc) return MOE_OK;
+    const moe_json *type = moe_json_member_get(sc, "rope_type");
+    if (!type || type->type == MOE_JSON_NULL) type = moe_json_member_get(sc, "type");
+    if (type && type->type != MOE_JSON_NULL &&
+        (st = moe_json_get_string(d, type, "rope_scaling.type", c->rope_type, sizeof c->rope_type)))
+        return st;
+    double orig;
+    if ((st = num_in(d, sc, "factor", 1e-6, 1e6, 1, &c->rope_factor)) ||
+        (st = num_in(d, sc, "original_max_position_embeddings", 1, MOE_HF_MAX_POSITION, c->max_position, &orig)) ||
+        (st = num_in(d, sc, "beta_fast", 0, 1e6, 32, &c->rope_beta_fast)) ||
+        (st = num_in(d, sc, "beta_slow", 0, 1e6, 1, &c->rope_beta_slow)) ||
+        (st = num_in(d, sc, "mscale", 0, 1e6, 1, &c->rope_mscale)) ||
+        (st = num_in(d, sc, "mscale_all_dim", 0, 1e6, 0, &c->rope_mscale_all_dim)))
+        return st;
+    c->rope_orig_max_position = (uint32_t)orig;
+    return MOE_OK;
+}
+
+static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
+    moe_status st;
+    const moe_json *tie = opt(d, "tie_word_embeddings"), *norm = opt(d, "norm_topk_prob");
+    if (tie && tie->type != MOE_JSON_BOOL) return bad(d, tie->line, "\"tie_word_embeddings\" must be true or false");
+    if (norm && norm->type != MOE_JSON_BOOL) return bad(d, norm->line, "\"norm_topk_prob\" must be true or false");
+    c->tie_embeddings = tie && tie->boolean;
+    c->norm_topk_prob = !strcmp(c->model_type, "mixtral") || (norm && norm->boolean);
+    double eps, scaling;
+    if ((st = num_in(d, NULL, "rms_norm_eps", 1e-30, 1, 1e-6, &eps)) ||
+        (st = num_in(d, NULL, "routed_scaling_factor", 1e-6, 1e6, 1, &scaling)) ||
+        (st = opt_u32(d, "max_position_embeddings", 1, MOE_HF_MAX_POSITION, 4096, &c->max_position)) ||
+        (st = str_opt(d, "hidden_act", "silu", c->hidden_act, sizeof c->hidden_act)) ||
+        (st = str_opt(d, "scoring_func", "softmax", c->scoring_func, sizeof c->scoring_func)) ||
+        (st = str_opt(d, "topk_method", "greedy", c->topk_method, sizeof c->topk_method)) ||
+        (st = token_id(d, "bos_token_id", &c->bos_id)) || (st = token_id(d, "eos_token_id", &c->eos_id)))
+        return st;
+    c->rms_norm_eps = eps;
+    c->routed_scaling = scaling;
+    return read_rope(d, c);
+}
+
 static moe_status read_config(const moe_json_doc *d, moe_hf_config *c) {
     moe_status st;
     if (d->root.type != MOE_JSON_OBJECT) return bad(d, d->root.line, "expected a JSON object at the top level");
@@ -151,7 +233,8 @@ static moe_status read_config(const moe_json_doc *d, moe_hf_config *c) {
         (st = opt_u32(d, "moe_intermediate_size", 1, MOE_HF_MAX_INTER, c->dense_inter, &c->moe_inter)) ||
         (st = read_experts(d, c)) ||
         (st = req_u32(d, "num_experts_per_tok", 1, c->n_routed_experts, &c->top_k)) ||
-        (st = read_shared(d, c)) || (st = read_attention(d, c)) || (st = read_moe_layers(d, c)))
+        (st = read_shared(d, c)) || (st = read_attention(d, c)) || (st = read_moe_layers(d, c)) ||
+        (st = read_numerics(d, c)))
         return st;
     return MOE_OK;
 }

@@ -44,6 +44,20 @@
  *     o:    H*v_head_dim*hidden
  *   e.g. DeepSeek-V2-Lite: 6291456 + 1179648 + 2097152 + 4194304 = 13762560.
  *
+ * Forward-pass keys (absent or null: the default in brackets):
+ *   rms_norm_eps [1e-6], max_position_embeddings [4096],
+ *   routed_scaling_factor [1], tie_word_embeddings [false],
+ *   hidden_act ["silu"], scoring_func ["softmax"], topk_method ["greedy"],
+ *   bos_token_id, eos_token_id (an integer or a list) [-1];
+ *   norm_topk_prob: always true for Mixtral (its router renormalises with
+ *     no key for it), else the key [false];
+ *   RoPE: rope_theta [10000] and rope_scaling {type or rope_type, factor,
+ *     original_max_position_embeddings, beta_fast [32], beta_slow [1],
+ *     mscale [1], mscale_all_dim [0]}, or the same in rope_parameters
+ *     (transformers 5 writes rope_theta there too); rope_type "default"
+ *     when there is no scaling. Which of these a model can run is the
+ *     loader's decision (llm.c), not this reader's.
+ *
  * Errors are MOE_ERR_PARSE "file:LINE: what is wrong": LINE is the line of
  * the offending value, or 1 for a missing key (the message names the key);
  * MOE_ERR_IO when the file cannot be read. */
@@ -67,6 +81,7 @@
 #define MOE_HF_MAX_HEAD_DIM (1u << 14)
 #define MOE_HF_MAX_RANK (1u << 20)
 #define MOE_HF_MAX_VOCAB (1u << 24)
+#define MOE_HF_MAX_POSITION (1u << 24)
 
 typedef struct moe_hf_config {
     char model_type[64];
@@ -84,6 +99,20 @@ typedef struct moe_hf_config {
     bool mla;          /* DeepSeek multi-head latent attention */
     uint32_t q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim; /* MLA only */
     uint64_t attn_params; /* per layer, see above */
+    /* numerics of the forward pass (see "Forward-pass keys" above) */
+    double rms_norm_eps;
+    double rope_theta;
+    uint32_t max_position;   /* max_position_embeddings */
+    bool norm_topk_prob;     /* renormalise the top-k gate weights to sum to 1 */
+    double routed_scaling;   /* routed_scaling_factor */
+    bool tie_embeddings;     /* tie_word_embeddings */
+    char hidden_act[16];
+    char scoring_func[16];
+    char topk_method[32];
+    char rope_type[16]; /* "default" or the scaling type ("yarn", "linear", ...) */
+    double rope_factor, rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;
+    uint32_t rope_orig_max_position;
+    int64_t bos_id, eos_id; /* -1 when the config names none; eos: the first of a list */
     /* which layers are MoE layers */
     uint32_t n_moe_layers;
     bool is_moe_layer[MOE_HF_MAX_LAYERS]; /* [n_layers]; the rest false */

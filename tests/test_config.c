@@ -603,6 +603,43 @@ static void real_configs(void) {
     CHECK_OK(moe_hf_config_load(&c, path));
     CHECK(c.q_lora_rank == 0 && c.kv_lora_rank == 512 && c.qk_nope_head_dim == 128 && c.qk_rope_head_dim == 64 &&
           c.v_head_dim == 128);
+    /* The forward pass's numerics: YaRN, no renormalisation, softmax scores. */
+    CHECK(!strcmp(c.rope_type, "yarn") && c.rope_factor == 40 && c.rope_orig_max_position == 4096);
+    CHECK(c.rope_beta_fast == 32 && c.rope_beta_slow == 1 && c.rope_mscale == 0.707 && c.rope_mscale_all_dim == 0.707);
+    CHECK(c.rope_theta == 10000 && c.rms_norm_eps == 1e-6 && c.max_position == 163840);
+    CHECK(!c.norm_topk_prob && c.routed_scaling == 1.0 && !c.tie_embeddings);
+    CHECK(!strcmp(c.scoring_func, "softmax") && !strcmp(c.topk_method, "greedy") && !strcmp(c.hidden_act, "silu"));
+    CHECK(c.bos_id == 100000 && c.eos_id == 100001);
+    /* Mixtral renormalises with no key for it; its RoPE is plain. */
+    real_path(path, sizeof path, "mixtral-8x7b");
+    CHECK_OK(moe_hf_config_load(&c, path));
+    CHECK(c.norm_topk_prob && c.rms_norm_eps == 1e-5 && c.rope_theta == 1e6 && !strcmp(c.rope_type, "default"));
+    real_path(path, sizeof path, "qwen3-30b-a3b");
+    CHECK_OK(moe_hf_config_load(&c, path));
+    CHECK(c.norm_topk_prob && c.eos_id == 151645);
+}
+
+/* rope_parameters (transformers 5), eos lists, and wrong types. */
+static void config_numerics(void) {
+    static const char *base = "{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"num_hidden_layers\":1,"
+                              "\"num_attention_heads\":4,\"vocab_size\":256,\"intermediate_size\":96,"
+                              "\"num_experts\":8,\"num_experts_per_tok\":2";
+    char text[1024];
+    moe_hf_config c;
+    snprintf(text, sizeof text, "%s,\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":5e5},"
+             "\"eos_token_id\":[7,8]}", base);
+    CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));
+    CHECK(c.rope_theta == 5e5 && !strcmp(c.rope_type, "default") && c.eos_id == 7 && c.bos_id == -1);
+    CHECK(c.rms_norm_eps == 1e-6 && c.max_position == 4096 && !c.norm_topk_prob);
+    snprintf(text, sizeof text, "%s,\n\"norm_topk_prob\":1}", base);
+    CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_PARSE);
+    check_error("t:2:", "\"norm_topk_prob\" must be true or false");
+    snprintf(text, sizeof text, "%s,\n\"rms_norm_eps\":-1}", base);
+    CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_PARSE);
+    check_error("t:2:", "\"rms_norm_eps\" must be a number");
+    snprintf(text, sizeof text, "%s,\n\"rope_scaling\":[1]}", base);
+    CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_PARSE);
+    check_error("t:2:", "\"rope_scaling\" must be an object");
 }
 
 /* The dense work per MoE layer in routed experts' weights, worked out by
@@ -668,7 +705,9 @@ int main(int argc, char **argv) {
         TEST_CASE(config_small_and_defaults), TEST_CASE(config_layer_rules_and_shared),
         TEST_CASE(config_refusals),          TEST_CASE(random_damage_small),
         /* these need ../shared */
-        TEST_CASE(real_configs),             TEST_CASE(random_damage_real),
+        TEST_CASE(real_configs),
+        TEST_CASE(config_numerics),
+        TEST_CASE(random_damage_real),
         TEST_CASE(dense_experts_and_routing_check),
     };
     const size_t n_all = sizeof cases / sizeof cases[0], n_pure = n_all - 3;
