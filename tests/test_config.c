@@ -704,10 +704,9 @@ int main(int argc, char **argv) {
         TEST_CASE(json_bad_inputs),          TEST_CASE(json_size_limit),
         TEST_CASE(config_small_and_defaults), TEST_CASE(config_layer_rules_and_shared),
         TEST_CASE(config_refusals),          TEST_CASE(random_damage_small),
-        /* these need ../shared */
-        TEST_CASE(real_configs),
         TEST_CASE(config_numerics),
-        TEST_CASE(random_damage_real),
+        /* these need ../shared */
+        TEST_CASE(real_configs),             TEST_CASE(random_damage_real),
         TEST_CASE(dense_experts_and_routing_check),
     };
     const size_t n_all = sizeof cases / sizeof cases[0], n_pure = n_all - 3;
