@@ -1,4 +1,5 @@
 /* dtype.c - element types: names, sizes and f16 conversion. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "common.h"
 
 #include <time.h>

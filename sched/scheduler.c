@@ -150,7 +150,7 @@ moe_status moe_sched_create(moe_sched **out, const moe_sched_config *cfg) {
     moe_sched *s = calloc(1, sizeof *s);
     if (!s) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "scheduler: allocation failed");
     s->cfg = *c;
-    if (!s->cfg.score_alpha) s->cfg.score_alpha = 0.5;
+    if (s->cfg.score_alpha == 0) s->cfg.score_alpha = 0.5;
     if (!s->cfg.depth) {
         const uint32_t d = c->policy == MOE_POLICY_HYBRIMOE ? 1 : c->policy == MOE_POLICY_MOERUN ? 3
                          : c->policy == MOE_POLICY_ORACLE  ? MOE_SCHED_MAX_DEPTH : 0;
