@@ -49,15 +49,25 @@ static uint32_t line_of(const moe_json_doc *d, const char *key) {
     return v ? v->line : 1;
 }
 
+void moe_hf_config_derive(moe_hf_config *c) {
+    const uint64_t h = c->hidden_size, H = c->n_heads, hd = c->head_dim;
+    if (!c->mla) {
+        c->attn_params = h * H * hd + 2 * h * c->n_kv_heads * hd + H * hd * h;
+        return;
+    }
+    const uint64_t q = c->q_lora_rank ? h * c->q_lora_rank + (uint64_t)c->q_lora_rank * H * hd : h * H * hd;
+    const uint64_t kv_a = h * (c->kv_lora_rank + c->qk_rope_head_dim);
+    const uint64_t kv_b = (uint64_t)c->kv_lora_rank * H * (c->qk_nope_head_dim + c->v_head_dim);
+    c->attn_params = q + kv_a + kv_b + H * c->v_head_dim * h;
+}
+
 static moe_status read_attention(const moe_json_doc *d, moe_hf_config *c) {
     moe_status st;
-    const uint64_t h = c->hidden_size;
     if ((st = req_u32(d, "num_attention_heads", 1, MOE_HF_MAX_HEADS, &c->n_heads))) return st;
     if ((st = opt_u32(d, "num_key_value_heads", 1, c->n_heads, c->n_heads, &c->n_kv_heads))) return st;
     if (c->n_heads % c->n_kv_heads)
         return moe_fail(MOE_ERR_PARSE, "%s:%u: num_key_value_heads %u must divide num_attention_heads %u", d->name,
                         line_of(d, "num_key_value_heads"), c->n_kv_heads, c->n_heads);
-    const uint64_t H = c->n_heads;
     c->mla = opt(d, "kv_lora_rank") != NULL;
     if (c->mla) {
         if ((st = req_u32(d, "kv_lora_rank", 1, MOE_HF_MAX_RANK, &c->kv_lora_rank)) ||
@@ -67,12 +77,7 @@ static moe_status read_attention(const moe_json_doc *d, moe_hf_config *c) {
             (st = req_u32(d, "v_head_dim", 1, MOE_HF_MAX_HEAD_DIM, &c->v_head_dim)))
             return st;
         c->head_dim = c->qk_nope_head_dim + c->qk_rope_head_dim;
-        const uint64_t q = c->q_lora_rank ? h * c->q_lora_rank + (uint64_t)c->q_lora_rank * H * c->head_dim
-                                          : h * H * c->head_dim;
-        const uint64_t kv_a = h * (c->kv_lora_rank + c->qk_rope_head_dim);
-        const uint64_t kv_b = (uint64_t)c->kv_lora_rank * H * (c->qk_nope_head_dim + c->v_head_dim);
-        const uint64_t o = H * c->v_head_dim * h;
-        c->attn_params = q + kv_a + kv_b + o;
+        moe_hf_config_derive(c);
         return MOE_OK;
     }
     if (!opt(d, "head_dim") && c->hidden_size % c->n_heads)
@@ -80,8 +85,7 @@ static moe_status read_attention(const moe_json_doc *d, moe_hf_config *c) {
                         "num_attention_heads %u", d->name, line_of(d, "num_attention_heads"), c->hidden_size,
                         c->n_heads);
     if ((st = opt_u32(d, "head_dim", 1, MOE_HF_MAX_HEAD_DIM, c->hidden_size / c->n_heads, &c->head_dim))) return st;
-    const uint64_t hd = c->head_dim;
-    c->attn_params = h * H * hd + 2 * h * c->n_kv_heads * hd + H * hd * h;
+    moe_hf_config_derive(c);
     return MOE_OK;
 }
 
@@ -212,6 +216,11 @@ static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
         return st;
     c->rms_norm_eps = eps;
     c->routed_scaling = scaling;
+    const moe_json *use_sw = opt(d, "use_sliding_window");
+    if (use_sw && use_sw->type != MOE_JSON_BOOL)
+        return bad(d, use_sw->line, "\"use_sliding_window\" must be true or false");
+    if ((st = opt_u32(d, "sliding_window", 0, MOE_HF_MAX_POSITION, 0, &c->sliding_window))) return st;
+    if (use_sw && !use_sw->boolean) c->sliding_window = 0;
     return read_rope(d, c);
 }
 

@@ -49,6 +49,7 @@
  *   routed_scaling_factor [1], tie_word_embeddings [false],
  *   hidden_act ["silu"], scoring_func ["softmax"], topk_method ["greedy"],
  *   bos_token_id, eos_token_id (an integer or a list) [-1];
+ *   sliding_window [0: none], unless use_sliding_window is false;
  *   norm_topk_prob: always true for Mixtral (its router renormalises with
  *     no key for it), else the key [false];
  *   RoPE: rope_theta [10000] and rope_scaling {type or rope_type, factor,
@@ -103,6 +104,7 @@ typedef struct moe_hf_config {
     double rms_norm_eps;
     double rope_theta;
     uint32_t max_position;   /* max_position_embeddings */
+    uint32_t sliding_window; /* 0: none (null, or use_sliding_window false) */
     bool norm_topk_prob;     /* renormalise the top-k gate weights to sum to 1 */
     double routed_scaling;   /* routed_scaling_factor */
     bool tie_embeddings;     /* tie_word_embeddings */
@@ -117,6 +119,10 @@ typedef struct moe_hf_config {
     uint32_t n_moe_layers;
     bool is_moe_layer[MOE_HF_MAX_LAYERS]; /* [n_layers]; the rest false */
 } moe_hf_config;
+
+/* Sets attn_params from the attention fields (for a config filled by
+ * another reader, such as GGUF metadata). */
+void moe_hf_config_derive(moe_hf_config *c);
 
 /* Reads the config.json at `path` (error messages name it). */
 moe_status moe_hf_config_load(moe_hf_config *c, const char *path);

@@ -1,0 +1,751 @@
+/* llm.c - loads and runs an MoE language model (see llm.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "llm.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sys/stat.h>
+
+#include "common.h"
+#include "gguf_model.h"
+#include "safetensors.h"
+
+typedef struct layer {
+    float *attn_norm, *ffn_norm;
+    moe_mat wq, wk, wv, wo;
+    float *bq, *bk, *bv;
+    float *q_norm, *k_norm; /* qwen3: [head_dim]; olmoe: [H*d] and [K*d] */
+    moe_mat wkv_a;          /* MLA */
+    moe_mat k_b, v_b;       /* MLA: [H*kv_lora, nope] (W_uk transposed per head) and [H*v, kv_lora] */
+    float *kv_a_norm;
+    float *kb_own, *vb_own; /* k_b and v_b when repacked from kv_b */
+    int8_t *q8_own;         /* routed experts requantised from q8_0, and their row scales */
+    float *q8_scales;
+    bool moe;
+    uint32_t moe_index;
+    moe_mat router;
+    moe_mat mlp_gate, mlp_up, mlp_down; /* a dense layer's MLP, or an MoE layer's shared expert(s) */
+    moe_mat shared_gate;                /* qwen2_moe: [1, hidden] */
+    float *k_cache, *v_cache;           /* [ctx, kv_width] and [ctx, v_width] (MLA: k_cache only) */
+} layer;
+
+struct moe_llm {
+    moe_hf_config cfg;
+    moe_arch arch;
+    bool gguf; /* weights from a GGUF file, else a safetensors directory */
+    moe_st_dir st;
+    moe_gguf gg;
+    char dir[1024]; /* the model's path */
+    moe_model_t *model;
+    moe_rope rope;
+    float attn_scale;
+    uint32_t ctx;
+    uint32_t kv_width, v_width; /* per position in a layer's cache */
+    moe_mat embed, lm_head;
+    float *out_norm;
+    layer *layers;
+    uint64_t weight_bytes;
+};
+
+static const struct {
+    const char *name;
+    moe_arch arch;
+} archs[] = {
+    {"mixtral", MOE_ARCH_MIXTRAL}, {"qwen2_moe", MOE_ARCH_QWEN2_MOE},     {"qwen3_moe", MOE_ARCH_QWEN3_MOE},
+    {"olmoe", MOE_ARCH_OLMOE},     {"deepseek_v2", MOE_ARCH_DEEPSEEK_V2},
+};
+
+/* ---- weights ---- */
+
+/* The tensor transformers calls `name`, from either format. */
+static const moe_tensor *find(const moe_llm *m, const char *name) {
+    if (!m->gguf) return moe_st_dir_find(&m->st, name);
+    char g[256];
+    return moe_gguf_model_name(name, g, sizeof g) ? moe_gguf_find(&m->gg, g) : NULL;
+}
+
+static moe_status tensor_of(moe_llm *m, const char *name, const moe_tensor **out) {
+    *out = find(m, name);
+    if (*out) return MOE_OK;
+    char g[256] = "";
+    if (m->gguf) moe_gguf_model_name(name, g, sizeof g);
+    return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\" is missing", m->dir, m->gguf ? g : name);
+}
+
+static moe_status bad_shape(const moe_tensor *t, uint64_t rows, uint64_t cols) {
+    char got[96] = "";
+    size_t at = 0;
+    for (uint32_t k = 0; k < t->n_dims && at < sizeof got; k++)
+        at += (size_t)snprintf(got + at, sizeof got - at, "%s%llu", k ? ", " : "", (unsigned long long)t->shape[k]);
+    if (cols)
+        return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\" has shape [%s], expected [%llu, %llu]", t->file, t->name,
+                        got, (unsigned long long)rows, (unsigned long long)cols);
+    return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\" has shape [%s], expected [%llu]", t->file, t->name, got,
+                    (unsigned long long)rows);
+}
+
+/* A [rows, cols] matrix; absent and not required leaves *out empty. */
+static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required, moe_mat *out) {
+    memset(out, 0, sizeof *out);
+    const moe_tensor *t = find(m, name);
+    if (!t && !required) return MOE_OK;
+    moe_status s = tensor_of(m, name, &t);
+    if (s) return s;
+    if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols) return bad_shape(t, rows, cols);
+    *out = (moe_mat){t->type, t->data, rows, cols};
+    m->weight_bytes += t->bytes;
+    return MOE_OK;
+}
+
+/* A vector of len, converted to f32 (owned); absent and not required: NULL. */
+static moe_status get_vec(moe_llm *m, const char *name, uint32_t len, bool required, float **out) {
+    *out = NULL;
+    const moe_tensor *t = find(m, name);
+    if (!t && !required) return MOE_OK;
+    moe_status s = tensor_of(m, name, &t);
+    if (s) return s;
+    if (t->n_elems != len || (t->n_dims != 1 && !(t->n_dims == 2 && t->shape[0] == 1))) return bad_shape(t, len, 0);
+    if (!(*out = malloc((size_t)len * sizeof **out))) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", name);
+    const moe_mat row = {t->type, t->data, 1, len};
+    moe_mat_row(&row, 0, *out);
+    m->weight_bytes += t->bytes;
+    return MOE_OK;
+}
+
+static const char *lname(char *buf, size_t cap, uint32_t l, const char *what) {
+    snprintf(buf, cap, "model.layers.%u.%s", l, what);
+    return buf;
+}
+
+/* A 3-D tensor [d0, d1, d2] of GGUF as a [d0*d1, d2] matrix. */
+static moe_status get_mat3(moe_llm *m, const char *name, uint32_t d0, uint32_t d1, uint32_t d2, moe_mat *out) {
+    const moe_tensor *t = moe_gguf_find(&m->gg, name);
+    if (!t) return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\" is missing", m->dir, name);
+    if (t->n_dims != 3 || t->shape[0] != d0 || t->shape[1] != d1 || t->shape[2] != d2)
+        return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\" has shape [%llu, %llu, %llu], expected [%u, %u, %u]", m->dir,
+                        name, (unsigned long long)t->shape[0], (unsigned long long)t->shape[1],
+                        (unsigned long long)t->shape[2], d0, d1, d2);
+    *out = (moe_mat){t->type, t->data, d0 * d1, d2};
+    m->weight_bytes += t->bytes;
+    return MOE_OK;
+}
+
+/* MLA's up-projections as attention_mla wants them: k_b [H, kv_lora, nope]
+ * and v_b [H, v, kv_lora]. GGUF files since llama.cpp split kv_b hold them
+ * so; transformers' kv_b [H * (nope + v), kv_lora] is repacked once. */
+static moe_status load_kv_b(moe_llm *m, uint32_t l, layer *L) {
+    const moe_hf_config *c = &m->cfg;
+    const uint32_t H = c->n_heads, kvl = c->kv_lora_rank, nope = c->qk_nope_head_dim, vd = c->v_head_dim;
+    char n[256];
+    snprintf(n, sizeof n, "blk.%u.attn_k_b.weight", l);
+    if (m->gguf && moe_gguf_find(&m->gg, n)) {
+        moe_status s = get_mat3(m, n, H, kvl, nope, &L->k_b);
+        snprintf(n, sizeof n, "blk.%u.attn_v_b.weight", l);
+        return s ? s : get_mat3(m, n, H, vd, kvl, &L->v_b);
+    }
+    moe_mat kv_b;
+    moe_status s = get_mat(m, lname(n, sizeof n, l, "self_attn.kv_b_proj.weight"), H * (nope + vd), kvl, true, &kv_b);
+    if (s) return s;
+    L->kb_own = malloc((size_t)H * kvl * nope * sizeof(float));
+    L->vb_own = malloc((size_t)H * vd * kvl * sizeof(float));
+    float *row = malloc((size_t)kvl * sizeof *row);
+    if (!L->kb_own || !L->vb_own || !row) {
+        free(row);
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for layer %u's kv_b", m->dir, l);
+    }
+    for (uint32_t hh = 0; hh < H; hh++)
+        for (uint32_t r = 0; r < nope + vd; r++) {
+            moe_mat_row(&kv_b, hh * (nope + vd) + r, row);
+            for (uint32_t k = 0; k < kvl; k++)
+                if (r < nope) L->kb_own[((size_t)hh * kvl + k) * nope + r] = row[k];
+                else L->vb_own[((size_t)hh * vd + (r - nope)) * kvl + k] = row[k];
+        }
+    free(row);
+    L->k_b = (moe_mat){MOE_WT_F32, L->kb_own, H * kvl, nope};
+    L->v_b = (moe_mat){MOE_WT_F32, L->vb_own, H * vd, kvl};
+    return MOE_OK;
+}
+
+static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
+    const moe_hf_config *c = &m->cfg;
+    const uint32_t h = c->hidden_size, H = c->n_heads, K = c->n_kv_heads, d = c->head_dim;
+    char n[256];
+    moe_status s;
+    if (c->mla) {
+        const uint32_t kvl = c->kv_lora_rank, rope = c->qk_rope_head_dim;
+        if ((s = get_mat(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
+            (s = get_mat(m, lname(n, sizeof n, l, "self_attn.kv_a_proj_with_mqa.weight"), kvl + rope, h, true,
+                         &L->wkv_a)) ||
+            (s = get_vec(m, lname(n, sizeof n, l, "self_attn.kv_a_layernorm.weight"), kvl, true, &L->kv_a_norm)) ||
+            (s = get_mat(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * c->v_head_dim, true, &L->wo)))
+            return s;
+        return load_kv_b(m, l, L);
+    }
+    const bool bias = m->arch == MOE_ARCH_QWEN2_MOE;
+    if ((s = get_mat(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
+        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.k_proj.weight"), K * d, h, true, &L->wk)) ||
+        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.v_proj.weight"), K * d, h, true, &L->wv)) ||
+        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * d, true, &L->wo)) ||
+        (s = get_vec(m, lname(n, sizeof n, l, "self_attn.q_proj.bias"), H * d, bias, &L->bq)) ||
+        (s = get_vec(m, lname(n, sizeof n, l, "self_attn.k_proj.bias"), K * d, bias, &L->bk)) ||
+        (s = get_vec(m, lname(n, sizeof n, l, "self_attn.v_proj.bias"), K * d, bias, &L->bv)))
+        return s;
+    if (m->arch == MOE_ARCH_QWEN3_MOE &&
+        ((s = get_vec(m, lname(n, sizeof n, l, "self_attn.q_norm.weight"), d, true, &L->q_norm)) ||
+         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.k_norm.weight"), d, true, &L->k_norm))))
+        return s;
+    if (m->arch == MOE_ARCH_OLMOE &&
+        ((s = get_vec(m, lname(n, sizeof n, l, "self_attn.q_norm.weight"), H * d, true, &L->q_norm)) ||
+         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.k_norm.weight"), K * d, true, &L->k_norm))))
+        return s;
+    return MOE_OK;
+}
+
+static moe_status expert_dtype(const moe_llm *m, const moe_mat *w, const char *name, moe_dtype *out) {
+    switch (w->type) {
+    case MOE_WT_F32: *out = MOE_DTYPE_F32; return MOE_OK;
+    case MOE_WT_BF16: *out = MOE_DTYPE_BF16; return MOE_OK;
+    case MOE_WT_F16: *out = MOE_DTYPE_F16; return MOE_OK;
+    case MOE_WT_Q8_0: *out = MOE_DTYPE_I8; return MOE_OK;
+    default:
+        return moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s; routed experts must be f32, bf16, f16 "
+                        "or q8_0", m->dir, name, moe_wtype_name(w->type));
+    }
+}
+
+/* Matrix k (gate, up, down) of expert e of layer l: its own tensor in
+ * safetensors, a slice of the layer's merged [experts, rows, cols] in GGUF.
+ * Not counted in weight_bytes: the model's expert bytes are. */
+static moe_status get_expert(moe_llm *m, uint32_t l, uint32_t e, int k, moe_mat *out, char *name, size_t cap) {
+    const moe_hf_config *c = &m->cfg;
+    const uint32_t rows = k == 2 ? c->hidden_size : c->moe_inter, cols = k == 2 ? c->moe_inter : c->hidden_size;
+    if (m->gguf) {
+        static const char *const g[3] = {"gate", "up", "down"};
+        snprintf(name, cap, "blk.%u.ffn_%s_exps.weight", l, g[k]);
+        const uint64_t before = m->weight_bytes;
+        moe_status s = get_mat3(m, name, c->n_routed_experts, rows, cols, out);
+        m->weight_bytes = before;
+        if (s) return s;
+        uint64_t per = 0;
+        moe_wtype_bytes(out->type, (uint64_t)rows * cols, cols, &per);
+        *out = (moe_mat){out->type, (const uint8_t *)out->data + e * per, rows, cols};
+        return MOE_OK;
+    }
+    static const char *const hf[3] = {"mlp.experts.%u.gate_proj.weight", "mlp.experts.%u.up_proj.weight",
+                                      "mlp.experts.%u.down_proj.weight"};
+    static const char *const mx[3] = {"block_sparse_moe.experts.%u.w1.weight", "block_sparse_moe.experts.%u.w3.weight",
+                                      "block_sparse_moe.experts.%u.w2.weight"};
+    char what[128];
+    snprintf(what, sizeof what, (m->arch == MOE_ARCH_MIXTRAL ? mx : hf)[k], e);
+    lname(name, cap, l, what);
+    const uint64_t before = m->weight_bytes;
+    moe_status s = get_mat(m, name, rows, cols, true, out);
+    m->weight_bytes = before;
+    return s;
+}
+
+/* q8_0 experts (32-element blocks, an f16 scale each) become the CPU
+ * engine's int8 with one scale per row, requantised once at load: the same
+ * memory, a coarser scale (see docs/models.md). */
+static moe_status requantise(moe_llm *m, layer *L, uint32_t e, const moe_mat w[3], moe_expert_weights *ew) {
+    const moe_hf_config *c = &m->cfg;
+    const size_t per = 3 * (size_t)c->hidden_size * c->moe_inter, rows = 2 * (size_t)c->moe_inter + c->hidden_size;
+    if (!L->q8_own) {
+        L->q8_own = malloc(per * c->n_routed_experts);
+        L->q8_scales = malloc(rows * c->n_routed_experts * sizeof(float));
+        if (!L->q8_own || !L->q8_scales)
+            return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for int8 experts", m->dir);
+    }
+    int8_t *q = L->q8_own + per * e;
+    float *sc = L->q8_scales + rows * e;
+    const int8_t *base[3];
+    const float *scales[3];
+    float *row = malloc((size_t)(c->hidden_size > c->moe_inter ? c->hidden_size : c->moe_inter) * sizeof *row);
+    if (!row) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", m->dir);
+    for (int k = 0; k < 3; k++) {
+        base[k] = q, scales[k] = sc;
+        for (uint32_t r = 0; r < w[k].rows; r++, q += w[k].cols) {
+            moe_mat_row(&w[k], r, row);
+            float amax = 0;
+            for (uint32_t i = 0; i < w[k].cols; i++) amax = fmaxf(amax, fabsf(row[i]));
+            const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
+            *sc++ = d;
+            for (uint32_t i = 0; i < w[k].cols; i++) q[i] = (int8_t)lrintf(row[i] * inv);
+        }
+    }
+    free(row);
+    *ew = (moe_expert_weights){base[0], base[1], base[2], scales[0], scales[1], scales[2]};
+    return MOE_OK;
+}
+
+/* Registers layer l's routed experts (all of one type) with the runtime's model. */
+static moe_status load_experts(moe_llm *m, uint32_t l, layer *L) {
+    const moe_hf_config *c = &m->cfg;
+    moe_dtype dt = MOE_DTYPE_COUNT_;
+    moe_status s = MOE_OK;
+    for (uint32_t e = 0; e < c->n_routed_experts && s == MOE_OK; e++) {
+        moe_mat w[3];
+        char n[256];
+        for (int k = 0; k < 3 && s == MOE_OK; k++) {
+            moe_dtype t = MOE_DTYPE_COUNT_;
+            if ((s = get_expert(m, l, e, k, &w[k], n, sizeof n)) || (s = expert_dtype(m, &w[k], n, &t))) break;
+            if (dt != MOE_DTYPE_COUNT_ && t != dt)
+                s = moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s, unlike the layer's other experts",
+                             m->dir, n, moe_wtype_name(w[k].type));
+            dt = t;
+        }
+        if (s) break;
+        if (e == 0) {
+            const moe_layer_desc desc = moe_layer_desc_init(c->n_routed_experts, c->hidden_size, c->moe_inter, dt);
+            if ((s = moe_model_set_layer(m->model, L->moe_index, &desc))) break;
+        }
+        moe_expert_weights ew = {.gate = w[0].data, .up = w[1].data, .down = w[2].data};
+        if (dt == MOE_DTYPE_I8 && (s = requantise(m, L, e, w, &ew))) break;
+        s = moe_model_set_expert(m->model, L->moe_index, e, &ew);
+    }
+    return s;
+}
+
+static moe_status load_ffn(moe_llm *m, uint32_t l, layer *L) {
+    const moe_hf_config *c = &m->cfg;
+    const uint32_t h = c->hidden_size;
+    char n[256];
+    moe_status s;
+    if (!L->moe) {
+        if ((s = get_mat(m, lname(n, sizeof n, l, "mlp.gate_proj.weight"), c->dense_inter, h, true, &L->mlp_gate)) ||
+            (s = get_mat(m, lname(n, sizeof n, l, "mlp.up_proj.weight"), c->dense_inter, h, true, &L->mlp_up)) ||
+            (s = get_mat(m, lname(n, sizeof n, l, "mlp.down_proj.weight"), h, c->dense_inter, true, &L->mlp_down)))
+            return s;
+        return MOE_OK;
+    }
+    const char *router = m->arch == MOE_ARCH_MIXTRAL ? "block_sparse_moe.gate.weight" : "mlp.gate.weight";
+    if ((s = get_mat(m, lname(n, sizeof n, l, router), c->n_routed_experts, h, true, &L->router))) return s;
+    if (c->n_shared_experts) {
+        const char *sh = m->arch == MOE_ARCH_DEEPSEEK_V2 ? "shared_experts" : "shared_expert";
+        const uint32_t si = c->shared_inter;
+        char what[96];
+        snprintf(what, sizeof what, "mlp.%s.gate_proj.weight", sh);
+        if ((s = get_mat(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_gate))) return s;
+        snprintf(what, sizeof what, "mlp.%s.up_proj.weight", sh);
+        if ((s = get_mat(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_up))) return s;
+        snprintf(what, sizeof what, "mlp.%s.down_proj.weight", sh);
+        if ((s = get_mat(m, lname(n, sizeof n, l, what), h, si, true, &L->mlp_down))) return s;
+        if (m->arch == MOE_ARCH_QWEN2_MOE &&
+            (s = get_mat(m, lname(n, sizeof n, l, "mlp.shared_expert_gate.weight"), 1, h, true, &L->shared_gate)))
+            return s;
+    }
+    return load_experts(m, l, L);
+}
+
+static moe_status load_layer(moe_llm *m, uint32_t l, layer *L) {
+    char n[256];
+    const uint32_t h = m->cfg.hidden_size;
+    moe_status s;
+    if ((s = get_vec(m, lname(n, sizeof n, l, "input_layernorm.weight"), h, true, &L->attn_norm)) ||
+        (s = get_vec(m, lname(n, sizeof n, l, "post_attention_layernorm.weight"), h, true, &L->ffn_norm)) ||
+        (s = load_attention(m, l, L)) || (s = load_ffn(m, l, L)))
+        return s;
+    const size_t per = (size_t)m->ctx;
+    L->k_cache = malloc(per * m->kv_width * sizeof(float));
+    L->v_cache = m->v_width ? malloc(per * m->v_width * sizeof(float)) : NULL;
+    if (!L->k_cache || (m->v_width && !L->v_cache))
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for the KV cache of %u positions", m->dir, m->ctx);
+    return MOE_OK;
+}
+
+/* ---- configuration ---- */
+
+static moe_status unsupported(const moe_llm *m, const char *what) {
+    return moe_fail(MOE_ERR_UNSUPPORTED, "%s%s: %s (model_type %s)", m->dir, m->gguf ? "" : "/config.json", what,
+                    m->cfg.model_type);
+}
+
+static moe_status check_config(moe_llm *m) {
+    const moe_hf_config *c = &m->cfg;
+    size_t i = 0;
+    while (i < sizeof archs / sizeof archs[0] && strcmp(archs[i].name, c->model_type)) i++;
+    if (i == sizeof archs / sizeof archs[0])
+        return moe_fail(MOE_ERR_UNSUPPORTED,
+                        "%s%s: model_type \"%s\" is not supported (supported: mixtral, qwen2_moe, qwen3_moe, olmoe, "
+                        "deepseek_v2)", m->dir, m->gguf ? "" : "/config.json", c->model_type);
+    m->arch = archs[i].arch;
+    if (strcmp(c->hidden_act, "silu")) return unsupported(m, "hidden_act other than silu is not supported");
+    if (strcmp(c->scoring_func, "softmax")) return unsupported(m, "scoring_func other than softmax is not supported");
+    if (strcmp(c->topk_method, "greedy")) return unsupported(m, "topk_method other than greedy is not supported");
+    if (c->mla && c->q_lora_rank) return unsupported(m, "q_lora_rank (LoRA on q) is not supported yet");
+    if (c->mla != (m->arch == MOE_ARCH_DEEPSEEK_V2)) return unsupported(m, "MLA keys on a model that is not MLA");
+    const bool yarn = !strcmp(c->rope_type, "yarn");
+    if (!yarn && strcmp(c->rope_type, "default")) {
+        char what[96];
+        snprintf(what, sizeof what, "rope scaling \"%s\" is not supported (supported: yarn)", c->rope_type);
+        return unsupported(m, what);
+    }
+    const uint32_t rope_dim = c->mla ? c->qk_rope_head_dim : c->head_dim;
+    if (rope_dim % 2 || rope_dim > 1024) return unsupported(m, "a rotary dimension that is odd or over 1024");
+    /* DeepSeek rotates interleaved pairs, and so does Mixtral from GGUF,
+     * whose q and k rows llama.cpp's converter permuted for it; the
+     * others rotate halves (NeoX). */
+    const bool inter = m->arch == MOE_ARCH_DEEPSEEK_V2 || (m->gguf && m->arch == MOE_ARCH_MIXTRAL);
+    if (yarn)
+        moe_rope_init_yarn(&m->rope, rope_dim, c->rope_theta, inter, c->rope_factor, c->rope_orig_max_position,
+                           c->rope_beta_fast, c->rope_beta_slow, c->rope_mscale, c->rope_mscale_all_dim);
+    else
+        moe_rope_init(&m->rope, rope_dim, c->rope_theta, inter);
+    m->attn_scale = 1.0f / sqrtf((float)c->head_dim);
+    if (yarn && c->rope_mscale_all_dim > 0) {
+        const double ms = moe_yarn_mscale(c->rope_factor, c->rope_mscale_all_dim);
+        m->attn_scale = (float)(m->attn_scale * ms * ms);
+    }
+    if (c->mla) {
+        m->kv_width = c->kv_lora_rank + c->qk_rope_head_dim;
+        m->v_width = 0;
+    } else {
+        m->kv_width = m->v_width = c->n_kv_heads * c->head_dim;
+    }
+    return MOE_OK;
+}
+
+static void free_layer(layer *L) {
+    free(L->attn_norm), free(L->ffn_norm), free(L->bq), free(L->bk), free(L->bv);
+    free(L->q_norm), free(L->k_norm), free(L->kv_a_norm), free(L->k_cache), free(L->v_cache);
+    free(L->kb_own), free(L->vb_own), free(L->q8_own), free(L->q8_scales);
+}
+
+void moe_llm_free(moe_llm **pm) {
+    if (!pm || !*pm) return;
+    moe_llm *m = *pm;
+    if (m->layers)
+        for (uint32_t l = 0; l < m->cfg.n_layers; l++) free_layer(&m->layers[l]);
+    free(m->layers);
+    free(m->out_norm);
+    moe_model_free(&m->model);
+    moe_st_dir_close(&m->st);
+    moe_gguf_close(&m->gg);
+    free(m);
+    *pm = NULL;
+}
+
+/* The configuration and the weight files: a GGUF file, or a directory of
+ * config.json and safetensors. */
+static moe_status open_files(moe_llm *m, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return moe_fail(MOE_ERR_IO, "%s: no such file or directory", path);
+    moe_status s;
+    if (S_ISDIR(st.st_mode)) {
+        char cfg[1100];
+        snprintf(cfg, sizeof cfg, "%s/config.json", path);
+        if ((s = moe_hf_config_load(&m->cfg, cfg)) || (s = check_config(m))) return s;
+        return moe_st_dir_open(&m->st, path);
+    }
+    m->gguf = true;
+    if ((s = moe_gguf_open(&m->gg, path)) || (s = moe_gguf_model_config(&m->gg, &m->cfg))) return s;
+    return check_config(m);
+}
+
+static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
+    moe_status s;
+    if ((s = open_files(m, path))) return s;
+    const moe_hf_config *c = &m->cfg;
+    m->ctx = p && p->ctx ? p->ctx : (c->max_position < 4096 ? c->max_position : 4096);
+    if (m->ctx > c->max_position)
+        return moe_fail(MOE_ERR_INVALID_ARG, "%s: a context of %u positions is over the model's %u", path, m->ctx,
+                        c->max_position);
+    if (c->sliding_window && m->ctx > c->sliding_window)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "%s: a context of %u positions is over the model's sliding window of %u, "
+                        "which is not implemented (use --ctx %u)", path, m->ctx, c->sliding_window, c->sliding_window);
+    if ((s = moe_model_create(&m->model, c->n_moe_layers))) return s;
+    if (!(m->layers = calloc(c->n_layers, sizeof *m->layers)))
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    const uint32_t h = c->hidden_size, V = c->vocab_size;
+    if ((s = get_mat(m, "model.embed_tokens.weight", V, h, true, &m->embed)) ||
+        (s = get_vec(m, "model.norm.weight", h, true, &m->out_norm)))
+        return s;
+    if (c->tie_embeddings) m->lm_head = m->embed;
+    else if ((s = get_mat(m, "lm_head.weight", V, h, true, &m->lm_head)))
+        return s;
+    uint32_t moe_index = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        layer *L = &m->layers[l];
+        L->moe = c->is_moe_layer[l];
+        L->moe_index = L->moe ? moe_index++ : UINT32_MAX;
+        if ((s = load_layer(m, l, L))) return s;
+    }
+    return MOE_OK;
+}
+
+moe_status moe_llm_load(moe_llm **out, const char *path, const moe_llm_params *params) {
+    if (!out || !path) return moe_fail(MOE_ERR_INVALID_ARG, "llm: NULL argument");
+    *out = NULL;
+    moe_llm *m = calloc(1, sizeof *m);
+    if (!m) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    snprintf(m->dir, sizeof m->dir, "%s", path);
+    moe_status s = load(m, path, params);
+    if (s) {
+        moe_llm_free(&m);
+        return s;
+    }
+    *out = m;
+    return MOE_OK;
+}
+
+moe_model_t *moe_llm_model(const moe_llm *m) { return m ? m->model : NULL; }
+const moe_hf_config *moe_llm_config(const moe_llm *m) { return m ? &m->cfg : NULL; }
+uint32_t moe_llm_vocab(const moe_llm *m) { return m ? m->cfg.vocab_size : 0; }
+uint32_t moe_llm_ctx(const moe_llm *m) { return m ? m->ctx : 0; }
+uint64_t moe_llm_weight_bytes(const moe_llm *m) { return m ? m->weight_bytes + moe_model_expert_bytes(m->model) : 0; }
+
+const char *moe_llm_arch_name(const moe_llm *m) {
+    for (size_t i = 0; m && i < sizeof archs / sizeof archs[0]; i++)
+        if (archs[i].arch == m->arch) return archs[i].name;
+    return "";
+}
+
+/* ---- the forward pass ---- */
+
+/* Scratch for one batch of n tokens. */
+typedef struct batch {
+    uint32_t n, pos0;
+    float *h, *x, *q, *kv, *att, *out, *tmp1, *tmp2, *logits_e;
+    int32_t *ids;
+    float *w;
+} batch;
+
+static float dotf(const float *a, const float *b, uint32_t n) {
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (uint32_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy(float *y, float a, const float *x, uint32_t n) {
+#pragma omp simd
+    for (uint32_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* Standard attention (MHA/GQA) of the batch into b->att [n, H*d]. */
+static void attention_std(moe_llm *m, layer *L, batch *b) {
+    const moe_hf_config *c = &m->cfg;
+    const uint32_t n = b->n, H = c->n_heads, K = c->n_kv_heads, d = c->head_dim, qw = H * d, kw = K * d;
+    float *k = b->kv, *v = b->kv + (size_t)n * kw;
+    moe_matmul(&L->wq, b->x, n, L->bq, b->q);
+    moe_matmul(&L->wk, b->x, n, L->bk, k);
+    moe_matmul(&L->wv, b->x, n, L->bv, v);
+    const float eps = (float)c->rms_norm_eps;
+    for (uint32_t t = 0; t < n; t++) {
+        float *qt = b->q + (size_t)t * qw, *kt = k + (size_t)t * kw;
+        if (m->arch == MOE_ARCH_OLMOE) {
+            moe_rmsnorm(qt, L->q_norm, qw, eps, qt);
+            moe_rmsnorm(kt, L->k_norm, kw, eps, kt);
+        } else if (m->arch == MOE_ARCH_QWEN3_MOE) {
+            for (uint32_t hh = 0; hh < H; hh++) moe_rmsnorm(qt + hh * d, L->q_norm, d, eps, qt + hh * d);
+            for (uint32_t g = 0; g < K; g++) moe_rmsnorm(kt + g * d, L->k_norm, d, eps, kt + g * d);
+        }
+        moe_rope_apply(&m->rope, qt, H, d, b->pos0 + t);
+        moe_rope_apply(&m->rope, kt, K, d, b->pos0 + t);
+        memcpy(L->k_cache + (size_t)(b->pos0 + t) * kw, kt, kw * sizeof(float));
+        memcpy(L->v_cache + (size_t)(b->pos0 + t) * kw, v + (size_t)t * kw, kw * sizeof(float));
+    }
+    const uint32_t group = H / K, span = b->pos0 + n;
+#pragma omp parallel
+    {
+        float *s = malloc((size_t)span * sizeof *s);
+#pragma omp for collapse(2) schedule(static)
+        for (uint32_t t = 0; t < n; t++)
+            for (uint32_t hh = 0; hh < H; hh++) {
+                const uint32_t p = b->pos0 + t, g = hh / group;
+                const float *qv = b->q + (size_t)t * qw + hh * d;
+                for (uint32_t j = 0; j <= p; j++) s[j] = dotf(qv, L->k_cache + (size_t)j * kw + g * d, d) * m->attn_scale;
+                moe_softmax(s, p + 1);
+                float *o = b->att + (size_t)t * qw + hh * d;
+                memset(o, 0, d * sizeof *o);
+                for (uint32_t j = 0; j <= p; j++) axpy(o, s[j], L->v_cache + (size_t)j * kw + g * d, d);
+            }
+        free(s);
+    }
+    moe_matmul(&L->wo, b->att, n, NULL, b->out);
+}
+
+/* DeepSeek's multi-head latent attention, absorbed: each head's query is
+ * taken into the latent space (W_uk^T q_nope), attends to the cached latents
+ * and rotated keys, and the latent result is taken out through W_uv. */
+static void attention_mla(moe_llm *m, layer *L, batch *b) {
+    const moe_hf_config *c = &m->cfg;
+    const uint32_t n = b->n, H = c->n_heads, nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
+    const uint32_t qd = nope + rope, vd = c->v_head_dim, kvl = c->kv_lora_rank, kw = m->kv_width;
+    float *kv = b->kv;
+    moe_matmul(&L->wq, b->x, n, NULL, b->q);
+    moe_matmul(&L->wkv_a, b->x, n, NULL, kv);
+    for (uint32_t t = 0; t < n; t++) {
+        float *kt = kv + (size_t)t * kw;
+        /* transformers' DeepSeek-V2 builds this norm with its default eps. */
+        moe_rmsnorm(kt, L->kv_a_norm, kvl, 1e-6f, kt);
+        moe_rope_apply(&m->rope, kt + kvl, 1, rope, b->pos0 + t);
+        moe_rope_apply(&m->rope, b->q + (size_t)t * H * qd + nope, H, qd, b->pos0 + t);
+        memcpy(L->k_cache + (size_t)(b->pos0 + t) * kw, kt, kw * sizeof(float));
+    }
+    const uint32_t span = b->pos0 + n;
+#pragma omp parallel
+    {
+        float *s = malloc((size_t)span * sizeof *s), *qa = malloc((size_t)kvl * sizeof *qa);
+        float *lat = malloc((size_t)kvl * sizeof *lat), *row = malloc((size_t)kvl * sizeof *row);
+#pragma omp for collapse(2) schedule(static)
+        for (uint32_t t = 0; t < n; t++)
+            for (uint32_t hh = 0; hh < H; hh++) {
+                const uint32_t p = b->pos0 + t;
+                const float *qv = b->q + (size_t)t * H * qd + hh * qd;
+                for (uint32_t k = 0; k < kvl; k++) {
+                    moe_mat_row(&L->k_b, hh * kvl + k, row);
+                    qa[k] = dotf(row, qv, nope);
+                }
+                for (uint32_t j = 0; j <= p; j++) {
+                    const float *cj = L->k_cache + (size_t)j * kw;
+                    s[j] = (dotf(qa, cj, kvl) + dotf(qv + nope, cj + kvl, rope)) * m->attn_scale;
+                }
+                moe_softmax(s, p + 1);
+                memset(lat, 0, kvl * sizeof *lat);
+                for (uint32_t j = 0; j <= p; j++) axpy(lat, s[j], L->k_cache + (size_t)j * kw, kvl);
+                float *o = b->att + (size_t)t * H * vd + hh * vd;
+                for (uint32_t i = 0; i < vd; i++) {
+                    moe_mat_row(&L->v_b, hh * vd + i, row);
+                    o[i] = dotf(row, lat, kvl);
+                }
+            }
+        free(s), free(qa), free(lat), free(row);
+    }
+    moe_matmul(&L->wo, b->att, n, NULL, b->out);
+}
+
+/* out[n, hidden] = down(silu(gate x) * up x) for the layer's MLP. */
+static void mlp(const layer *L, batch *b, float *out) {
+    const uint32_t n = b->n, inter = L->mlp_gate.rows;
+    moe_matmul(&L->mlp_gate, b->x, n, NULL, b->tmp1);
+    moe_matmul(&L->mlp_up, b->x, n, NULL, b->tmp2);
+    for (size_t i = 0; i < (size_t)n * inter; i++) b->tmp1[i] = silu(b->tmp1[i]) * b->tmp2[i];
+    moe_matmul(&L->mlp_down, b->tmp1, n, NULL, out);
+}
+
+/* Softmax over the router's logits, top-k, then renormalised or scaled. */
+static void route(const moe_llm *m, batch *b) {
+    const moe_hf_config *c = &m->cfg;
+    const uint32_t E = c->n_routed_experts, k = c->top_k;
+    for (uint32_t t = 0; t < b->n; t++) {
+        float *p = b->logits_e + (size_t)t * E;
+        moe_softmax(p, E);
+        int32_t *ids = b->ids + (size_t)t * k;
+        float *w = b->w + (size_t)t * k, sum = 0;
+        for (uint32_t j = 0; j < k; j++) {
+            uint32_t best = 0;
+            float bv = -1;
+            for (uint32_t e = 0; e < E; e++)
+                if (p[e] > bv) bv = p[e], best = e;
+            ids[j] = (int32_t)best;
+            w[j] = bv;
+            sum += bv;
+            p[best] = -2; /* taken */
+        }
+        for (uint32_t j = 0; j < k; j++)
+            w[j] = c->norm_topk_prob ? w[j] / (m->arch == MOE_ARCH_DEEPSEEK_V2 ? sum + 1e-20f : sum)
+                                     : w[j] * (float)c->routed_scaling;
+    }
+}
+
+static moe_status ffn(moe_llm *m, moe_runtime_t *rt, layer *L, batch *b) {
+    const uint32_t n = b->n, h = m->cfg.hidden_size;
+    if (!L->moe) {
+        mlp(L, b, b->out);
+        return MOE_OK;
+    }
+    moe_matmul(&L->router, b->x, n, NULL, b->logits_e);
+    route(m, b);
+    moe_status s = moe_layer_forward(rt, L->moe_index, n, b->x, m->cfg.top_k, b->ids, b->w, b->out);
+    if (s || !L->mlp_gate.data) return s;
+    float *sh = b->att; /* free at this point, and at least hidden wide */
+    mlp(L, b, sh);
+    for (uint32_t t = 0; t < n; t++) {
+        float g = 1.0f;
+        if (L->shared_gate.data) {
+            moe_matmul(&L->shared_gate, b->x + (size_t)t * h, 1, NULL, &g);
+            g = 1.0f / (1.0f + expf(-g));
+        }
+        axpy(b->out + (size_t)t * h, g, sh + (size_t)t * h, h);
+    }
+    return MOE_OK;
+}
+
+static void batch_free(batch *b) {
+    free(b->h), free(b->x), free(b->q), free(b->kv), free(b->att), free(b->out);
+    free(b->tmp1), free(b->tmp2), free(b->logits_e), free(b->ids), free(b->w);
+}
+
+static moe_status batch_alloc(const moe_llm *m, batch *b, uint32_t n, uint32_t pos0) {
+    const moe_hf_config *c = &m->cfg;
+    memset(b, 0, sizeof *b);
+    b->n = n, b->pos0 = pos0;
+    const size_t h = c->hidden_size, qw = (size_t)c->n_heads * c->head_dim;
+    size_t att = c->mla ? (size_t)c->n_heads * c->v_head_dim : qw;
+    if (att < h) att = h;
+    size_t inter = c->dense_inter > c->shared_inter ? c->dense_inter : c->shared_inter;
+    const size_t kv = c->mla ? m->kv_width : 2 * (size_t)m->kv_width;
+    b->h = malloc(n * h * sizeof(float));
+    b->x = malloc(n * h * sizeof(float));
+    b->q = malloc(n * qw * sizeof(float));
+    b->kv = malloc(n * kv * sizeof(float));
+    b->att = malloc(n * att * sizeof(float));
+    b->out = malloc(n * h * sizeof(float));
+    b->tmp1 = malloc(n * (inter ? inter : 1) * sizeof(float));
+    b->tmp2 = malloc(n * (inter ? inter : 1) * sizeof(float));
+    b->logits_e = malloc(n * (size_t)c->n_routed_experts * sizeof(float));
+    b->ids = malloc(n * (size_t)c->top_k * sizeof(int32_t));
+    b->w = malloc(n * (size_t)c->top_k * sizeof(float));
+    if (!b->h || !b->x || !b->q || !b->kv || !b->att || !b->out || !b->tmp1 || !b->tmp2 || !b->logits_e || !b->ids ||
+        !b->w) {
+        batch_free(b);
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "llm: out of memory for a batch of %u tokens", n);
+    }
+    return MOE_OK;
+}
+
+static moe_status check_tokens(const moe_llm *m, const int32_t *tokens, uint32_t n, uint32_t pos0) {
+    if ((uint64_t)pos0 + n > m->ctx)
+        return moe_fail(MOE_ERR_INVALID_ARG, "llm: %u tokens at position %u do not fit in the context of %u", n, pos0,
+                        m->ctx);
+    for (uint32_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || (uint32_t)tokens[t] >= m->cfg.vocab_size)
+            return moe_fail(MOE_ERR_INVALID_ARG, "llm: token %d (at %u) is outside the vocabulary of %u", tokens[t], t,
+                            m->cfg.vocab_size);
+    return MOE_OK;
+}
+
+moe_status moe_llm_forward(moe_llm *m, moe_runtime_t *rt, const int32_t *tokens, uint32_t n, uint32_t pos0,
+                           bool all_logits, float *logits) {
+    if (!m || !rt || (!tokens && n) || !logits) return moe_fail(MOE_ERR_INVALID_ARG, "llm_forward: NULL argument");
+    if (!n) return MOE_OK;
+    moe_status s = check_tokens(m, tokens, n, pos0);
+    if (s) return s;
+    batch b;
+    if ((s = batch_alloc(m, &b, n, pos0))) return s;
+    const uint32_t h = m->cfg.hidden_size;
+    const float eps = (float)m->cfg.rms_norm_eps;
+    for (uint32_t t = 0; t < n; t++) moe_mat_row(&m->embed, (uint32_t)tokens[t], b.h + (size_t)t * h);
+    for (uint32_t l = 0; l < m->cfg.n_layers && s == MOE_OK; l++) {
+        layer *L = &m->layers[l];
+        for (uint32_t t = 0; t < n; t++) moe_rmsnorm(b.h + (size_t)t * h, L->attn_norm, h, eps, b.x + (size_t)t * h);
+        (m->cfg.mla ? attention_mla : attention_std)(m, L, &b);
+        for (size_t i = 0; i < (size_t)n * h; i++) b.h[i] += b.out[i];
+        for (uint32_t t = 0; t < n; t++) moe_rmsnorm(b.h + (size_t)t * h, L->ffn_norm, h, eps, b.x + (size_t)t * h);
+        if ((s = ffn(m, rt, L, &b))) break;
+        for (size_t i = 0; i < (size_t)n * h; i++) b.h[i] += b.out[i];
+    }
+    if (s == MOE_OK) {
+        const uint32_t first = all_logits ? 0 : n - 1, cnt = n - first;
+        for (uint32_t t = first; t < n; t++) moe_rmsnorm(b.h + (size_t)t * h, m->out_norm, h, eps, b.x + (size_t)t * h);
+        moe_matmul(&m->lm_head, b.x + (size_t)first * h, cnt, NULL, logits);
+    }
+    batch_free(&b);
+    return s;
+}

@@ -1,0 +1,69 @@
+/* llm.h - a Mixture-of-Experts language model run end to end: weights
+ * mapped from a Hugging Face model directory (config.json and safetensors),
+ * the dense parts (embeddings, attention with a KV cache, norms, shared
+ * experts, dense MLPs, LM head) computed here on the CPU, and every routed
+ * expert run by a moerun runtime through the public API
+ * (moe_layer_forward), exactly as a host inference loop would.
+ *
+ * Architectures (config.json model_type):
+ *   mixtral      softmax over the router, top-k, renormalised
+ *   qwen2_moe    q/k/v biases; a shared expert scaled by sigmoid(gate . x);
+ *                top-k renormalised only if norm_topk_prob
+ *   qwen3_moe    RMSNorm of each head of q and k before RoPE
+ *   olmoe        RMSNorm of the whole q and k projections before RoPE
+ *   deepseek_v2  multi-head latent attention (no q LoRA) with YaRN, shared
+ *                experts, dense first layers, routed_scaling_factor
+ * Anything else, or a feature of these that is not implemented (sliding
+ * windows, q LoRA, grouped top-k, sigmoid scoring, other RoPE scalings), is
+ * refused with MOE_ERR_UNSUPPORTED naming the key or type.
+ *
+ * The KV cache holds ctx positions: keys and values per layer (for MLA,
+ * the compressed latent and the rotated key part, 576 floats per position
+ * for DeepSeek-V2-Lite, attended in absorbed form). */
+#ifndef MOE_MODEL_LLM_H
+#define MOE_MODEL_LLM_H
+
+#include "hf_config.h"
+#include "moerun.h"
+#include "ops.h"
+
+typedef enum moe_arch {
+    MOE_ARCH_MIXTRAL,
+    MOE_ARCH_QWEN2_MOE,
+    MOE_ARCH_QWEN3_MOE,
+    MOE_ARCH_OLMOE,
+    MOE_ARCH_DEEPSEEK_V2,
+} moe_arch;
+
+typedef struct moe_llm moe_llm;
+
+typedef struct moe_llm_params {
+    uint32_t ctx; /* KV cache positions; 0 = min(max_position_embeddings, 4096) */
+} moe_llm_params;
+
+/* Loads the model in directory `path` (config.json + model.safetensors or
+ * its sharded index). Weights stay in the files' memory maps. */
+moe_status moe_llm_load(moe_llm **out, const char *path, const moe_llm_params *params);
+void moe_llm_free(moe_llm **m);
+
+/* The moe_model_t whose experts the loader registered (owned by the llm):
+ * create the runtime on it. */
+moe_model_t *moe_llm_model(const moe_llm *m);
+const moe_hf_config *moe_llm_config(const moe_llm *m);
+uint32_t moe_llm_vocab(const moe_llm *m);
+uint32_t moe_llm_ctx(const moe_llm *m);
+const char *moe_llm_arch_name(const moe_llm *m);
+
+/* Bytes of weights the model maps (all tensors it uses). */
+uint64_t moe_llm_weight_bytes(const moe_llm *m);
+
+/* Runs n tokens at positions pos0 .. pos0+n-1 (after the pos0 already in
+ * the cache; pos0 + n <= ctx, else MOE_ERR_INVALID_ARG naming both) through
+ * every layer with runtime `rt`, which must have been created on
+ * moe_llm_model(m). logits: [n, vocab] if all_logits, else [vocab] for the
+ * last token. Positions at and after pos0 in the cache are overwritten:
+ * rewinding is calling again with a smaller pos0. */
+moe_status moe_llm_forward(moe_llm *m, moe_runtime_t *rt, const int32_t *tokens, uint32_t n, uint32_t pos0,
+                           bool all_logits, float *logits);
+
+#endif
