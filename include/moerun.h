@@ -77,7 +77,7 @@ extern "C" {
 /* API version of this header: bumped whenever a declaration changes in a way
  * that needs callers to be recompiled. Compare with moe_api_version() at run
  * time to detect a header/library mismatch. */
-#define MOE_API_VERSION 3
+#define MOE_API_VERSION 4
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
 MOE_EXPORT const char *moe_version(void);
@@ -345,6 +345,23 @@ MOE_EXPORT moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint3
                                         const float *hidden, uint32_t top_k,
                                         const int32_t *topk_ids, const float *topk_weights,
                                         float *out);
+
+/* A dense projection on the runtime's CPU threads, with the CPU engine's
+ * kernels: for a model's work around the experts (attention, shared
+ * experts, dense MLPs, the LM head), so a host loop need not bring its own
+ * BLAS.
+ *   w:      [rows, cols] row-major, contiguous, in `dtype`; borrowed for
+ *           the call only (a memory-mapped file is fine)
+ *   row_scales: MOE_DTYPE_I8 only (NULL otherwise): one f32 per row
+ *   x:      [n_tokens, cols] f32;  y: [n_tokens, rows] f32, overwritten:
+ *           y[t, r] = sum_c w[r, c] * x[t, c]
+ * y must not overlap x. Decode-sized batches (up to 4 tokens) stream the
+ * weights through the GEMV kernels; larger ones use AMX tiles where the CPU
+ * has them. Activations are rounded as the expert kernels round them (bf16
+ * for bf16 weights on AVX512-BF16, u8 per token for int8). Not counted in
+ * moe_stats. */
+MOE_EXPORT moe_status moe_dense_matmul(moe_runtime_t *rt, const void *w, moe_dtype dtype, const float *row_scales,
+                                       uint32_t rows, uint32_t cols, uint32_t n_tokens, const float *x, float *y);
 
 /* Counters since creation or the last moe_runtime_reset_stats(). */
 typedef struct moe_stats {

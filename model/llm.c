@@ -507,11 +507,18 @@ const char *moe_llm_arch_name(const moe_llm *m) {
 
 /* Scratch for one batch of n tokens. */
 typedef struct batch {
+    moe_runtime_t *rt;
+    moe_status st; /* the first failure of a matrix product */
     uint32_t n, pos0;
     float *h, *x, *q, *kv, *att, *out, *tmp1, *tmp2, *logits_e;
     int32_t *ids;
     float *w;
 } batch;
+
+/* A matrix product on the runtime's engine; the batch keeps the first failure. */
+static void mm(batch *b, const moe_mat *w, const float *x, uint32_t n, const float *bias, float *y) {
+    if (b->st == MOE_OK) b->st = moe_matmul(b->rt, w, x, n, bias, y);
+}
 
 static float dotf(const float *a, const float *b, uint32_t n) {
     float s = 0;
@@ -532,9 +539,9 @@ static void attention_std(moe_llm *m, layer *L, batch *b) {
     const moe_hf_config *c = &m->cfg;
     const uint32_t n = b->n, H = c->n_heads, K = c->n_kv_heads, d = c->head_dim, qw = H * d, kw = K * d;
     float *k = b->kv, *v = b->kv + (size_t)n * kw;
-    moe_matmul(&L->wq, b->x, n, L->bq, b->q);
-    moe_matmul(&L->wk, b->x, n, L->bk, k);
-    moe_matmul(&L->wv, b->x, n, L->bv, v);
+    mm(b, &L->wq, b->x, n, L->bq, b->q);
+    mm(b, &L->wk, b->x, n, L->bk, k);
+    mm(b, &L->wv, b->x, n, L->bv, v);
     const float eps = (float)c->rms_norm_eps;
     for (uint32_t t = 0; t < n; t++) {
         float *qt = b->q + (size_t)t * qw, *kt = k + (size_t)t * kw;
@@ -567,7 +574,7 @@ static void attention_std(moe_llm *m, layer *L, batch *b) {
             }
         free(s);
     }
-    moe_matmul(&L->wo, b->att, n, NULL, b->out);
+    mm(b, &L->wo, b->att, n, NULL, b->out);
 }
 
 /* DeepSeek's multi-head latent attention, absorbed: each head's query is
@@ -578,8 +585,8 @@ static void attention_mla(moe_llm *m, layer *L, batch *b) {
     const uint32_t n = b->n, H = c->n_heads, nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
     const uint32_t qd = nope + rope, vd = c->v_head_dim, kvl = c->kv_lora_rank, kw = m->kv_width;
     float *kv = b->kv;
-    moe_matmul(&L->wq, b->x, n, NULL, b->q);
-    moe_matmul(&L->wkv_a, b->x, n, NULL, kv);
+    mm(b, &L->wq, b->x, n, NULL, b->q);
+    mm(b, &L->wkv_a, b->x, n, NULL, kv);
     for (uint32_t t = 0; t < n; t++) {
         float *kt = kv + (size_t)t * kw;
         /* transformers' DeepSeek-V2 builds this norm with its default eps. */
@@ -617,16 +624,16 @@ static void attention_mla(moe_llm *m, layer *L, batch *b) {
             }
         free(s), free(qa), free(lat), free(row);
     }
-    moe_matmul(&L->wo, b->att, n, NULL, b->out);
+    mm(b, &L->wo, b->att, n, NULL, b->out);
 }
 
 /* out[n, hidden] = down(silu(gate x) * up x) for the layer's MLP. */
 static void mlp(const layer *L, batch *b, float *out) {
     const uint32_t n = b->n, inter = L->mlp_gate.rows;
-    moe_matmul(&L->mlp_gate, b->x, n, NULL, b->tmp1);
-    moe_matmul(&L->mlp_up, b->x, n, NULL, b->tmp2);
+    mm(b, &L->mlp_gate, b->x, n, NULL, b->tmp1);
+    mm(b, &L->mlp_up, b->x, n, NULL, b->tmp2);
     for (size_t i = 0; i < (size_t)n * inter; i++) b->tmp1[i] = silu(b->tmp1[i]) * b->tmp2[i];
-    moe_matmul(&L->mlp_down, b->tmp1, n, NULL, out);
+    mm(b, &L->mlp_down, b->tmp1, n, NULL, out);
 }
 
 /* Softmax over the router's logits, top-k, then renormalised or scaled. */
@@ -654,27 +661,23 @@ static void route(const moe_llm *m, batch *b) {
     }
 }
 
-static moe_status ffn(moe_llm *m, moe_runtime_t *rt, layer *L, batch *b) {
+static moe_status ffn(moe_llm *m, layer *L, batch *b) {
     const uint32_t n = b->n, h = m->cfg.hidden_size;
     if (!L->moe) {
         mlp(L, b, b->out);
-        return MOE_OK;
+        return b->st;
     }
-    moe_matmul(&L->router, b->x, n, NULL, b->logits_e);
+    mm(b, &L->router, b->x, n, NULL, b->logits_e);
+    if (b->st) return b->st;
     route(m, b);
-    moe_status s = moe_layer_forward(rt, L->moe_index, n, b->x, m->cfg.top_k, b->ids, b->w, b->out);
+    moe_status s = moe_layer_forward(b->rt, L->moe_index, n, b->x, m->cfg.top_k, b->ids, b->w, b->out);
     if (s || !L->mlp_gate.data) return s;
-    float *sh = b->att; /* free at this point, and at least hidden wide */
+    float *sh = b->att, *gate = b->tmp2; /* both free at this point; att is at least hidden wide */
     mlp(L, b, sh);
-    for (uint32_t t = 0; t < n; t++) {
-        float g = 1.0f;
-        if (L->shared_gate.data) {
-            moe_matmul(&L->shared_gate, b->x + (size_t)t * h, 1, NULL, &g);
-            g = 1.0f / (1.0f + expf(-g));
-        }
-        axpy(b->out + (size_t)t * h, g, sh + (size_t)t * h, h);
-    }
-    return MOE_OK;
+    if (L->shared_gate.data) mm(b, &L->shared_gate, b->x, n, NULL, gate);
+    for (uint32_t t = 0; t < n && b->st == MOE_OK; t++)
+        axpy(b->out + (size_t)t * h, L->shared_gate.data ? 1.0f / (1.0f + expf(-gate[t])) : 1.0f, sh + (size_t)t * h, h);
+    return b->st;
 }
 
 static void batch_free(batch *b) {
@@ -729,6 +732,7 @@ moe_status moe_llm_forward(moe_llm *m, moe_runtime_t *rt, const int32_t *tokens,
     if (s) return s;
     batch b;
     if ((s = batch_alloc(m, &b, n, pos0))) return s;
+    b.rt = rt;
     const uint32_t h = m->cfg.hidden_size;
     const float eps = (float)m->cfg.rms_norm_eps;
     for (uint32_t t = 0; t < n; t++) moe_mat_row(&m->embed, (uint32_t)tokens[t], b.h + (size_t)t * h);
@@ -736,15 +740,17 @@ moe_status moe_llm_forward(moe_llm *m, moe_runtime_t *rt, const int32_t *tokens,
         layer *L = &m->layers[l];
         for (uint32_t t = 0; t < n; t++) moe_rmsnorm(b.h + (size_t)t * h, L->attn_norm, h, eps, b.x + (size_t)t * h);
         (m->cfg.mla ? attention_mla : attention_std)(m, L, &b);
+        if ((s = b.st)) break;
         for (size_t i = 0; i < (size_t)n * h; i++) b.h[i] += b.out[i];
         for (uint32_t t = 0; t < n; t++) moe_rmsnorm(b.h + (size_t)t * h, L->ffn_norm, h, eps, b.x + (size_t)t * h);
-        if ((s = ffn(m, rt, L, &b))) break;
+        if ((s = ffn(m, L, &b))) break;
         for (size_t i = 0; i < (size_t)n * h; i++) b.h[i] += b.out[i];
     }
     if (s == MOE_OK) {
         const uint32_t first = all_logits ? 0 : n - 1, cnt = n - first;
         for (uint32_t t = first; t < n; t++) moe_rmsnorm(b.h + (size_t)t * h, m->out_norm, h, eps, b.x + (size_t)t * h);
-        moe_matmul(&m->lm_head, b.x + (size_t)first * h, cnt, NULL, logits);
+        mm(&b, &m->lm_head, b.x + (size_t)first * h, cnt, NULL, logits);
+        s = b.st;
     }
     batch_free(&b);
     return s;

@@ -42,9 +42,26 @@ static float dot(const float *a, const float *b, uint32_t n) {
     return s;
 }
 
-void moe_matmul(const moe_mat *w, const float *x, uint32_t n, const float *bias, float *y) {
+static bool engine_type(moe_wtype t, moe_dtype *out) {
+    switch (t) {
+    case MOE_WT_F32: *out = MOE_DTYPE_F32; return true;
+    case MOE_WT_BF16: *out = MOE_DTYPE_BF16; return true;
+    case MOE_WT_F16: *out = MOE_DTYPE_F16; return true;
+    default: return false;
+    }
+}
+
+moe_status moe_matmul(moe_runtime_t *rt, const moe_mat *w, const float *x, uint32_t n, const float *bias, float *y) {
     const uint32_t rows = w->rows, cols = w->cols;
-    if (!n || !rows) return;
+    if (!n || !rows) return MOE_OK;
+    moe_dtype dt;
+    if (rt && engine_type(w->type, &dt)) {
+        moe_status s = moe_dense_matmul(rt, w->data, dt, NULL, rows, cols, n, x, y);
+        if (s || !bias) return s;
+        for (uint32_t t = 0; t < n; t++)
+            for (uint32_t r = 0; r < rows; r++) y[(size_t)t * rows + r] += bias[r];
+        return MOE_OK;
+    }
     /* Each thread converts a row of W once and uses it for every token. */
 #pragma omp parallel
     {
@@ -61,6 +78,7 @@ void moe_matmul(const moe_mat *w, const float *x, uint32_t n, const float *bias,
         }
         free(row);
     }
+    return MOE_OK;
 }
 
 void moe_rmsnorm(const float *x, const float *weight, uint32_t len, float eps, float *y) {

@@ -16,8 +16,11 @@ typedef struct moe_mat {
 } moe_mat;
 
 /* y[t, r] = sum_c W[r, c] x[t, c] (+ bias[r] if bias), for n tokens; x is
- * [n, W.cols], y [n, W.rows]; y must not overlap x. */
-void moe_matmul(const moe_mat *w, const float *x, uint32_t n, const float *bias, float *y);
+ * [n, W.cols], y [n, W.rows]; y must not overlap x. With a runtime, f32,
+ * f16 and bf16 weights run on its CPU engine (moe_dense_matmul: AVX-512
+ * and AMX kernels); q8_0 weights, and every type without a runtime, run on
+ * the plain loop here. */
+moe_status moe_matmul(moe_runtime_t *rt, const moe_mat *w, const float *x, uint32_t n, const float *bias, float *y);
 
 /* Row r of W into out[W.cols] as f32. */
 void moe_mat_row(const moe_mat *w, uint32_t r, float *out);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "dense.h"
 #include "engine.h"
 #include "gpu.h"
 #include "place.h"
@@ -399,6 +400,12 @@ static void record(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, uint32_
             t->weights[at] = w[(size_t)i * top_k + k];
         }
     rt->trace_next = layer + 1 == rt->model->n_layers ? 0 : layer + 1;
+}
+
+moe_status moe_dense_matmul(moe_runtime_t *rt, const void *w, moe_dtype dtype, const float *row_scales, uint32_t rows,
+                            uint32_t cols, uint32_t n_tokens, const float *x, float *y) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_dense_matmul: not a runtime handle");
+    return moe_cpu_dense(rt->n_threads, false, w, dtype, row_scales, rows, cols, n_tokens, x, y);
 }
 
 moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,

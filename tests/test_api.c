@@ -133,9 +133,15 @@ static void last_error_is_per_thread(void) {
     CHECK_OK(moe_runtime_create(&rt, t.model, NULL));
     float x[4] = {1, 2, 3, 4}, y[4];
     CHECK_OK(moe_layer_forward(rt, 0, 1, x, 1, (int32_t[]){1}, (float[]){1.0f}, y));
+    /* A dense projection through the public API: W = [[1,0,0,0],[1,1,1,1]]. */
+    const float w[8] = {1, 0, 0, 0, 1, 1, 1, 1};
+    CHECK_OK(moe_dense_matmul(rt, w, MOE_DTYPE_F32, NULL, 2, 4, 1, x, y));
+    CHECK(y[0] == 1 && y[1] == 10);
     moe_runtime_free(&rt);
     test_model_free(&t);
     CHECK_ERROR_MENTIONS("n_layers = 99999");
+    CHECK_STATUS(moe_dense_matmul(NULL, w, MOE_DTYPE_F32, NULL, 2, 4, 1, x, y), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("not a runtime handle");
 }
 
 typedef struct log_capture {

@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include "dense.h"
 #include "engine.h"
 #include "mm.h"
 #include "place.h"
@@ -426,6 +427,53 @@ static void runtime_on_two_nodes(void) {
     test_model_free(&tm);
 }
 
+/* Dense projections (moe_cpu_dense, moe_dense_matmul) against double dot
+ * products of the weights as stored: GEMV up to 4 tokens, AMX row blocks
+ * of 16 beyond with the remainder on GEMV, odd widths that AMX refuses,
+ * every dtype, fast and portable, and from 1 to 3 threads. */
+static void dense_matches_dot_products(void) {
+    static const uint32_t rows_[] = {1, 15, 16, 33, 100}, cols_[] = {30, 64, 96, 128}, ns[] = {1, 3, 4, 5, 16, 37};
+    moe_rng r = {99};
+    for (int ti = 0; ti < 4; ti++)
+        for (size_t a = 0; a < 5; a++)
+            for (size_t b = 0; b < 4; b++) {
+                const moe_dtype t = all_types[ti];
+                const uint32_t R = rows_[a], C = cols_[b];
+                expert_buf e;
+                expert_make(&e, C, R, t, &r); /* gate is [R, C] */
+                float *x = malloc((size_t)37 * C * sizeof *x), *y = malloc((size_t)37 * R * sizeof *y);
+                double *want = malloc((size_t)37 * R * sizeof *want);
+                test_fill(&r, x, (size_t)37 * C);
+                for (uint32_t k = 0; k < 37; k++)
+                    for (uint32_t o = 0; o < R; o++) {
+                        double sum = 0;
+                        for (uint32_t c = 0; c < C; c++)
+                            sum += (t == MOE_DTYPE_I8 ? (double)((const int8_t *)e.w[0])[(size_t)o * C + c]
+                                                      : (double)moe_load_f32(e.w[0], t, (size_t)o * C + c)) *
+                                   x[(size_t)k * C + c];
+                        want[(size_t)k * R + o] = sum * (e.s[0] ? e.s[0][o] : 1.0);
+                    }
+                for (size_t ni = 0; ni < 6; ni++)
+                    for (int portable = 0; portable < 2; portable++) {
+                        const uint32_t n = ns[ni], threads = 1 + (uint32_t)(ni % 3);
+                        CHECK_OK(moe_cpu_dense(threads, portable, e.w[0], t, e.s[0], R, C, n, x, y));
+                        double num = 0, den = 0;
+                        for (size_t i = 0; i < (size_t)n * R; i++)
+                            num += (y[i] - want[i]) * (y[i] - want[i]), den += want[i] * want[i];
+                        if (num / den > test_tolerance(t))
+                            fprintf(stderr, "%s %ux%u n=%u%s: nmse %g\n", moe_dtype_name(t), R, C, n,
+                                    portable ? " portable" : "", num / den);
+                        CHECK(num / den <= test_tolerance(t));
+                    }
+                free(x), free(y), free(want);
+                expert_free(&e);
+            }
+    float x = 1, y = 0;
+    CHECK_STATUS(moe_cpu_dense(1, false, NULL, MOE_DTYPE_F32, NULL, 1, 1, 1, &x, &y), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_cpu_dense(1, false, &x, MOE_DTYPE_I8, NULL, 1, 1, 1, &x, &y), MOE_ERR_INVALID_ARG);
+    CHECK_OK(moe_cpu_dense(1, false, NULL, MOE_DTYPE_F32, NULL, 1, 1, 0, NULL, NULL));
+}
+
 static void bad_tasks_are_refused(void) {
     moe_rng r = {9};
     expert_buf b;
@@ -483,4 +531,4 @@ TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(amx_kerne
           TEST_CASE(engine_matches_reference), TEST_CASE(large_groups_use_onednn),
           TEST_CASE(numa_teams_run_their_own_experts), TEST_CASE(runtime_on_two_nodes),
           TEST_CASE(binding_restores_the_callers_cpus), TEST_CASE(paths_respect_kernel_limits),
-          TEST_CASE(bad_tasks_are_refused))
+          TEST_CASE(bad_tasks_are_refused), TEST_CASE(dense_matches_dot_products))

@@ -59,7 +59,7 @@ static void matmul_every_type(void) {
             fill(bias, rows, &r);
             void *p = encode((moe_wtype)type, w, rows, cols, wq);
             const moe_mat m = {(moe_wtype)type, p, rows, cols};
-            moe_matmul(&m, x, n, k % 2 ? bias : NULL, y);
+            CHECK_OK(moe_matmul(NULL, &m, x, n, k % 2 ? bias : NULL, y));
             double worst = 0;
             for (uint32_t t = 0; t < n; t++)
                 for (uint32_t o = 0; o < rows; o++) {
