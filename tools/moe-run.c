@@ -124,7 +124,22 @@ typedef struct options {
 typedef struct run_times {
     uint32_t n_prompt, n_gen;
     double prefill_s, decode_s;
+    uint64_t weight_bytes; /* of the model's files it uses (0 for the demo) */
 } run_times;
+
+/* VmRSS and VmHWM of this process in bytes (0 where /proc is not there). */
+static void resident(uint64_t *rss, uint64_t *peak) {
+    *rss = *peak = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return;
+    char line[256];
+    unsigned long long kb;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "VmRSS: %llu kB", &kb) == 1) *rss = kb * 1024;
+        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1) *peak = kb * 1024;
+    }
+    fclose(f);
+}
 
 static void print_stats(const options *o, moe_runtime_t *rt, const char *model, const run_times *r) {
     moe_stats s;
@@ -133,6 +148,8 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
     const double decode_tok_s = r->n_gen > 1 && r->decode_s > 0 ? (r->n_gen - 1) / r->decode_s : 0.0;
     const uint64_t gpu_calls = s.gpu_hits + s.gpu_misses;
     const double hit_rate = gpu_calls ? (double)s.gpu_hits / (double)gpu_calls : 0.0;
+    uint64_t rss, peak;
+    resident(&rss, &peak);
     if (o->json) {
         char prof[2048], name[2048];
         json_str(prof, sizeof prof, moe_runtime_profile(rt));
@@ -141,12 +158,14 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
                "\"generated_tokens\":%u,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"layer_calls\":%llu,"
                "\"experts_cpu\":%llu,\"experts_gpu\":%llu,\"expert_tokens\":%llu,\"gpu_hit_rate\":%.4f,"
                "\"bytes_copied\":%llu,\"plan_s\":%.6f,\"cpu_s\":%.6f,\"gpu_s\":%.6f,\"moe_s\":%.6f,"
-               "\"prefill_s\":%.6f,\"decode_s\":%.6f,\"profile\":\"%s\"}\n",
+               "\"prefill_s\":%.6f,\"decode_s\":%.6f,\"weight_bytes\":%llu,\"rss_bytes\":%llu,"
+               "\"peak_rss_bytes\":%llu,\"profile\":\"%s\"}\n",
                name, moe_device_name(moe_runtime_device(rt)), moe_runtime_policy(rt), r->n_prompt, r->n_gen,
                prefill_tok_s, decode_tok_s, (unsigned long long)s.layer_calls,
                (unsigned long long)s.expert_calls_cpu, (unsigned long long)s.expert_calls_gpu,
                (unsigned long long)s.expert_tokens, hit_rate, (unsigned long long)s.bytes_copied, s.plan_seconds,
-               s.cpu_seconds, s.gpu_seconds, s.total_seconds, r->prefill_s, r->decode_s, prof);
+               s.cpu_seconds, s.gpu_seconds, s.total_seconds, r->prefill_s, r->decode_s,
+               (unsigned long long)r->weight_bytes, (unsigned long long)rss, (unsigned long long)peak, prof);
         return;
     }
     printf("prefill: %u tokens, %.1f tok/s; decode: %u steps, %.1f tok/s\n", r->n_prompt, prefill_tok_s,
@@ -157,6 +176,9 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
            (unsigned long long)s.expert_tokens, hit_rate, (unsigned long long)s.bytes_copied);
     printf("time in MoE layers: %.3f s (plan %.3f s, CPU experts %.3f s, GPU experts %.3f s)\n", s.total_seconds,
            s.plan_seconds, s.cpu_seconds, s.gpu_seconds);
+    if (r->weight_bytes)
+        printf("memory: %.1f MB resident (peak %.1f MB) for %.1f MB of weights\n", (double)rss / 1e6,
+               (double)peak / 1e6, (double)r->weight_bytes / 1e6);
     if (moe_runtime_profile(rt)[0])
         printf("profile: %s; it predicts %.1f us per CPU expert call at decode (1 token)\n", moe_runtime_profile(rt),
                moe_runtime_cpu_cost_us(rt, 0, 1));
@@ -188,7 +210,7 @@ static int run_demo(options *o) {
         fprintf(stderr, "moe-run: out of memory\n");
         goto out;
     }
-    run_times r = {moe_demo_tokenize(o->prompt, cfg->vocab, tokens, cap), o->n_gen, 0, 0};
+    run_times r = {moe_demo_tokenize(o->prompt, cfg->vocab, tokens, cap), o->n_gen, 0, 0, 0};
     if (r.n_prompt == 0) tokens[r.n_prompt++] = 0; /* an empty prompt starts from token 0 */
     if (!o->quiet)
         printf("moe-run: demo model (random weights): %u layers x %u experts (top-%u), %ux%u %s, "
@@ -343,7 +365,7 @@ static int generate(options *o, moe_llm *m, moe_runtime_t *rt, const moe_tokeniz
     stream out = {0};
     for (uint32_t i = 0; i < o->n_stops; i++)
         if (strlen(o->stops[i]) > out.hold) out.hold = strlen(o->stops[i]);
-    run_times r = {n_prompt, 0, 0, 0};
+    run_times r = {n_prompt, 0, 0, 0, moe_llm_weight_bytes(m)};
     const double t0 = moe_now();
     st = moe_llm_forward(m, rt, prompt, n_prompt, 0, false, logits);
     const double t1 = moe_now();
