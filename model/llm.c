@@ -445,6 +445,25 @@ static moe_status open_files(moe_llm *m, const char *path) {
     return check_config(m);
 }
 
+/* Touches one byte of every page of the maps, so the first tokens do not
+ * pay for reading the files; progress every 64 MB. */
+static void prefault(const moe_llm *m, const moe_llm_params *p) {
+    const moe_mapped_file *files[4096];
+    uint32_t nf = 0;
+    if (m->gguf) files[nf++] = &m->gg.file;
+    for (uint32_t f = 0; !m->gguf && f < m->st.n_files && nf < 4096; f++) files[nf++] = &m->st.files[f].file;
+    uint64_t total = 0, done = 0, next = 0;
+    for (uint32_t f = 0; f < nf; f++) total += files[f]->size;
+    volatile uint8_t sink = 0;
+    for (uint32_t f = 0; f < nf; f++)
+        for (uint64_t at = 0; at < files[f]->size; at += 4096, done += 4096) {
+            sink ^= files[f]->data[at];
+            if (p->progress && done >= next) p->progress(done, total, p->progress_user), next = done + (64u << 20);
+        }
+    (void)sink;
+    if (p->progress) p->progress(total, total, p->progress_user);
+}
+
 static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
     moe_status s;
     if ((s = open_files(m, path))) return s;
@@ -473,6 +492,7 @@ static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
         L->moe_index = L->moe ? moe_index++ : UINT32_MAX;
         if ((s = load_layer(m, l, L))) return s;
     }
+    if (p && p->prefault) prefault(m, p);
     return MOE_OK;
 }
 

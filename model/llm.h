@@ -39,6 +39,11 @@ typedef struct moe_llm moe_llm;
 
 typedef struct moe_llm_params {
     uint32_t ctx; /* KV cache positions; 0 = min(max_position_embeddings, 4096) */
+    /* Read every page of the weight files at load (instead of on first
+     * use), calling progress (if set) as it goes: bytes read of total. */
+    bool prefault;
+    void (*progress)(uint64_t done, uint64_t total, void *user);
+    void *progress_user;
 } moe_llm_params;
 
 /* Loads the model in directory `path` (config.json + model.safetensors or

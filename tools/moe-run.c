@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "demo.h"
@@ -43,6 +44,8 @@ static void usage(FILE *f) {
             "  --repeat-penalty R    divide the logits of recent tokens by R (default 1: none)\n"
             "  --stop TEXT           stop when the output contains TEXT (up to %d times)\n"
             "  --ignore-eos          keep generating after an end-of-sequence token\n"
+            "  --lazy                read weights from the files on first use, not all at load\n"
+            "                        (loading shows a progress bar on a terminal)\n"
             "  --seed N              sampling seed; for the demo, the seed of its weights (default 42)\n"
             "  --device auto|cpu     where experts run (default auto)\n"
             "  --policy NAME         scheduling policy: auto, or one of the names below (default auto)\n"
@@ -113,7 +116,7 @@ typedef struct options {
     const char *model, *prompt, *prompt_ids, *tokenizer;
     const char *stops[MAX_STOPS];
     uint32_t n_stops, n_gen, ctx, top_k;
-    bool json, quiet, chat, ignore_eos, seed_set;
+    bool json, quiet, chat, ignore_eos, seed_set, lazy;
     uint64_t seed;
     moe_sampler_params sp;
     moe_demo_config demo;
@@ -427,6 +430,15 @@ static void tokenizer_paths(const options *o, char *tok, size_t cap, char *cfg, 
     if (!tok[0] || !is_file(cfg)) cfg[0] = '\0';
 }
 
+/* A progress bar on a terminal while the weights are read. */
+static void show_progress(uint64_t done, uint64_t total, void *user) {
+    (void)user;
+    const int width = 40, fill = total ? (int)((double)done / (double)total * width) : width;
+    fprintf(stderr, "\rloading [%.*s%*s] %3.0f%% %.1f/%.1f GB%s", fill, "########################################",
+            width - fill, "", total ? 100.0 * (double)done / (double)total : 100.0, (double)done / 1e9,
+            (double)total / 1e9, done >= total ? "\n" : "");
+}
+
 static int run_model(options *o) {
     moe_llm *m = NULL;
     moe_tokenizer *tok = NULL;
@@ -434,7 +446,8 @@ static int run_model(options *o) {
     int32_t *prompt = NULL;
     uint32_t n_prompt = 0;
     int rc = 1;
-    const moe_llm_params lp = {.ctx = o->ctx};
+    const bool tty = isatty(STDERR_FILENO) && !o->quiet;
+    const moe_llm_params lp = {.ctx = o->ctx, .prefault = !o->lazy, .progress = tty ? show_progress : NULL};
     moe_status st = moe_llm_load(&m, o->model, &lp);
     char path[1100], cfg_path[1100];
     tokenizer_paths(o, path, sizeof path, cfg_path, sizeof cfg_path);
@@ -510,6 +523,7 @@ static int parse(options *o, int argc, char **argv, bool *exit_now) {
         else if (!strcmp(a, "--any-host")) o->rp.profile_any_host = 1;
         else if (!strcmp(a, "--chat")) o->chat = true;
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = true;
+        else if (!strcmp(a, "--lazy")) o->lazy = true;
         else if (a[0] != '-') {
             if (o->model) return bad("two models given: \"%s\" and \"%s\"", o->model, a);
             o->model = a;
