@@ -424,9 +424,8 @@ static void tokenizer_paths(const options *o, char *tok, size_t cap, char *cfg, 
         snprintf(tok, cap, "%s/tokenizer.json", dir);
         if (!is_file(tok)) tok[0] = '\0';
     }
-    snprintf(dir, sizeof dir, "%s", tok);
-    char *slash = strrchr(dir, '/');
-    snprintf(cfg, cfg_cap, "%.*s/tokenizer_config.json", slash ? (int)(slash - dir) : 1, slash ? dir : ".");
+    const char *slash = strrchr(tok, '/');
+    snprintf(cfg, cfg_cap, "%.*s/tokenizer_config.json", slash ? (int)(slash - tok) : 1, slash ? tok : ".");
     if (!tok[0] || !is_file(cfg)) cfg[0] = '\0';
 }
 
