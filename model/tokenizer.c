@@ -8,6 +8,7 @@
  * ByteLevel pre-tokenizer's mapping is the identity here. */
 #include "tokenizer.h"
 
+#include <float.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,7 @@ typedef struct span {
     uint32_t off, len; /* in tok->arena */
 } span;
 
-enum { F_MODEL = 1, F_ADDED = 2, F_SPECIAL = 4, F_NORMALIZED = 8 };
+enum { F_MODEL = 1, F_ADDED = 2, F_SPECIAL = 4, F_NORMALIZED = 8, F_UNUSED = 16 };
 
 typedef struct added_token {
     span match; /* what is looked for: the content, normalized if `normalized` */
@@ -75,6 +76,9 @@ struct moe_tokenizer {
     step norm[MAX_STEPS], pre[MAX_STEPS], dec[MAX_STEPS];
     int n_norm, n_pre, n_dec;
     bool byte_level, byte_fallback, fuse_unk, ignore_merges;
+    bool spm;             /* GGUF "llama": llama.cpp's SPM merging by score_rank instead of merges */
+    bool raw_added;       /* GGUF: added tokens decode to their text as is, unused ones to nothing */
+    uint32_t *score_rank; /* spm: per id, 0 for the highest score; equal scores share a rank */
     int32_t unk_id;
     int32_t byte_id[256]; /* byte-level: the one-byte piece; byte fallback: <0xXX>; else NO_ID */
     int32_t prefix[MAX_SPECIAL], suffix[MAX_SPECIAL];
@@ -216,8 +220,9 @@ static void byte_alphabet_reverse(int16_t rev[324]) {
 
 typedef struct loader {
     moe_tokenizer *t;
-    const moe_json_doc *d;
-    const int16_t *rev; /* byte alphabet code point -> byte, -1 */
+    const moe_json_doc *d; /* NULL when reading GGUF */
+    const int16_t *rev;    /* byte alphabet code point -> byte, -1 */
+    const char *file;      /* for messages */
 } loader;
 
 static moe_status fail_at(moe_status s, const loader *L, const moe_json *v, const char *fmt, ...) MOE_PRINTF(4, 5);
@@ -232,7 +237,7 @@ static moe_status fail_at(moe_status s, const loader *L, const moe_json *v, cons
 }
 
 static moe_status oom(const loader *L) {
-    return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for the tokenizer", L->d->name);
+    return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for the tokenizer", L->file);
 }
 
 static const char *type_name(moe_json_type t) {
@@ -550,41 +555,75 @@ static moe_status count_ids(const loader *L, const moe_json *vocab, const moe_js
     return MOE_OK;
 }
 
-static moe_status read_vocab(const loader *L, const moe_json *vocab) {
-    moe_tokenizer *t = L->t;
+/* The per-id arrays for t->n_vocab ids and a piece map for up to n_pieces
+ * pieces; false when out of memory. */
+static bool vocab_alloc(moe_tokenizer *t, size_t n_pieces) {
     const uint32_t n = t->n_vocab;
     t->flags = calloc(n ? n : 1, 1);
     t->name = calloc(n ? n : 1, sizeof *t->name);
     t->piece = calloc(n ? n : 1, sizeof *t->piece);
     t->out = calloc(n ? n : 1, sizeof *t->out);
-    t->map_mask = pow2_above(vocab->len) - 1;
+    t->map_mask = pow2_above(n_pieces) - 1;
     t->map = calloc((size_t)t->map_mask + 1, sizeof *t->map);
-    if (!t->flags || !t->name || !t->piece || !t->out || !t->map) return oom(L);
+    return t->flags && t->name && t->piece && t->out && t->map;
+}
+
+/* Token id is s[0..n) as the file writes it: its name, and unless !in_map
+ * or it stands for no bytes, its piece in the map. false when out of
+ * memory. */
+static bool vocab_set(moe_tokenizer *t, const int16_t *rev, int32_t id, const char *s, size_t n, bool in_map) {
+    if (!arena_add(t, s, n, &t->name[id])) return false;
+    uint8_t buf[1024];
+    const uint8_t *p;
+    size_t len;
+    if (!in_map || n > sizeof buf || !to_piece(t, rev, s, n, buf, &p, &len) || !len) return true;
+    if (!t->byte_level) t->piece[id] = t->name[id];
+    else if (!arena_add(t, p, len, &t->piece[id])) return false;
+    map_insert(t, id);
+    return true;
+}
+
+static moe_status read_vocab(const loader *L, const moe_json *vocab) {
+    moe_tokenizer *t = L->t;
+    if (!vocab_alloc(t, vocab->len)) return oom(L);
     for (size_t i = 0; i < vocab->len; i++) {
         const moe_json_member *m = &vocab->u.members[i];
         const int32_t id = (int32_t)m->value.number;
         if (t->flags[id])
             return fail_at(MOE_ERR_PARSE, L, &m->value, "id %d is given to two tokens", (int)id);
         t->flags[id] = F_MODEL;
-        if (!arena_add(t, m->key, m->key_len, &t->name[id])) return oom(L);
-        uint8_t buf[1024];
-        const uint8_t *p;
-        size_t len;
-        if (m->key_len > sizeof buf || !to_piece(t, L->rev, m->key, m->key_len, buf, &p, &len) || !len) continue;
-        if (!t->byte_level) t->piece[id] = t->name[id];
-        else if (!arena_add(t, p, len, &t->piece[id])) return oom(L);
-        map_insert(t, id);
+        if (!vocab_set(t, L->rev, id, m->key, m->key_len, true)) return oom(L);
     }
     return MOE_OK;
 }
 
-static moe_status merge_side(const loader *L, const moe_json *m, const char *s, size_t n, uint8_t *buf,
-                             size_t *len, int32_t *id) {
+static bool merges_alloc(moe_tokenizer *t, size_t n) {
+    t->merges_mask = pow2_above(n) - 1;
+    t->merges = malloc(((size_t)t->merges_mask + 1) * sizeof *t->merges);
+    if (!t->merges) return false;
+    for (size_t i = 0; i <= t->merges_mask; i++) t->merges[i].id = NO_ID;
+    return true;
+}
+
+enum { MERGE_OK, MERGE_BAD_A, MERGE_BAD_B, MERGE_BAD_RESULT };
+
+/* Adds merge `rank` of tokens a and b (as the file writes them); MERGE_OK,
+ * or which of a, b and the result is not in the vocabulary. */
+static int merge_add(moe_tokenizer *t, const int16_t *rev, const char *a, size_t na, const char *b, size_t nb,
+                     uint32_t rank) {
+    uint8_t buf[1024];
     const uint8_t *p;
-    if (n > 512 || !to_piece(L->t, L->rev, s, n, buf, &p, len) || (*id = piece_id(L->t, p, *len)) == NO_ID)
-        return fail_at(MOE_ERR_PARSE, L, m, "merge of \"%.*s\", which is not in the vocabulary", (int)n, s);
-    if (p != buf) memcpy(buf, p, *len);
-    return MOE_OK;
+    size_t la, lb;
+    int32_t ia, ib, joined;
+    buf[0] = 0; /* quiets -Wmaybe-uninitialized: buf is written before it is read */
+    if (na > 512 || !to_piece(t, rev, a, na, buf, &p, &la) || (ia = piece_id(t, p, la)) == NO_ID) return MERGE_BAD_A;
+    if (p != buf) memcpy(buf, p, la);
+    if (nb > 512 || !to_piece(t, rev, b, nb, buf + la, &p, &lb) || (ib = piece_id(t, p, lb)) == NO_ID)
+        return MERGE_BAD_B;
+    if (p != buf + la) memcpy(buf + la, p, lb);
+    if ((joined = piece_id(t, buf, la + lb)) == NO_ID) return MERGE_BAD_RESULT;
+    merge_insert(t, ia, ib, rank, joined);
+    return MERGE_OK;
 }
 
 /* Merge `rank`: "a b" (older files) or ["a", "b"]. */
@@ -602,25 +641,22 @@ static moe_status read_merge(const loader *L, const moe_json *m, uint32_t rank) 
     } else {
         return fail_at(MOE_ERR_PARSE, L, m, "a merge must be \"a b\" or [\"a\", \"b\"]");
     }
-    uint8_t buf[1024];
-    size_t la, lb;
-    int32_t ia, ib, joined;
-    moe_status s;
-    if ((s = merge_side(L, m, a, na, buf, &la, &ia)) || (s = merge_side(L, m, b, nb, buf + la, &lb, &ib))) return s;
-    if ((joined = piece_id(L->t, buf, la + lb)) == NO_ID)
+    switch (merge_add(L->t, L->rev, a, na, b, nb, rank)) {
+    case MERGE_OK: return MOE_OK;
+    case MERGE_BAD_A:
+        return fail_at(MOE_ERR_PARSE, L, m, "merge of \"%.*s\", which is not in the vocabulary", (int)na, a);
+    case MERGE_BAD_B:
+        return fail_at(MOE_ERR_PARSE, L, m, "merge of \"%.*s\", which is not in the vocabulary", (int)nb, b);
+    default:
         return fail_at(MOE_ERR_PARSE, L, m, "merge \"%.*s\" + \"%.*s\": the result is not in the vocabulary", (int)na,
                        a, (int)nb, b);
-    merge_insert(L->t, ia, ib, rank, joined);
-    return MOE_OK;
+    }
 }
 
 static moe_status read_merges(const loader *L, const moe_json *merges) {
     moe_tokenizer *t = L->t;
     if (merges->len >= UINT32_MAX / 4) return fail_at(MOE_ERR_PARSE, L, merges, "too many merges");
-    t->merges_mask = pow2_above(merges->len) - 1;
-    t->merges = malloc(((size_t)t->merges_mask + 1) * sizeof *t->merges);
-    if (!t->merges) return oom(L);
-    for (size_t i = 0; i <= t->merges_mask; i++) t->merges[i].id = NO_ID;
+    if (!merges_alloc(t, merges->len)) return oom(L);
     moe_status s = MOE_OK;
     for (size_t i = 0; i < merges->len && !s; i++) s = read_merge(L, &merges->u.items[i], (uint32_t)i);
     return s;
@@ -841,6 +877,7 @@ static bool split_pattern(pieces *out, int pattern, const uint8_t *s, size_t n) 
 
 typedef struct sym {
     int32_t id, prev, next; /* id NO_ID: merged into the symbol before it */
+    uint32_t off, len;      /* spm: the symbol's bytes in the word; len 0: merged into the one before */
 } sym;
 
 typedef struct cand {
@@ -913,7 +950,7 @@ static bool sym_reserve(enc *e, size_t n) {
 }
 
 static void sym_push(enc *e, int32_t *n, int32_t id) {
-    e->sym[*n] = (sym){id, *n - 1, -1};
+    e->sym[*n] = (sym){id, *n - 1, -1, 0, 0};
     if (*n) e->sym[*n - 1].next = *n;
     (*n)++;
 }
@@ -944,11 +981,74 @@ static int32_t word_symbols(enc *e, const uint8_t *p, size_t n) {
     return ns;
 }
 
+/* spm: queues the merge of symbol pos with the next one if together they
+ * are a token. */
+static void push_spm_pair(enc *e, size_t *nh, const uint8_t *p, int32_t pos) {
+    const sym *s = e->sym;
+    if (pos < 0 || s[pos].next < 0) return;
+    const int32_t id = piece_id(e->t, p + s[pos].off, s[pos].len + s[s[pos].next].len);
+    if (id != NO_ID) heap_push(e->heap, nh, (cand){e->t->score_rank[id], pos, id});
+}
+
+/* llama.cpp's SentencePiece BPE (llm_tokenizer_spm) on one word: symbols
+ * are UTF-8 characters (their length read off the lead byte); any two
+ * adjacent symbols that together are a token may merge, the highest-scoring
+ * (leftmost first) first; then each symbol is its token, or its bytes'
+ * <0xXX> tokens (else the one-byte token, else unk). */
+static void encode_word_spm(enc *e, const uint8_t *p, size_t n) {
+    static const uint8_t lead_len[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+    const moe_tokenizer *t = e->t;
+    if (!sym_reserve(e, n)) {
+        e->oom = true;
+        return;
+    }
+    sym *s = e->sym;
+    int32_t ns = 0;
+    for (size_t i = 0; i < n;) {
+        size_t len = lead_len[p[i] >> 4];
+        if (len > n - i) len = n - i;
+        s[ns] = (sym){NO_ID, ns - 1, i + len < n ? ns + 1 : -1, (uint32_t)i, (uint32_t)len};
+        ns++;
+        i += len;
+    }
+    size_t nh = 0;
+    for (int32_t k = 0; k + 1 < ns; k++) push_spm_pair(e, &nh, p, k);
+    while (nh) {
+        const cand c = heap_pop(e->heap, &nh);
+        const int32_t next = s[c.pos].next;
+        if (!s[c.pos].len || next < 0 || s[c.pos].len + s[next].len != t->piece[c.id].len) continue;
+        s[c.pos].len += s[next].len;
+        s[c.pos].id = c.id;
+        s[next].len = 0;
+        s[c.pos].next = s[next].next;
+        if (s[next].next >= 0) s[s[next].next].prev = c.pos;
+        push_spm_pair(e, &nh, p, s[c.pos].prev);
+        push_spm_pair(e, &nh, p, c.pos);
+    }
+    for (int32_t k = ns ? 0 : -1; k >= 0; k = s[k].next) {
+        const uint8_t *q = p + s[k].off;
+        int32_t id = s[k].id != NO_ID ? s[k].id : piece_id(t, q, s[k].len);
+        if (id != NO_ID) {
+            emit(e, id);
+            continue;
+        }
+        for (uint32_t b = 0; b < s[k].len; b++) {
+            id = t->byte_id[q[b]] != NO_ID ? t->byte_id[q[b]] : piece_id(t, q + b, 1);
+            if (id == NO_ID) id = t->unk_id;
+            if (id != NO_ID) emit(e, id);
+        }
+    }
+}
+
 /* BPE on one word: merge the lowest-ranked adjacent pair (leftmost first)
  * until no pair has a merge. */
 static void encode_word(enc *e, const uint8_t *p, size_t n) {
     const moe_tokenizer *t = e->t;
     int32_t whole;
+    if (t->spm) {
+        encode_word_spm(e, p, n);
+        return;
+    }
     if (t->ignore_merges && (whole = piece_id(t, p, n)) != NO_ID) {
         emit(e, whole);
         return;
@@ -1247,8 +1347,7 @@ static const uint8_t *decode_token(const moe_tokenizer *t, const uint8_t *s, siz
 
 /* Checks what follows Fuse (only a Strip of leading characters) and notes
  * what decode must do at the start of a text. */
-static moe_status check_decoder(const loader *L) {
-    moe_tokenizer *t = L->t;
+static bool decoder_tail(moe_tokenizer *t) {
     bool fused = false;
     for (int k = 0; k < t->n_dec; k++) {
         const step *st = &t->dec[k];
@@ -1260,11 +1359,16 @@ static moe_status check_decoder(const loader *L) {
             t->strip = st->a;
             t->strip_n = st->start;
         } else {
-            return fail_at(MOE_ERR_UNSUPPORTED, L, &L->d->root, "decoder: after Fuse only one Strip of leading "
-                                                                "characters is supported");
+            return false;
         }
     }
-    return MOE_OK;
+    return true;
+}
+
+static moe_status check_decoder(const loader *L) {
+    if (decoder_tail(L->t)) return MOE_OK;
+    return fail_at(MOE_ERR_UNSUPPORTED, L, &L->d->root, "decoder: after Fuse only one Strip of leading characters is "
+                                                        "supported");
 }
 
 /* What the decoder gets for id: its text, but a normalized added token's
@@ -1281,6 +1385,10 @@ static moe_status compute_outputs(const loader *L) {
     moe_status s = MOE_OK;
     for (uint32_t id = 0; id < t->n_vocab && !s; id++) {
         if (!t->flags[id]) continue;
+        if (t->raw_added && (t->flags[id] & (F_ADDED | F_UNUSED))) {
+            t->out[id] = t->flags[id] & F_UNUSED ? (span){0, 0} : t->name[id];
+            continue;
+        }
         size_t n;
         const span src = decode_source(t, (int32_t)id);
         const uint8_t *p = decode_token(t, at(t, src), src.len, false, tmp, &n);
@@ -1406,6 +1514,17 @@ static moe_status read_file(const char *path, char **text, size_t *len) {
     return MOE_OK;
 }
 
+/* Fills t->added (allocated for n) with tmp[0..n), bucketed by the first
+ * byte of their match: a counting sort, stable. */
+static void index_added(moe_tokenizer *t, const added_token *tmp, uint32_t n) {
+    uint32_t count[257] = {0};
+    for (uint32_t i = 0; i < n; i++) count[at(t, tmp[i].match)[0] + 1]++;
+    for (int b = 0; b < 256; b++) count[b + 1] += count[b];
+    memcpy(t->added_from, count, sizeof count);
+    for (uint32_t i = 0; i < n; i++) t->added[count[at(t, tmp[i].match)[0]]++] = tmp[i];
+    t->n_added = n;
+}
+
 static moe_status read_added_tokens(const loader *L, const moe_json *arr) {
     moe_tokenizer *t = L->t;
     const size_t n = arr ? arr->len : 0;
@@ -1417,13 +1536,7 @@ static moe_status read_added_tokens(const loader *L, const moe_json *arr) {
     }
     moe_status s = MOE_OK;
     for (size_t i = 0; i < n && !s; i++) s = read_added_token(L, &arr->u.items[i], &tmp[i]);
-    /* Bucketed by first byte: a counting sort, stable. */
-    uint32_t count[257] = {0};
-    for (size_t i = 0; i < n && !s; i++) count[at(t, tmp[i].match)[0] + 1]++;
-    for (int b = 0; b < 256; b++) count[b + 1] += count[b];
-    memcpy(t->added_from, count, sizeof count);
-    for (size_t i = 0; i < n && !s; i++) t->added[count[at(t, tmp[i].match)[0]]++] = tmp[i];
-    t->n_added = s ? 0 : (uint32_t)n;
+    if (!s) index_added(t, tmp, (uint32_t)n);
     free(tmp);
     return s;
 }
@@ -1543,7 +1656,7 @@ static moe_status load_config(moe_tokenizer *t, const char *path) {
     s = moe_json_parse(&d, text, len, path);
     free(text);
     if (s) return s;
-    const loader L = {t, &d, t->rev};
+    const loader L = {t, &d, t->rev, path};
     if (d.root.type != MOE_JSON_OBJECT) s = fail_at(MOE_ERR_PARSE, &L, &d.root, "not a tokenizer_config.json");
     if (!s && moe_json_member_get(&d.root, "bos_token")) t->bos = NO_ID;
     if (!s) s = config_token(&L, &d.root, "bos_token", &t->bos);
@@ -1572,7 +1685,7 @@ moe_status moe_tokenizer_load(moe_tokenizer **out, const char *path, const char 
     }
     t->unk_id = t->bos = t->eos = t->pad = NO_ID;
     byte_alphabet_reverse(t->rev);
-    const loader L = {t, &d, t->rev};
+    const loader L = {t, &d, t->rev, path};
     s = parse_tokenizer(&L);
     moe_json_free(&d);
     if (!s && config_path) s = load_config(t, config_path);
@@ -1592,6 +1705,7 @@ void moe_tokenizer_free(moe_tokenizer **tok) {
     free(t->map);
     free(t->merges);
     free(t->added);
+    free(t->score_rank);
     free(t->chat_template);
     free(t);
     *tok = NULL;
@@ -1613,4 +1727,290 @@ void moe_tokenizer_get_info(const moe_tokenizer *tok, moe_tokenizer_info *out) {
 
 int32_t moe_tokenizer_token_id(const moe_tokenizer *tok, const char *token) {
     return tok && token ? lookup_name(tok, tok->rev, token, strlen(token)) : NO_ID;
+}
+
+/* ---- reading a GGUF file's tokenizer (llama.cpp's layout) ---- */
+
+#define GK_MODEL "tokenizer.ggml.model"
+#define GK_PRE "tokenizer.ggml.pre"
+#define GK_TOKENS "tokenizer.ggml.tokens"
+#define GK_TYPES "tokenizer.ggml.token_type"
+#define GK_SCORES "tokenizer.ggml.scores"
+#define GK_MERGES "tokenizer.ggml.merges"
+
+/* llama.cpp's token types (gguf-py's TokenType). */
+enum { TT_NORMAL = 1, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE };
+
+/* The tokenizer.ggml.pre names whose regex in llama.cpp (llm_tokenizer_bpe)
+ * is one of the patterns written out above; the Llama-3 family also sets
+ * ignore_merges and add_bos there. "jina-v1-en", "jina-v2-code" and
+ * "roberta-bpe" use GPT-2's regex but add a separator token: not taken. */
+static const struct {
+    const char *name;
+    int pattern;
+    bool llama3; /* ignore_merges, add_bos by default */
+} known_pres[] = {
+    {"qwen2", PAT_QWEN, false},          {"deepseek-r1-qwen", PAT_QWEN, false}, {"kormo", PAT_QWEN, false},
+    {"f2llmv2", PAT_QWEN, false},        {"megrez", PAT_QWEN, false},           {"stablelm2", PAT_QWEN, false},
+    {"hunyuan", PAT_QWEN, false},        {"solar-open", PAT_QWEN, false},       {"llama3", PAT_LLAMA3, true},
+    {"llama-v3", PAT_LLAMA3, true},      {"llama-bpe", PAT_LLAMA3, true},       {"falcon3", PAT_LLAMA3, true},
+    {"falcon-h1", PAT_LLAMA3, true},     {"pixtral", PAT_LLAMA3, true},         {"midm-2.0", PAT_LLAMA3, true},
+    {"lfm2", PAT_LLAMA3, true},          {"jina-v5-nano", PAT_LLAMA3, true},    {"dbrx", PAT_LLAMA3, false},
+    {"smaug-bpe", PAT_LLAMA3, false},    {"gpt-2", PAT_GPT2, false},            {"phi-2", PAT_GPT2, false},
+    {"jina-es", PAT_GPT2, false},        {"jina-de", PAT_GPT2, false},          {"gigachat", PAT_GPT2, false},
+    {"jina-v2-es", PAT_GPT2, false},     {"jina-v2-de", PAT_GPT2, false},       {"a.x-4.0", PAT_GPT2, false},
+    {"mellum", PAT_GPT2, false},         {"modern-bert", PAT_GPT2, false},      {"mpt", PAT_GPT2, false},
+    {"olmo", PAT_GPT2, false},           {"jais", PAT_GPT2, false},             {"trillion", PAT_GPT2, false},
+    {"granite-docling", PAT_GPT2, false}, {"exaone4", PAT_GPT2, false},
+};
+
+static moe_status gguf_fail(moe_status s, const loader *L, const char *key, const char *fmt, ...) MOE_PRINTF(4, 5);
+
+static moe_status gguf_fail(moe_status s, const loader *L, const char *key, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return moe_fail(s, "%s: key \"%s\": %s", L->file, key, msg);
+}
+
+/* An optional token id: *out unchanged if `key` is absent. */
+static moe_status gguf_token_id(const loader *L, const moe_gguf *g, const char *key, int32_t *out) {
+    uint32_t v;
+    moe_status s;
+    if (!moe_gguf_get(g, key)) return MOE_OK;
+    if ((s = moe_gguf_get_u32(g, key, &v))) return s;
+    if (v >= L->t->n_vocab) return gguf_fail(MOE_ERR_PARSE, L, key, "id %u is outside the vocabulary (%u tokens)", v,
+                                             L->t->n_vocab);
+    *out = (int32_t)v;
+    return MOE_OK;
+}
+
+static moe_status gguf_opt_bool(const moe_gguf *g, const char *key, bool *out) {
+    return moe_gguf_get(g, key) ? moe_gguf_get_bool(g, key, out) : MOE_OK;
+}
+
+/* tokenizer.ggml.token_type and .scores: optional, one per token. */
+static moe_status gguf_per_token(const loader *L, const moe_gguf *g, const char *key, moe_gguf_type elem,
+                                 moe_gguf_type elem2, const moe_gguf_kv **out) {
+    const moe_gguf_kv *kv = moe_gguf_get(g, key);
+    moe_status s;
+    *out = NULL;
+    if (!kv) return MOE_OK;
+    if (kv->type == MOE_GGUF_ARR && kv->v.arr.type == elem2) elem = elem2;
+    if ((s = moe_gguf_get_arr(g, key, elem, &kv))) return s;
+    if (kv->v.arr.n != L->t->n_vocab)
+        return gguf_fail(MOE_ERR_PARSE, L, key, "%llu entries for %u tokens", (unsigned long long)kv->v.arr.n,
+                         L->t->n_vocab);
+    *out = kv;
+    return MOE_OK;
+}
+
+static moe_status gguf_vocab(const loader *L, const moe_gguf_kv *tokens, const moe_gguf_kv *types) {
+    moe_tokenizer *t = L->t;
+    if (!vocab_alloc(t, t->n_vocab)) return oom(L);
+    uint32_t n_added = 0;
+    for (uint32_t id = 0; id < t->n_vocab; id++) {
+        const int64_t ty = types ? moe_gguf_arr_int(types, id) : TT_NORMAL;
+        const moe_gguf_str name = moe_gguf_arr_str(tokens, id);
+        if (ty < TT_NORMAL || ty > TT_BYTE)
+            return gguf_fail(MOE_ERR_PARSE, L, GK_TYPES, "token %u has type %lld (1 to 6 allowed)", id, (long long)ty);
+        static const uint8_t flags[] = {0, F_MODEL, F_MODEL | F_ADDED | F_SPECIAL, F_MODEL | F_ADDED | F_SPECIAL,
+                                        F_MODEL | F_ADDED, F_MODEL | F_UNUSED, F_MODEL};
+        t->flags[id] = flags[ty];
+        /* llama.cpp's SPM looks every token up by its text; its BPE only
+         * ever produces normal ones. */
+        const bool in_map = t->spm || ty == TT_NORMAL || ty == TT_BYTE;
+        if (!vocab_set(t, L->rev, (int32_t)id, name.ptr, name.len, in_map)) return oom(L);
+        if ((t->flags[id] & F_ADDED) && name.len) n_added++;
+        if (ty == TT_UNKNOWN && t->unk_id == NO_ID) t->unk_id = (int32_t)id;
+    }
+    /* Control, unknown and user-defined tokens are cut out of the text
+     * first, as llama.cpp does with parse_special. */
+    added_token *tmp = calloc(n_added ? n_added : 1, sizeof *tmp);
+    t->added = calloc(n_added ? n_added : 1, sizeof *t->added);
+    if (!tmp || !t->added) {
+        free(tmp);
+        return oom(L);
+    }
+    uint32_t k = 0;
+    for (uint32_t id = 0; id < t->n_vocab; id++)
+        if ((t->flags[id] & F_ADDED) && t->name[id].len) tmp[k++] = (added_token){.match = t->name[id], .id = (int32_t)id};
+    index_added(t, tmp, n_added);
+    free(tmp);
+    return MOE_OK;
+}
+
+/* Merges "a b", split at the first space after the first byte as llama.cpp does. */
+static moe_status gguf_merges(const loader *L, const moe_gguf *g) {
+    const moe_gguf_kv *kv;
+    moe_status s;
+    if ((s = moe_gguf_get_arr(g, GK_MERGES, MOE_GGUF_STR, &kv))) return s;
+    if (kv->v.arr.n >= UINT32_MAX / 4) return gguf_fail(MOE_ERR_PARSE, L, GK_MERGES, "too many merges");
+    if (!merges_alloc(L->t, kv->v.arr.n)) return oom(L);
+    for (uint64_t i = 0; i < kv->v.arr.n; i++) {
+        const moe_gguf_str m = moe_gguf_arr_str(kv, i);
+        const char *sp = m.len > 1 ? memchr(m.ptr + 1, ' ', m.len - 1) : NULL;
+        const int len = m.len > 200 ? 200 : (int)m.len;
+        if (!sp) return gguf_fail(MOE_ERR_PARSE, L, GK_MERGES, "merge %llu \"%.*s\" is not two tokens and a space",
+                                  (unsigned long long)i, len, m.ptr);
+        const size_t na = (size_t)(sp - m.ptr);
+        const int r = merge_add(L->t, L->rev, m.ptr, na, sp + 1, m.len - na - 1, (uint32_t)i);
+        if (r != MERGE_OK)
+            return gguf_fail(MOE_ERR_PARSE, L, GK_MERGES, "merge %llu \"%.*s\": %s is not in the vocabulary",
+                             (unsigned long long)i, len, m.ptr,
+                             r == MERGE_BAD_A ? "the first token" : r == MERGE_BAD_B ? "the second token" : "the result");
+    }
+    return MOE_OK;
+}
+
+typedef struct scored {
+    float score;
+    uint32_t id;
+} scored;
+
+static int by_score_desc(const void *a, const void *b) {
+    const scored *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* spm: ranks from tokenizer.ggml.scores (all 0 without it, as in llama.cpp). */
+static moe_status gguf_scores(const loader *L, const moe_gguf_kv *scores) {
+    moe_tokenizer *t = L->t;
+    const uint32_t n = t->n_vocab;
+    scored *v = malloc((n ? n : 1) * sizeof *v);
+    t->score_rank = calloc(n ? n : 1, sizeof *t->score_rank);
+    if (!v || !t->score_rank) {
+        free(v);
+        return oom(L);
+    }
+    for (uint32_t id = 0; id < n; id++) {
+        const double x = !scores ? 0 : scores->v.arr.type == MOE_GGUF_F32 ? moe_gguf_arr_float(scores, id)
+                                                                           : (double)moe_gguf_arr_int(scores, id);
+        v[id] = (scored){x == x ? (float)x : -FLT_MAX, id}; /* NaN: lowest */
+    }
+    qsort(v, n, sizeof *v, by_score_desc);
+    for (uint32_t k = 0; k < n; k++)
+        t->score_rank[v[k].id] = k && v[k].score == v[k - 1].score ? t->score_rank[v[k - 1].id] : k;
+    free(v);
+    return MOE_OK;
+}
+
+static moe_status add_text_step(const loader *L, step *steps, int *n, step st, const char *a, const char *b) {
+    if (!arena_add(L->t, a, strlen(a), &st.a) || (b && !arena_add(L->t, b, strlen(b), &st.b))) return oom(L);
+    steps[(*n)++] = st;
+    return MOE_OK;
+}
+
+/* "llama": Llama-2's tokenizer.json normalizer and decoder, which do what
+ * llama.cpp does around its SPM merging: a space before the text (and after
+ * each added token) if add_space_prefix, spaces as "▁"; decoding undoes it. */
+static moe_status gguf_spm_steps(const loader *L, const moe_gguf *g) {
+    moe_tokenizer *t = L->t;
+    bool prefix = true;
+    moe_status s;
+    if ((s = gguf_opt_bool(g, "tokenizer.ggml.add_space_prefix", &prefix))) return s;
+    if ((prefix && (s = add_text_step(L, t->norm, &t->n_norm, (step){.kind = N_PREPEND}, "\xe2\x96\x81", NULL))) ||
+        (s = add_text_step(L, t->norm, &t->n_norm, (step){.kind = N_REPLACE}, " ", "\xe2\x96\x81")) ||
+        (s = add_text_step(L, t->dec, &t->n_dec, (step){.kind = D_REPLACE}, "\xe2\x96\x81", " ")))
+        return s;
+    t->dec[t->n_dec++] = (step){.kind = D_BYTEFALLBACK};
+    t->dec[t->n_dec++] = (step){.kind = D_FUSE};
+    if (prefix && (s = add_text_step(L, t->dec, &t->n_dec, (step){.kind = D_STRIP, .start = 1}, " ", NULL))) return s;
+    decoder_tail(t);
+    return MOE_OK;
+}
+
+/* "gpt2": the pre-tokenizer's pattern, then byte-level BPE by merges. */
+static moe_status gguf_gpt2_steps(const loader *L, const moe_gguf *g, bool *add_bos) {
+    moe_tokenizer *t = L->t;
+    moe_gguf_str pre;
+    moe_status s;
+    if (!moe_gguf_get(g, GK_PRE))
+        return gguf_fail(MOE_ERR_UNSUPPORTED, L, GK_PRE, "missing: llama.cpp's \"default\" pre-tokenizer, used then, "
+                                                         "is not supported");
+    if ((s = moe_gguf_get_str(g, GK_PRE, &pre))) return s;
+    for (size_t k = 0; k < sizeof known_pres / sizeof known_pres[0]; k++)
+        if (moe_gguf_str_eq(pre, known_pres[k].name)) {
+            t->pre[t->n_pre++] = (step){.kind = PT_SPLIT, .pattern = known_pres[k].pattern};
+            t->dec[t->n_dec++] = (step){.kind = D_BYTELEVEL};
+            t->ignore_merges = *add_bos = known_pres[k].llama3;
+            return MOE_OK;
+        }
+    return gguf_fail(MOE_ERR_UNSUPPORTED, L, GK_PRE, "pre-tokenizer \"%.*s\" is not supported (supported: those "
+                                                     "llama.cpp splits with GPT-2's, Qwen2's or Llama-3's pattern, "
+                                                     "e.g. gpt-2, olmo, qwen2, llama-bpe)",
+                     pre.len > 100 ? 100 : (int)pre.len, pre.ptr);
+}
+
+static moe_status gguf_specials(const loader *L, const moe_gguf *g, bool add_bos) {
+    moe_tokenizer *t = L->t;
+    bool add_eos = false;
+    moe_status s;
+    if (t->spm) {
+        t->bos = t->n_vocab > 1 ? 1 : NO_ID; /* llama.cpp's defaults for "llama" */
+        t->eos = t->n_vocab > 2 ? 2 : NO_ID;
+    }
+    if ((s = gguf_token_id(L, g, "tokenizer.ggml.bos_token_id", &t->bos)) ||
+        (s = gguf_token_id(L, g, "tokenizer.ggml.eos_token_id", &t->eos)) ||
+        (s = gguf_token_id(L, g, "tokenizer.ggml.padding_token_id", &t->pad)) ||
+        (s = gguf_token_id(L, g, "tokenizer.ggml.unknown_token_id", &t->unk_id)) ||
+        (s = gguf_opt_bool(g, "tokenizer.ggml.add_bos_token", &add_bos)) ||
+        (s = gguf_opt_bool(g, "tokenizer.ggml.add_eos_token", &add_eos)))
+        return s;
+    if (add_bos && t->bos != NO_ID) t->prefix[t->n_prefix++] = t->bos;
+    if (add_eos && t->eos != NO_ID) t->suffix[t->n_suffix++] = t->eos;
+    moe_gguf_str tpl;
+    if (!moe_gguf_get(g, "tokenizer.chat_template")) return MOE_OK;
+    if ((s = moe_gguf_get_str(g, "tokenizer.chat_template", &tpl))) return s;
+    if (!(t->chat_template = malloc(tpl.len + 1))) return oom(L);
+    memcpy(t->chat_template, tpl.ptr, tpl.len);
+    t->chat_template[tpl.len] = 0;
+    return MOE_OK;
+}
+
+static moe_status gguf_tokenizer(const loader *L, const moe_gguf *g) {
+    moe_tokenizer *t = L->t;
+    const moe_gguf_kv *tokens, *types, *scores = NULL;
+    moe_gguf_str model;
+    bool add_bos = false;
+    moe_status s;
+    if ((s = moe_gguf_get_str(g, GK_MODEL, &model))) return s;
+    t->spm = moe_gguf_str_eq(model, "llama");
+    t->byte_level = moe_gguf_str_eq(model, "gpt2");
+    if (!t->spm && !t->byte_level)
+        return gguf_fail(MOE_ERR_UNSUPPORTED, L, GK_MODEL, "tokenizer model \"%.*s\" is not supported (supported: gpt2, "
+                                                           "llama)", model.len > 100 ? 100 : (int)model.len, model.ptr);
+    t->raw_added = true;
+    t->byte_fallback = t->spm;
+    add_bos = t->spm;
+    if ((s = moe_gguf_get_arr(g, GK_TOKENS, MOE_GGUF_STR, &tokens))) return s;
+    if (!tokens->v.arr.n || tokens->v.arr.n >= INT32_MAX)
+        return gguf_fail(MOE_ERR_PARSE, L, GK_TOKENS, "%llu tokens", (unsigned long long)tokens->v.arr.n);
+    t->n_vocab = (uint32_t)tokens->v.arr.n;
+    if ((s = gguf_per_token(L, g, GK_TYPES, MOE_GGUF_I32, MOE_GGUF_I32, &types)) ||
+        (t->spm && (s = gguf_per_token(L, g, GK_SCORES, MOE_GGUF_F32, MOE_GGUF_I32, &scores))))
+        return s;
+    if ((s = t->spm ? gguf_spm_steps(L, g) : gguf_gpt2_steps(L, g, &add_bos)) || (s = gguf_vocab(L, tokens, types)) ||
+        (s = t->spm ? gguf_scores(L, scores) : gguf_merges(L, g)) || (s = gguf_specials(L, g, add_bos)))
+        return s;
+    find_byte_ids(t);
+    return compute_outputs(L);
+}
+
+moe_status moe_tokenizer_from_gguf(moe_tokenizer **out, const moe_gguf *g) {
+    if (!out || !g) return moe_fail(MOE_ERR_INVALID_ARG, "moe_tokenizer_from_gguf: NULL argument");
+    *out = NULL;
+    const char *path = g->file.path ? g->file.path : "(GGUF)";
+    moe_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    t->unk_id = t->bos = t->eos = t->pad = NO_ID;
+    byte_alphabet_reverse(t->rev);
+    const loader L = {t, NULL, t->rev, path};
+    const moe_status s = gguf_tokenizer(&L, g);
+    if (s) moe_tokenizer_free(&t);
+    *out = t;
+    return s;
 }

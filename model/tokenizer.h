@@ -38,6 +38,7 @@
 #ifndef MOE_MODEL_TOKENIZER_H
 #define MOE_MODEL_TOKENIZER_H
 
+#include "gguf.h"
 #include "moerun.h"
 
 #include <stdbool.h>
@@ -56,6 +57,54 @@ typedef struct moe_tokenizer moe_tokenizer;
  * reader does not implement. On failure *out is NULL. Loading Qwen3's
  * 151k-token file takes about 0.3 s (-O2). */
 moe_status moe_tokenizer_load(moe_tokenizer **out, const char *path, const char *config_path);
+
+/* Reads the tokenizer a GGUF file's metadata holds, as llama.cpp's
+ * convert_hf_to_gguf.py stores it and llama.cpp reads it:
+ *   tokenizer.ggml.model  "gpt2": byte-level BPE over tokenizer.ggml.merges
+ *                         ("a b", GPT-2 alphabet), the text first split by
+ *                         the pattern tokenizer.ggml.pre names: llama.cpp's
+ *                         names for GPT-2's pattern (gpt-2, olmo, mpt, phi-2,
+ *                         jais, exaone4, ...), Qwen2's (qwen2, stablelm2,
+ *                         deepseek-r1-qwen, hunyuan, megrez, ...) or
+ *                         Llama-3's (llama-bpe, llama3, dbrx, smaug-bpe, ...;
+ *                         the Llama-3 family also ignores merges for words
+ *                         that are tokens and adds BOS by default, as in
+ *                         llama.cpp); any other name, or none, is
+ *                         MOE_ERR_UNSUPPORTED naming it;
+ *                         "llama": llama.cpp's SentencePiece BPE
+ *                         (llm_tokenizer_spm): a "▁" before the text and
+ *                         after each added token (unless
+ *                         tokenizer.ggml.add_space_prefix is false), spaces
+ *                         as "▁", then adjacent pieces that together are a
+ *                         token merged highest tokenizer.ggml.scores first
+ *                         (leftmost on ties; merges, if present, are not
+ *                         used), characters that are no token as their
+ *                         <0xXX> byte tokens;
+ *                         anything else is MOE_ERR_UNSUPPORTED naming it;
+ *   tokenizer.ggml.tokens, .token_type (1 normal, 2 unknown, 3 control,
+ *                         4 user-defined, 5 unused, 6 byte; optional, one per
+ *                         token): control, unknown and user-defined tokens are
+ *                         cut out of the text before anything else
+ *                         (leftmost-longest; llama.cpp's parse_special), with
+ *                         no lstrip/rstrip/single_word (GGUF does not keep
+ *                         those flags), and decode to their text as is;
+ *                         control and unknown ones are special (skip_special
+ *                         drops them); unused ones decode to nothing;
+ *   tokenizer.ggml.bos_token_id, eos_token_id, padding_token_id,
+ *                         unknown_token_id, add_bos_token, add_eos_token
+ *                         (what add_special adds; defaults as llama.cpp's:
+ *                         "llama" bos 1, eos 2, add_bos true; "gpt2" none,
+ *                         add_bos only for the Llama-3 family);
+ *   tokenizer.chat_template.
+ * No normalizer is applied for "gpt2" (GGUF does not record one; llama.cpp
+ * applies none): text not in NFC may encode differently from HF's Qwen2/3
+ * tokenizer.json, which normalizes to NFC. Errors: MOE_ERR_PARSE or
+ * MOE_ERR_UNSUPPORTED "file: key \"k\": what" (a missing or ill-typed key,
+ * a token_type or scores array whose length is not the number of tokens, a
+ * token type outside 1..6, a merge of unknown tokens, a token id outside
+ * the vocabulary). The tokenizer keeps no pointer into g: g may be closed
+ * after. On failure *out is NULL. */
+moe_status moe_tokenizer_from_gguf(moe_tokenizer **out, const moe_gguf *g);
 
 /* Frees *tok and sets it to NULL; NULL or *tok == NULL is a no-op. */
 void moe_tokenizer_free(moe_tokenizer **tok);

@@ -4,15 +4,22 @@
  * text, for the real Qwen3 tokenizer in ../shared/tokenizers (its cases are
  * skipped where it is absent; exit 77 if that is all there was to run) and
  * for the small SentencePiece-style tokenizers made for these tests. Then
- * bad files, bad ids, invalid UTF-8, small buffers and streaming. */
+ * bad files, bad ids, invalid UTF-8, small buffers and streaming. Last,
+ * tokenizers read from GGUF metadata (tests/gen/gguf_tokenizers.py): a
+ * byte-level one ("gpt2", pre "qwen2") against HF's encodings of the
+ * tokenizer.json it was converted from, a SentencePiece-style one ("llama")
+ * against llama.cpp's own encodings of the GGUF file (its SPM merging by
+ * score differs from HF's BPE on a few strings), and files to refuse. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "common.h"
+#include "gguf.h"
 #include "harness.h"
 #include "json.h"
 #include "tokenizer.h"
+#include "unicode.h"
 
 #ifndef MOE_SHARED_DIR
 #define MOE_SHARED_DIR "../shared"
@@ -133,12 +140,7 @@ static void run_case(const moe_tokenizer *tok, const moe_json *c, int32_t *got, 
     if (dec_skip->type == MOE_JSON_STRING) check_decode(tok, text, exp, n, true, dec_skip, buf, cap);
 }
 
-static void run_fixture(const char *tok_path, const char *config_path, const char *cases_name) {
-    moe_tokenizer *tok = NULL;
-    const double t0 = moe_now();
-    CHECK_OK(moe_tokenizer_load(&tok, tok_path, config_path));
-    const double load_s = moe_now() - t0;
-    if (!tok) return;
+static void run_cases(moe_tokenizer *tok, double load_s, const char *cases_name) {
     size_t len;
     const char *cases_path = path_of(MOE_TEST_DATA_DIR, cases_name);
     char *text = read_all(cases_path, &len);
@@ -155,8 +157,10 @@ static void run_fixture(const char *tok_path, const char *config_path, const cha
     const double t1 = moe_now();
     for (size_t i = 0; i < moe_json_array_len(cases); i++)
         run_case(tok, moe_json_array_at(cases, i), got, exp, buf, cap * 4, &st);
-    printf("  %s: %zu cases, %zu encoded as HF does, %zu decodes checked; load %.3f s, cases %.3f s\n", cases_name,
-           st.cases, st.encoded_ok, st.decoded_checked, load_s, moe_now() - t1);
+    const moe_json *ref = moe_json_member_get(&d.root, "reference");
+    printf("  %s: %zu cases, %zu encoded as %s does, %zu decodes checked; load %.3f s, cases %.3f s\n", cases_name,
+           st.cases, st.encoded_ok, ref && ref->type == MOE_JSON_STRING ? ref->u.str : "HF", st.decoded_checked, load_s,
+           moe_now() - t1);
     CHECK(st.cases >= 400);
     free(got);
     free(exp);
@@ -164,6 +168,33 @@ static void run_fixture(const char *tok_path, const char *config_path, const cha
     moe_json_free(&d);
 out:
     moe_tokenizer_free(&tok);
+}
+
+static void run_fixture(const char *tok_path, const char *config_path, const char *cases_name) {
+    moe_tokenizer *tok = NULL;
+    const double t0 = moe_now();
+    CHECK_OK(moe_tokenizer_load(&tok, tok_path, config_path));
+    if (tok) run_cases(tok, moe_now() - t0, cases_name);
+}
+
+/* The tokenizer of GGUF file `path`, the file closed (the tokenizer must not need it). */
+static moe_tokenizer *load_gguf(const char *path, double *load_s) {
+    moe_gguf g;
+    moe_tokenizer *tok = NULL;
+    const double t0 = moe_now();
+    const moe_status s = moe_gguf_open(&g, path);
+    CHECK_OK(s);
+    if (s) return NULL;
+    CHECK_OK(moe_tokenizer_from_gguf(&tok, &g));
+    if (load_s) *load_s = moe_now() - t0;
+    moe_gguf_close(&g);
+    return tok;
+}
+
+static void run_gguf_fixture(const char *gguf_rel, const char *cases_name) {
+    double load_s = 0;
+    moe_tokenizer *tok = load_gguf(path_of(MOE_TEST_DATA_DIR, gguf_rel), &load_s);
+    if (tok) run_cases(tok, load_s, cases_name);
 }
 
 static void test_qwen3_cases(void) {
@@ -449,12 +480,205 @@ static void test_bad_files(void) {
     remove(path);
 }
 
+/* ---- GGUF ---- */
+
+/* The byte-level fixture: GGUF and tokenizer.json give HF's ids. */
+static void test_gguf_bytebpe_cases(void) {
+    run_fixture(path_of(MOE_TEST_DATA_DIR, "tokenizer/bytebpe/tokenizer.json"), NULL, "tokenizer/bytebpe_cases.json");
+    run_gguf_fixture("tokenizer/bytebpe.gguf", "tokenizer/bytebpe_cases.json");
+}
+
+/* The SentencePiece-style fixture: llama.cpp's ids (llm_tokenizer_spm). */
+static void test_gguf_spbpe_cases(void) { run_gguf_fixture("tokenizer/spbpe.gguf", "tokenizer/spbpe_gguf_cases.json"); }
+
+static void test_gguf_bytebpe_info(void) {
+    moe_tokenizer *tok = load_gguf(path_of(MOE_TEST_DATA_DIR, "tokenizer/bytebpe.gguf"), NULL), *js = NULL;
+    if (!tok) return;
+    moe_tokenizer_info info, ji;
+    moe_tokenizer_get_info(tok, &info);
+    CHECK(info.byte_level);
+    const int32_t eot = moe_tokenizer_token_id(tok, "<|endoftext|>"), end = moe_tokenizer_token_id(tok, "<|im_end|>");
+    const int32_t think = moe_tokenizer_token_id(tok, "<think>");
+    CHECK(eot >= 256 && end >= 256 && think >= 256);
+    CHECK_EQ(info.n_added, 4);
+    CHECK_EQ(info.bos_id, eot);
+    CHECK_EQ(info.eos_id, end);
+    CHECK_EQ(info.pad_id, eot);
+    CHECK(info.chat_template && strstr(info.chat_template, "<|im_start|>{{ m.role }}"));
+    CHECK(moe_tokenizer_is_special(tok, end));
+    CHECK(!moe_tokenizer_is_special(tok, think)); /* user-defined */
+    size_t sl;
+    const char *sp = moe_tokenizer_token_bytes(tok, moe_tokenizer_token_id(tok, "Ġ"), &sl); /* GPT-2 alphabet */
+    CHECK(sp && sl == 1 && sp[0] == ' ');
+    /* The same ids as tokenizer.json's, the same bytes for each. */
+    CHECK_OK(moe_tokenizer_load(&js, path_of(MOE_TEST_DATA_DIR, "tokenizer/bytebpe/tokenizer.json"), NULL));
+    if (js) {
+        moe_tokenizer_get_info(js, &ji);
+        CHECK_EQ(ji.n_vocab, info.n_vocab);
+        for (int32_t id = 0; id < (int32_t)info.n_vocab; id++) {
+            size_t a, b;
+            const char *pa = moe_tokenizer_token_bytes(tok, id, &a), *pb = moe_tokenizer_token_bytes(js, id, &b);
+            CHECK(pa && pb && a == b && memcmp(pa, pb, a) == 0);
+        }
+        moe_tokenizer_free(&js);
+    }
+    /* add_bos_token false: add_special adds nothing; skip_special drops <|im_end|>, keeps <think>. */
+    const char *text = "<|im_start|>user\nhi <think>ok</think><|im_end|>";
+    int32_t ids[64], ids2[64];
+    size_t n, n2, len;
+    char buf[128];
+    CHECK_OK(moe_tokenizer_encode(tok, text, strlen(text), false, ids, 64, &n));
+    CHECK_OK(moe_tokenizer_encode(tok, text, strlen(text), true, ids2, 64, &n2));
+    CHECK(same_ids(ids, n, ids2, n2));
+    CHECK(n > 3 && ids[0] == moe_tokenizer_token_id(tok, "<|im_start|>") && ids[n - 1] == end);
+    CHECK_OK(moe_tokenizer_decode(tok, ids, n, true, buf, sizeof buf, &len));
+    CHECK(strcmp(buf, "user\nhi <think>ok</think>") == 0);
+    CHECK_OK(moe_tokenizer_decode(tok, ids, n, false, buf, sizeof buf, &len));
+    CHECK(strcmp(buf, text) == 0);
+    /* Any bytes round-trip. */
+    static const char bad[] = "ok \xff\xfe \xc3 \xe4\xb8 end";
+    CHECK_OK(moe_tokenizer_encode(tok, bad, sizeof bad - 1, false, ids, 64, &n));
+    CHECK_OK(moe_tokenizer_decode(tok, ids, n, false, buf, sizeof buf, &len));
+    CHECK(len == sizeof bad - 1 && memcmp(buf, bad, len) == 0);
+    moe_tokenizer_free(&tok);
+}
+
+static void test_gguf_spbpe_info(void) {
+    moe_tokenizer *tok = load_gguf(path_of(MOE_TEST_DATA_DIR, "tokenizer/spbpe.gguf"), NULL);
+    if (!tok) return;
+    moe_tokenizer_info info;
+    moe_tokenizer_get_info(tok, &info);
+    CHECK(!info.byte_level);
+    CHECK_EQ(info.bos_id, 1);
+    CHECK_EQ(info.eos_id, 2);
+    CHECK_EQ(info.pad_id, -1);
+    CHECK_EQ(info.n_added, 3 + 4); /* <unk> <s> </s>; <sep> "yes no" [MASK] word */
+    CHECK(info.chat_template && strstr(info.chat_template, "[INST]"));
+    CHECK_EQ(moe_tokenizer_token_id(tok, "<0x0A>"), 3 + 0x0a);
+    CHECK(moe_tokenizer_is_special(tok, 1) && moe_tokenizer_is_special(tok, 0));
+    CHECK(!moe_tokenizer_is_special(tok, moe_tokenizer_token_id(tok, "<sep>")));
+    /* add_bos_token: <s> first; an unknown character as <0xXX> bytes; decode strips the prefix space. */
+    static const char text[] = "hello \xe2\x82\xac" "1 world";
+    int32_t ids[64];
+    size_t n, len;
+    char buf[128];
+    CHECK_OK(moe_tokenizer_encode(tok, text, sizeof text - 1, true, ids, 64, &n));
+    CHECK(n > 4 && ids[0] == 1);
+    bool bytes = false;
+    for (size_t k = 0; k < n; k++) bytes |= ids[k] == 3 + 0xe2;
+    CHECK(bytes);
+    CHECK_OK(moe_tokenizer_decode(tok, ids, n, true, buf, sizeof buf, &len));
+    CHECK(len == sizeof text - 1 && memcmp(buf, text, len) == 0);
+    CHECK_OK(moe_tokenizer_decode(tok, ids, n, false, buf, sizeof buf, &len));
+    CHECK(strcmp(buf, "<s> hello \xe2\x82\xac" "1 world") == 0);
+    const char *b = moe_tokenizer_token_bytes(tok, 3 + 0x41, &len);
+    CHECK(b && len == 1 && b[0] == 'A');
+    moe_tokenizer_free(&tok);
+}
+
+/* A real Qwen3 GGUF file, if MOE_QWEN3_GGUF names one (skipped otherwise),
+ * against HF's encodings of Qwen3's tokenizer.json: all the cases whose text
+ * is in NFC (GGUF records no normalizer; Qwen's tokenizer.json has NFC). */
+static void test_gguf_qwen3(void) {
+    const char *path = getenv("MOE_QWEN3_GGUF");
+    if (!path || !*path) {
+        printf("  MOE_QWEN3_GGUF not set: skipped\n");
+        return;
+    }
+    moe_tokenizer *tok = load_gguf(path, NULL);
+    if (!tok) return;
+    size_t len;
+    const char *cases_path = path_of(MOE_TEST_DATA_DIR, "tokenizer/qwen3_cases.json");
+    char *text = read_all(cases_path, &len);
+    moe_json_doc d;
+    CHECK(text != NULL);
+    if (!text || moe_json_parse(&d, text, len, cases_path) != MOE_OK) {
+        free(text);
+        moe_tokenizer_free(&tok);
+        return;
+    }
+    free(text);
+    const size_t cap = 1 << 16;
+    int32_t *got = malloc(cap * sizeof *got), *exp = malloc(cap * sizeof *exp);
+    uint8_t *nfc = malloc(cap * 3);
+    uint32_t *scratch = malloc(cap * 2 * sizeof *scratch);
+    const moe_json *cases = moe_json_member_get(&d.root, "cases");
+    size_t checked = 0, same = 0;
+    for (size_t i = 0; i < moe_json_array_len(cases); i++) {
+        const moe_json *c = moe_json_array_at(cases, i), *t = moe_json_member_get(c, "text");
+        if (t->len >= cap / 2 || moe_nfc((const uint8_t *)t->u.str, t->len, nfc, scratch) != t->len ||
+            memcmp(nfc, t->u.str, t->len) != 0)
+            continue;
+        size_t n = 0;
+        const size_t nw = ids_of(moe_json_member_get(c, "ids"), exp, cap);
+        CHECK_OK(moe_tokenizer_encode(tok, t->u.str, t->len, false, got, cap, &n));
+        checked++;
+        if (same_ids(got, n, exp, nw)) same++;
+        else report_ids("encode", t, got, n, exp, nw);
+    }
+    printf("  %s: %zu of %zu NFC cases encoded as HF does\n", path, same, checked);
+    CHECK_EQ(same, checked);
+    CHECK(checked >= 500);
+    moe_tokenizer_info info;
+    moe_tokenizer_get_info(tok, &info);
+    CHECK(info.byte_level);
+    CHECK_EQ(moe_tokenizer_token_id(tok, "<|im_end|>"), 151645);
+    free(got);
+    free(exp);
+    free(nfc);
+    free(scratch);
+    moe_json_free(&d);
+    moe_tokenizer_free(&tok);
+}
+
+/* gguf-bad/NAME must be refused with `want`, the message naming the file and `what`. */
+static void check_gguf_refused(const char *name, moe_status want, const char *what) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "tokenizer/gguf-bad/%s", name);
+    const char *path = path_of(MOE_TEST_DATA_DIR, rel);
+    moe_gguf g;
+    const moe_status s = moe_gguf_open(&g, path);
+    CHECK_OK(s);
+    if (s) return;
+    moe_tokenizer *tok = (moe_tokenizer *)1;
+    CHECK_STATUS(moe_tokenizer_from_gguf(&tok, &g), want);
+    CHECK(tok == NULL);
+    CHECK_ERROR_MENTIONS(path);
+    CHECK_ERROR_MENTIONS(what);
+    moe_gguf_close(&g);
+}
+
+static void test_gguf_refused(void) {
+    check_gguf_refused("model-bert.gguf", MOE_ERR_UNSUPPORTED, "key \"tokenizer.ggml.model\": tokenizer model \"bert\"");
+    check_gguf_refused("no-model.gguf", MOE_ERR_PARSE, "tokenizer.ggml.model");
+    check_gguf_refused("pre-deepseek-llm.gguf", MOE_ERR_UNSUPPORTED,
+                       "key \"tokenizer.ggml.pre\": pre-tokenizer \"deepseek-llm\" is not supported");
+    check_gguf_refused("no-tokens.gguf", MOE_ERR_PARSE, "tokenizer.ggml.tokens");
+    check_gguf_refused("types-short.gguf", MOE_ERR_PARSE, "key \"tokenizer.ggml.token_type\": 2 entries for 3 tokens");
+    check_gguf_refused("type-bad.gguf", MOE_ERR_PARSE, "token 1 has type 9");
+    check_gguf_refused("merge-unknown.gguf", MOE_ERR_PARSE, "key \"tokenizer.ggml.merges\": merge 0 \"a c\"");
+    CHECK_STATUS(moe_tokenizer_from_gguf(NULL, NULL), MOE_ERR_INVALID_ARG);
+    /* The smallest that works: "a", "b", "ab" and merge "a b". */
+    moe_tokenizer *tok = load_gguf(path_of(MOE_TEST_DATA_DIR, "tokenizer/gguf-bad/ok.gguf"), NULL);
+    if (!tok) return;
+    int32_t ids[8];
+    size_t n;
+    CHECK_OK(moe_tokenizer_encode(tok, "abba", 4, true, ids, 8, &n));
+    CHECK(n == 3 && ids[0] == 2 && ids[1] == 1 && ids[2] == 0);
+    moe_tokenizer_info info;
+    moe_tokenizer_get_info(tok, &info);
+    CHECK(info.bos_id == -1 && info.eos_id == -1 && info.chat_template == NULL);
+    moe_tokenizer_free(&tok);
+}
+
 int main(int argc, char **argv) {
     static const test_case cases[] = {
         TEST_CASE(test_spbpe_cases),    TEST_CASE(test_spbpe_metaspace_cases), TEST_CASE(test_spbpe_bytes),
         TEST_CASE(test_buffers_and_ids), TEST_CASE(test_utf8_complete),         TEST_CASE(test_bad_files),
         TEST_CASE(test_invalid_utf8),   TEST_CASE(test_streaming),             TEST_CASE(test_qwen3_cases),
-        TEST_CASE(test_qwen3_chat),
+        TEST_CASE(test_qwen3_chat),     TEST_CASE(test_gguf_bytebpe_cases),    TEST_CASE(test_gguf_spbpe_cases),
+        TEST_CASE(test_gguf_bytebpe_info), TEST_CASE(test_gguf_spbpe_info),    TEST_CASE(test_gguf_refused),
+        TEST_CASE(test_gguf_qwen3),
     };
     qwen3_missing = !exists(qwen3_json());
     if (qwen3_missing)
