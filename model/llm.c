@@ -513,6 +513,7 @@ moe_status moe_llm_load(moe_llm **out, const char *path, const moe_llm_params *p
 
 moe_model_t *moe_llm_model(const moe_llm *m) { return m ? m->model : NULL; }
 const moe_hf_config *moe_llm_config(const moe_llm *m) { return m ? &m->cfg : NULL; }
+const moe_gguf *moe_llm_gguf(const moe_llm *m) { return m && m->gguf ? &m->gg : NULL; }
 uint32_t moe_llm_vocab(const moe_llm *m) { return m ? m->cfg.vocab_size : 0; }
 uint32_t moe_llm_ctx(const moe_llm *m) { return m ? m->ctx : 0; }
 uint64_t moe_llm_weight_bytes(const moe_llm *m) { return m ? m->weight_bytes + moe_model_expert_bytes(m->model) : 0; }

@@ -23,6 +23,7 @@
 #ifndef MOE_MODEL_LLM_H
 #define MOE_MODEL_LLM_H
 
+#include "gguf.h"
 #include "hf_config.h"
 #include "moerun.h"
 #include "ops.h"
@@ -58,6 +59,9 @@ const moe_hf_config *moe_llm_config(const moe_llm *m);
 uint32_t moe_llm_vocab(const moe_llm *m);
 uint32_t moe_llm_ctx(const moe_llm *m);
 const char *moe_llm_arch_name(const moe_llm *m);
+/* The GGUF file the model was loaded from (its metadata holds the
+ * tokenizer), or NULL for a safetensors directory. */
+const moe_gguf *moe_llm_gguf(const moe_llm *m);
 
 /* Bytes of weights the model maps (all tensors it uses). */
 uint64_t moe_llm_weight_bytes(const moe_llm *m);

@@ -1857,10 +1857,13 @@ static moe_status gguf_merges(const loader *L, const moe_gguf *g) {
                                   (unsigned long long)i, len, m.ptr);
         const size_t na = (size_t)(sp - m.ptr);
         const int r = merge_add(L->t, L->rev, m.ptr, na, sp + 1, m.len - na - 1, (uint32_t)i);
-        if (r != MERGE_OK)
+        /* A merge whose result is no token can never produce one; llama.cpp
+         * loads such files (its converter writes one when a vocabulary has
+         * no merges, since GGUF has no empty arrays), so it is skipped. */
+        if (r != MERGE_OK && r != MERGE_BAD_RESULT)
             return gguf_fail(MOE_ERR_PARSE, L, GK_MERGES, "merge %llu \"%.*s\": %s is not in the vocabulary",
                              (unsigned long long)i, len, m.ptr,
-                             r == MERGE_BAD_A ? "the first token" : r == MERGE_BAD_B ? "the second token" : "the result");
+                             r == MERGE_BAD_A ? "the first token" : "the second token");
     }
     return MOE_OK;
 }

@@ -102,7 +102,8 @@ moe_status moe_tokenizer_load(moe_tokenizer **out, const char *path, const char 
  * MOE_ERR_UNSUPPORTED "file: key \"k\": what" (a missing or ill-typed key,
  * a token_type or scores array whose length is not the number of tokens, a
  * token type outside 1..6, a merge of unknown tokens, a token id outside
- * the vocabulary). The tokenizer keeps no pointer into g: g may be closed
+ * the vocabulary); a merge whose result is no token is skipped, as
+ * llama.cpp loads such files. The tokenizer keeps no pointer into g: g may be closed
  * after. On failure *out is NULL. */
 moe_status moe_tokenizer_from_gguf(moe_tokenizer **out, const moe_gguf *g);
 

@@ -32,8 +32,8 @@ static void usage(FILE *f) {
             "\n"
             "  -p, --prompt TEXT     prompt (demo: its bytes are the token ids; default \"Hello, MoE\")\n"
             "  --prompt-ids LIST     the prompt as comma-separated token ids instead of text\n"
-            "  --tokenizer FILE      tokenizer.json to use (default: MODEL's, or the one beside a\n"
-            "                        GGUF file; GGUF's own tokenizer metadata is not read yet)\n"
+            "  --tokenizer FILE      tokenizer.json to use (default: MODEL's; for a GGUF file the\n"
+            "                        tokenizer.json beside it, else the tokenizer in its metadata)\n"
             "  --chat                wrap the prompt in the model's chat format (ChatML, [INST],\n"
             "                        DeepSeek's User:/Assistant:, OLMoE's <|user|>)\n"
             "  -n, --tokens N        tokens to generate (default 16)\n"
@@ -451,6 +451,10 @@ static int run_model(options *o) {
     char path[1100], cfg_path[1100];
     tokenizer_paths(o, path, sizeof path, cfg_path, sizeof cfg_path);
     if (st == MOE_OK && !o->prompt_ids && path[0]) st = moe_tokenizer_load(&tok, path, cfg_path[0] ? cfg_path : NULL);
+    else if (st == MOE_OK && !o->prompt_ids && moe_llm_gguf(m)) {
+        st = moe_tokenizer_from_gguf(&tok, moe_llm_gguf(m));
+        snprintf(path, sizeof path, "%s's tokenizer", o->model);
+    }
     if (st == MOE_OK && tok) {
         moe_tokenizer_info ti;
         moe_tokenizer_get_info(tok, &ti);

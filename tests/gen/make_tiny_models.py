@@ -743,10 +743,12 @@ def add_byte_vocab(w: gguf.GGUFWriter) -> None:
     """Minimal byte-level "gpt2" tokenizer so that llama.cpp loads the file:
     token i is byte i (GPT-2 byte-to-unicode spelling).  GGUF cannot store an
     empty array, so there is one merge; its result is not in the vocabulary,
-    which only means text is tokenized byte by byte.  The tests feed ids."""
+    which only means text is tokenized byte by byte (GPT-2's pre-tokenizer
+    pattern, as the byte-level tokenizer.json of qwen3_moe).  Most tests feed
+    ids; run_model_gguf_tokenizer reads this tokenizer."""
     b2u = bytes_to_unicode()
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre("gpt-2")
     w.add_token_list([b2u[i] for i in range(256)])
     w.add_token_types([gguf.TokenType.NORMAL] * 256)
     w.add_token_merges([f"{b2u[32]} {b2u[32]}"])
