@@ -934,9 +934,7 @@ double moe_profile_gpu_us(const moe_profile *p, int32_t gpu, uint32_t hidden, ui
 
 /* Copy time from the link's rate at the nearest measured sizes: rates
  * interpolate linearly in log(size) between them and hold beyond them. */
-double moe_profile_copy_us(const moe_profile *p, int32_t gpu, uint64_t bytes, bool pinned) {
-    if (!p || gpu < 0 || (uint32_t)gpu >= p->n_gpus) return -1.0;
-    const moe_link_curve *c = pinned ? &p->gpus[gpu].h2d_pinned : &p->gpus[gpu].h2d_pageable;
+static double link_us(const moe_link_curve *c, uint64_t bytes) {
     if (!c->n) return -1.0;
     if (bytes == 0) return 0.0;
     double gbps = moe_stat_mean(&c->gbps[c->n - 1]);
@@ -948,4 +946,14 @@ double moe_profile_copy_us(const moe_profile *p, int32_t gpu, uint64_t bytes, bo
             break;
         }
     return gbps > 0 ? (double)bytes / (gbps * 1e3) : -1.0;
+}
+
+double moe_profile_copy_us(const moe_profile *p, int32_t gpu, uint64_t bytes, bool pinned) {
+    if (!p || gpu < 0 || (uint32_t)gpu >= p->n_gpus) return -1.0;
+    return link_us(pinned ? &p->gpus[gpu].h2d_pinned : &p->gpus[gpu].h2d_pageable, bytes);
+}
+
+double moe_profile_d2h_us(const moe_profile *p, int32_t gpu, uint64_t bytes) {
+    if (!p || gpu < 0 || (uint32_t)gpu >= p->n_gpus) return -1.0;
+    return link_us(&p->gpus[gpu].d2h_pinned, bytes);
 }

@@ -163,5 +163,7 @@ double moe_profile_cpu_us(const moe_profile *p, uint32_t hidden, uint32_t inter,
 double moe_profile_gpu_us(const moe_profile *p, int32_t gpu, uint32_t hidden, uint32_t inter, moe_dtype t,
                           uint32_t m);
 double moe_profile_copy_us(const moe_profile *p, int32_t gpu, uint64_t bytes, bool pinned);
+/* Device-to-host copy time into pinned memory. */
+double moe_profile_d2h_us(const moe_profile *p, int32_t gpu, uint64_t bytes);
 
 #endif
