@@ -258,10 +258,16 @@ typedef struct moe_runtime moe_runtime_t;
 typedef enum moe_device_kind {
     MOE_DEVICE_AUTO = 0, /* the best device this build and machine can run */
     MOE_DEVICE_CPU,      /* every expert on the CPU */
+    /* A simulated GPU (docs/devices.md): the scheduler splits each layer
+     * between the CPU and a GPU modeled from the profile's [gpu] and [link]
+     * figures, whose experts are computed on the CPU with the same results.
+     * Needs a profile with a GPU (profile_path, e.g. one of
+     * profiles/machines/ref-*.txt with profile_any_host). */
+    MOE_DEVICE_SIM,
     MOE_DEVICE_COUNT_    /* not a device */
 } moe_device_kind;
 
-/* "auto", "cpu"; "invalid" otherwise. */
+/* "auto", "cpu", "sim"; "invalid" otherwise. */
 MOE_EXPORT const char *moe_device_name(moe_device_kind d);
 
 typedef struct moe_runtime_params {

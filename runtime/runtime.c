@@ -15,6 +15,8 @@
 #include "model.h"
 #include "plan.h"
 #include "profiler.h"
+#include "scheduler.h"
+#include "simdev.h"
 #include "teams.h"
 #include "trace.h"
 #include "topology.h"
@@ -40,6 +42,22 @@ struct moe_runtime {
     moe_logger log;
     moe_stats stats;
 
+    /* MOE_DEVICE_SIM: the device, the scheduler that splits each layer,
+     * and which expert each device slot holds. */
+    moe_dev *dev;
+    moe_sched *sched;
+    uint32_t n_slots, max_experts;
+    uint32_t *slot_key;         /* [n_slots]: layer * max_experts + expert, UINT32_MAX = none */
+    moe_dev_event *slot_upload; /* [n_slots]: the upload that filled it */
+    int32_t *slot_of;           /* [n_layers * max_experts]: its slot, -1 */
+    moe_dev_event *gpu_ev;      /* [max_experts]: this layer's device runs */
+    uint32_t *gpu_job;          /* [max_experts]: their group index */
+    moe_cpu_task *gpu_task;     /* [max_experts]: their work, should the CPU have to redo it */
+    uint64_t step;              /* forward passes (layer 0 calls) */
+    double clock_us;            /* the scheduler's clock: the planned end of the last layer */
+    uint64_t expert_bytes;
+    bool warned_fallback;
+
     /* Workspace, grown on demand and reused across calls. */
     moe_plan plan;
     moe_cpu_task *tasks;  /* capacity: the largest layer's expert count */
@@ -52,6 +70,7 @@ struct moe_runtime {
 static const char *const device_names[MOE_DEVICE_COUNT_] = {
     [MOE_DEVICE_AUTO] = "auto",
     [MOE_DEVICE_CPU] = "cpu",
+    [MOE_DEVICE_SIM] = "sim",
 };
 
 const char *moe_device_name(moe_device_kind d) {
@@ -90,7 +109,8 @@ static moe_status resolve_device(moe_runtime_t *rt, moe_device_kind want) {
         return MOE_OK;
     }
     case MOE_DEVICE_CPU:
-        rt->device = MOE_DEVICE_CPU;
+    case MOE_DEVICE_SIM:
+        rt->device = want;
         return MOE_OK;
     case MOE_DEVICE_COUNT_:
         break;
@@ -203,6 +223,94 @@ static moe_status load_profile(moe_runtime_t *rt, const moe_runtime_params *p) {
     return MOE_OK;
 }
 
+static void free_sim(moe_runtime_t *rt) {
+    moe_dev_free(&rt->dev);
+    moe_sched_free(&rt->sched);
+    free(rt->slot_key), free(rt->slot_upload), free(rt->slot_of), free(rt->gpu_ev), free(rt->gpu_job);
+    free(rt->gpu_task);
+    rt->slot_key = NULL, rt->slot_upload = NULL, rt->slot_of = NULL, rt->gpu_ev = NULL, rt->gpu_job = NULL;
+    rt->gpu_task = NULL;
+}
+
+/* The simulated GPU (MOE_DEVICE_SIM): a device modeled from the profile's
+ * first GPU, a slot pool of the budget, and the scheduler over both. Every
+ * MoE layer must have the same expert shape (as every supported model's
+ * do): the scheduler costs one expert shape. */
+static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
+    const moe_model_t *m = rt->model;
+    const moe_layer_desc *d0 = &m->layers[0].desc;
+    uint64_t n_experts = 0;
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const moe_layer_desc *d = &m->layers[l].desc;
+        if (d->hidden != d0->hidden || d->inter != d0->inter || d->weight_dtype != d0->weight_dtype)
+            return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device sim: layer %u's experts (%ux%u %s) differ "
+                            "from layer 0's (%ux%u %s); the scheduler plans one expert shape", l, d->hidden, d->inter,
+                            moe_dtype_name(d->weight_dtype), d0->hidden, d0->inter, moe_dtype_name(d0->weight_dtype));
+        if (d->n_experts > rt->max_experts) rt->max_experts = d->n_experts;
+        n_experts += d->n_experts;
+    }
+    if (!rt->profile.n_gpus)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device sim models a GPU from a profile's [gpu] and "
+                        "[link] figures, and %s%s; use a profile with a GPU, e.g. moe-run --profile "
+                        "profiles/machines/ref-h100-pcie5-2s-xeon8480.txt --any-host",
+                        rt->profile_path[0] ? rt->profile_path : "no profile is loaded",
+                        rt->profile_path[0] ? " has none" : "");
+    rt->expert_bytes = moe_dev_expert_bytes(d0->hidden, d0->inter, d0->weight_dtype);
+    uint64_t budget = p->gpu_budget_bytes ? p->gpu_budget_bytes
+                                          : (uint64_t)(p->gpu_budget_fraction * (double)(n_experts * rt->expert_bytes));
+    const uint64_t device_mem = rt->profile.gpus[0].free_bytes;
+    if (device_mem && budget > device_mem) budget = device_mem;
+    const uint64_t slots = budget / rt->expert_bytes;
+    rt->n_slots = slots > n_experts ? (uint32_t)n_experts : (uint32_t)slots;
+    double scale = 0.0;
+    const char *env = getenv("MOE_SIM_TIME_SCALE");
+    if (env && *env) {
+        char *end;
+        scale = strtod(env, &end);
+        if (*end || !(scale >= 0))
+            return moe_fail(MOE_ERR_INVALID_ARG, "MOE_SIM_TIME_SCALE=\"%s\": not a number >= 0", env);
+    }
+    const moe_simdev_params sp = {.profile = &rt->profile, .gpu = 0, .time_scale = scale,
+                                  .memory_bytes = device_mem ? device_mem : (uint64_t)rt->n_slots * rt->expert_bytes,
+                                  .compute_threads = 1};
+    moe_status st = moe_simdev_create(&rt->dev, &sp);
+    if (st == MOE_OK) st = moe_dev_alloc_slots(rt->dev, rt->n_slots, rt->n_slots ? rt->expert_bytes : 0);
+    if (st != MOE_OK) return st;
+    /* The scheduler's costs: the modeled machine's (the profile's CPU
+     * curves or roofline, and the device's own model of its runs). */
+    enum { MAX_M = 512 };
+    double cpu_us[MAX_M + 1], gpu_us[MAX_M + 1];
+    for (uint32_t k = 0; k <= MAX_M; k++) {
+        cpu_us[k] = k ? moe_profile_cpu_us(&rt->profile, d0->hidden, d0->inter, d0->weight_dtype, k, 0) : 0.0;
+        gpu_us[k] = moe_simdev_run_us(rt->dev, d0->hidden, d0->inter, d0->weight_dtype, k);
+        if (cpu_us[k] < 0 || gpu_us[k] < 0)
+            return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device sim: the profile %s has no %s cost for "
+                            "%ux%u %s experts", rt->profile_path, cpu_us[k] < 0 ? "CPU" : "GPU", d0->hidden,
+                            d0->inter, moe_dtype_name(d0->weight_dtype));
+    }
+    const moe_sched_config sc = {.policy = rt->policy, .n_layers = m->n_layers, .n_experts = rt->max_experts,
+                                 .expert_bytes = rt->expert_bytes, .budget_bytes = (uint64_t)rt->n_slots * rt->expert_bytes,
+                                 .max_tokens = MAX_M, .cpu_us = cpu_us, .gpu_us = gpu_us,
+                                 .copy_us = moe_profile_copy_us(&rt->profile, 0, rt->expert_bytes, true),
+                                 .no_prefetch = true};
+    if ((st = moe_sched_create(&rt->sched, &sc)) != MOE_OK) return st;
+    const size_t keys = (size_t)m->n_layers * rt->max_experts;
+    rt->slot_key = malloc((rt->n_slots ? rt->n_slots : 1) * sizeof *rt->slot_key);
+    rt->slot_upload = calloc(rt->n_slots ? rt->n_slots : 1, sizeof *rt->slot_upload);
+    rt->slot_of = malloc(keys * sizeof *rt->slot_of);
+    rt->gpu_ev = malloc(rt->max_experts * sizeof *rt->gpu_ev);
+    rt->gpu_job = malloc(rt->max_experts * sizeof *rt->gpu_job);
+    rt->gpu_task = malloc(rt->max_experts * sizeof *rt->gpu_task);
+    if (!rt->slot_key || !rt->slot_upload || !rt->slot_of || !rt->gpu_ev || !rt->gpu_job || !rt->gpu_task)
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
+    for (uint32_t i = 0; i < rt->n_slots; i++) rt->slot_key[i] = UINT32_MAX;
+    for (size_t i = 0; i < keys; i++) rt->slot_of[i] = -1;
+    moe_log(&rt->log, MOE_LOG_INFO, "runtime: simulated %s, %u expert slots (%.1f MB), policy %s",
+            rt->profile.gpus[0].name, rt->n_slots, (double)rt->n_slots * (double)rt->expert_bytes / 1e6,
+            moe_policy_name(rt->policy));
+    return MOE_OK;
+}
+
 moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe_runtime_params *params) {
     if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: out is NULL");
     *out = NULL;
@@ -245,17 +353,18 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     if ((st = load_profile(rt, &p)) != MOE_OK) goto fail;
     /* [tuning] fills what the params leave unset. */
     const moe_tuning *tun = &rt->profile.tuning;
+    if ((st = resolve_device(rt, p.device)) != MOE_OK) goto fail;
     const char *policy = p.policy && strcmp(p.policy, "auto") != 0 ? p.policy
                          : tun->set & MOE_TUNE_POLICY && strcmp(tun->policy, "auto") != 0 ? tun->policy
-                                                                                              : "static-cpu";
+                         : rt->device == MOE_DEVICE_SIM ? "moerun"
+                                                        : "static-cpu";
     if (!p.n_threads && tun->set & MOE_TUNE_THREADS_PER_NODE && tun->threads_per_node) {
         uint32_t nodes = 0;
         for (uint32_t i = 0; i < rt->profile.topo.n_numa_nodes; i++) nodes += rt->profile.node_cores[i] > 0;
         p.n_threads = tun->threads_per_node * (nodes ? nodes : 1);
         if (p.n_threads > MOE_MAX_THREADS) p.n_threads = MOE_MAX_THREADS;
     }
-    if ((st = resolve_device(rt, p.device)) != MOE_OK || (st = moe_policy_lookup(policy, &rt->policy)) != MOE_OK ||
-        (st = resolve_threads(rt, &p)) != MOE_OK)
+    if ((st = moe_policy_lookup(policy, &rt->policy)) != MOE_OK || (st = resolve_threads(rt, &p)) != MOE_OK)
         goto fail;
     if (rt->policy == MOE_POLICY_ORACLE) {
         st = moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: policy oracle knows the future routing; it exists "
@@ -284,6 +393,11 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     }
     moe_model_retain(model);
     rt->model = model;
+    if (rt->device == MOE_DEVICE_SIM && (st = setup_sim(rt, &p)) != MOE_OK) {
+        rt->model = NULL;
+        moe_model_free(&model);
+        goto fail;
+    }
     place_experts(rt);
     rt->magic = MOE_MAGIC_RUNTIME;
     moe_log(&rt->log, MOE_LOG_INFO, "runtime: device %s, policy %s, %u threads in %u NUMA team(s)",
@@ -291,6 +405,7 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     *out = rt;
     return MOE_OK;
 fail:
+    free_sim(rt);
     moe_profile_clear(&rt->profile);
     moe_cpu_free(&rt->cpu);
     free(rt->tasks);
@@ -317,6 +432,7 @@ void moe_runtime_free(moe_runtime_t **prt) {
             moe_log(&rt->log, MOE_LOG_ERROR, "runtime: %s", moe_last_error());
     }
     moe_trace_free(&rt->trace);
+    free_sim(rt);
     moe_cpu_free(&rt->cpu);
     free(rt->tasks);
     free(rt->pair_of);
@@ -408,6 +524,83 @@ moe_status moe_dense_matmul(moe_runtime_t *rt, const void *w, moe_dtype dtype, c
     return moe_cpu_dense(rt->n_threads, false, w, dtype, row_scales, rows, cols, n_tokens, x, y);
 }
 
+/* A device slot for (layer, expert), which the scheduler has just admitted
+ * to its cache: one whose expert the cache no longer holds (the cache's
+ * capacity is the pool's, so one exists; -1 would be a bug). */
+static int32_t free_slot(moe_runtime_t *rt) {
+    const moe_cache *c = moe_sched_cache(rt->sched);
+    for (uint32_t i = 0; i < rt->n_slots; i++) {
+        const uint32_t k = rt->slot_key[i];
+        if (k == UINT32_MAX || !moe_cache_resident(c, k / rt->max_experts, k % rt->max_experts)) {
+            if (k != UINT32_MAX) rt->slot_of[k] = -1;
+            rt->slot_key[i] = UINT32_MAX;
+            return (int32_t)i;
+        }
+    }
+    return -1;
+}
+
+/* Submits the plan's GPU groups: an upload where the expert is not in a
+ * slot yet, then its run after that upload. A group that cannot be placed
+ * goes back to the CPU. */
+static moe_status submit_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t *n_gpu) {
+    moe_plan *plan = &rt->plan;
+    uint32_t n = 0;
+    for (uint32_t g = 0; g < plan->n_groups; g++) {
+        moe_plan_group *grp = &plan->groups[g];
+        if (grp->where != MOE_ON_GPU) continue;
+        const uint32_t key = layer * rt->max_experts + grp->expert;
+        int32_t slot = rt->slot_of[key];
+        moe_status st = MOE_OK;
+        if (slot < 0) {
+            if ((slot = free_slot(rt)) < 0) {
+                moe_log(&rt->log, MOE_LOG_ERROR, "runtime: no free device slot for layer %u expert %u (a bug: the "
+                        "cache holds more than the pool); it runs on the CPU", layer, grp->expert);
+                grp->where = MOE_ON_CPU;
+                continue;
+            }
+            st = moe_dev_upload(rt->dev, (uint32_t)slot, &rt->tasks[g].w, &rt->slot_upload[slot]);
+            if (st == MOE_OK) rt->slot_key[slot] = key, rt->slot_of[key] = slot;
+        }
+        if (st == MOE_OK)
+            st = moe_dev_run(rt->dev, (uint32_t)slot, rt->tasks[g].m, rt->tasks[g].x, rt->tasks[g].y,
+                             rt->slot_upload[slot], &rt->gpu_ev[n]);
+        if (st != MOE_OK) { /* refused at submission: the CPU computes it */
+            moe_log(&rt->log, MOE_LOG_WARN, "runtime: device: %s; layer %u expert %u runs on the CPU", moe_last_error(),
+                    layer, grp->expert);
+            grp->where = MOE_ON_CPU;
+            continue;
+        }
+        rt->gpu_task[n] = rt->tasks[g];
+        rt->gpu_job[n++] = g;
+    }
+    *n_gpu = n;
+    return MOE_OK;
+}
+
+/* Waits for the device's runs; one that failed (a copy or a kernel) is
+ * recomputed on the CPU, its slot forgotten so the next use uploads
+ * again, and the error reported once. */
+static moe_status collect_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t n_gpu, uint32_t *redone) {
+    uint32_t n_redo = 0;
+    for (uint32_t i = 0; i < n_gpu; i++) {
+        const uint32_t g = rt->gpu_job[i];
+        if (moe_dev_wait(rt->dev, rt->gpu_ev[i]) == MOE_OK) continue;
+        if (!rt->warned_fallback) {
+            moe_log(&rt->log, MOE_LOG_WARN, "runtime: device: %s; recomputing on the CPU (reported once)",
+                    moe_last_error());
+            rt->warned_fallback = true;
+        }
+        const uint32_t key = layer * rt->max_experts + rt->plan.groups[g].expert;
+        const int32_t slot = rt->slot_of[key];
+        if (slot >= 0) rt->slot_key[slot] = UINT32_MAX, rt->slot_of[key] = -1;
+        rt->plan.groups[g].where = MOE_ON_CPU;
+        rt->tasks[n_redo++] = rt->gpu_task[i]; /* the CPU's tasks are done: their array is free */
+    }
+    *redone = n_redo;
+    return n_redo ? moe_cpu_run(rt->cpu, rt->tasks, n_redo) : MOE_OK;
+}
+
 moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
                              uint32_t top_k, const int32_t *topk_ids, const float *topk_weights, float *out) {
     if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: not a runtime handle");
@@ -438,7 +631,14 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     moe_status st = moe_plan_route(plan, layer, L->desc.n_experts, n_tokens, top_k, topk_ids);
     if (st != MOE_OK) return st;
     if (rt->trace_path[0]) record(rt, layer, n_tokens, top_k, topk_ids, topk_weights);
-    moe_plan_assign(plan, rt->policy, NULL);
+    moe_sched_layer_out so = {0};
+    if (rt->sched) {
+        if (layer == 0) rt->step++;
+        if ((st = moe_sched_layer(rt->sched, plan, rt->step, rt->clock_us, NULL, &so)) != MOE_OK) return st;
+        rt->clock_us = so.end_us;
+    } else {
+        moe_plan_assign(plan, rt->policy, NULL);
+    }
     if ((st = reserve(rt, n_pairs, H)) != MOE_OK) return st;
     double t1 = moe_now();
 
@@ -463,8 +663,21 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
             .y = rt->yg + (size_t)grp->first * H,
         };
     }
-    if ((st = moe_cpu_run(rt->cpu, rt->tasks, n_jobs)) != MOE_OK) return st;
+    /* The device's groups go out first (their uploads, then their runs);
+     * the CPU runs its own meanwhile; then the device's are collected. */
+    uint32_t n_gpu = 0, n_cpu = n_jobs;
+    if (rt->dev && (st = submit_gpu(rt, layer, &n_gpu)) != MOE_OK) return st;
+    if (n_gpu) { /* the CPU's tasks: those not submitted, compacted */
+        n_cpu = 0;
+        for (uint32_t g = 0; g < n_jobs; g++)
+            if (plan->groups[g].where != MOE_ON_GPU) rt->tasks[n_cpu++] = rt->tasks[g];
+    }
+    if ((st = moe_cpu_run(rt->cpu, rt->tasks, n_cpu)) != MOE_OK) return st;
     double t2 = moe_now();
+    uint32_t n_redo = 0;
+    if (n_gpu && (st = collect_gpu(rt, layer, n_gpu, &n_redo)) != MOE_OK) return st;
+    n_gpu -= n_redo;
+    double t2g = moe_now();
 
     /* Combine in slot order so the sum never depends on the split. */
     for (uint32_t t = 0; t < n_tokens; t++) {
@@ -480,10 +693,15 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
 
     rt->stats.layer_calls++;
     rt->stats.tokens += n_tokens;
-    rt->stats.expert_calls_cpu += n_jobs;
+    rt->stats.expert_calls_cpu += n_jobs - n_gpu;
+    rt->stats.expert_calls_gpu += n_gpu;
+    rt->stats.gpu_hits += rt->sched && so.n_gpu > so.n_copied ? so.n_gpu - so.n_copied : 0;
+    rt->stats.gpu_misses += rt->sched ? so.n_copied : 0;
+    rt->stats.bytes_copied += rt->sched ? so.bytes_copied : 0;
     rt->stats.expert_tokens += n_pairs;
     rt->stats.plan_seconds += t1 - t0;
     rt->stats.cpu_seconds += t2 - t1;
+    rt->stats.gpu_seconds += t2g - t2;
     rt->stats.total_seconds += t3 - t0;
     return MOE_OK;
 }

@@ -55,6 +55,7 @@ static void names(void) {
     CHECK_EQ(moe_dtype_size((moe_dtype)99), 0);
     CHECK(strcmp(moe_device_name(MOE_DEVICE_AUTO), "auto") == 0);
     CHECK(strcmp(moe_device_name(MOE_DEVICE_CPU), "cpu") == 0);
+    CHECK(strcmp(moe_device_name(MOE_DEVICE_SIM), "sim") == 0);
     CHECK(strcmp(moe_device_name((moe_device_kind)99), "invalid") == 0);
     const char *const *p = moe_policy_names();
     int n = 0, cpu = 0, fiddler = 0;

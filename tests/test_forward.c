@@ -158,5 +158,94 @@ static void nan_and_inf_propagate(void) {
     test_model_free(&tm);
 }
 
+#ifndef MOE_PROFILES_DIR
+#error "MOE_PROFILES_DIR must name profiles/machines"
+#endif
+
+/* The simulated GPU: whatever the policy and budget put on it, over a run
+ * of several passes (so the cache fills, evicts and hits), every output is
+ * bit-identical to the CPU-only runtime's, for every dtype. */
+static void simulated_device_gives_cpu_results(void) {
+    moe_rng r = {77};
+    const moe_dtype types[4] = {MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_I8};
+    const char *policies[4] = {"moerun", "gpu-lru", "hybrimoe", "fiddler"};
+    const double budgets[4] = {0.25, 0.5, 0.75, 1.0};
+    uint64_t gpu_calls = 0, copied = 0, hits = 0;
+    for (int round = 0; round < 16; round++) {
+        const uint32_t E = 4 + moe_rng_below(&r, 13), H = 1 + moe_rng_below(&r, 40), I = 1 + moe_rng_below(&r, 50),
+                       L = 1 + moe_rng_below(&r, 3), k = 1 + moe_rng_below(&r, E < 4 ? E : 4);
+        test_model tm;
+        test_model_make(&tm, L, E, H, I, types[round % 4], 100 + (uint64_t)round);
+        moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu"), *sim = NULL;
+        moe_runtime_params p = moe_runtime_default_params();
+        p.n_threads = 2;
+        p.device = MOE_DEVICE_SIM;
+        p.policy = policies[round % 4];
+        p.gpu_budget_fraction = budgets[(round / 4) % 4];
+        p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
+        p.profile_any_host = 1;
+        CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
+        if (!sim) {
+            moe_runtime_free(&cpu);
+            test_model_free(&tm);
+            continue;
+        }
+        CHECK_EQ(moe_runtime_device(sim), MOE_DEVICE_SIM);
+        for (int pass = 0; pass < 6; pass++) {
+            const uint32_t n = pass % 3 == 0 ? 1 + moe_rng_below(&r, 40) : 1 + moe_rng_below(&r, 3);
+            const size_t act = (size_t)n * H;
+            float *x = malloc(act * sizeof *x), *ya = malloc(act * sizeof *x), *yb = malloc(act * sizeof *x);
+            float *w = malloc((size_t)n * k * sizeof *w);
+            int32_t *ids = malloc((size_t)n * k * sizeof *ids);
+            for (uint32_t l = 0; l < L; l++) {
+                test_fill(&r, x, act);
+                test_routing(&r, n, E, k, ids, w);
+                CHECK_OK(moe_layer_forward(cpu, l, n, x, k, ids, w, ya));
+                CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids, w, yb));
+                if (memcmp(ya, yb, act * sizeof *ya) != 0) {
+                    fprintf(stderr, "round %d (%s, %s, budget %.2f) pass %d layer %u: sim differs from cpu\n", round,
+                            moe_dtype_name(tm.dtype), p.policy, p.gpu_budget_fraction, pass, l);
+                    CHECK(0);
+                }
+            }
+            free(x), free(ya), free(yb), free(w), free(ids);
+        }
+        moe_stats st;
+        CHECK_OK(moe_runtime_get_stats(sim, &st));
+        CHECK(st.gpu_hits + st.gpu_misses == st.expert_calls_gpu);
+        gpu_calls += st.expert_calls_gpu, copied += st.bytes_copied, hits += st.gpu_hits;
+        moe_runtime_free(&sim);
+        moe_runtime_free(&cpu);
+        test_model_free(&tm);
+    }
+    /* The device was used: experts ran there, were copied in, and hit. */
+    CHECK(gpu_calls > 0 && copied > 0 && hits > 0);
+}
+
+/* Device sim without a GPU in the profile, or with no room for an expert,
+ * is refused with what to do. */
+static void simulated_device_needs_a_gpu_profile(void) {
+    test_model tm;
+    test_model_make(&tm, 1, 4, 8, 8, MOE_DTYPE_F32, 5);
+    moe_runtime_params p = moe_runtime_default_params();
+    p.device = MOE_DEVICE_SIM;
+    p.profile_path = MOE_PROFILES_DIR "/dev-2core-xeon-amx.txt";
+    p.profile_any_host = 1;
+    moe_runtime_t *rt = NULL;
+    CHECK_STATUS(moe_runtime_create(&rt, tm.model, &p), MOE_ERR_UNSUPPORTED);
+    CHECK(rt == NULL && strstr(moe_last_error(), "ref-h100") != NULL);
+    /* A budget below one expert leaves a GPU policy nothing to place. */
+    p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
+    p.gpu_budget_fraction = 0.0;
+    CHECK_STATUS(moe_runtime_create(&rt, tm.model, &p), MOE_ERR_INVALID_ARG);
+    CHECK(rt == NULL && strstr(moe_last_error(), "smaller than one expert") != NULL);
+    /* static-cpu on the simulated device uses no slot and runs. */
+    p.policy = "static-cpu";
+    CHECK_OK(moe_runtime_create(&rt, tm.model, &p));
+    moe_runtime_free(&rt);
+    test_model_free(&tm);
+}
+
 TEST_MAIN("forward", TEST_CASE(matches_per_token_on_random_shapes), TEST_CASE(workspace_shrinks_and_grows),
-          TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate))
+          TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate), TEST_CASE(simulated_device_gives_cpu_results),
+          TEST_CASE(simulated_device_needs_a_gpu_profile))

@@ -193,6 +193,72 @@ static void sharded_and_q8_0(void) {
     moe_json_free(&r.doc);
 }
 
+/* The logits of the prompt and of teacher-forced decode steps of the
+ * reference continuation, all positions: [(n_prompt + steps) * V]. */
+static float *run_fixture(moe_llm *m, moe_runtime_t *rt, const int32_t *prompt, uint32_t n_prompt,
+                          const int32_t *gen, uint32_t steps) {
+    const uint32_t V = moe_llm_vocab(m);
+    float *out = malloc((size_t)(n_prompt + steps) * V * sizeof *out);
+    CHECK_OK(moe_llm_forward(m, rt, prompt, n_prompt, 0, true, out));
+    for (uint32_t i = 0; i < steps; i++)
+        CHECK_OK(moe_llm_forward(m, rt, &gen[i], 1, n_prompt + i, false, out + (size_t)(n_prompt + i) * V));
+    return out;
+}
+
+/* Every architecture on the simulated GPU, at several budgets and
+ * policies: the scheduler moves experts between CPU and device from layer
+ * to layer, and the logits are bit-identical to the CPU-only run's. */
+static void simulated_device_matches_cpu(void) {
+    const double budgets[3] = {0.25, 0.5, 1.0};
+    const char *policies[3] = {"moerun", "hybrimoe", "gpu-lru"};
+    for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/models/%s", MOE_TEST_DATA_DIR, archs[a]);
+        reference r;
+        if (!load_reference(&r, dir)) continue;
+        moe_llm *m = NULL;
+        CHECK_OK(moe_llm_load(&m, dir, NULL));
+        uint32_t n_prompt, n_gen;
+        int32_t *prompt = ids_of(r.prompt, &n_prompt), *gen = ids_of(r.greedy, &n_gen);
+        const uint32_t steps = n_gen < 6 ? n_gen : 6, V = m ? moe_llm_vocab(m) : 0;
+        moe_runtime_params p = moe_runtime_default_params();
+        p.device = MOE_DEVICE_CPU;
+        p.profile_path = "";
+        moe_runtime_t *rt = NULL;
+        if (m) CHECK_OK(moe_runtime_create(&rt, moe_llm_model(m), &p));
+        float *want = rt ? run_fixture(m, rt, prompt, n_prompt, gen, steps) : NULL;
+        moe_runtime_free(&rt);
+        uint64_t gpu_calls = 0;
+        for (int b = 0; b < 3 && want; b++) {
+            p.device = MOE_DEVICE_SIM;
+            p.policy = policies[b];
+            p.gpu_budget_fraction = budgets[b];
+            p.profile_path = MOE_PROFILES_DIR "/ref-rtx4090-pcie4-2s-xeon8480.txt";
+            p.profile_any_host = 1;
+            CHECK_OK(moe_runtime_create(&rt, moe_llm_model(m), &p));
+            if (!rt) continue;
+            float *got = run_fixture(m, rt, prompt, n_prompt, gen, steps);
+            const size_t n = (size_t)(n_prompt + steps) * V;
+            if (memcmp(got, want, n * sizeof *got) != 0) {
+                fprintf(stderr, "  %s: sim (%s, budget %.2f) logits differ from the CPU's\n", archs[a], policies[b],
+                        budgets[b]);
+                CHECK(0);
+            }
+            moe_stats st;
+            CHECK_OK(moe_runtime_get_stats(rt, &st));
+            gpu_calls += st.expert_calls_gpu;
+            free(got);
+            moe_runtime_free(&rt);
+        }
+        printf("  %-26s sim at 25/50/100%%: logits identical to the CPU's; %llu expert calls on the device\n",
+               archs[a], (unsigned long long)gpu_calls);
+        CHECK(gpu_calls > 0);
+        free(want), free(prompt), free(gen);
+        moe_llm_free(&m);
+        moe_json_free(&r.doc);
+    }
+}
+
 /* ---- refusals ---- */
 
 static char tmpdir[256];
@@ -296,7 +362,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     static const test_case cases[] = {
-        TEST_CASE(models_match_transformers),
+        TEST_CASE(models_match_transformers), TEST_CASE(simulated_device_matches_cpu),
         TEST_CASE(sharded_and_q8_0),
         TEST_CASE(refuses_bad_models),
     };

@@ -6,6 +6,7 @@
  * one JSON object on the last line. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,7 +48,12 @@ static void usage(FILE *f) {
             "  --lazy                read weights from the files on first use, not all at load\n"
             "                        (loading shows a progress bar on a terminal)\n"
             "  --seed N              sampling seed; for the demo, the seed of its weights (default 42)\n"
-            "  --device auto|cpu     where experts run (default auto)\n"
+            "  --device auto|cpu|sim where experts run (default auto: the CPU). sim: a GPU simulated from\n"
+            "                        the profile's [gpu] and [link] figures, the scheduler splitting each\n"
+            "                        layer between it and the CPU (same results as cpu; needs a profile\n"
+            "                        with a GPU, e.g. profiles/machines/ref-h100-pcie5-2s-xeon8480.txt)\n"
+            "  --gpu-budget B        GPU expert cache: 50%%, a fraction 0..1 of the routed experts'\n"
+            "                        bytes, or bytes (default 50%%)\n"
             "  --policy NAME         scheduling policy: auto, or one of the names below (default auto)\n"
             "  --threads N           CPU expert threads (default: one per core)\n"
             "  --profile FILE        machine profile from moe-profile (default: $MOE_PROFILE or\n"
@@ -560,7 +566,18 @@ static int parse(options *o, int argc, char **argv, bool *exit_now) {
             } else if (!strcmp(a, "--device")) {
                 if (!strcmp(v, "auto")) o->rp.device = MOE_DEVICE_AUTO;
                 else if (!strcmp(v, "cpu")) o->rp.device = MOE_DEVICE_CPU;
-                else return bad("--device: \"%s\" is not one of auto, cpu", v);
+                else if (!strcmp(v, "sim")) o->rp.device = MOE_DEVICE_SIM;
+                else return bad("--device: \"%s\" is not one of auto, cpu, sim", v);
+            } else if (!strcmp(a, "--gpu-budget")) {
+                char *end;
+                errno = 0;
+                const double b = strtod(v, &end);
+                const bool pct = *end == '%' && !end[1];
+                if (errno || end == v || (*end && !pct) || !(b >= 0) || (pct ? b > 100 : b > 1 && b != floor(b)) ||
+                    b > 1e18)
+                    return bad("--gpu-budget: \"%s\" is not 0..100%%, a fraction 0..1 or a byte count", v);
+                if (pct || b <= 1) o->rp.gpu_budget_fraction = pct ? b / 100 : b, o->rp.gpu_budget_bytes = 0;
+                else o->rp.gpu_budget_bytes = (uint64_t)b;
             } else if (!strcmp(a, "--stats")) {
                 if (!strcmp(v, "json")) o->json = true;
                 else if (!strcmp(v, "text")) o->json = false;

@@ -546,3 +546,10 @@ void moe_simdev_get_stats(moe_dev *dev, moe_simdev_stats *out) {
     *out = d->stats;
     pthread_mutex_unlock(&d->mu);
 }
+
+double moe_simdev_run_us(moe_dev *dev, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m) {
+    simdev *d = as_sim(dev);
+    if (!d) return -1.0;
+    const moe_expert_view w = {.dtype = t, .hidden = hidden, .inter = inter};
+    return run_us(d, &w, m);
+}

@@ -66,6 +66,11 @@ moe_status moe_simdev_times(moe_dev *d, moe_dev_event e, double *start_us, doubl
  * tests use it to order the two streams deterministically. */
 void moe_simdev_hold(moe_dev *d, int stream, bool hold);
 
+/* What a run of m tokens on an expert of this shape is modeled to take
+ * (x in, kernel, y out), microseconds; negative when the profile cannot
+ * say. The scheduler plans with it, so plan and device agree. */
+double moe_simdev_run_us(moe_dev *d, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m);
+
 typedef struct moe_simdev_stats {
     uint64_t uploads, runs, failed; /* operations completed; failed among them */
     uint64_t bytes_uploaded;
