@@ -330,6 +330,23 @@ MOE_EXPORT const char *moe_runtime_profile(const moe_runtime_t *rt);
  * from this machine's measured rates); negative without a profile. */
 MOE_EXPORT double moe_runtime_cpu_cost_us(const moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens);
 
+/* How many MoE layers ahead the runtime wants routing predictions
+ * (moe_runtime_predict) to copy experts to the GPU early: 0 when it has no
+ * use for them (on the CPU, or a policy without prefetch). */
+MOE_EXPORT uint32_t moe_runtime_lookahead(const moe_runtime_t *rt);
+
+/* Tells the runtime what the host predicts MoE layer `layer` will route
+ * its next n_tokens tokens to (topk_ids [n_tokens, top_k], as
+ * moe_layer_forward takes them), typically that layer's router applied to
+ * an earlier layer's hidden state, as HybriMoE does. During the forward of
+ * the layers before it (up to moe_runtime_lookahead() ahead) the scheduler
+ * copies the experts whose early presence cuts the most time (impact-driven
+ * prefetch); the prediction is used until `layer` itself runs. Optional:
+ * without predictions nothing is prefetched; a no-op where the lookahead
+ * is 0. MOE_ERR_INVALID_ARG for a layer, id or size out of range. */
+MOE_EXPORT moe_status moe_runtime_predict(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, uint32_t top_k,
+                                          const int32_t *topk_ids);
+
 /* The device and policy the runtime resolved "auto" to. */
 MOE_EXPORT moe_device_kind moe_runtime_device(const moe_runtime_t *rt);
 MOE_EXPORT const char *moe_runtime_policy(const moe_runtime_t *rt);

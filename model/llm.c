@@ -688,6 +688,20 @@ static moe_status ffn(moe_llm *m, layer *L, batch *b) {
         mlp(L, b, b->out);
         return b->st;
     }
+    /* Router lookahead (HybriMoE): the next MoE layers' routers on this
+     * layer's input predict their routing, so the runtime can copy their
+     * experts to the GPU while this layer runs. */
+    const uint32_t ahead = moe_runtime_lookahead(b->rt);
+    const layer *end = m->layers + m->cfg.n_layers;
+    uint32_t done = 0;
+    for (const layer *N = L + 1; N < end && done < ahead && b->st == MOE_OK; N++) {
+        if (!N->moe) continue;
+        mm(b, &N->router, b->x, n, NULL, b->logits_e);
+        if (b->st) return b->st;
+        route(m, b);
+        if ((b->st = moe_runtime_predict(b->rt, N->moe_index, n, m->cfg.top_k, b->ids))) return b->st;
+        done++;
+    }
     mm(b, &L->router, b->x, n, NULL, b->logits_e);
     if (b->st) return b->st;
     route(m, b);

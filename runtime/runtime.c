@@ -57,6 +57,10 @@ struct moe_runtime {
     double clock_us;            /* the scheduler's clock: the planned end of the last layer */
     uint64_t expert_bytes;
     bool warned_fallback;
+    uint32_t *pred_m;           /* [n_layers * max_experts]: predicted tokens per expert (moe_runtime_predict) */
+    bool *pred_set;             /* [n_layers]: a prediction is waiting for that layer */
+    moe_sched_guess *guess;     /* [MOE_SCHED_MAX_DEPTH * max_experts] */
+    double returned_at;         /* when the last moe_layer_forward returned (the host's dense work follows) */
 
     /* Workspace, grown on demand and reused across calls. */
     moe_plan plan;
@@ -223,11 +227,84 @@ static moe_status load_profile(moe_runtime_t *rt, const moe_runtime_params *p) {
     return MOE_OK;
 }
 
+static int32_t free_slot(moe_runtime_t *rt);
+
+static moe_expert_view expert_view(const moe_model_layer *L, uint32_t e) {
+    const moe_expert_weights *w = &L->experts[e];
+    return (moe_expert_view){.gate = w->gate, .up = w->up, .down = w->down, .dtype = L->desc.weight_dtype,
+                             .hidden = L->desc.hidden, .inter = L->desc.inter, .gate_scale = w->gate_scale,
+                             .up_scale = w->up_scale, .down_scale = w->down_scale};
+}
+
+/* The scheduler queued a prefetch of (layer, expert) and admitted it to
+ * its cache: its upload starts now, on the device's copy stream. */
+static void prefetch_expert(uint32_t layer, uint32_t expert, void *user) {
+    moe_runtime_t *rt = user;
+    const uint32_t key = layer * rt->max_experts + expert;
+    if (rt->slot_of[key] >= 0) return;
+    const int32_t slot = free_slot(rt);
+    if (slot < 0) return; /* cannot happen (the cache holds no more than the pool); the expert is copied when run */
+    const moe_expert_view v = expert_view(&rt->model->layers[layer], expert);
+    if (moe_dev_upload(rt->dev, (uint32_t)slot, &v, &rt->slot_upload[slot]) != MOE_OK) {
+        moe_log(&rt->log, MOE_LOG_WARN, "runtime: prefetch of layer %u expert %u: %s", layer, expert, moe_last_error());
+        return;
+    }
+    rt->slot_key[slot] = key, rt->slot_of[key] = slot;
+}
+
+/* Predictor accuracy by distance the scheduler weighs predictions with:
+ * published figures for router lookahead (HybriMoE, ProMoE; the same as
+ * moe-sim's defaults), until the runtime measures its own. */
+static const float lookahead_confidence[MOE_SCHED_MAX_DEPTH] = {0.85f, 0.7f, 0.6f, 0.5f};
+
+/* After layer `layer` is submitted: the predictions for the layers ahead,
+ * as the scheduler's guesses; it queues the prefetches worth their copy. */
+static uint64_t prefetch_ahead(moe_runtime_t *rt, uint32_t layer) {
+    const uint32_t depth = moe_sched_depth(rt->sched), L = rt->model->n_layers;
+    uint32_t n = 0;
+    for (uint32_t d = 1; d <= depth && d <= MOE_SCHED_MAX_DEPTH && layer + d < L; d++) {
+        const uint32_t l = layer + d;
+        if (!rt->pred_set[l]) continue;
+        for (uint32_t e = 0; e < rt->max_experts; e++) {
+            const uint32_t m = rt->pred_m[(size_t)l * rt->max_experts + e];
+            if (m) rt->guess[n++] = (moe_sched_guess){.layer = l, .expert = e, .m = m,
+                                                      .confidence = lookahead_confidence[d - 1]};
+        }
+    }
+    return n ? moe_sched_prefetch(rt->sched, layer, rt->clock_us, rt->guess, n) : 0;
+}
+
+uint32_t moe_runtime_lookahead(const moe_runtime_t *rt) {
+    return valid(rt) && rt->sched ? moe_sched_depth(rt->sched) : 0;
+}
+
+moe_status moe_runtime_predict(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, uint32_t top_k,
+                               const int32_t *topk_ids) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_predict: not a runtime handle");
+    if (layer >= rt->model->n_layers)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_predict: layer %u out of range (model has %u)", layer,
+                        rt->model->n_layers);
+    const uint32_t E = rt->model->layers[layer].desc.n_experts;
+    if (n_tokens && (!topk_ids || !top_k || top_k > E))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_predict: top_k = %u (1..%u) or topk_ids NULL", top_k, E);
+    for (size_t i = 0; i < (size_t)n_tokens * top_k; i++)
+        if (topk_ids[i] < 0 || (uint32_t)topk_ids[i] >= E)
+            return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_predict: expert id %d out of range (layer %u has %u)",
+                            (int)topk_ids[i], layer, E);
+    if (!rt->sched || !moe_sched_depth(rt->sched)) return MOE_OK;
+    uint32_t *m = rt->pred_m + (size_t)layer * rt->max_experts;
+    memset(m, 0, rt->max_experts * sizeof *m);
+    for (size_t i = 0; i < (size_t)n_tokens * top_k; i++) m[topk_ids[i]]++;
+    rt->pred_set[layer] = n_tokens > 0;
+    return MOE_OK;
+}
+
 static void free_sim(moe_runtime_t *rt) {
     moe_dev_free(&rt->dev);
     moe_sched_free(&rt->sched);
     free(rt->slot_key), free(rt->slot_upload), free(rt->slot_of), free(rt->gpu_ev), free(rt->gpu_job);
-    free(rt->gpu_task);
+    free(rt->gpu_task), free(rt->pred_m), free(rt->pred_set), free(rt->guess);
+    rt->pred_m = NULL, rt->pred_set = NULL, rt->guess = NULL;
     rt->slot_key = NULL, rt->slot_upload = NULL, rt->slot_of = NULL, rt->gpu_ev = NULL, rt->gpu_job = NULL;
     rt->gpu_task = NULL;
 }
@@ -288,11 +365,10 @@ static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
                             "%ux%u %s experts", rt->profile_path, cpu_us[k] < 0 ? "CPU" : "GPU", d0->hidden,
                             d0->inter, moe_dtype_name(d0->weight_dtype));
     }
-    const moe_sched_config sc = {.policy = rt->policy, .n_layers = m->n_layers, .n_experts = rt->max_experts,
+    const moe_sched_config sc = {.on_prefetch = prefetch_expert, .user = rt, .policy = rt->policy, .n_layers = m->n_layers, .n_experts = rt->max_experts,
                                  .expert_bytes = rt->expert_bytes, .budget_bytes = (uint64_t)rt->n_slots * rt->expert_bytes,
                                  .max_tokens = MAX_M, .cpu_us = cpu_us, .gpu_us = gpu_us,
-                                 .copy_us = moe_profile_copy_us(&rt->profile, 0, rt->expert_bytes, true),
-                                 .no_prefetch = true};
+                                 .copy_us = moe_profile_copy_us(&rt->profile, 0, rt->expert_bytes, true)};
     if ((st = moe_sched_create(&rt->sched, &sc)) != MOE_OK) return st;
     const size_t keys = (size_t)m->n_layers * rt->max_experts;
     rt->slot_key = malloc((rt->n_slots ? rt->n_slots : 1) * sizeof *rt->slot_key);
@@ -301,7 +377,11 @@ static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
     rt->gpu_ev = malloc(rt->max_experts * sizeof *rt->gpu_ev);
     rt->gpu_job = malloc(rt->max_experts * sizeof *rt->gpu_job);
     rt->gpu_task = malloc(rt->max_experts * sizeof *rt->gpu_task);
-    if (!rt->slot_key || !rt->slot_upload || !rt->slot_of || !rt->gpu_ev || !rt->gpu_job || !rt->gpu_task)
+    rt->pred_m = calloc(keys, sizeof *rt->pred_m);
+    rt->pred_set = calloc(m->n_layers, sizeof *rt->pred_set);
+    rt->guess = malloc((size_t)MOE_SCHED_MAX_DEPTH * rt->max_experts * sizeof *rt->guess);
+    if (!rt->slot_key || !rt->slot_upload || !rt->slot_of || !rt->gpu_ev || !rt->gpu_job || !rt->gpu_task ||
+        !rt->pred_m || !rt->pred_set || !rt->guess)
         return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
     for (uint32_t i = 0; i < rt->n_slots; i++) rt->slot_key[i] = UINT32_MAX;
     for (size_t i = 0; i < keys; i++) rt->slot_of[i] = -1;
@@ -634,8 +714,12 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     moe_sched_layer_out so = {0};
     if (rt->sched) {
         if (layer == 0) rt->step++;
+        /* The layer starts after the host's dense work since the last
+         * layer returned (it runs on this CPU here, at its real speed). */
+        if (rt->returned_at > 0) rt->clock_us += (t0 - rt->returned_at) * 1e6;
         if ((st = moe_sched_layer(rt->sched, plan, rt->step, rt->clock_us, NULL, &so)) != MOE_OK) return st;
         rt->clock_us = so.end_us;
+        rt->pred_set[layer] = false; /* its prediction is spent */
     } else {
         moe_plan_assign(plan, rt->policy, NULL);
     }
@@ -652,11 +736,8 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     uint32_t n_jobs = 0;
     for (uint32_t g = 0; g < plan->n_groups; g++) {
         const moe_plan_group *grp = &plan->groups[g];
-        const moe_expert_weights *w = &L->experts[grp->expert];
         rt->tasks[n_jobs++] = (moe_cpu_task){
-            .w = {.gate = w->gate, .up = w->up, .down = w->down, .dtype = L->desc.weight_dtype,
-                  .hidden = H, .inter = L->desc.inter, .gate_scale = w->gate_scale,
-                  .up_scale = w->up_scale, .down_scale = w->down_scale},
+            .w = expert_view(L, grp->expert),
             .team = moe_cpu_home(grp->expert, rt->teams.n),
             .m = grp->n_tokens,
             .x = rt->xg + (size_t)grp->first * H,
@@ -667,6 +748,7 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
      * the CPU runs its own meanwhile; then the device's are collected. */
     uint32_t n_gpu = 0, n_cpu = n_jobs;
     if (rt->dev && (st = submit_gpu(rt, layer, &n_gpu)) != MOE_OK) return st;
+    const uint64_t prefetched = rt->sched ? prefetch_ahead(rt, layer) : 0;
     if (n_gpu) { /* the CPU's tasks: those not submitted, compacted */
         n_cpu = 0;
         for (uint32_t g = 0; g < n_jobs; g++)
@@ -697,12 +779,13 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     rt->stats.expert_calls_gpu += n_gpu;
     rt->stats.gpu_hits += rt->sched && so.n_gpu > so.n_copied ? so.n_gpu - so.n_copied : 0;
     rt->stats.gpu_misses += rt->sched ? so.n_copied : 0;
-    rt->stats.bytes_copied += rt->sched ? so.bytes_copied : 0;
+    rt->stats.bytes_copied += rt->sched ? so.bytes_copied + prefetched : 0;
     rt->stats.expert_tokens += n_pairs;
     rt->stats.plan_seconds += t1 - t0;
     rt->stats.cpu_seconds += t2 - t1;
     rt->stats.gpu_seconds += t2g - t2;
     rt->stats.total_seconds += t3 - t0;
+    rt->returned_at = moe_now();
     return MOE_OK;
 }
 

@@ -461,6 +461,7 @@ static bool issue(moe_sched *s, uint32_t layer, uint32_t expert, double now) {
     const double from = s->link_free > now ? s->link_free : now;
     s->link_free = from + s->copy;
     s->ready_at[at(s, layer, expert)] = s->link_free;
+    if (s->cfg.on_prefetch) s->cfg.on_prefetch(layer, expert, s->cfg.user);
     return true;
 }
 

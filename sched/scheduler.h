@@ -44,6 +44,11 @@ typedef struct moe_sched_config {
     bool no_refine;        /* the plain greedy split */
     bool no_prefetch;      /* no prefetch */
     bool no_value_cache;   /* LRU instead of the value scores */
+    /* Called for each prefetch the scheduler queues (after admitting the
+     * expert to the cache), so the executor can start its copy; NULL for
+     * the simulator, whose copies are only times. */
+    void (*on_prefetch)(uint32_t layer, uint32_t expert, void *user);
+    void *user;
 } moe_sched_config;
 
 /* What one layer call planned. */

@@ -222,6 +222,71 @@ static void simulated_device_gives_cpu_results(void) {
     CHECK(gpu_calls > 0 && copied > 0 && hits > 0);
 }
 
+/* Routing predictions (moe_runtime_predict): the lookahead is offered only
+ * where it is used; with the true routing of the next layers predicted,
+ * the scheduler copies experts ahead (bytes beyond the misses' own
+ * copies), and results stay the CPU's, also under wrong predictions. */
+static void predictions_prefetch_and_change_nothing(void) {
+    moe_rng r = {91};
+    const uint32_t L = 4, E = 16, H = 32, I = 48, k = 2;
+    test_model tm;
+    test_model_make(&tm, L, E, H, I, MOE_DTYPE_BF16, 7);
+    moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu"), *sim = NULL;
+    CHECK_EQ(moe_runtime_lookahead(cpu), 0);
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = 2;
+    p.device = MOE_DEVICE_SIM;
+    p.policy = "moerun";
+    p.gpu_budget_fraction = 0.5;
+    p.profile_path = MOE_PROFILES_DIR "/ref-rtx4090-pcie4-2s-xeon8480.txt";
+    p.profile_any_host = 1;
+    CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
+    if (!sim) {
+        moe_runtime_free(&cpu);
+        test_model_free(&tm);
+        return;
+    }
+    const uint32_t ahead = moe_runtime_lookahead(sim);
+    CHECK(ahead >= 1);
+    const uint32_t n = 4;
+    int32_t ids[4][4 * 2], bad[4 * 2];
+    float w[4][4 * 2], bw[4 * 2], x[4 * 32], ya[4 * 32], yb[4 * 32];
+    for (int pass = 0; pass < 40; pass++) {
+        /* Routing within half the experts, so that the cache has something to keep. */
+        for (uint32_t l = 0; l < L; l++) test_routing(&r, n, E / 2, k, ids[l], w[l]);
+        for (uint32_t l = 0; l < L; l++) {
+            for (uint32_t d = 1; d <= ahead && l + d < L; d++) {
+                if (pass % 5 == 4) { /* a wrong prediction now and then */
+                    test_routing(&r, n, E, k, bad, bw);
+                    CHECK_OK(moe_runtime_predict(sim, l + d, n, k, bad));
+                } else {
+                    CHECK_OK(moe_runtime_predict(sim, l + d, n, k, ids[l + d]));
+                }
+            }
+            test_fill(&r, x, (size_t)n * H);
+            CHECK_OK(moe_layer_forward(cpu, l, n, x, k, ids[l], w[l], ya));
+            CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids[l], w[l], yb));
+            CHECK(memcmp(ya, yb, sizeof ya) == 0);
+        }
+    }
+    moe_stats st;
+    CHECK_OK(moe_runtime_get_stats(sim, &st));
+    const uint64_t eb = 3ull * H * I * 2;
+    if (!(st.bytes_copied > st.gpu_misses * eb))
+        fprintf(stderr, "copied %llu bytes, misses %llu x %llu\n", (unsigned long long)st.bytes_copied,
+                (unsigned long long)st.gpu_misses, (unsigned long long)eb);
+    CHECK(st.bytes_copied > st.gpu_misses * eb);
+    /* Bad predictions are refused. */
+    CHECK_STATUS(moe_runtime_predict(sim, L, n, k, ids[0]), MOE_ERR_INVALID_ARG);
+    int32_t out_of_range[2] = {0, (int32_t)E};
+    CHECK_STATUS(moe_runtime_predict(sim, 1, 1, 2, out_of_range), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_runtime_predict(sim, 1, 1, 2, NULL), MOE_ERR_INVALID_ARG);
+    CHECK_OK(moe_runtime_predict(cpu, 1, n, k, ids[1])); /* accepted and unused */
+    moe_runtime_free(&sim);
+    moe_runtime_free(&cpu);
+    test_model_free(&tm);
+}
+
 /* Device sim without a GPU in the profile, or with no room for an expert,
  * is refused with what to do. */
 static void simulated_device_needs_a_gpu_profile(void) {
@@ -248,4 +313,4 @@ static void simulated_device_needs_a_gpu_profile(void) {
 
 TEST_MAIN("forward", TEST_CASE(matches_per_token_on_random_shapes), TEST_CASE(workspace_shrinks_and_grows),
           TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate), TEST_CASE(simulated_device_gives_cpu_results),
-          TEST_CASE(simulated_device_needs_a_gpu_profile))
+          TEST_CASE(simulated_device_needs_a_gpu_profile), TEST_CASE(predictions_prefetch_and_change_nothing))
