@@ -347,11 +347,44 @@ static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
         if (*end || !(scale >= 0))
             return moe_fail(MOE_ERR_INVALID_ARG, "MOE_SIM_TIME_SCALE=\"%s\": not a number >= 0", env);
     }
-    const moe_simdev_params sp = {.profile = &rt->profile, .gpu = 0, .time_scale = scale,
+    /* MOE_SIM_FAIL="upload:N,run:N,alloc:N": the n-th such device operation
+     * fails (the fallbacks' tests, and a host's own). */
+    uint32_t fail[3] = {0, 0, 0};
+    const char *names[3] = {"alloc", "upload", "run"};
+    const char *f = getenv("MOE_SIM_FAIL");
+    while (f && *f) {
+        int k = 0;
+        while (k < 3 && strncmp(f, names[k], strlen(names[k]))) k++;
+        char *end;
+        const char *num = k < 3 ? f + strlen(names[k]) : f;
+        const unsigned long v = k < 3 && *num == ':' ? strtoul(num + 1, &end, 10) : 0;
+        if (k == 3 || *num != ':' || end == num + 1 || v == 0 || v > UINT32_MAX || (*end && *end != ','))
+            return moe_fail(MOE_ERR_INVALID_ARG, "MOE_SIM_FAIL=\"%s\": expected alloc:N, upload:N, run:N (N >= 1), "
+                            "comma-separated", getenv("MOE_SIM_FAIL"));
+        fail[k] = (uint32_t)v;
+        f = *end ? end + 1 : end;
+    }
+    const moe_simdev_params sp = {.profile = &rt->profile, .gpu = 0, .time_scale = scale, .fail_alloc_at = fail[0],
+                                  .fail_upload_at = fail[1], .fail_run_at = fail[2],
                                   .memory_bytes = device_mem ? device_mem : (uint64_t)rt->n_slots * rt->expert_bytes,
                                   .compute_threads = 1};
     moe_status st = moe_simdev_create(&rt->dev, &sp);
     if (st == MOE_OK) st = moe_dev_alloc_slots(rt->dev, rt->n_slots, rt->n_slots ? rt->expert_bytes : 0);
+    /* Out of device memory: a smaller cache, down to one expert; below
+     * that, every expert on the CPU. Warnings, not failures. */
+    while (st == MOE_ERR_OUT_OF_MEMORY && rt->n_slots > 1) {
+        moe_log(&rt->log, MOE_LOG_WARN, "runtime: %s; trying %u slots", moe_last_error(), rt->n_slots / 2);
+        rt->n_slots /= 2;
+        st = moe_dev_alloc_slots(rt->dev, rt->n_slots, rt->expert_bytes);
+    }
+    if (st == MOE_ERR_OUT_OF_MEMORY) {
+        moe_log(&rt->log, MOE_LOG_WARN, "runtime: %s; running every expert on the CPU", moe_last_error());
+        moe_dev_free(&rt->dev);
+        rt->device = MOE_DEVICE_CPU;
+        rt->policy = MOE_POLICY_STATIC_CPU;
+        rt->n_slots = 0;
+        return MOE_OK;
+    }
     if (st != MOE_OK) return st;
     /* The scheduler's costs: the modeled machine's (the profile's CPU
      * curves or roofline, and the device's own model of its runs). */

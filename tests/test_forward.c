@@ -1,6 +1,8 @@
 /* test_forward.c - moe_layer_forward against a per-token computation with
  * the reference expert, on random shapes (odd sizes, unused experts, empty
- * batches), across thread counts and policies, and on bad input. */
+ * batches), across thread counts and policies, and on bad input; on the
+ * simulated GPU, against the CPU-only runtime bit for bit. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "expert.h"
 #include "util.h"
 
@@ -287,6 +289,68 @@ static void predictions_prefetch_and_change_nothing(void) {
     test_model_free(&tm);
 }
 
+static char logged[4096];
+
+static void log_to(moe_log_level l, const char *msg, void *user) {
+    (void)l, (void)user;
+    const size_t n = strlen(logged);
+    snprintf(logged + n, sizeof logged - n, "%s\n", msg);
+}
+
+/* Device faults (MOE_SIM_FAIL): an allocation that fails shrinks the
+ * cache, a failed copy or kernel is recomputed on the CPU (one warning),
+ * and no room for even one expert leaves every expert on the CPU. The
+ * results are the CPU's throughout. */
+static void device_faults_fall_back_to_the_cpu(void) {
+    moe_rng r = {13};
+    const uint32_t L = 2, E = 8, H = 24, I = 40, k = 2, n = 3;
+    test_model tm;
+    test_model_make(&tm, L, E, H, I, MOE_DTYPE_F32, 3);
+    moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu"), *sim = NULL;
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = 2;
+    p.device = MOE_DEVICE_SIM;
+    p.policy = "gpu-lru"; /* every expert on the device: its faults are hit */
+    p.gpu_budget_fraction = 1.0;
+    p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
+    p.profile_any_host = 1;
+    p.log_fn = log_to;
+    logged[0] = '\0';
+    setenv("MOE_SIM_FAIL", "alloc:1,upload:2,run:4", 1);
+    CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
+    CHECK(strstr(logged, "injected allocation failure") && strstr(logged, "trying 8 slots"));
+    CHECK_EQ(moe_runtime_device(sim), MOE_DEVICE_SIM);
+    int32_t ids[3 * 2];
+    float w[3 * 2], x[3 * 24], ya[3 * 24], yb[3 * 24];
+    for (int pass = 0; pass < 4 && sim; pass++)
+        for (uint32_t l = 0; l < L; l++) {
+            test_routing(&r, n, E, k, ids, w);
+            test_fill(&r, x, (size_t)n * H);
+            CHECK_OK(moe_layer_forward(cpu, l, n, x, k, ids, w, ya));
+            CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids, w, yb));
+            CHECK(memcmp(ya, yb, sizeof ya) == 0);
+        }
+    CHECK(strstr(logged, "recomputing on the CPU (reported once)") != NULL);
+    moe_stats st;
+    if (sim) CHECK_OK(moe_runtime_get_stats(sim, &st));
+    if (sim) CHECK(st.expert_calls_gpu > 0 && st.expert_calls_cpu > 0);
+    moe_runtime_free(&sim);
+    /* Room for one expert, and that allocation fails: the CPU runs it all. */
+    p.gpu_budget_bytes = 3ull * H * I * 4;
+    setenv("MOE_SIM_FAIL", "alloc:1", 1);
+    logged[0] = '\0';
+    CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
+    CHECK_EQ(moe_runtime_device(sim), MOE_DEVICE_CPU);
+    CHECK(strstr(logged, "running every expert on the CPU") != NULL);
+    if (sim) CHECK_OK(moe_layer_forward(sim, 0, n, x, k, ids, w, yb));
+    moe_runtime_free(&sim);
+    setenv("MOE_SIM_FAIL", "upload", 1);
+    CHECK_STATUS(moe_runtime_create(&sim, tm.model, &p), MOE_ERR_INVALID_ARG);
+    unsetenv("MOE_SIM_FAIL");
+    moe_runtime_free(&cpu);
+    test_model_free(&tm);
+}
+
 /* Device sim without a GPU in the profile, or with no room for an expert,
  * is refused with what to do. */
 static void simulated_device_needs_a_gpu_profile(void) {
@@ -313,4 +377,5 @@ static void simulated_device_needs_a_gpu_profile(void) {
 
 TEST_MAIN("forward", TEST_CASE(matches_per_token_on_random_shapes), TEST_CASE(workspace_shrinks_and_grows),
           TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate), TEST_CASE(simulated_device_gives_cpu_results),
-          TEST_CASE(simulated_device_needs_a_gpu_profile), TEST_CASE(predictions_prefetch_and_change_nothing))
+          TEST_CASE(simulated_device_needs_a_gpu_profile), TEST_CASE(predictions_prefetch_and_change_nothing),
+          TEST_CASE(device_faults_fall_back_to_the_cpu))
