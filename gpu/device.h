@@ -52,6 +52,12 @@ typedef struct moe_dev_iface {
     moe_status (*wait)(moe_dev *d, moe_dev_event e);
     /* Whether e has completed; never blocks. */
     bool (*query)(moe_dev *d, moe_dev_event e);
+    /* When e's operation started and ended on its stream, in seconds of
+     * the host's clock (moe_now()): measured with device events on a GPU,
+     * modeled on the simulated device. MOE_ERR_STATE while e is in flight,
+     * MOE_ERR_INVALID_ARG for event 0 or one the device no longer
+     * remembers (it remembers at least its last 1024 operations). */
+    moe_status (*times)(moe_dev *d, moe_dev_event e, double *start_s, double *end_s);
     /* Waits for everything in flight, then frees the device. */
     void (*destroy)(moe_dev *d);
 } moe_dev_iface;
@@ -81,6 +87,9 @@ static inline moe_status moe_dev_run(moe_dev *d, uint32_t slot, uint32_t m, cons
 }
 static inline moe_status moe_dev_wait(moe_dev *d, moe_dev_event e) { return d->iface->wait(d, e); }
 static inline bool moe_dev_query(moe_dev *d, moe_dev_event e) { return d->iface->query(d, e); }
+static inline moe_status moe_dev_times(moe_dev *d, moe_dev_event e, double *start_s, double *end_s) {
+    return d->iface->times(d, e, start_s, end_s);
+}
 /* Frees *d and sets it to NULL; NULL or *d == NULL is a no-op. */
 static inline void moe_dev_free(moe_dev **d) {
     if (d && *d) (*d)->iface->destroy(*d);

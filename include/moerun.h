@@ -77,7 +77,7 @@ extern "C" {
 /* API version of this header: bumped whenever a declaration changes in a way
  * that needs callers to be recompiled. Compare with moe_api_version() at run
  * time to detect a header/library mismatch. */
-#define MOE_API_VERSION 4
+#define MOE_API_VERSION 5
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
 MOE_EXPORT const char *moe_version(void);
@@ -398,11 +398,34 @@ typedef struct moe_stats {
     uint64_t bytes_copied;     /* host-to-device expert bytes */
     double plan_seconds;       /* time spent planning */
     double cpu_seconds;        /* wall time of CPU expert execution */
-    double gpu_seconds;        /* wall time of GPU expert execution */
+    double gpu_seconds;        /* wall time waiting for the GPU's experts once the CPU's were done */
     double total_seconds;      /* wall time inside moe_layer_forward */
+    /* ---- API 5: the GPU's streams and their overlap with the CPU ----
+     * Busy time of the GPU's copy and compute streams, measured with
+     * device events (on the simulated device: modeled from the profile, on
+     * the host's clock). Over the layer calls that ran experts on the GPU
+     * ("hybrid" layers): their span, from gathering the inputs to the last
+     * expert done on either side, and their serial time, the CPU's expert
+     * time plus the layer's own copies and GPU runs as if run one after
+     * another. serial / span is the overlap: 1 when nothing overlapped,
+     * up to 3 when copies, GPU and CPU all ran at once. Copies still in
+     * flight (prefetches) are counted when a later layer call sees them
+     * complete. */
+    double gpu_copy_seconds;    /* host-to-device expert copies, prefetches included */
+    double gpu_compute_seconds; /* GPU expert runs, activations in and out included */
+    uint64_t hybrid_layers;     /* layer calls that ran experts on the GPU */
+    double hybrid_span_seconds;
+    double hybrid_serial_seconds;
+    uint64_t gpu_redone;        /* GPU expert calls that failed and were recomputed on the CPU */
 } moe_stats;
 
+/* Copies the counters into out, whose size the caller gives (sizeof *out):
+ * a caller built against an earlier header gets the fields it knows. */
+MOE_EXPORT moe_status moe_runtime_stats(const moe_runtime_t *rt, moe_stats *out, size_t out_size);
+/* API 4's entry point (the fields up to total_seconds), kept for programs
+ * built against it; this header maps it to moe_runtime_stats. */
 MOE_EXPORT moe_status moe_runtime_get_stats(const moe_runtime_t *rt, moe_stats *out);
+#define moe_runtime_get_stats(rt, out) moe_runtime_stats((rt), (out), sizeof *(out))
 MOE_EXPORT moe_status moe_runtime_reset_stats(moe_runtime_t *rt);
 
 #ifdef __cplusplus

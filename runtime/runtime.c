@@ -61,6 +61,11 @@ struct moe_runtime {
     bool *pred_set;             /* [n_layers]: a prediction is waiting for that layer */
     moe_sched_guess *guess;     /* [MOE_SCHED_MAX_DEPTH * max_experts] */
     double returned_at;         /* when the last moe_layer_forward returned (the host's dense work follows) */
+    struct pending_copy {       /* uploads whose times are not yet in the statistics */
+        moe_dev_event ev;
+        bool demand;            /* the current layer's own (a miss), not a prefetch */
+    } *pend;
+    uint32_t n_pend, cap_pend;
 
     /* Workspace, grown on demand and reused across calls. */
     moe_plan plan;
@@ -236,6 +241,39 @@ static moe_expert_view expert_view(const moe_model_layer *L, uint32_t e) {
                              .up_scale = w->up_scale, .down_scale = w->down_scale};
 }
 
+/* Remembers an upload so its stream time reaches the statistics once it
+ * completes (harvest_copies). Statistics only: an upload that cannot be
+ * remembered (no memory) is simply not counted. */
+static void note_copy(moe_runtime_t *rt, moe_dev_event ev, bool demand) {
+    if (rt->n_pend == rt->cap_pend) {
+        const uint32_t cap = rt->cap_pend ? 2 * rt->cap_pend : 64;
+        struct pending_copy *p = realloc(rt->pend, cap * sizeof *p);
+        if (!p) return;
+        rt->pend = p, rt->cap_pend = cap;
+    }
+    rt->pend[rt->n_pend++] = (struct pending_copy){ev, demand};
+}
+
+/* Adds the completed uploads' stream time to the statistics; returns the
+ * part that was the current layer's own copies. */
+static double harvest_copies(moe_runtime_t *rt) {
+    double own = 0.0;
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < rt->n_pend; i++) {
+        double a, b;
+        const moe_status st = moe_dev_times(rt->dev, rt->pend[i].ev, &a, &b);
+        if (st == MOE_ERR_STATE) { /* in flight: a later call counts it */
+            rt->pend[i].demand = false, rt->pend[keep++] = rt->pend[i];
+            continue;
+        }
+        if (st != MOE_OK) continue; /* forgotten by the device: uncounted */
+        rt->stats.gpu_copy_seconds += b - a;
+        if (rt->pend[i].demand) own += b - a;
+    }
+    rt->n_pend = keep;
+    return own;
+}
+
 /* The scheduler queued a prefetch of (layer, expert) and admitted it to
  * its cache: its upload starts now, on the device's copy stream. */
 static void prefetch_expert(uint32_t layer, uint32_t expert, void *user) {
@@ -249,6 +287,7 @@ static void prefetch_expert(uint32_t layer, uint32_t expert, void *user) {
         moe_log(&rt->log, MOE_LOG_WARN, "runtime: prefetch of layer %u expert %u: %s", layer, expert, moe_last_error());
         return;
     }
+    note_copy(rt, rt->slot_upload[slot], false);
     rt->slot_key[slot] = key, rt->slot_of[key] = slot;
 }
 
@@ -303,8 +342,9 @@ static void free_sim(moe_runtime_t *rt) {
     moe_dev_free(&rt->dev);
     moe_sched_free(&rt->sched);
     free(rt->slot_key), free(rt->slot_upload), free(rt->slot_of), free(rt->gpu_ev), free(rt->gpu_job);
-    free(rt->gpu_task), free(rt->pred_m), free(rt->pred_set), free(rt->guess);
-    rt->pred_m = NULL, rt->pred_set = NULL, rt->guess = NULL;
+    free(rt->gpu_task), free(rt->pred_m), free(rt->pred_set), free(rt->guess), free(rt->pend);
+    rt->pred_m = NULL, rt->pred_set = NULL, rt->guess = NULL, rt->pend = NULL;
+    rt->n_pend = rt->cap_pend = 0;
     rt->slot_key = NULL, rt->slot_upload = NULL, rt->slot_of = NULL, rt->gpu_ev = NULL, rt->gpu_job = NULL;
     rt->gpu_task = NULL;
 }
@@ -365,7 +405,7 @@ static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
         f = *end ? end + 1 : end;
     }
     const moe_simdev_params sp = {.profile = &rt->profile, .gpu = 0, .time_scale = scale, .fail_alloc_at = fail[0],
-                                  .fail_upload_at = fail[1], .fail_run_at = fail[2],
+                                  .fail_upload_at = fail[1], .fail_run_at = fail[2], .host_clock = true,
                                   .memory_bytes = device_mem ? device_mem : (uint64_t)rt->n_slots * rt->expert_bytes,
                                   .compute_threads = 1};
     moe_status st = moe_simdev_create(&rt->dev, &sp);
@@ -673,7 +713,7 @@ static moe_status submit_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t *n_gpu)
                 continue;
             }
             st = moe_dev_upload(rt->dev, (uint32_t)slot, &rt->tasks[g].w, &rt->slot_upload[slot]);
-            if (st == MOE_OK) rt->slot_key[slot] = key, rt->slot_of[key] = slot;
+            if (st == MOE_OK) rt->slot_key[slot] = key, rt->slot_of[key] = slot, note_copy(rt, rt->slot_upload[slot], true);
         }
         if (st == MOE_OK)
             st = moe_dev_run(rt->dev, (uint32_t)slot, rt->tasks[g].m, rt->tasks[g].x, rt->tasks[g].y,
@@ -694,7 +734,7 @@ static moe_status submit_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t *n_gpu)
 /* Waits for the device's runs; one that failed (a copy or a kernel) is
  * recomputed on the CPU, its slot forgotten so the next use uploads
  * again, and the error reported once. */
-static moe_status collect_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t n_gpu, uint32_t *redone) {
+static moe_status collect_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t n_gpu, uint32_t *redone, double *redo_s) {
     uint32_t n_redo = 0;
     for (uint32_t i = 0; i < n_gpu; i++) {
         const uint32_t g = rt->gpu_job[i];
@@ -711,7 +751,23 @@ static moe_status collect_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t n_gpu,
         rt->tasks[n_redo++] = rt->gpu_task[i]; /* the CPU's tasks are done: their array is free */
     }
     *redone = n_redo;
-    return n_redo ? moe_cpu_run(rt->cpu, rt->tasks, n_redo) : MOE_OK;
+    const double t = moe_now();
+    const moe_status st = n_redo ? moe_cpu_run(rt->cpu, rt->tasks, n_redo) : MOE_OK;
+    *redo_s = n_redo ? moe_now() - t : 0.0;
+    return st;
+}
+
+/* The stream time of this layer's GPU runs (all completed): their sum,
+ * and the end of the last, on the host's clock. */
+static double gpu_run_times(moe_runtime_t *rt, uint32_t n_gpu, double *last_end) {
+    double sum = 0.0;
+    for (uint32_t i = 0; i < n_gpu; i++) {
+        double a, b;
+        if (moe_dev_times(rt->dev, rt->gpu_ev[i], &a, &b) != MOE_OK) continue;
+        sum += b - a;
+        if (b > *last_end) *last_end = b;
+    }
+    return sum;
 }
 
 moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
@@ -790,9 +846,20 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     if ((st = moe_cpu_run(rt->cpu, rt->tasks, n_cpu)) != MOE_OK) return st;
     double t2 = moe_now();
     uint32_t n_redo = 0;
-    if (n_gpu && (st = collect_gpu(rt, layer, n_gpu, &n_redo)) != MOE_OK) return st;
-    n_gpu -= n_redo;
+    double redo_s = 0.0;
+    if (n_gpu && (st = collect_gpu(rt, layer, n_gpu, &n_redo, &redo_s)) != MOE_OK) return st;
     double t2g = moe_now();
+    if (rt->dev) { /* the streams' times, and this layer's overlap */
+        double end = t2;
+        const double runs = gpu_run_times(rt, n_gpu, &end), own_copies = harvest_copies(rt);
+        rt->stats.gpu_compute_seconds += runs;
+        if (n_gpu) {
+            rt->stats.hybrid_layers++;
+            rt->stats.hybrid_span_seconds += (n_redo ? t2g : end) - t1;
+            rt->stats.hybrid_serial_seconds += (t2 - t1) + own_copies + runs + redo_s;
+        }
+    }
+    n_gpu -= n_redo;
 
     /* Combine in slot order so the sum never depends on the split. */
     for (uint32_t t = 0; t < n_tokens; t++) {
@@ -810,6 +877,7 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     rt->stats.tokens += n_tokens;
     rt->stats.expert_calls_cpu += n_jobs - n_gpu;
     rt->stats.expert_calls_gpu += n_gpu;
+    rt->stats.gpu_redone += n_redo;
     rt->stats.gpu_hits += rt->sched && so.n_gpu > so.n_copied ? so.n_gpu - so.n_copied : 0;
     rt->stats.gpu_misses += rt->sched ? so.n_copied : 0;
     rt->stats.bytes_copied += rt->sched ? so.bytes_copied + prefetched : 0;
@@ -822,11 +890,20 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     return MOE_OK;
 }
 
-moe_status moe_runtime_get_stats(const moe_runtime_t *rt, moe_stats *out) {
-    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_get_stats: not a runtime handle");
-    if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_get_stats: out is NULL");
-    *out = rt->stats;
+moe_status moe_runtime_stats(const moe_runtime_t *rt, moe_stats *out, size_t out_size) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_stats: not a runtime handle");
+    const size_t v4 = offsetof(moe_stats, total_seconds) + sizeof out->total_seconds;
+    if (!out || out_size < v4)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_stats: out is NULL or smaller (%zu bytes) than API 4's "
+                        "moe_stats (%zu)", out ? out_size : 0, v4);
+    if (out_size > sizeof *out) memset((char *)out + sizeof *out, 0, out_size - sizeof *out);
+    memcpy(out, &rt->stats, out_size < sizeof *out ? out_size : sizeof *out);
     return MOE_OK;
+}
+
+#undef moe_runtime_get_stats
+moe_status moe_runtime_get_stats(const moe_runtime_t *rt, moe_stats *out) {
+    return moe_runtime_stats(rt, out, offsetof(moe_stats, total_seconds) + sizeof out->total_seconds);
 }
 
 moe_status moe_runtime_reset_stats(moe_runtime_t *rt) {

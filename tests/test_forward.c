@@ -4,6 +4,8 @@
  * simulated GPU, against the CPU-only runtime bit for bit. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "expert.h"
+#include "profile.h"
+#include "simdev.h"
 #include "util.h"
 
 /* out[t] = sum_j w[t,j] * expert_{ids[t,j]}(x[t]), one token at a time. */
@@ -375,7 +377,95 @@ static void simulated_device_needs_a_gpu_profile(void) {
     test_model_free(&tm);
 }
 
+/* The statistics' device times are the device's model: with every expert
+ * on the GPU and no prefetch, the compute stream's time is the sum of the
+ * modeled runs of each layer's groups and the copy stream's the modeled
+ * copies of the misses; every layer is a hybrid one, and its serial time
+ * holds the CPU's part and the device's. An API 4 caller gets its prefix. */
+static void device_time_accounting_matches_the_model(void) {
+    moe_rng r = {17};
+    const uint32_t L = 3, E = 8, H = 40, I = 56, k = 2;
+    const char *path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
+    test_model tm;
+    test_model_make(&tm, L, E, H, I, MOE_DTYPE_F32, 5);
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = 2;
+    p.device = MOE_DEVICE_SIM;
+    p.policy = "gpu-lru";
+    p.gpu_budget_fraction = 0.5;
+    p.profile_path = path;
+    p.profile_any_host = 1;
+    moe_runtime_t *sim = NULL;
+    CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
+    /* The same model of the same GPU, to price what the runtime ran. */
+    moe_profile prof;
+    moe_profile_init(&prof);
+    CHECK_OK(moe_profile_load(&prof, path));
+    moe_dev *ref = NULL;
+    const moe_simdev_params sp = {.profile = &prof, .gpu = 0};
+    CHECK_OK(moe_simdev_create(&ref, &sp));
+    if (!sim || !ref) {
+        moe_dev_free(&ref);
+        moe_profile_clear(&prof);
+        moe_runtime_free(&sim);
+        test_model_free(&tm);
+        return;
+    }
+    CHECK_EQ(moe_runtime_lookahead(sim), 0);
+    double runs_us = 0.0;
+    float x[6 * 40], y[6 * 40], w[6 * 2];
+    int32_t ids[6 * 2];
+    for (int pass = 0; pass < 5; pass++)
+        for (uint32_t l = 0; l < L; l++) {
+            const uint32_t n = 1 + moe_rng_below(&r, 6);
+            test_routing(&r, n, E, k, ids, w);
+            test_fill(&r, x, (size_t)n * H);
+            CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids, w, y));
+            uint32_t m[8] = {0};
+            for (uint32_t i = 0; i < n * k; i++) m[ids[i]]++;
+            for (uint32_t e = 0; e < E; e++)
+                if (m[e]) runs_us += moe_simdev_run_us(ref, H, I, MOE_DTYPE_F32, m[e]);
+        }
+    moe_stats st;
+    CHECK_OK(moe_runtime_get_stats(sim, &st));
+    CHECK_EQ(st.expert_calls_cpu, 0);
+    CHECK(st.gpu_misses > 0 && st.gpu_hits > 0);
+    CHECK_EQ(st.hybrid_layers, st.layer_calls);
+    CHECK_EQ(st.gpu_redone, 0);
+    const double copy_us = moe_profile_copy_us(&prof, 0, moe_dev_expert_bytes(H, I, MOE_DTYPE_F32), true);
+    const double want_copy = (double)st.gpu_misses * copy_us * 1e-6, want_runs = runs_us * 1e-6;
+    if (fabs(st.gpu_copy_seconds - want_copy) > 1e-9 * (1 + want_copy) ||
+        fabs(st.gpu_compute_seconds - want_runs) > 1e-9 * (1 + want_runs))
+        fprintf(stderr, "copies %.9f s (model %.9f), runs %.9f s (model %.9f)\n", st.gpu_copy_seconds, want_copy,
+                st.gpu_compute_seconds, want_runs);
+    CHECK(fabs(st.gpu_copy_seconds - want_copy) <= 1e-9 * (1 + want_copy));
+    CHECK(fabs(st.gpu_compute_seconds - want_runs) <= 1e-9 * (1 + want_runs));
+    CHECK(st.hybrid_span_seconds > 0);
+    CHECK(st.hybrid_serial_seconds >= st.cpu_seconds + st.gpu_copy_seconds + st.gpu_compute_seconds - 1e-9);
+    /* API 4's struct: the prefix, and nothing written past it. */
+    const size_t v4 = offsetof(moe_stats, total_seconds) + sizeof(double);
+    unsigned char buf[sizeof(moe_stats) + 8];
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_OK(moe_runtime_stats(sim, (moe_stats *)(void *)buf, v4));
+    CHECK(memcmp(buf, &st, v4) == 0 && buf[v4] == 0xAB && buf[sizeof buf - 1] == 0xAB);
+    CHECK_STATUS(moe_runtime_stats(sim, &st, v4 - 1), MOE_ERR_INVALID_ARG);
+    /* A later header's larger struct: ours, then zeros. */
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_OK(moe_runtime_stats(sim, (moe_stats *)(void *)buf, sizeof buf));
+    CHECK(memcmp(buf, &st, sizeof st) == 0 && buf[sizeof buf - 1] == 0);
+    /* The CPU-only runtime has no device times. */
+    moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu");
+    CHECK_OK(moe_layer_forward(cpu, 0, 1, x, k, ids, w, y));
+    CHECK_OK(moe_runtime_get_stats(cpu, &st));
+    CHECK(st.hybrid_layers == 0 && st.gpu_copy_seconds == 0 && st.gpu_compute_seconds == 0);
+    moe_runtime_free(&cpu);
+    moe_dev_free(&ref);
+    moe_profile_clear(&prof);
+    moe_runtime_free(&sim);
+    test_model_free(&tm);
+}
+
 TEST_MAIN("forward", TEST_CASE(matches_per_token_on_random_shapes), TEST_CASE(workspace_shrinks_and_grows),
           TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate), TEST_CASE(simulated_device_gives_cpu_results),
           TEST_CASE(simulated_device_needs_a_gpu_profile), TEST_CASE(predictions_prefetch_and_change_nothing),
-          TEST_CASE(device_faults_fall_back_to_the_cpu))
+          TEST_CASE(device_faults_fall_back_to_the_cpu), TEST_CASE(device_time_accounting_matches_the_model))

@@ -130,6 +130,40 @@ static void modeled_clock_overlaps_copies_and_runs(void) {
     moe_dev_free(&d);
 }
 
+/* On the host's clock (host_clock, time_scale 0): an operation starts no
+ * earlier than its submission and lasts its modeled time, and the
+ * interface's times are those, in moe_now() seconds. */
+static void host_clock_times(void) {
+    const uint32_t H = 2048, I = 768, m = 2;
+    moe_rng r = {21};
+    expert_buf a;
+    expert_make(&a, H, I, MOE_DTYPE_BF16, &r);
+    const moe_simdev_params p = {.profile = &prof, .gpu = 0, .host_clock = true};
+    moe_dev *d = NULL;
+    CHECK_OK(moe_simdev_create(&d, &p));
+    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16);
+    CHECK_OK(moe_dev_alloc_slots(d, 1, bytes));
+    float *x = randv((size_t)m * H, &r), *y = randv((size_t)m * H, &r);
+    const double before = moe_now();
+    moe_dev_event u, run;
+    CHECK_OK(moe_dev_upload(d, 0, &a.v, &u));
+    CHECK_OK(moe_dev_run(d, 0, m, x, y, u, &run));
+    double s0, e0, s1, e1;
+    CHECK_STATUS(moe_dev_times(d, 0, &s0, &e0), MOE_ERR_INVALID_ARG);
+    CHECK_OK(moe_dev_wait(d, run));
+    const double after = moe_now();
+    CHECK_OK(moe_dev_times(d, u, &s0, &e0));
+    CHECK_OK(moe_dev_times(d, run, &s1, &e1));
+    const double copy = moe_profile_copy_us(&prof, 0, bytes, true) * 1e-6;
+    const double runs = moe_simdev_run_us(d, H, I, MOE_DTYPE_BF16, m) * 1e-6;
+    CHECK(s0 >= before - 1e-9 && s0 <= after); /* submitted within the interval */
+    CHECK(fabs((e0 - s0) - copy) < 1e-9 && fabs((e1 - s1) - runs) < 1e-9);
+    CHECK(s1 >= e0 - 1e-12); /* the run waited for the upload */
+    moe_dev_free(&d);
+    free(x), free(y);
+    expert_free(&a);
+}
+
 /* In real time (time_scale 1) an upload's event does not complete before
  * its modeled duration has passed on the wall clock. */
 static void real_time_waits_for_the_modeled_end(void) {
@@ -298,7 +332,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     static const test_case cases[] = {
-        TEST_CASE(runs_equal_the_cpu_engine),    TEST_CASE(modeled_clock_overlaps_copies_and_runs),
+        TEST_CASE(runs_equal_the_cpu_engine),    TEST_CASE(modeled_clock_overlaps_copies_and_runs), TEST_CASE(host_clock_times),
         TEST_CASE(real_time_waits_for_the_modeled_end), TEST_CASE(hazards_are_caught),
         TEST_CASE(injected_faults_are_reported), TEST_CASE(memory_budget),
         TEST_CASE(bad_arguments_are_refused),

@@ -159,6 +159,8 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
     const double hit_rate = gpu_calls ? (double)s.gpu_hits / (double)gpu_calls : 0.0;
     uint64_t rss, peak;
     resident(&rss, &peak);
+    /* serial / span of the layers that used the GPU: 1 = no overlap. */
+    const double overlap = s.hybrid_span_seconds > 0 ? s.hybrid_serial_seconds / s.hybrid_span_seconds : 0.0;
     if (o->json) {
         char prof[2048], name[2048];
         json_str(prof, sizeof prof, moe_runtime_profile(rt));
@@ -168,13 +170,17 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
                "\"experts_cpu\":%llu,\"experts_gpu\":%llu,\"expert_tokens\":%llu,\"gpu_hit_rate\":%.4f,"
                "\"bytes_copied\":%llu,\"plan_s\":%.6f,\"cpu_s\":%.6f,\"gpu_s\":%.6f,\"moe_s\":%.6f,"
                "\"prefill_s\":%.6f,\"decode_s\":%.6f,\"weight_bytes\":%llu,\"rss_bytes\":%llu,"
-               "\"peak_rss_bytes\":%llu,\"profile\":\"%s\"}\n",
+               "\"peak_rss_bytes\":%llu,\"gpu_copy_s\":%.6f,\"gpu_compute_s\":%.6f,\"hybrid_layers\":%llu,"
+               "\"hybrid_span_s\":%.6f,\"hybrid_serial_s\":%.6f,\"overlap\":%.4f,\"gpu_redone\":%llu,"
+               "\"profile\":\"%s\"}\n",
                name, moe_device_name(moe_runtime_device(rt)), moe_runtime_policy(rt), r->n_prompt, r->n_gen,
                prefill_tok_s, decode_tok_s, (unsigned long long)s.layer_calls,
                (unsigned long long)s.expert_calls_cpu, (unsigned long long)s.expert_calls_gpu,
                (unsigned long long)s.expert_tokens, hit_rate, (unsigned long long)s.bytes_copied, s.plan_seconds,
                s.cpu_seconds, s.gpu_seconds, s.total_seconds, r->prefill_s, r->decode_s,
-               (unsigned long long)r->weight_bytes, (unsigned long long)rss, (unsigned long long)peak, prof);
+               (unsigned long long)r->weight_bytes, (unsigned long long)rss, (unsigned long long)peak,
+               s.gpu_copy_seconds, s.gpu_compute_seconds, (unsigned long long)s.hybrid_layers, s.hybrid_span_seconds,
+               s.hybrid_serial_seconds, overlap, (unsigned long long)s.gpu_redone, prof);
         return;
     }
     printf("prefill: %u tokens, %.1f tok/s; decode: %u steps, %.1f tok/s\n", r->n_prompt, prefill_tok_s,
@@ -183,8 +189,15 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
            "%llu bytes copied\n",
            (unsigned long long)s.expert_calls_cpu, (unsigned long long)s.expert_calls_gpu,
            (unsigned long long)s.expert_tokens, hit_rate, (unsigned long long)s.bytes_copied);
-    printf("time in MoE layers: %.3f s (plan %.3f s, CPU experts %.3f s, GPU experts %.3f s)\n", s.total_seconds,
-           s.plan_seconds, s.cpu_seconds, s.gpu_seconds);
+    printf("time in MoE layers: %.3f s (plan %.3f s, CPU experts %.3f s, waiting for the GPU %.3f s)\n",
+           s.total_seconds, s.plan_seconds, s.cpu_seconds, s.gpu_seconds);
+    if (s.hybrid_layers)
+        printf("GPU: copy stream busy %.3f s, compute stream %.3f s%s; %llu layers split between CPU and GPU took "
+               "%.3f s for %.3f s of work: overlap %.2fx%s\n",
+               s.gpu_copy_seconds, s.gpu_compute_seconds,
+               moe_runtime_device(rt) == MOE_DEVICE_SIM ? " (modeled)" : "", (unsigned long long)s.hybrid_layers,
+               s.hybrid_span_seconds, s.hybrid_serial_seconds, overlap,
+               s.gpu_redone ? "; some GPU experts failed and were recomputed on the CPU" : "");
     if (r->weight_bytes)
         printf("memory: %.1f MB resident (peak %.1f MB) for %.1f MB of weights\n", (double)rss / 1e6,
                (double)peak / 1e6, (double)r->weight_bytes / 1e6);

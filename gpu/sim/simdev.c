@@ -83,7 +83,14 @@ static const moe_dev_iface simdev_iface;
 static simdev *as_sim(moe_dev *d) { return d && d->iface == &simdev_iface ? (simdev *)d : NULL; }
 
 static double now_us(const simdev *d) {
-    return d->p.time_scale > 0 ? (moe_now() - d->t0) * 1e6 / d->p.time_scale : 0.0;
+    return d->p.time_scale > 0 ? (moe_now() - d->t0) * 1e6 / d->p.time_scale
+           : d->p.host_clock   ? (moe_now() - d->t0) * 1e6
+                               : 0.0;
+}
+
+/* A modeled time as the host clock's (moe_now()) seconds. */
+static double host_s(const simdev *d, double us) {
+    return d->t0 + us * 1e-6 * (d->p.time_scale > 0 ? d->p.time_scale : 1.0);
 }
 
 /* ---- events (mu held) ---- */
@@ -445,6 +452,26 @@ static bool sim_query(moe_dev *dev, moe_dev_event e) {
     return c;
 }
 
+static moe_status times_locked(simdev *d, moe_dev_event e, double *start_us, double *end_us) {
+    const rec *r = e ? find(d, e) : NULL;
+    moe_status st = MOE_OK;
+    if (!r) st = moe_fail(MOE_ERR_INVALID_ARG, "simulated device: event %llu is not one of its last %u operations",
+                          (unsigned long long)e, RING);
+    else if (!r->done) st = moe_fail(MOE_ERR_STATE, "simulated device: event %llu is in flight", (unsigned long long)e);
+    else *start_us = r->start, *end_us = r->end;
+    return st;
+}
+
+static moe_status sim_times(moe_dev *dev, moe_dev_event e, double *start_s, double *end_s) {
+    simdev *d = (simdev *)dev;
+    double a = 0.0, b = 0.0;
+    pthread_mutex_lock(&d->mu);
+    const moe_status st = times_locked(d, e, &a, &b);
+    pthread_mutex_unlock(&d->mu);
+    if (st == MOE_OK) *start_s = host_s(d, a), *end_s = host_s(d, b);
+    return st;
+}
+
 static void sim_destroy(moe_dev *dev) {
     simdev *d = (simdev *)dev;
     pthread_mutex_lock(&d->mu);
@@ -471,6 +498,7 @@ static const moe_dev_iface simdev_iface = {
     .run = sim_run,
     .wait = sim_wait,
     .query = sim_query,
+    .times = sim_times,
     .destroy = sim_destroy,
 };
 
@@ -518,12 +546,7 @@ moe_status moe_simdev_times(moe_dev *dev, moe_dev_event e, double *start_us, dou
     simdev *d = as_sim(dev);
     if (!d || !start_us || !end_us) return moe_fail(MOE_ERR_INVALID_ARG, "moe_simdev_times: not a simulated device");
     pthread_mutex_lock(&d->mu);
-    const rec *r = e ? find(d, e) : NULL;
-    moe_status st = MOE_OK;
-    if (!r) st = moe_fail(MOE_ERR_INVALID_ARG, "simulated device: event %llu is not one of its last %u operations",
-                          (unsigned long long)e, RING);
-    else if (!r->done) st = moe_fail(MOE_ERR_STATE, "simulated device: event %llu is in flight", (unsigned long long)e);
-    else *start_us = r->start, *end_us = r->end;
+    const moe_status st = times_locked(d, e, start_us, end_us);
     pthread_mutex_unlock(&d->mu);
     return st;
 }

@@ -42,6 +42,11 @@ typedef struct moe_simdev_params {
     int32_t gpu;                /* which of the profile's GPUs is modeled */
     uint64_t memory_bytes;      /* device memory; 0: the profile's free_bytes for that GPU */
     double time_scale;          /* wall seconds per modeled second: 1 real time, 0 never wait */
+    /* With time_scale = 0: operations are submitted at the host clock's
+     * time (as with time_scale 1) instead of at 0, so the modeled timeline
+     * runs beside the host's, where the runtime's CPU work is, while
+     * nothing waits for it. */
+    bool host_clock;
     uint32_t compute_threads;   /* the engine that computes runs; 0 means 1 */
     bool portable;              /* compute with the portable kernels */
     /* Fault injection for tests: the n-th call (1-based) of alloc_slots
