@@ -1,4 +1,5 @@
 /* nocuda.c - the GPU layer of a build without CUDA: no devices. */
+#include "cudadev.h"
 #include "gpu.h"
 
 int moe_gpu_count(void) { return 0; }
@@ -45,4 +46,14 @@ moe_status moe_gpu_time_expert_f32(int device, uint32_t hidden, uint32_t inter, 
 moe_status moe_gpu_sync(moe_gpu_ctx *ctx) {
     (void)ctx;
     return moe_gpu_probe(0, NULL);
+}
+
+moe_status moe_cudadev_create(moe_dev **out, const moe_cudadev_params *p) {
+    if (out) *out = NULL;
+    return moe_gpu_probe(p ? p->device : 0, NULL);
+}
+
+void moe_cudadev_get_stats(moe_dev *d, moe_cudadev_stats *out) {
+    (void)d;
+    if (out) memset(out, 0, sizeof *out);
 }

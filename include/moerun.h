@@ -264,10 +264,17 @@ typedef enum moe_device_kind {
      * Needs a profile with a GPU (profile_path, e.g. one of
      * profiles/machines/ref-*.txt with profile_any_host). */
     MOE_DEVICE_SIM,
+    /* CUDA device 0 (API 5), driven by the same executor as sim and
+     * planned with the profile's [gpu] and [link] figures, which
+     * moe-profile measures on a machine with a GPU. MOE_ERR_UNSUPPORTED in
+     * a build without CUDA or on a machine without a GPU. "auto" does not
+     * choose it yet: this executor has not yet been run on a real GPU
+     * (docs/devices.md says which GPU checks are still compile-only). */
+    MOE_DEVICE_CUDA,
     MOE_DEVICE_COUNT_    /* not a device */
 } moe_device_kind;
 
-/* "auto", "cpu", "sim"; "invalid" otherwise. */
+/* "auto", "cpu", "sim", "cuda"; "invalid" otherwise. */
 MOE_EXPORT const char *moe_device_name(moe_device_kind d);
 
 typedef struct moe_runtime_params {
@@ -417,6 +424,14 @@ typedef struct moe_stats {
     double hybrid_span_seconds;
     double hybrid_serial_seconds;
     uint64_t gpu_redone;        /* GPU expert calls that failed and were recomputed on the CPU */
+    /* Routing predictions (moe_runtime_predict) scored when their layer
+     * runs, by distance: [d - 1] for predictions made d layers ahead
+     * (before the forward of layer target - d). pairs: predicted
+     * token-expert pairs; hits: those the real routing had. hits / pairs
+     * is the predictor's accuracy, which the prefetcher weighs its
+     * predictions with (from published figures until measured). */
+    uint64_t lookahead_pairs[4];
+    uint64_t lookahead_hits[4];
 } moe_stats;
 
 /* Copies the counters into out, whose size the caller gives (sizeof *out):

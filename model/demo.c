@@ -222,13 +222,23 @@ moe_status moe_demo_forward(moe_demo *d, moe_runtime_t *rt, const int32_t *token
         memcpy(d->h + (size_t)t * H, d->embed + (size_t)tokens[t] * H, H * sizeof(float));
         add_position(d->h + (size_t)t * H, pos0 + t, H);
     }
+    const uint32_t ahead = moe_runtime_lookahead(rt);
+    float *rl = d->probs + c->n_experts; /* router logits after the probs */
     for (uint32_t l = 0; l < c->n_layers; l++) {
+        for (uint32_t t = 0; t < n; t++) rmsnorm(d->x + (size_t)t * H, d->h + (size_t)t * H, H);
+        /* Router lookahead, as HybriMoE and model/llm.c do: the next
+         * layers' routers on this layer's input predict their routing. */
+        for (uint32_t nl = l + 1; nl <= l + ahead && nl < c->n_layers; nl++) {
+            const float *router = d->router + (size_t)nl * c->n_experts * H;
+            for (uint32_t t = 0; t < n; t++) {
+                matvec(rl, router, d->x + (size_t)t * H, c->n_experts, H);
+                route(rl, c->n_experts, K, d->probs, d->ids + (size_t)t * K, d->weights + (size_t)t * K);
+            }
+            if ((st = moe_runtime_predict(rt, nl, n, K, d->ids)) != MOE_OK) return st;
+        }
         const float *router = d->router + (size_t)l * c->n_experts * H;
         for (uint32_t t = 0; t < n; t++) {
-            float *x = d->x + (size_t)t * H;
-            rmsnorm(x, d->h + (size_t)t * H, H);
-            float *rl = d->probs + c->n_experts; /* router logits after the probs */
-            matvec(rl, router, x, c->n_experts, H);
+            matvec(rl, router, d->x + (size_t)t * H, c->n_experts, H);
             route(rl, c->n_experts, K, d->probs, d->ids + (size_t)t * K, d->weights + (size_t)t * K);
         }
         if ((st = moe_layer_forward(rt, l, n, d->x, K, d->ids, d->weights, d->y)) != MOE_OK) return st;

@@ -932,6 +932,35 @@ double moe_profile_gpu_us(const moe_profile *p, int32_t gpu, uint32_t hidden, ui
     return device_cost(p, gpu, 0, hidden, inter, t, m);
 }
 
+static double weight_bytes(uint32_t hidden, uint32_t inter, moe_dtype t) {
+    return 3.0 * hidden * inter * (double)moe_dtype_size(t);
+}
+
+double moe_profile_gpu_run_us(const moe_profile *p, int32_t gpu, uint32_t hidden, uint32_t inter, moe_dtype t,
+                              uint32_t m) {
+    if (!p || gpu < 0 || (uint32_t)gpu >= p->n_gpus) return -1.0;
+    if (!m) return 0.0;
+    double k = moe_profile_gpu_us(p, gpu, hidden, inter, t, m);
+    if (k < 0) {
+        const double bytes = weight_bytes(hidden, inter, t);
+        const moe_curve *best = NULL;
+        double best_dist = 0;
+        for (uint32_t i = 0; i < p->n_curves; i++) {
+            const moe_curve *c = &p->curves[i];
+            if (c->gpu != gpu || !c->n_points) continue;
+            const double dist = fabs(log(weight_bytes(c->hidden, c->inter, c->dtype) / bytes));
+            if (!best || dist < best_dist) best = c, best_dist = dist;
+        }
+        if (!best) return -1.0;
+        const double ref = moe_profile_gpu_us(p, gpu, best->hidden, best->inter, best->dtype, m);
+        if (ref < 0) return -1.0;
+        k = ref * bytes / weight_bytes(best->hidden, best->inter, best->dtype);
+    }
+    const uint64_t act = (uint64_t)m * hidden * sizeof(float);
+    const double in = moe_profile_copy_us(p, gpu, act, true), out = moe_profile_d2h_us(p, gpu, act);
+    return in < 0 || out < 0 ? -1.0 : in + k + out;
+}
+
 /* Copy time from the link's rate at the nearest measured sizes: rates
  * interpolate linearly in log(size) between them and hold beyond them. */
 static double link_us(const moe_link_curve *c, uint64_t bytes) {

@@ -165,5 +165,13 @@ double moe_profile_gpu_us(const moe_profile *p, int32_t gpu, uint32_t hidden, ui
 double moe_profile_copy_us(const moe_profile *p, int32_t gpu, uint64_t bytes, bool pinned);
 /* Device-to-host copy time into pinned memory. */
 double moe_profile_d2h_us(const moe_profile *p, int32_t gpu, uint64_t bytes);
+/* One expert run on GPU `gpu` as an executor sees it: m tokens' f32
+ * activations in (pinned), the kernel, the results out. The kernel's time
+ * is the profile's curve for the shape and dtype, else the GPU's curve
+ * nearest in weight bytes scaled by the ratio of weight bytes (kernels of
+ * these sizes are bound by HBM at decode and by FLOPs at prefill, both
+ * proportional). 0 for m = 0; negative when the profile cannot say. */
+double moe_profile_gpu_run_us(const moe_profile *p, int32_t gpu, uint32_t hidden, uint32_t inter, moe_dtype t,
+                              uint32_t m);
 
 #endif

@@ -16,6 +16,7 @@
 #include "plan.h"
 #include "profiler.h"
 #include "scheduler.h"
+#include "cudadev.h"
 #include "simdev.h"
 #include "teams.h"
 #include "trace.h"
@@ -57,8 +58,16 @@ struct moe_runtime {
     double clock_us;            /* the scheduler's clock: the planned end of the last layer */
     uint64_t expert_bytes;
     bool warned_fallback;
+    uint32_t dev_failures;      /* device operations failed in a row (refused or failed) */
     uint32_t *pred_m;           /* [n_layers * max_experts]: predicted tokens per expert (moe_runtime_predict) */
     bool *pred_set;             /* [n_layers]: a prediction is waiting for that layer */
+    /* The predictor's measured accuracy by distance d (1..MOE_SCHED_MAX_DEPTH
+     * layers ahead): each prediction kept by its distance until its layer
+     * runs, then scored against the real routing. */
+    uint32_t *acc_m;            /* [depth][n_layers * max_experts]: predicted tokens per expert */
+    bool *acc_set;              /* [depth][n_layers] */
+    uint64_t acc_hits[MOE_SCHED_MAX_DEPTH], acc_pairs[MOE_SCHED_MAX_DEPTH]; /* since creation */
+    uint32_t next_layer;        /* the layer after the last one forwarded */
     moe_sched_guess *guess;     /* [MOE_SCHED_MAX_DEPTH * max_experts] */
     double returned_at;         /* when the last moe_layer_forward returned (the host's dense work follows) */
     struct pending_copy {       /* uploads whose times are not yet in the statistics */
@@ -80,6 +89,7 @@ static const char *const device_names[MOE_DEVICE_COUNT_] = {
     [MOE_DEVICE_AUTO] = "auto",
     [MOE_DEVICE_CPU] = "cpu",
     [MOE_DEVICE_SIM] = "sim",
+    [MOE_DEVICE_CUDA] = "cuda",
 };
 
 const char *moe_device_name(moe_device_kind d) {
@@ -109,14 +119,26 @@ static bool valid(const moe_runtime_t *rt) { return rt && rt->magic == MOE_MAGIC
 static moe_status resolve_device(moe_runtime_t *rt, moe_device_kind want) {
     switch (want) {
     case MOE_DEVICE_AUTO: {
-        /* The CUDA executor is not part of this version: a GPU, if any, is
-         * reported and the CPU runs every expert. Counting devices creates no
-         * CUDA context and records no error. */
+        /* The CUDA executor has not been run on a GPU yet: a GPU, if any,
+         * is reported and the CPU runs every expert unless the host asks
+         * for cuda. Counting devices creates no CUDA context and records no
+         * error. */
         int n = moe_gpu_count();
-        if (n > 0) moe_log(&rt->log, MOE_LOG_INFO, "%d CUDA device(s) found; this version runs experts on the CPU", n);
+        if (n > 0)
+            moe_log(&rt->log, MOE_LOG_INFO, "%d CUDA device(s) found; device auto runs experts on the CPU, device "
+                    "cuda (moe-run --device cuda) on the GPU", n);
         rt->device = MOE_DEVICE_CPU;
         return MOE_OK;
     }
+    case MOE_DEVICE_CUDA:
+        if (moe_gpu_count() <= 0) {
+            char why[256] = "no CUDA device";
+            if (moe_gpu_probe(0, NULL) != MOE_OK) snprintf(why, sizeof why, "%s", moe_last_error());
+            return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device cuda: %s; device cpu or sim runs "
+                            "without one", why);
+        }
+        rt->device = want;
+        return MOE_OK;
     case MOE_DEVICE_CPU:
     case MOE_DEVICE_SIM:
         rt->device = want;
@@ -291,10 +313,39 @@ static void prefetch_expert(uint32_t layer, uint32_t expert, void *user) {
     rt->slot_key[slot] = key, rt->slot_of[key] = slot;
 }
 
-/* Predictor accuracy by distance the scheduler weighs predictions with:
- * published figures for router lookahead (HybriMoE, ProMoE; the same as
- * moe-sim's defaults), until the runtime measures its own. */
-static const float lookahead_confidence[MOE_SCHED_MAX_DEPTH] = {0.85f, 0.7f, 0.6f, 0.5f};
+/* The confidence the scheduler weighs a prediction d layers ahead with:
+ * the fraction of predicted token-expert pairs that the real routing had,
+ * as measured on this run, starting from published figures for router
+ * lookahead (HybriMoE, ProMoE; moe-sim's defaults) that weigh as 256
+ * measured pairs, so a few layers cannot swing it. */
+static const double lookahead_prior[MOE_SCHED_MAX_DEPTH] = {0.85, 0.7, 0.6, 0.5};
+_Static_assert(sizeof ((moe_stats *)0)->lookahead_pairs / sizeof(uint64_t) == MOE_SCHED_MAX_DEPTH,
+               "moe_stats keeps one lookahead counter per prefetch distance");
+enum { PRIOR_PAIRS = 256 };
+
+static float lookahead_confidence(const moe_runtime_t *rt, uint32_t d) {
+    return (float)((lookahead_prior[d - 1] * PRIOR_PAIRS + (double)rt->acc_hits[d - 1]) /
+                   (double)(PRIOR_PAIRS + rt->acc_pairs[d - 1]));
+}
+
+/* Layer `layer` runs with these groups: scores the predictions made for it. */
+static void score_predictions(moe_runtime_t *rt, uint32_t layer, const moe_plan *plan) {
+    const size_t keys = (size_t)rt->model->n_layers * rt->max_experts;
+    for (uint32_t d = 1; d <= MOE_SCHED_MAX_DEPTH; d++) {
+        bool *set = &rt->acc_set[(size_t)(d - 1) * rt->model->n_layers + layer];
+        if (!*set) continue;
+        *set = false;
+        const uint32_t *pm = rt->acc_m + (d - 1) * keys + (size_t)layer * rt->max_experts;
+        uint64_t hits = 0, predicted = 0;
+        for (uint32_t e = 0; e < rt->max_experts; e++) predicted += pm[e];
+        for (uint32_t g = 0; g < plan->n_groups; g++) {
+            const uint32_t want = pm[plan->groups[g].expert], got = plan->groups[g].n_tokens;
+            hits += want < got ? want : got;
+        }
+        rt->acc_hits[d - 1] += hits, rt->acc_pairs[d - 1] += predicted;
+        rt->stats.lookahead_hits[d - 1] += hits, rt->stats.lookahead_pairs[d - 1] += predicted;
+    }
+}
 
 /* After layer `layer` is submitted: the predictions for the layers ahead,
  * as the scheduler's guesses; it queues the prefetches worth their copy. */
@@ -307,7 +358,7 @@ static uint64_t prefetch_ahead(moe_runtime_t *rt, uint32_t layer) {
         for (uint32_t e = 0; e < rt->max_experts; e++) {
             const uint32_t m = rt->pred_m[(size_t)l * rt->max_experts + e];
             if (m) rt->guess[n++] = (moe_sched_guess){.layer = l, .expert = e, .m = m,
-                                                      .confidence = lookahead_confidence[d - 1]};
+                                                      .confidence = lookahead_confidence(rt, d)};
         }
     }
     return n ? moe_sched_prefetch(rt->sched, layer, rt->clock_us, rt->guess, n) : 0;
@@ -335,6 +386,13 @@ moe_status moe_runtime_predict(moe_runtime_t *rt, uint32_t layer, uint32_t n_tok
     memset(m, 0, rt->max_experts * sizeof *m);
     for (size_t i = 0; i < (size_t)n_tokens * top_k; i++) m[topk_ids[i]]++;
     rt->pred_set[layer] = n_tokens > 0;
+    /* Kept by distance for scoring: from before the forward of next_layer. */
+    const uint32_t d = layer - rt->next_layer;
+    if (layer > rt->next_layer && d <= MOE_SCHED_MAX_DEPTH && n_tokens) {
+        const size_t keys = (size_t)rt->model->n_layers * rt->max_experts;
+        memcpy(rt->acc_m + (d - 1) * keys + (size_t)layer * rt->max_experts, m, rt->max_experts * sizeof *m);
+        rt->acc_set[(size_t)(d - 1) * rt->model->n_layers + layer] = true;
+    }
     return MOE_OK;
 }
 
@@ -343,42 +401,16 @@ static void free_sim(moe_runtime_t *rt) {
     moe_sched_free(&rt->sched);
     free(rt->slot_key), free(rt->slot_upload), free(rt->slot_of), free(rt->gpu_ev), free(rt->gpu_job);
     free(rt->gpu_task), free(rt->pred_m), free(rt->pred_set), free(rt->guess), free(rt->pend);
-    rt->pred_m = NULL, rt->pred_set = NULL, rt->guess = NULL, rt->pend = NULL;
+    free(rt->acc_m), free(rt->acc_set);
+    rt->pred_m = NULL, rt->pred_set = NULL, rt->guess = NULL, rt->pend = NULL, rt->acc_m = NULL, rt->acc_set = NULL;
     rt->n_pend = rt->cap_pend = 0;
     rt->slot_key = NULL, rt->slot_upload = NULL, rt->slot_of = NULL, rt->gpu_ev = NULL, rt->gpu_job = NULL;
     rt->gpu_task = NULL;
 }
 
-/* The simulated GPU (MOE_DEVICE_SIM): a device modeled from the profile's
- * first GPU, a slot pool of the budget, and the scheduler over both. Every
- * MoE layer must have the same expert shape (as every supported model's
- * do): the scheduler costs one expert shape. */
-static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
-    const moe_model_t *m = rt->model;
-    const moe_layer_desc *d0 = &m->layers[0].desc;
-    uint64_t n_experts = 0;
-    for (uint32_t l = 0; l < m->n_layers; l++) {
-        const moe_layer_desc *d = &m->layers[l].desc;
-        if (d->hidden != d0->hidden || d->inter != d0->inter || d->weight_dtype != d0->weight_dtype)
-            return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device sim: layer %u's experts (%ux%u %s) differ "
-                            "from layer 0's (%ux%u %s); the scheduler plans one expert shape", l, d->hidden, d->inter,
-                            moe_dtype_name(d->weight_dtype), d0->hidden, d0->inter, moe_dtype_name(d0->weight_dtype));
-        if (d->n_experts > rt->max_experts) rt->max_experts = d->n_experts;
-        n_experts += d->n_experts;
-    }
-    if (!rt->profile.n_gpus)
-        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device sim models a GPU from a profile's [gpu] and "
-                        "[link] figures, and %s%s; use a profile with a GPU, e.g. moe-run --profile "
-                        "profiles/machines/ref-h100-pcie5-2s-xeon8480.txt --any-host",
-                        rt->profile_path[0] ? rt->profile_path : "no profile is loaded",
-                        rt->profile_path[0] ? " has none" : "");
-    rt->expert_bytes = moe_dev_expert_bytes(d0->hidden, d0->inter, d0->weight_dtype);
-    uint64_t budget = p->gpu_budget_bytes ? p->gpu_budget_bytes
-                                          : (uint64_t)(p->gpu_budget_fraction * (double)(n_experts * rt->expert_bytes));
-    const uint64_t device_mem = rt->profile.gpus[0].free_bytes;
-    if (device_mem && budget > device_mem) budget = device_mem;
-    const uint64_t slots = budget / rt->expert_bytes;
-    rt->n_slots = slots > n_experts ? (uint32_t)n_experts : (uint32_t)slots;
+/* The simulated device: the profile's first GPU, modeled; MOE_SIM_FAIL
+ * and MOE_SIM_TIME_SCALE from the environment. */
+static moe_status create_sim(moe_runtime_t *rt, uint64_t device_mem) {
     double scale = 0.0;
     const char *env = getenv("MOE_SIM_TIME_SCALE");
     if (env && *env) {
@@ -387,28 +419,77 @@ static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
         if (*end || !(scale >= 0))
             return moe_fail(MOE_ERR_INVALID_ARG, "MOE_SIM_TIME_SCALE=\"%s\": not a number >= 0", env);
     }
-    /* MOE_SIM_FAIL="upload:N,run:N,alloc:N": the n-th such device operation
-     * fails (the fallbacks' tests, and a host's own). */
-    uint32_t fail[3] = {0, 0, 0};
-    const char *names[3] = {"alloc", "upload", "run"};
+    /* MOE_SIM_FAIL="alloc:N,upload:N,run:N,lost:N": the n-th such device
+     * operation fails; lost: the n-th upload or run and all after it (the
+     * fallbacks' tests, and a host's own). */
+    uint32_t fail[4] = {0, 0, 0, 0};
+    const char *names[4] = {"alloc", "upload", "run", "lost"};
     const char *f = getenv("MOE_SIM_FAIL");
     while (f && *f) {
         int k = 0;
-        while (k < 3 && strncmp(f, names[k], strlen(names[k]))) k++;
+        while (k < 4 && strncmp(f, names[k], strlen(names[k]))) k++;
         char *end;
-        const char *num = k < 3 ? f + strlen(names[k]) : f;
-        const unsigned long v = k < 3 && *num == ':' ? strtoul(num + 1, &end, 10) : 0;
-        if (k == 3 || *num != ':' || end == num + 1 || v == 0 || v > UINT32_MAX || (*end && *end != ','))
-            return moe_fail(MOE_ERR_INVALID_ARG, "MOE_SIM_FAIL=\"%s\": expected alloc:N, upload:N, run:N (N >= 1), "
-                            "comma-separated", getenv("MOE_SIM_FAIL"));
+        const char *num = k < 4 ? f + strlen(names[k]) : f;
+        const unsigned long v = k < 4 && *num == ':' ? strtoul(num + 1, &end, 10) : 0;
+        if (k == 4 || *num != ':' || end == num + 1 || v == 0 || v > UINT32_MAX || (*end && *end != ','))
+            return moe_fail(MOE_ERR_INVALID_ARG, "MOE_SIM_FAIL=\"%s\": expected alloc:N, upload:N, run:N, lost:N "
+                            "(N >= 1), comma-separated", getenv("MOE_SIM_FAIL"));
         fail[k] = (uint32_t)v;
         f = *end ? end + 1 : end;
     }
     const moe_simdev_params sp = {.profile = &rt->profile, .gpu = 0, .time_scale = scale, .fail_alloc_at = fail[0],
-                                  .fail_upload_at = fail[1], .fail_run_at = fail[2], .host_clock = true,
+                                  .fail_upload_at = fail[1], .fail_run_at = fail[2], .fail_from = fail[3],
+                                  .host_clock = true,
                                   .memory_bytes = device_mem ? device_mem : (uint64_t)rt->n_slots * rt->expert_bytes,
                                   .compute_threads = 1};
-    moe_status st = moe_simdev_create(&rt->dev, &sp);
+    return moe_simdev_create(&rt->dev, &sp);
+}
+
+/* The GPU (MOE_DEVICE_SIM or MOE_DEVICE_CUDA): the device, a slot pool of
+ * the budget, and the scheduler over both, planning with the profile's
+ * costs for the profile's first GPU. Every MoE layer must have the same
+ * expert shape (as every supported model's do): the scheduler costs one
+ * expert shape. */
+static moe_status setup_device(moe_runtime_t *rt, const moe_runtime_params *p) {
+    const moe_model_t *m = rt->model;
+    const moe_layer_desc *d0 = &m->layers[0].desc;
+    const char *dev_name = moe_device_name(rt->device);
+    uint64_t n_experts = 0;
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const moe_layer_desc *d = &m->layers[l].desc;
+        if (d->hidden != d0->hidden || d->inter != d0->inter || d->weight_dtype != d0->weight_dtype)
+            return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device %s: layer %u's experts (%ux%u %s) differ "
+                            "from layer 0's (%ux%u %s); the scheduler plans one expert shape", dev_name, l, d->hidden,
+                            d->inter, moe_dtype_name(d->weight_dtype), d0->hidden, d0->inter,
+                            moe_dtype_name(d0->weight_dtype));
+        if (d->n_experts > rt->max_experts) rt->max_experts = d->n_experts;
+        n_experts += d->n_experts;
+    }
+    if (!rt->profile.n_gpus)
+        return rt->device == MOE_DEVICE_SIM
+                   ? moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device sim models a GPU from a profile's [gpu] "
+                              "and [link] figures, and %s%s; use a profile with a GPU, e.g. moe-run --profile "
+                              "profiles/machines/ref-h100-pcie5-2s-xeon8480.txt --any-host",
+                              rt->profile_path[0] ? rt->profile_path : "no profile is loaded",
+                              rt->profile_path[0] ? " has none" : "")
+                   : moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device cuda plans with a profile's measured GPU "
+                              "and link figures, and %s%s; run moe-profile on this machine (it measures the GPU)",
+                              rt->profile_path[0] ? rt->profile_path : "no profile is loaded",
+                              rt->profile_path[0] ? " has none" : "");
+    rt->expert_bytes = moe_dev_expert_bytes(d0->hidden, d0->inter, d0->weight_dtype);
+    uint64_t budget = p->gpu_budget_bytes ? p->gpu_budget_bytes
+                                          : (uint64_t)(p->gpu_budget_fraction * (double)(n_experts * rt->expert_bytes));
+    const uint64_t device_mem = rt->profile.gpus[0].free_bytes;
+    if (rt->device == MOE_DEVICE_SIM && device_mem && budget > device_mem) budget = device_mem;
+    const uint64_t slots = budget / rt->expert_bytes;
+    rt->n_slots = slots > n_experts ? (uint32_t)n_experts : (uint32_t)slots;
+    moe_status st;
+    if (rt->device == MOE_DEVICE_SIM) {
+        st = create_sim(rt, device_mem);
+    } else {
+        const moe_cudadev_params cp = {.device = 0, .log = &rt->log};
+        st = moe_cudadev_create(&rt->dev, &cp);
+    }
     if (st == MOE_OK) st = moe_dev_alloc_slots(rt->dev, rt->n_slots, rt->n_slots ? rt->expert_bytes : 0);
     /* Out of device memory: a smaller cache, down to one expert; below
      * that, every expert on the CPU. Warnings, not failures. */
@@ -426,16 +507,17 @@ static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
         return MOE_OK;
     }
     if (st != MOE_OK) return st;
-    /* The scheduler's costs: the modeled machine's (the profile's CPU
-     * curves or roofline, and the device's own model of its runs). */
+    /* The scheduler's costs: the profile's CPU curves (or roofline) and
+     * its GPU's runs, which the simulated device also charges, so plan and
+     * simulated device agree. */
     enum { MAX_M = 512 };
     double cpu_us[MAX_M + 1], gpu_us[MAX_M + 1];
     for (uint32_t k = 0; k <= MAX_M; k++) {
         cpu_us[k] = k ? moe_profile_cpu_us(&rt->profile, d0->hidden, d0->inter, d0->weight_dtype, k, 0) : 0.0;
-        gpu_us[k] = moe_simdev_run_us(rt->dev, d0->hidden, d0->inter, d0->weight_dtype, k);
+        gpu_us[k] = moe_profile_gpu_run_us(&rt->profile, 0, d0->hidden, d0->inter, d0->weight_dtype, k);
         if (cpu_us[k] < 0 || gpu_us[k] < 0)
-            return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device sim: the profile %s has no %s cost for "
-                            "%ux%u %s experts", rt->profile_path, cpu_us[k] < 0 ? "CPU" : "GPU", d0->hidden,
+            return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device %s: the profile %s has no %s cost for "
+                            "%ux%u %s experts", dev_name, rt->profile_path, cpu_us[k] < 0 ? "CPU" : "GPU", d0->hidden,
                             d0->inter, moe_dtype_name(d0->weight_dtype));
     }
     const moe_sched_config sc = {.on_prefetch = prefetch_expert, .user = rt, .policy = rt->policy, .n_layers = m->n_layers, .n_experts = rt->max_experts,
@@ -452,14 +534,16 @@ static moe_status setup_sim(moe_runtime_t *rt, const moe_runtime_params *p) {
     rt->gpu_task = malloc(rt->max_experts * sizeof *rt->gpu_task);
     rt->pred_m = calloc(keys, sizeof *rt->pred_m);
     rt->pred_set = calloc(m->n_layers, sizeof *rt->pred_set);
+    rt->acc_m = calloc(MOE_SCHED_MAX_DEPTH * keys, sizeof *rt->acc_m);
+    rt->acc_set = calloc((size_t)MOE_SCHED_MAX_DEPTH * m->n_layers, sizeof *rt->acc_set);
     rt->guess = malloc((size_t)MOE_SCHED_MAX_DEPTH * rt->max_experts * sizeof *rt->guess);
     if (!rt->slot_key || !rt->slot_upload || !rt->slot_of || !rt->gpu_ev || !rt->gpu_job || !rt->gpu_task ||
-        !rt->pred_m || !rt->pred_set || !rt->guess)
+        !rt->pred_m || !rt->pred_set || !rt->guess || !rt->acc_m || !rt->acc_set)
         return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_runtime_create: allocation failed");
     for (uint32_t i = 0; i < rt->n_slots; i++) rt->slot_key[i] = UINT32_MAX;
     for (size_t i = 0; i < keys; i++) rt->slot_of[i] = -1;
-    moe_log(&rt->log, MOE_LOG_INFO, "runtime: simulated %s, %u expert slots (%.1f MB), policy %s",
-            rt->profile.gpus[0].name, rt->n_slots, (double)rt->n_slots * (double)rt->expert_bytes / 1e6,
+    moe_log(&rt->log, MOE_LOG_INFO, "runtime: %s %s, %u expert slots (%.1f MB), policy %s",
+            rt->device == MOE_DEVICE_SIM ? "simulated" : "CUDA device 0, planned as", rt->profile.gpus[0].name, rt->n_slots, (double)rt->n_slots * (double)rt->expert_bytes / 1e6,
             moe_policy_name(rt->policy));
     return MOE_OK;
 }
@@ -509,7 +593,7 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     if ((st = resolve_device(rt, p.device)) != MOE_OK) goto fail;
     const char *policy = p.policy && strcmp(p.policy, "auto") != 0 ? p.policy
                          : tun->set & MOE_TUNE_POLICY && strcmp(tun->policy, "auto") != 0 ? tun->policy
-                         : rt->device == MOE_DEVICE_SIM ? "moerun"
+                         : rt->device == MOE_DEVICE_SIM || rt->device == MOE_DEVICE_CUDA ? "moerun"
                                                         : "static-cpu";
     if (!p.n_threads && tun->set & MOE_TUNE_THREADS_PER_NODE && tun->threads_per_node) {
         uint32_t nodes = 0;
@@ -546,7 +630,7 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
     }
     moe_model_retain(model);
     rt->model = model;
-    if (rt->device == MOE_DEVICE_SIM && (st = setup_sim(rt, &p)) != MOE_OK) {
+    if ((rt->device == MOE_DEVICE_SIM || rt->device == MOE_DEVICE_CUDA) && (st = setup_device(rt, &p)) != MOE_OK) {
         rt->model = NULL;
         moe_model_free(&model);
         goto fail;
@@ -719,6 +803,7 @@ static moe_status submit_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t *n_gpu)
             st = moe_dev_run(rt->dev, (uint32_t)slot, rt->tasks[g].m, rt->tasks[g].x, rt->tasks[g].y,
                              rt->slot_upload[slot], &rt->gpu_ev[n]);
         if (st != MOE_OK) { /* refused at submission: the CPU computes it */
+            rt->dev_failures++;
             moe_log(&rt->log, MOE_LOG_WARN, "runtime: device: %s; layer %u expert %u runs on the CPU", moe_last_error(),
                     layer, grp->expert);
             grp->where = MOE_ON_CPU;
@@ -738,7 +823,11 @@ static moe_status collect_gpu(moe_runtime_t *rt, uint32_t layer, uint32_t n_gpu,
     uint32_t n_redo = 0;
     for (uint32_t i = 0; i < n_gpu; i++) {
         const uint32_t g = rt->gpu_job[i];
-        if (moe_dev_wait(rt->dev, rt->gpu_ev[i]) == MOE_OK) continue;
+        if (moe_dev_wait(rt->dev, rt->gpu_ev[i]) == MOE_OK) {
+            rt->dev_failures = 0;
+            continue;
+        }
+        rt->dev_failures++;
         if (!rt->warned_fallback) {
             moe_log(&rt->log, MOE_LOG_WARN, "runtime: device: %s; recomputing on the CPU (reported once)",
                     moe_last_error());
@@ -768,6 +857,19 @@ static double gpu_run_times(moe_runtime_t *rt, uint32_t n_gpu, double *last_end)
         if (b > *last_end) *last_end = b;
     }
     return sum;
+}
+
+/* A device whose operations keep failing is gone (a lost or reset GPU, a
+ * broken context): every expert runs on the CPU from then on. */
+enum { DEVICE_LOST_AFTER = 8 };
+
+static void lose_device(moe_runtime_t *rt) {
+    moe_log(&rt->log, MOE_LOG_WARN, "runtime: the GPU failed %u operations in a row (last: %s); running every expert "
+            "on the CPU from now on", rt->dev_failures, moe_last_error());
+    free_sim(rt);
+    rt->device = MOE_DEVICE_CPU;
+    rt->policy = MOE_POLICY_STATIC_CPU;
+    rt->n_slots = 0;
 }
 
 moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
@@ -809,6 +911,7 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
         if ((st = moe_sched_layer(rt->sched, plan, rt->step, rt->clock_us, NULL, &so)) != MOE_OK) return st;
         rt->clock_us = so.end_us;
         rt->pred_set[layer] = false; /* its prediction is spent */
+        score_predictions(rt, layer, plan);
     } else {
         moe_plan_assign(plan, rt->policy, NULL);
     }
@@ -843,7 +946,10 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
         for (uint32_t g = 0; g < n_jobs; g++)
             if (plan->groups[g].where != MOE_ON_GPU) rt->tasks[n_cpu++] = rt->tasks[g];
     }
-    if ((st = moe_cpu_run(rt->cpu, rt->tasks, n_cpu)) != MOE_OK) return st;
+    if ((st = moe_cpu_run(rt->cpu, rt->tasks, n_cpu)) != MOE_OK) {
+        for (uint32_t i = 0; i < n_gpu; i++) (void)moe_dev_wait(rt->dev, rt->gpu_ev[i]); /* they write into yg */
+        return st;
+    }
     double t2 = moe_now();
     uint32_t n_redo = 0;
     double redo_s = 0.0;
@@ -887,6 +993,8 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     rt->stats.gpu_seconds += t2g - t2;
     rt->stats.total_seconds += t3 - t0;
     rt->returned_at = moe_now();
+    rt->next_layer = layer + 1 == rt->model->n_layers ? 0 : layer + 1;
+    if (rt->dev && rt->dev_failures >= DEVICE_LOST_AFTER) lose_device(rt);
     return MOE_OK;
 }
 

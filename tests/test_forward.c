@@ -280,6 +280,16 @@ static void predictions_prefetch_and_change_nothing(void) {
         fprintf(stderr, "copied %llu bytes, misses %llu x %llu\n", (unsigned long long)st.bytes_copied,
                 (unsigned long long)st.gpu_misses, (unsigned long long)eb);
     CHECK(st.bytes_copied > st.gpu_misses * eb);
+    /* Every prediction was scored when its layer ran: four in five were
+     * the true routing, the fifth random over all experts. */
+    for (uint32_t d = 1; d <= ahead && d < L; d++) {
+        const double acc = st.lookahead_pairs[d - 1]
+                               ? (double)st.lookahead_hits[d - 1] / (double)st.lookahead_pairs[d - 1] : 0;
+        CHECK_EQ(st.lookahead_pairs[d - 1], 40ull * (L - d) * n * k);
+        if (!(acc > 0.75 && acc < 1.0)) fprintf(stderr, "distance %u: accuracy %.3f\n", d, acc);
+        CHECK(acc > 0.75 && acc < 1.0);
+    }
+    for (uint32_t d = ahead + 1; d <= 4; d++) CHECK_EQ(st.lookahead_pairs[d - 1], 0);
     /* Bad predictions are refused. */
     CHECK_STATUS(moe_runtime_predict(sim, L, n, k, ids[0]), MOE_ERR_INVALID_ARG);
     int32_t out_of_range[2] = {0, (int32_t)E};
@@ -377,6 +387,51 @@ static void simulated_device_needs_a_gpu_profile(void) {
     test_model_free(&tm);
 }
 
+/* A device that fails every operation from some point on (MOE_SIM_FAIL
+ * lost:N) is given up after 8 failures in a row: one warning, device cpu
+ * from then on, no lookahead; results are the CPU's throughout. */
+static void a_lost_device_leaves_the_cpu_running(void) {
+    moe_rng r = {29};
+    const uint32_t L = 3, E = 8, H = 24, I = 40, k = 2, n = 2;
+    test_model tm;
+    test_model_make(&tm, L, E, H, I, MOE_DTYPE_BF16, 9);
+    moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu"), *sim = NULL;
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = 2;
+    p.device = MOE_DEVICE_SIM;
+    p.policy = "gpu-lru";
+    p.gpu_budget_fraction = 1.0;
+    p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
+    p.profile_any_host = 1;
+    p.log_fn = log_to;
+    logged[0] = '\0';
+    setenv("MOE_SIM_FAIL", "lost:6", 1);
+    CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
+    unsetenv("MOE_SIM_FAIL");
+    int32_t ids[2 * 2];
+    float w[2 * 2], x[2 * 24], ya[2 * 24], yb[2 * 24];
+    for (int pass = 0; pass < 8 && sim; pass++)
+        for (uint32_t l = 0; l < L; l++) {
+            test_routing(&r, n, E, k, ids, w);
+            test_fill(&r, x, (size_t)n * H);
+            CHECK_OK(moe_layer_forward(cpu, l, n, x, k, ids, w, ya));
+            CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids, w, yb));
+            CHECK(memcmp(ya, yb, sizeof ya) == 0);
+        }
+    if (sim) {
+        CHECK_EQ(moe_runtime_device(sim), MOE_DEVICE_CPU);
+        CHECK_EQ(moe_runtime_lookahead(sim), 0);
+        CHECK(strstr(logged, "running every expert on the CPU from now on") != NULL);
+        moe_stats st;
+        CHECK_OK(moe_runtime_get_stats(sim, &st));
+        CHECK(st.gpu_redone > 0 && st.expert_calls_gpu > 0); /* the first operations worked */
+        CHECK_OK(moe_runtime_predict(sim, 1, n, k, ids)); /* accepted and unused */
+    }
+    moe_runtime_free(&sim);
+    moe_runtime_free(&cpu);
+    test_model_free(&tm);
+}
+
 /* The statistics' device times are the device's model: with every expert
  * on the GPU and no prefetch, the compute stream's time is the sum of the
  * modeled runs of each layer's groups and the copy stream's the modeled
@@ -468,4 +523,5 @@ static void device_time_accounting_matches_the_model(void) {
 TEST_MAIN("forward", TEST_CASE(matches_per_token_on_random_shapes), TEST_CASE(workspace_shrinks_and_grows),
           TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate), TEST_CASE(simulated_device_gives_cpu_results),
           TEST_CASE(simulated_device_needs_a_gpu_profile), TEST_CASE(predictions_prefetch_and_change_nothing),
-          TEST_CASE(device_faults_fall_back_to_the_cpu), TEST_CASE(device_time_accounting_matches_the_model))
+          TEST_CASE(device_faults_fall_back_to_the_cpu), TEST_CASE(device_time_accounting_matches_the_model),
+          TEST_CASE(a_lost_device_leaves_the_cpu_running))

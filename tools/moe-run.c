@@ -48,10 +48,12 @@ static void usage(FILE *f) {
             "  --lazy                read weights from the files on first use, not all at load\n"
             "                        (loading shows a progress bar on a terminal)\n"
             "  --seed N              sampling seed; for the demo, the seed of its weights (default 42)\n"
-            "  --device auto|cpu|sim where experts run (default auto: the CPU). sim: a GPU simulated from\n"
-            "                        the profile's [gpu] and [link] figures, the scheduler splitting each\n"
-            "                        layer between it and the CPU (same results as cpu; needs a profile\n"
-            "                        with a GPU, e.g. profiles/machines/ref-h100-pcie5-2s-xeon8480.txt)\n"
+            "  --device auto|cpu|sim|cuda  where experts run (default auto: the CPU). sim: a GPU simulated\n"
+            "                        from the profile's [gpu] and [link] figures, the scheduler splitting\n"
+            "                        each layer between it and the CPU (same results as cpu; needs a\n"
+            "                        profile with a GPU, e.g. profiles/machines/ref-h100-pcie5-2s-xeon8480.txt).\n"
+            "                        cuda: CUDA device 0, planned with this machine's profile (run\n"
+            "                        moe-profile here first; not yet verified on a GPU, docs/devices.md)\n"
             "  --gpu-budget B        GPU expert cache: 50%%, a fraction 0..1 of the routed experts'\n"
             "                        bytes, or bytes (default 50%%)\n"
             "  --policy NAME         scheduling policy: auto, or one of the names below (default auto)\n"
@@ -159,6 +161,18 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
     const double hit_rate = gpu_calls ? (double)s.gpu_hits / (double)gpu_calls : 0.0;
     uint64_t rss, peak;
     resident(&rss, &peak);
+    /* The router lookahead's measured accuracy by distance (null: none made). */
+    char acc[128] = "", acc_text[160] = "";
+    for (int d = 0; d < 4; d++) {
+        const size_t n = strlen(acc), nt = strlen(acc_text);
+        if (s.lookahead_pairs[d]) {
+            const double a = (double)s.lookahead_hits[d] / (double)s.lookahead_pairs[d];
+            snprintf(acc + n, sizeof acc - n, "%s%.4f", d ? "," : "", a);
+            snprintf(acc_text + nt, sizeof acc_text - nt, "%s%d ahead %.3f", nt ? ", " : "", d + 1, a);
+        } else {
+            snprintf(acc + n, sizeof acc - n, "%snull", d ? "," : "");
+        }
+    }
     /* serial / span of the layers that used the GPU: 1 = no overlap. */
     const double overlap = s.hybrid_span_seconds > 0 ? s.hybrid_serial_seconds / s.hybrid_span_seconds : 0.0;
     if (o->json) {
@@ -172,7 +186,7 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
                "\"prefill_s\":%.6f,\"decode_s\":%.6f,\"weight_bytes\":%llu,\"rss_bytes\":%llu,"
                "\"peak_rss_bytes\":%llu,\"gpu_copy_s\":%.6f,\"gpu_compute_s\":%.6f,\"hybrid_layers\":%llu,"
                "\"hybrid_span_s\":%.6f,\"hybrid_serial_s\":%.6f,\"overlap\":%.4f,\"gpu_redone\":%llu,"
-               "\"profile\":\"%s\"}\n",
+               "\"lookahead_accuracy\":[%s],\"profile\":\"%s\"}\n",
                name, moe_device_name(moe_runtime_device(rt)), moe_runtime_policy(rt), r->n_prompt, r->n_gen,
                prefill_tok_s, decode_tok_s, (unsigned long long)s.layer_calls,
                (unsigned long long)s.expert_calls_cpu, (unsigned long long)s.expert_calls_gpu,
@@ -180,7 +194,7 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
                s.cpu_seconds, s.gpu_seconds, s.total_seconds, r->prefill_s, r->decode_s,
                (unsigned long long)r->weight_bytes, (unsigned long long)rss, (unsigned long long)peak,
                s.gpu_copy_seconds, s.gpu_compute_seconds, (unsigned long long)s.hybrid_layers, s.hybrid_span_seconds,
-               s.hybrid_serial_seconds, overlap, (unsigned long long)s.gpu_redone, prof);
+               s.hybrid_serial_seconds, overlap, (unsigned long long)s.gpu_redone, acc, prof);
         return;
     }
     printf("prefill: %u tokens, %.1f tok/s; decode: %u steps, %.1f tok/s\n", r->n_prompt, prefill_tok_s,
@@ -198,6 +212,7 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
                moe_runtime_device(rt) == MOE_DEVICE_SIM ? " (modeled)" : "", (unsigned long long)s.hybrid_layers,
                s.hybrid_span_seconds, s.hybrid_serial_seconds, overlap,
                s.gpu_redone ? "; some GPU experts failed and were recomputed on the CPU" : "");
+    if (acc_text[0]) printf("router lookahead: accuracy %s (token-expert pairs predicted that ran)\n", acc_text);
     if (r->weight_bytes)
         printf("memory: %.1f MB resident (peak %.1f MB) for %.1f MB of weights\n", (double)rss / 1e6,
                (double)peak / 1e6, (double)r->weight_bytes / 1e6);
@@ -580,7 +595,8 @@ static int parse(options *o, int argc, char **argv, bool *exit_now) {
                 if (!strcmp(v, "auto")) o->rp.device = MOE_DEVICE_AUTO;
                 else if (!strcmp(v, "cpu")) o->rp.device = MOE_DEVICE_CPU;
                 else if (!strcmp(v, "sim")) o->rp.device = MOE_DEVICE_SIM;
-                else return bad("--device: \"%s\" is not one of auto, cpu, sim", v);
+                else if (!strcmp(v, "cuda")) o->rp.device = MOE_DEVICE_CUDA;
+                else return bad("--device: \"%s\" is not one of auto, cpu, sim, cuda", v);
             } else if (!strcmp(a, "--gpu-budget")) {
                 char *end;
                 errno = 0;

@@ -68,7 +68,7 @@ typedef struct simdev {
     slot *slots;
     uint32_t n_slots;
     size_t slot_bytes;
-    uint32_t n_alloc, n_upload, n_run; /* calls so far, for fault injection */
+    uint32_t n_alloc, n_upload, n_run, n_ops; /* calls so far, for fault injection */
     moe_cpu *engine;
     struct {
         uint32_t hidden, inter;
@@ -115,34 +115,8 @@ static double end_of(simdev *d, uint64_t e) {
 
 /* ---- costs ---- */
 
-/* The kernel time of a shape: the profile's curve for it, else the GPU
- * curve closest in size scaled by weight bytes (kernels of these sizes
- * are bound by HBM at decode and by FLOPs, also proportional, at
- * prefill). */
-static double gpu_us(const simdev *d, const moe_expert_view *w, uint32_t m) {
-    const moe_profile *p = d->p.profile;
-    const double us = moe_profile_gpu_us(p, d->p.gpu, w->hidden, w->inter, w->dtype, m);
-    if (us >= 0) return us;
-    const double bytes = (double)moe_dev_expert_bytes(w->hidden, w->inter, w->dtype);
-    const moe_curve *best = NULL;
-    double best_dist = 0;
-    for (uint32_t i = 0; i < p->n_curves; i++) {
-        const moe_curve *c = &p->curves[i];
-        if (c->gpu != d->p.gpu || !c->n_points) continue;
-        const double dist = fabs(log((double)moe_dev_expert_bytes(c->hidden, c->inter, c->dtype) / bytes));
-        if (!best || dist < best_dist) best = c, best_dist = dist;
-    }
-    if (!best) return -1.0;
-    const double ref = moe_profile_gpu_us(p, d->p.gpu, best->hidden, best->inter, best->dtype, m);
-    return ref < 0 ? -1.0 : ref * bytes / (double)moe_dev_expert_bytes(best->hidden, best->inter, best->dtype);
-}
-
 static double run_us(const simdev *d, const moe_expert_view *w, uint32_t m) {
-    if (!m) return 0.0;
-    const uint64_t act = (uint64_t)m * w->hidden * sizeof(float);
-    const double k = gpu_us(d, w, m);
-    if (k < 0) return -1.0;
-    return moe_profile_copy_us(d->p.profile, d->p.gpu, act, true) + k + moe_profile_d2h_us(d->p.profile, d->p.gpu, act);
+    return moe_profile_gpu_run_us(d->p.profile, d->p.gpu, w->hidden, w->inter, w->dtype, m);
 }
 
 /* ---- the worker threads ---- */
@@ -378,7 +352,8 @@ static moe_status sim_upload(moe_dev *dev, uint32_t slot_id, const moe_expert_vi
         r->w = *w;
         r->dur = dur;
         r->slot_run = s->last_run;
-        r->inject_fail = ++d->n_upload == d->p.fail_upload_at;
+        const bool nth = ++d->n_upload == d->p.fail_upload_at, lost = d->p.fail_from && ++d->n_ops >= d->p.fail_from;
+        r->inject_fail = nth || lost;
         s->last_upload = r->seq;
         *done = r->seq;
         enqueue(d, r);
@@ -416,7 +391,8 @@ static moe_status sim_run(moe_dev *dev, uint32_t slot_id, uint32_t m, const floa
             r->after = after;
             r->dur = dur;
             r->slot_upload = s->last_upload;
-            r->inject_fail = ++d->n_run == d->p.fail_run_at;
+            const bool nth = ++d->n_run == d->p.fail_run_at, lost = d->p.fail_from && ++d->n_ops >= d->p.fail_from;
+            r->inject_fail = nth || lost;
             s->last_run = r->seq;
             *done = r->seq;
             enqueue(d, r);

@@ -54,6 +54,9 @@ typedef struct moe_simdev_params {
      * with MOE_ERR_DEVICE (an upload that fails leaves its slot unusable
      * until a later upload succeeds); 0 never. */
     uint32_t fail_alloc_at, fail_upload_at, fail_run_at;
+    /* From the n-th upload or run on (counted together), every one fails:
+     * a device that is lost. 0 never. */
+    uint32_t fail_from;
 } moe_simdev_params;
 
 enum { MOE_SIMDEV_COPY = 0, MOE_SIMDEV_COMPUTE = 1 };

@@ -1,0 +1,809 @@
+// cudadev.cu - a CUDA GPU behind the device interface (see cudadev.h).
+// Every CUDA and cuBLAS call is checked; a failure at submission refuses
+// the operation (the executor then runs the expert on the CPU), a failure
+// while executing is the operation's event's error, reported by wait().
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cudadev.h"
+
+namespace {
+
+const uint32_t RING = 4096; // operations remembered (device.h promises at least 1024)
+const uint32_t GENS = 4;    // clock references kept: an operation older than that has no times
+const size_t ALIGN = 256;
+
+size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+enum { OP_UPLOAD, OP_RUN };
+
+struct cudadev;
+
+struct op {
+    uint64_t seq; // 0: unused or refused at submission
+    int kind;
+    cudaEvent_t start, end;
+    uint32_t gen;       // the clock reference its times are read against
+    bool done;          // its end event has been seen complete
+    cudaError_t err;    // how it completed
+    bool reported;      // its failure was reported once (by wait)
+    // A run: y goes from the staging ring to the caller in a host function
+    // on the compute stream, before the end event.
+    cudadev *dev;
+    float *y_host;
+    const char *y_src;
+    size_t y_bytes;
+    uint32_t stage_gen;  // which staging ring holds its activations
+    size_t stage_off;    // its region there: [stage_off, stage_off + stage_len)
+    size_t stage_len;
+};
+
+struct slot {
+    moe_expert_view view; // device pointers; gate NULL: holds no expert
+    uint64_t last_upload, last_run;
+};
+
+struct pin_range {
+    uintptr_t lo, hi; // page-aligned
+    bool pinned;      // registered (DMA-able), or not (copied from pageable memory)
+    bool ours;        // registered by this device, which unregisters it
+};
+
+struct cudadev {
+    moe_dev base;
+    moe_cudadev_params p;
+    moe_logger own_log;
+    cudaStream_t copy, compute;
+    cublasHandle_t blas;
+    op *ops; // [RING]
+    uint64_t next_seq;
+    cudaEvent_t ref[GENS]; // clock references: generation g is ref[g % GENS]
+    double ref_host[GENS];
+    uint32_t gen;          // the current generation
+    double rebased_at;
+    // slots
+    char *pool;
+    size_t stride, slot_bytes;
+    uint32_t n_slots;
+    slot *slots;
+    uint64_t limit; // bytes the pool may take
+    // run scratch on the device (compute stream only)
+    char *scratch;
+    size_t scratch_bytes;
+    // pinned staging ring for activations, and the runs holding regions of
+    // it; rings outgrown while runs still used them, freed when idle
+    char *stage;
+    size_t stage_bytes, stage_head;
+    uint32_t stage_gen;
+    char *retired[64];
+    uint32_t n_retired;
+    cudaStream_t clock; // idle: clock references recorded on it complete at once
+    uint64_t *stage_fifo; // [RING]
+    uint32_t sf_head, sf_tail;
+    // host ranges registered (or refused), sorted by lo, disjoint
+    pin_range *pins;
+    size_t n_pins, cap_pins;
+    bool warned_pageable;
+    bool read_only_ok;
+    moe_cudadev_stats stats;
+};
+
+#define CU_FAIL(st, call, e) moe_fail((st), "CUDA device: %s:%d: %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(e))
+
+#define CU_TRY(call)                                                        \
+    do {                                                                    \
+        cudaError_t e_ = (call);                                            \
+        if (e_ != cudaSuccess) return CU_FAIL(MOE_ERR_DEVICE, call, e_);    \
+    } while (0)
+
+#define BLAS_TRY(call)                                                                                     \
+    do {                                                                                                   \
+        cublasStatus_t s_ = (call);                                                                        \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                                   \
+            return moe_fail(MOE_ERR_DEVICE, "CUDA device: %s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, \
+                            #call, (int)s_);                                                               \
+    } while (0)
+
+cudadev *as_cuda(moe_dev *d);
+
+struct dev_guard {
+    int prev;
+    explicit dev_guard(int device) : prev(-1) {
+        if (cudaGetDevice(&prev) != cudaSuccess) prev = -1, (void)cudaGetLastError();
+        if (prev != device) (void)cudaSetDevice(device);
+    }
+    ~dev_guard() {
+        if (prev >= 0) (void)cudaSetDevice(prev);
+    }
+};
+
+// ---- kernels ----------------------------------------------------------
+
+template <typename T> __device__ T from_f32(float v);
+template <> __device__ float from_f32<float>(float v) { return v; }
+template <> __device__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <> __device__ __half from_f32<__half>(float v) { return __float2half(v); }
+
+template <typename T> __global__ void convert_kernel(const float *__restrict__ x, T *__restrict__ out, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = from_f32<T>(x[i]);
+}
+
+// gu is [m][2 * inter] (per token: gate outputs, then up outputs);
+// h[t][i] = silu(gate) * up, in the type the down GEMM reads.
+template <typename T>
+__global__ void silu_mul_kernel(const float *__restrict__ gu, T *__restrict__ h, uint32_t inter, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = i / inter, j = i % inter;
+        const float g = gu[t * 2 * inter + j], u = gu[t * 2 * inter + inter + j];
+        h[i] = from_f32<T>(g / (1.0f + __expf(-g)) * u);
+    }
+}
+
+// out[r][c] = w[r][c] * scale[r], bf16.
+__global__ void dequant_kernel(const int8_t *__restrict__ w, const float *__restrict__ scale,
+                               __nv_bfloat16 *__restrict__ out, uint32_t cols, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16((float)w[i] * scale[i / cols]);
+}
+
+unsigned grid_for(size_t n) {
+    const size_t b = (n + 255) / 256;
+    return b == 0 ? 1u : b > 65535 ? 65535u : (unsigned)b;
+}
+
+// ---- slot layout ----------------------------------------------------------
+
+struct layout {
+    size_t gate_up, down, scales, down_scale, end; // offsets in the slot
+};
+
+layout layout_of(uint32_t hidden, uint32_t inter, moe_dtype t) {
+    const size_t mat = (size_t)hidden * inter * moe_dtype_size(t);
+    layout l;
+    l.gate_up = 0;
+    l.down = align_up(2 * mat, ALIGN);
+    l.scales = align_up(l.down + mat, ALIGN);
+    l.down_scale = t == MOE_DTYPE_I8 ? align_up(l.scales + 2 * (size_t)inter * sizeof(float), ALIGN) : l.scales;
+    l.end = t == MOE_DTYPE_I8 ? l.down_scale + (size_t)hidden * sizeof(float) : l.scales;
+    return l;
+}
+
+// ---- operations and clock -------------------------------------------------
+
+op *find(cudadev *d, uint64_t e) {
+    op *o = &d->ops[e % RING];
+    return e && o->seq == e ? o : NULL;
+}
+
+// The y of a run, from the pinned ring to the caller: a host function on
+// the compute stream, after the device-to-host copy and before the end
+// event, so y is in place when the event completes (no CUDA calls here).
+void CUDART_CB deliver_y(void *arg) {
+    const op *o = (const op *)arg;
+    memcpy(o->y_host, o->y_src, o->y_bytes);
+}
+
+// Blocks until o is done and records how it completed; reports nothing.
+void complete(op *o) {
+    if (o->done) return;
+    o->err = cudaEventSynchronize(o->end);
+    o->done = true;
+    if (o->err != cudaSuccess) (void)cudaGetLastError();
+}
+
+// Whether o has completed, without blocking.
+bool poll(op *o) {
+    if (o->done) return true;
+    const cudaError_t e = cudaEventQuery(o->end);
+    if (e == cudaErrorNotReady) return (void)cudaGetLastError(), false;
+    o->done = true;
+    o->err = e;
+    if (e != cudaSuccess) (void)cudaGetLastError();
+    return true;
+}
+
+// A ring entry for a new operation: the one it replaces completes first.
+op *new_op(cudadev *d, int kind) {
+    const uint64_t seq = d->next_seq++;
+    op *o = &d->ops[seq % RING];
+    if (o->seq) complete(o);
+    o->kind = kind;
+    o->gen = d->gen;
+    o->done = false;
+    o->err = cudaSuccess;
+    o->reported = false;
+    o->dev = d;
+    o->y_host = NULL, o->y_src = NULL, o->y_bytes = 0;
+    o->stage_gen = 0, o->stage_off = o->stage_len = 0;
+    o->seq = seq;
+    return o;
+}
+
+// Waits on `stream` for event e of this device (nothing for 0 or a forgotten one).
+moe_status stream_wait(cudadev *d, cudaStream_t stream, uint64_t e) {
+    op *o = find(d, e);
+    if (o) CU_TRY(cudaStreamWaitEvent(stream, o->end, 0));
+    return MOE_OK;
+}
+
+// A new clock reference every 2 s (event times are float milliseconds,
+// which lose microseconds far from their reference), recorded on the idle
+// clock stream so it completes at once whatever the other streams do.
+void maybe_rebase(cudadev *d) {
+    if (moe_now() - d->rebased_at < 2.0) return;
+    const uint32_t g = d->gen + 1;
+    for (uint32_t i = 0; i < RING; i++) // an operation whose reference would be overwritten loses its times
+        if (d->ops[i].seq && g - d->ops[i].gen >= GENS && !d->ops[i].done) return;
+    if (cudaEventRecord(d->ref[g % GENS], d->clock) != cudaSuccess ||
+        cudaEventSynchronize(d->ref[g % GENS]) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    d->ref_host[g % GENS] = moe_now();
+    d->gen = g;
+    d->rebased_at = d->ref_host[g % GENS];
+}
+
+// ---- host pages ---------------------------------------------------------
+
+// Whether [lo, hi) is covered by registered ranges; *known: covered by
+// ranges at all (registered or refused).
+bool covered(const cudadev *d, uintptr_t lo, uintptr_t hi, bool *known) {
+    uintptr_t at = lo;
+    bool pinned = true;
+    size_t first = 0, n = d->n_pins; // the first range ending after lo (ranges are sorted and disjoint)
+    while (n) {
+        const size_t half = n / 2;
+        if (d->pins[first + half].hi <= lo) first += half + 1, n -= half + 1;
+        else n = half;
+    }
+    for (size_t i = first; i < d->n_pins && at < hi; i++) {
+        const pin_range *r = &d->pins[i];
+        if (r->hi <= at) continue;
+        if (r->lo > at) break;
+        pinned = pinned && r->pinned;
+        at = r->hi;
+    }
+    *known = at >= hi;
+    return *known && pinned;
+}
+
+// Records a range; false when the bookkeeping cannot grow (the caller
+// then undoes a registration it cannot remember).
+bool add_range(cudadev *d, uintptr_t lo, uintptr_t hi, bool pinned, bool ours) {
+    if (d->n_pins == d->cap_pins) {
+        const size_t cap = d->cap_pins ? 2 * d->cap_pins : 256;
+        pin_range *p = (pin_range *)realloc(d->pins, cap * sizeof *p);
+        if (!p) return false;
+        d->pins = p, d->cap_pins = cap;
+    }
+    size_t i = d->n_pins;
+    while (i > 0 && d->pins[i - 1].lo > lo) d->pins[i] = d->pins[i - 1], i--;
+    d->pins[i].lo = lo, d->pins[i].hi = hi, d->pins[i].pinned = pinned, d->pins[i].ours = ours;
+    d->n_pins++;
+    return true;
+}
+
+// Registers the pages of [p, p + bytes) not yet known, as ranges of their
+// own (neighbouring tensors share pages, so a tensor may span several).
+void ensure_pinned(cudadev *d, const void *p, size_t bytes) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = (uintptr_t)p / page * page, hi = ((uintptr_t)p + bytes + page - 1) / page * page;
+    bool known;
+    (void)covered(d, lo, hi, &known);
+    if (known) return;
+    uintptr_t at = lo;
+    while (at < hi) {
+        uintptr_t gap_hi = hi;
+        bool skip = false;
+        for (size_t i = 0; i < d->n_pins; i++) {
+            const pin_range *r = &d->pins[i];
+            if (r->lo <= at && at < r->hi) {
+                at = r->hi, skip = true;
+                break;
+            }
+            if (r->lo > at && r->lo < gap_hi) gap_hi = r->lo;
+        }
+        if (skip) continue;
+        const size_t len = gap_hi - at;
+        bool ok = d->p.pin_limit_bytes == 0 || d->stats.pinned_bytes + len <= d->p.pin_limit_bytes;
+        bool ours = false; // registered by this call (so ours to unregister)
+        if (ok) {
+            cudaError_t e = cudaErrorNotSupported;
+            if (d->read_only_ok) e = cudaHostRegister((void *)at, len, cudaHostRegisterPortable | cudaHostRegisterReadOnly);
+            if (e != cudaSuccess && e != cudaErrorHostMemoryAlreadyRegistered) {
+                (void)cudaGetLastError();
+                e = cudaHostRegister((void *)at, len, cudaHostRegisterPortable);
+            }
+            // Already registered (by another device on the same model): pinned, not ours.
+            ok = e == cudaSuccess || e == cudaErrorHostMemoryAlreadyRegistered;
+            ours = e == cudaSuccess;
+            if (e != cudaSuccess) (void)cudaGetLastError();
+            if (!ok) d->stats.pin_failures++;
+        }
+        if (!add_range(d, at, gap_hi, ok, ours)) {
+            if (ours) (void)cudaHostUnregister((void *)at);
+            return; // unknown pages are copied from pageable memory
+        }
+        if (ours) d->stats.pinned_bytes += len;
+        at = gap_hi;
+    }
+}
+
+// One host-to-device copy, split where the source changes registration:
+// a copy may not span registered and unregistered memory (nor, to be
+// safe, two registrations). Pageable pieces are counted and warned about.
+moe_status put(cudadev *d, char *dst, const void *src, size_t bytes) {
+    const uintptr_t lo = (uintptr_t)src, hi = lo + bytes;
+    uintptr_t at = lo;
+    while (at < hi) {
+        uintptr_t end = hi;
+        bool pinned = false;
+        size_t first = 0, n = d->n_pins; // the range holding at, if any
+        while (n) {
+            const size_t half = n / 2;
+            if (d->pins[first + half].hi <= at) first += half + 1, n -= half + 1;
+            else n = half;
+        }
+        if (first < d->n_pins && d->pins[first].lo <= at) {
+            pinned = d->pins[first].pinned;
+            if (d->pins[first].hi < end) end = d->pins[first].hi;
+        } else if (first < d->n_pins && d->pins[first].lo < end) {
+            end = d->pins[first].lo; // unknown pages up to the next range
+        }
+        if (!pinned) {
+            d->stats.pageable_bytes += end - at;
+            if (!d->warned_pageable) {
+                d->warned_pageable = true;
+                moe_log(d->p.log, MOE_LOG_WARN, "CUDA device: host weights could not all be pinned (%s); those are "
+                        "copied from pageable memory, more slowly and without overlap",
+                        d->p.pin_limit_bytes ? "registration failed or the pinned-memory limit was reached"
+                                             : "registration failed");
+            }
+        }
+        CU_TRY(cudaMemcpyAsync(dst + (at - lo), (const void *)at, end - at, cudaMemcpyHostToDevice, d->copy));
+        at = end;
+    }
+    return MOE_OK;
+}
+
+// ---- staging ring -------------------------------------------------------
+
+bool overlaps(size_t a, size_t alen, size_t b, size_t blen) { return a < b + blen && b < a + alen; }
+
+// A new ring of at least `len` bytes; the old one is retired (freed when
+// the device is idle: alloc_slots or destroy), so runs using it go on.
+moe_status stage_grow(cudadev *d, size_t len) {
+    size_t want = 2 * d->stage_bytes;
+    if (want < 2 * len) want = 2 * len;
+    if (want < ((size_t)16 << 20)) want = (size_t)16 << 20;
+    char *fresh = NULL;
+    const cudaError_t e = cudaMallocHost((void **)&fresh, want);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device: %zu bytes of pinned staging: %s", want, cudaGetErrorString(e));
+    }
+    if (d->stage) {
+        if (d->n_retired == sizeof d->retired / sizeof d->retired[0]) { // cannot happen: rings double
+            cudaFreeHost(fresh);
+            return moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device: too many staging rings");
+        }
+        d->retired[d->n_retired++] = d->stage;
+    }
+    d->stage = fresh, d->stage_bytes = want, d->stage_head = 0, d->stage_gen++;
+    return MOE_OK;
+}
+
+// A region of `len` bytes of the pinned ring that no run in flight uses;
+// where the ring would wrap onto one, a larger ring instead of waiting.
+moe_status stage_take(cudadev *d, size_t len, size_t *off) {
+    moe_status st;
+    if (len > d->stage_bytes && (st = stage_grow(d, len)) != MOE_OK) return st;
+    while (d->sf_head != d->sf_tail) { // forget the completed ones at the front
+        op *o = find(d, d->stage_fifo[d->sf_head % RING]);
+        if (o && !poll(o)) break;
+        d->sf_head++;
+    }
+    size_t at = align_up(d->stage_head, ALIGN);
+    if (at + len > d->stage_bytes) at = 0;
+    for (uint32_t i = d->sf_head; i != d->sf_tail; i++) {
+        op *o = find(d, d->stage_fifo[i % RING]);
+        if (o && o->stage_gen == d->stage_gen && overlaps(at, len, o->stage_off, o->stage_len) && !poll(o)) {
+            if ((st = stage_grow(d, len)) != MOE_OK) return st;
+            at = 0;
+            break;
+        }
+    }
+    if (d->sf_tail - d->sf_head >= RING) { // at most RING operations exist
+        op *o = find(d, d->stage_fifo[d->sf_head % RING]);
+        if (o) complete(o);
+        d->sf_head++;
+    }
+    *off = at;
+    d->stage_head = at + len;
+    return MOE_OK;
+}
+
+void free_retired(cudadev *d) {
+    for (uint32_t i = 0; i < d->n_retired; i++) cudaFreeHost(d->retired[i]);
+    d->n_retired = 0;
+}
+
+// ---- the interface ------------------------------------------------------
+
+moe_status cu_alloc_slots(moe_dev *dev, uint32_t n, size_t bytes) {
+    cudadev *d = (cudadev *)dev;
+    dev_guard g(d->p.device);
+    (void)cudaStreamSynchronize(d->copy);
+    (void)cudaStreamSynchronize(d->compute);
+    for (uint32_t i = 0; i < RING; i++)
+        if (d->ops[i].seq) complete(&d->ops[i]); // their errors stay for wait()
+    (void)cudaGetLastError();
+    free_retired(d);
+    if (d->pool) cudaFree(d->pool);
+    d->pool = NULL;
+    free(d->slots);
+    d->slots = NULL;
+    d->n_slots = 0, d->stride = 0, d->slot_bytes = 0;
+    if (n == 0) return MOE_OK;
+    if (bytes == 0) return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: %u slots of 0 bytes", n);
+    const size_t stride = align_up(bytes + 4 * ALIGN, ALIGN); // room for the parts' alignment
+    if (stride > d->limit / n)
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device %d: %u slots of %zu bytes exceed the %llu bytes the pool may take",
+                        d->p.device, n, bytes, (unsigned long long)d->limit);
+    d->slots = (slot *)calloc(n, sizeof *d->slots);
+    if (!d->slots) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device: host allocation failed");
+    const cudaError_t e = cudaMalloc((void **)&d->pool, (size_t)n * stride);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        free(d->slots);
+        d->slots = NULL, d->pool = NULL;
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device %d: cudaMalloc of %u slots x %zu bytes: %s", d->p.device, n,
+                        stride, cudaGetErrorString(e));
+    }
+    d->n_slots = n, d->stride = stride, d->slot_bytes = bytes;
+    return MOE_OK;
+}
+
+uint64_t cu_free_bytes(const moe_dev *dev) {
+    const cudadev *d = (const cudadev *)dev;
+    dev_guard g(d->p.device);
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return (void)cudaGetLastError(), 0;
+    return free_b;
+}
+
+moe_status check_view(const cudadev *d, uint32_t s, const moe_expert_view *w) {
+    if (s >= d->n_slots) return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: slot %u of %u", s, d->n_slots);
+    if (!w || !w->gate || !w->up || !w->down || !w->hidden || !w->inter || w->hidden > INT_MAX / 2 ||
+        w->inter > INT_MAX / 2 || (unsigned)w->dtype >= MOE_DTYPE_COUNT_ ||
+        (w->dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale || !w->down_scale)))
+        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: an incomplete expert view");
+    if (w->dtype != MOE_DTYPE_F32 && w->dtype != MOE_DTYPE_BF16 && w->dtype != MOE_DTYPE_F16 && w->dtype != MOE_DTYPE_I8)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "CUDA device: experts in %s", moe_dtype_name(w->dtype));
+    const layout l = layout_of(w->hidden, w->inter, w->dtype);
+    if (moe_dev_expert_bytes(w->hidden, w->inter, w->dtype) > d->slot_bytes || l.end > d->stride)
+        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: a %ux%u %s expert does not fit a %zu-byte slot", w->hidden,
+                        w->inter, moe_dtype_name(w->dtype), d->slot_bytes);
+    return MOE_OK;
+}
+
+moe_status cu_upload(moe_dev *dev, uint32_t s, const moe_expert_view *w, moe_dev_event *done) {
+    cudadev *d = (cudadev *)dev;
+    if (!done) return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: upload without an event to return");
+    *done = 0;
+    moe_status st = check_view(d, s, w);
+    if (st != MOE_OK) return st;
+    dev_guard g(d->p.device);
+    (void)cudaGetLastError(); // nothing stale refuses this operation
+    slot *sl = &d->slots[s];
+    sl->view.gate = NULL; // until this upload has been submitted whole
+    if ((st = stream_wait(d, d->copy, sl->last_run)) != MOE_OK) return st;
+    const layout l = layout_of(w->hidden, w->inter, w->dtype);
+    const size_t mat = (size_t)w->hidden * w->inter * moe_dtype_size(w->dtype);
+    const size_t is = (size_t)w->inter * sizeof(float), hs = (size_t)w->hidden * sizeof(float);
+    char *base = d->pool + (size_t)s * d->stride;
+    // The parts: registered first, so the copy's times hold only the copy.
+    const void *src[6] = {w->gate, w->up, w->down, w->gate_scale, w->up_scale, w->down_scale};
+    char *dst[6] = {base + l.gate_up, base + l.gate_up + mat, base + l.down, base + l.scales, base + l.scales + is,
+                    base + l.down_scale};
+    const size_t len[6] = {mat, mat, mat, is, is, hs};
+    const int parts = w->dtype == MOE_DTYPE_I8 ? 6 : 3;
+    for (int i = 0; i < parts; i++) ensure_pinned(d, src[i], len[i]);
+    op *o = new_op(d, OP_UPLOAD);
+    cudaError_t e = cudaEventRecord(o->start, d->copy);
+    if (e != cudaSuccess) return o->seq = 0, CU_FAIL(MOE_ERR_DEVICE, cudaEventRecord, e);
+    for (int i = 0; i < parts; i++)
+        if ((st = put(d, dst[i], src[i], len[i])) != MOE_OK) return o->seq = 0, st;
+    e = cudaEventRecord(o->end, d->copy);
+    if (e != cudaSuccess) return o->seq = 0, CU_FAIL(MOE_ERR_DEVICE, cudaEventRecord, e);
+    moe_expert_view v = *w;
+    v.gate = base + l.gate_up;
+    v.up = base + l.gate_up + mat;
+    v.down = base + l.down;
+    v.gate_scale = w->dtype == MOE_DTYPE_I8 ? (const float *)(base + l.scales) : NULL;
+    v.up_scale = w->dtype == MOE_DTYPE_I8 ? (const float *)(base + l.scales) + w->inter : NULL;
+    v.down_scale = w->dtype == MOE_DTYPE_I8 ? (const float *)(base + l.down_scale) : NULL;
+    sl->view = v;
+    sl->last_upload = o->seq;
+    d->stats.uploads++;
+    *done = o->seq;
+    return MOE_OK;
+}
+
+// The run scratch for m tokens of this shape: x, y (f32), x and h in the
+// GEMM type, gate|up outputs (f32), and for int8 the dequantized weights.
+moe_status scratch_for(cudadev *d, const moe_expert_view *w, uint32_t m, char **x, char **xt, char **gu, char **h,
+                       char **y, char **wq) {
+    const size_t H = w->hidden, I = w->inter;
+    const size_t el = w->dtype == MOE_DTYPE_F32 ? 4 : 2; // the GEMM's activation type
+    size_t off = 0;
+    const size_t ox = off; off = align_up(off + m * H * 4, ALIGN);
+    const size_t oxt = off; off = align_up(off + m * H * el, ALIGN);
+    const size_t ogu = off; off = align_up(off + m * 2 * I * 4, ALIGN);
+    const size_t oh = off; off = align_up(off + m * I * el, ALIGN);
+    const size_t oy = off; off = align_up(off + m * H * 4, ALIGN);
+    const size_t owq = off; off = align_up(off + (w->dtype == MOE_DTYPE_I8 ? 3 * H * I * 2 : 0), ALIGN);
+    if (off > d->scratch_bytes) {
+        CU_TRY(cudaStreamSynchronize(d->compute)); // the old scratch may be in use
+        if (d->scratch) cudaFree(d->scratch);
+        d->scratch = NULL, d->scratch_bytes = 0;
+        const size_t want = off + off / 2;
+        const cudaError_t e = cudaMalloc((void **)&d->scratch, want);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            return moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device %d: %zu bytes of run scratch: %s", d->p.device, want,
+                            cudaGetErrorString(e));
+        }
+        d->scratch_bytes = want;
+    }
+    *x = d->scratch + ox, *xt = d->scratch + oxt, *gu = d->scratch + ogu, *h = d->scratch + oh, *y = d->scratch + oy;
+    *wq = d->scratch + owq;
+    return MOE_OK;
+}
+
+// Enqueues y = expert(x) on the compute stream, all in device memory.
+moe_status expert(cudadev *d, const moe_expert_view *w, uint32_t m, char *x, char *xt, char *gu, char *h, char *y,
+                  char *wq) {
+    const uint32_t H = w->hidden, I = w->inter;
+    const void *wgu = w->gate, *wd = w->down;
+    cudaDataType wt = CUDA_R_32F;
+    const size_t nx = (size_t)m * H, nh = (size_t)m * I;
+    switch (w->dtype) {
+    case MOE_DTYPE_I8: {
+        __nv_bfloat16 *q = (__nv_bfloat16 *)wq;
+        const size_t mat = (size_t)H * I;
+        // gate and up are back to back in the slot, and so are their scales
+        dequant_kernel<<<grid_for(2 * mat), 256, 0, d->compute>>>((const int8_t *)w->gate, w->gate_scale, q, H, 2 * mat);
+        dequant_kernel<<<grid_for(mat), 256, 0, d->compute>>>((const int8_t *)w->down, w->down_scale, q + 2 * mat, I, mat);
+        CU_TRY(cudaGetLastError());
+        wgu = q, wd = q + 2 * mat;
+        [[fallthrough]]; // bf16 from here
+    }
+    case MOE_DTYPE_BF16:
+        wt = CUDA_R_16BF;
+        convert_kernel<__nv_bfloat16><<<grid_for(nx), 256, 0, d->compute>>>((const float *)x, (__nv_bfloat16 *)xt, nx);
+        break;
+    case MOE_DTYPE_F16:
+        wt = CUDA_R_16F;
+        convert_kernel<__half><<<grid_for(nx), 256, 0, d->compute>>>((const float *)x, (__half *)xt, nx);
+        break;
+    default:
+        xt = x;
+        break;
+    }
+    CU_TRY(cudaGetLastError());
+    const float one = 1.0f, zero = 0.0f;
+    // Row-major W[r][c] is column-major W^T: GU^T[2I, m] = Wgu[2I, H] * X^T[H, m].
+    BLAS_TRY(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(2 * I), (int)m, (int)H, &one, wgu, wt, (int)H, xt, wt,
+                          (int)H, &zero, gu, CUDA_R_32F, (int)(2 * I), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (wt == CUDA_R_16BF)
+        silu_mul_kernel<__nv_bfloat16><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (__nv_bfloat16 *)h, I, nh);
+    else if (wt == CUDA_R_16F)
+        silu_mul_kernel<__half><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (__half *)h, I, nh);
+    else
+        silu_mul_kernel<float><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (float *)h, I, nh);
+    CU_TRY(cudaGetLastError());
+    // Y^T[H, m] = Wd[H, I] * H^T[I, m].
+    BLAS_TRY(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)H, (int)m, (int)I, &one, wd, wt, (int)I, h, wt, (int)I,
+                          &zero, y, CUDA_R_32F, (int)H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return MOE_OK;
+}
+
+moe_status cu_run(moe_dev *dev, uint32_t s, uint32_t m, const float *x, float *y, moe_dev_event after,
+                  moe_dev_event *done) {
+    cudadev *d = (cudadev *)dev;
+    if (!done) return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: run without an event to return");
+    *done = 0;
+    if (s >= d->n_slots) return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: slot %u of %u", s, d->n_slots);
+    slot *sl = &d->slots[s];
+    if (m && (!x || !y)) return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: run with NULL activations");
+    if (m && !sl->view.gate)
+        return moe_fail(MOE_ERR_STATE, "CUDA device: slot %u holds no expert (its upload failed or never came)", s);
+    if (m > INT_MAX / 2 || (m && (size_t)m * sl->view.hidden > (size_t)INT_MAX))
+        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: %u tokens is too many for one run", m);
+    dev_guard g(d->p.device);
+    (void)cudaGetLastError(); // nothing stale refuses this operation
+    moe_status st;
+    if ((st = stream_wait(d, d->compute, after)) != MOE_OK || (st = stream_wait(d, d->compute, sl->last_upload)) != MOE_OK)
+        return st;
+    const size_t act = (size_t)m * sl->view.hidden * sizeof(float);
+    size_t off = 0;
+    char *dx = NULL, *dxt = NULL, *dgu = NULL, *dh = NULL, *dy = NULL, *dwq = NULL;
+    if (m && ((st = stage_take(d, 2 * align_up(act, ALIGN), &off)) != MOE_OK ||
+              (st = scratch_for(d, &sl->view, m, &dx, &dxt, &dgu, &dh, &dy, &dwq)) != MOE_OK))
+        return st;
+    op *o = new_op(d, OP_RUN);
+    if (m) memcpy(d->stage + off, x, act);
+    cudaError_t e = cudaEventRecord(o->start, d->compute);
+    if (e == cudaSuccess && m) e = cudaMemcpyAsync(dx, d->stage + off, act, cudaMemcpyHostToDevice, d->compute);
+    if (e != cudaSuccess) return o->seq = 0, CU_FAIL(MOE_ERR_DEVICE, cudaMemcpyAsync, e);
+    if (m && (st = expert(d, &sl->view, m, dx, dxt, dgu, dh, dy, dwq)) != MOE_OK) return o->seq = 0, st;
+    const size_t yoff = off + align_up(act, ALIGN);
+    o->y_host = y, o->y_src = d->stage + yoff, o->y_bytes = m ? act : 0;
+    o->stage_gen = d->stage_gen, o->stage_off = off, o->stage_len = m ? 2 * align_up(act, ALIGN) : 0;
+    if (m) e = cudaMemcpyAsync(d->stage + yoff, dy, act, cudaMemcpyDeviceToHost, d->compute);
+    if (e == cudaSuccess && m) e = cudaLaunchHostFunc(d->compute, deliver_y, o);
+    if (e == cudaSuccess) e = cudaEventRecord(o->end, d->compute);
+    if (e != cudaSuccess) return o->seq = 0, CU_FAIL(MOE_ERR_DEVICE, cudaLaunchHostFunc, e);
+    if (m) d->stage_fifo[d->sf_tail++ % RING] = o->seq;
+    sl->last_run = o->seq;
+    d->stats.runs++;
+    *done = o->seq;
+    return MOE_OK;
+}
+
+// An event this device never issued (beyond the last one) is refused, as
+// the simulated device does; 0 and forgotten ones have completed.
+moe_status cu_wait(moe_dev *dev, moe_dev_event e) {
+    cudadev *d = (cudadev *)dev;
+    if (e >= d->next_seq)
+        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: event %llu was never issued", (unsigned long long)e);
+    op *o = find(d, e);
+    if (!o) return MOE_OK;
+    dev_guard g(d->p.device);
+    complete(o);
+    maybe_rebase(d);
+    if (o->err == cudaSuccess || o->reported) return MOE_OK;
+    o->reported = true;
+    return moe_fail(MOE_ERR_DEVICE, "CUDA device: %s (event %llu) failed: %s", o->kind == OP_RUN ? "expert run" : "copy",
+                    (unsigned long long)o->seq, cudaGetErrorString(o->err));
+}
+
+bool cu_query(moe_dev *dev, moe_dev_event e) {
+    cudadev *d = (cudadev *)dev;
+    op *o = find(d, e);
+    if (!o) return true;
+    dev_guard g(d->p.device);
+    return poll(o); // an error completes it too; wait() reports it
+}
+
+moe_status cu_times(moe_dev *dev, moe_dev_event e, double *start_s, double *end_s) {
+    cudadev *d = (cudadev *)dev;
+    op *o = find(d, e);
+    if (!o || !start_s || !end_s || d->gen - o->gen >= GENS)
+        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: event %llu is not one it remembers", (unsigned long long)e);
+    dev_guard g(d->p.device);
+    if (!poll(o)) return moe_fail(MOE_ERR_STATE, "CUDA device: event %llu is in flight", (unsigned long long)e);
+    float a = 0.0f, b = 0.0f;
+    cudaError_t x = cudaEventElapsedTime(&a, d->ref[o->gen % GENS], o->start);
+    if (x == cudaSuccess) x = cudaEventElapsedTime(&b, o->start, o->end);
+    if (x != cudaSuccess) {
+        (void)cudaGetLastError();
+        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: no times for event %llu: %s", (unsigned long long)e,
+                        cudaGetErrorString(x));
+    }
+    *start_s = d->ref_host[o->gen % GENS] + a * 1e-3;
+    *end_s = *start_s + b * 1e-3;
+    return MOE_OK;
+}
+
+void cu_destroy(moe_dev *dev) {
+    cudadev *d = (cudadev *)dev;
+    {
+        dev_guard g(d->p.device);
+        if (d->copy) (void)cudaStreamSynchronize(d->copy);
+        if (d->compute) (void)cudaStreamSynchronize(d->compute);
+        for (uint32_t i = 0; d->ops && i < RING; i++) {
+            if (d->ops[i].start) cudaEventDestroy(d->ops[i].start);
+            if (d->ops[i].end) cudaEventDestroy(d->ops[i].end);
+        }
+        for (uint32_t i = 0; i < GENS; i++)
+            if (d->ref[i]) cudaEventDestroy(d->ref[i]);
+        for (size_t i = 0; i < d->n_pins; i++)
+            if (d->pins[i].ours) (void)cudaHostUnregister((void *)d->pins[i].lo);
+        if (d->pool) cudaFree(d->pool);
+        if (d->scratch) cudaFree(d->scratch);
+        if (d->stage) cudaFreeHost(d->stage);
+        free_retired(d);
+        if (d->clock) cudaStreamDestroy(d->clock);
+        if (d->blas) cublasDestroy(d->blas);
+        if (d->copy) cudaStreamDestroy(d->copy);
+        if (d->compute) cudaStreamDestroy(d->compute);
+        (void)cudaGetLastError();
+    }
+    free(d->ops);
+    free(d->slots);
+    free(d->pins);
+    free(d->stage_fifo);
+    free(d);
+}
+
+const moe_dev_iface cudadev_iface = {
+    "cuda", cu_alloc_slots, cu_free_bytes, cu_upload, cu_run, cu_wait, cu_query, cu_times, cu_destroy,
+};
+
+cudadev *as_cuda(moe_dev *d) { return d && d->iface == &cudadev_iface ? (cudadev *)d : NULL; }
+
+moe_status create(cudadev *d) {
+    CU_TRY(cudaStreamCreateWithFlags(&d->copy, cudaStreamNonBlocking));
+    CU_TRY(cudaStreamCreateWithFlags(&d->compute, cudaStreamNonBlocking));
+    CU_TRY(cudaStreamCreateWithFlags(&d->clock, cudaStreamNonBlocking));
+    BLAS_TRY(cublasCreate(&d->blas));
+    BLAS_TRY(cublasSetStream(d->blas, d->compute));
+    BLAS_TRY(cublasSetMathMode(d->blas, CUBLAS_DEFAULT_MATH)); // f32 stays f32: no TF32
+    for (uint32_t i = 0; i < RING; i++) {
+        CU_TRY(cudaEventCreate(&d->ops[i].start));
+        CU_TRY(cudaEventCreate(&d->ops[i].end));
+    }
+    for (uint32_t i = 0; i < GENS; i++) CU_TRY(cudaEventCreate(&d->ref[i]));
+    CU_TRY(cudaEventRecord(d->ref[0], d->clock));
+    CU_TRY(cudaEventSynchronize(d->ref[0]));
+    d->ref_host[0] = d->rebased_at = moe_now();
+    int ro = 0;
+    if (cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, d->p.device) != cudaSuccess)
+        (void)cudaGetLastError(), ro = 0;
+    d->read_only_ok = ro != 0;
+    size_t free_b = 0, total_b = 0;
+    CU_TRY(cudaMemGetInfo(&free_b, &total_b));
+    const uint64_t reserve = total_b / 20 > ((uint64_t)512 << 20) ? total_b / 20 : (uint64_t)512 << 20;
+    d->limit = free_b > reserve ? free_b - reserve : 0;
+    if (d->p.memory_bytes && d->p.memory_bytes < d->limit) d->limit = d->p.memory_bytes;
+    return MOE_OK;
+}
+
+} // namespace
+
+extern "C" moe_status moe_cudadev_create(moe_dev **out, const moe_cudadev_params *p) {
+    if (!out || !p) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cudadev_create: NULL argument");
+    *out = NULL;
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) (void)cudaGetLastError(), n = 0;
+    if (p->device < 0 || p->device >= n)
+        return moe_fail(MOE_ERR_NO_DEVICE, "no CUDA device %d (%d found)", p->device, n);
+    cudadev *d = (cudadev *)calloc(1, sizeof *d);
+    if (!d) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device: host allocation failed");
+    d->ops = (op *)calloc(RING, sizeof *d->ops);
+    d->stage_fifo = (uint64_t *)calloc(RING, sizeof *d->stage_fifo);
+    d->base.iface = &cudadev_iface;
+    d->p = *p;
+    d->own_log.level = MOE_LOG_WARN;
+    if (!d->p.log) d->p.log = &d->own_log; // stderr
+    d->next_seq = 1;
+    moe_status st = d->ops && d->stage_fifo ? MOE_OK : moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device: host allocation failed");
+    if (st == MOE_OK) {
+        dev_guard g(p->device);
+        st = create(d);
+    }
+    if (st != MOE_OK) {
+        cu_destroy(&d->base);
+        return st;
+    }
+    *out = &d->base;
+    return MOE_OK;
+}
+
+extern "C" void moe_cudadev_get_stats(moe_dev *dev, moe_cudadev_stats *out) {
+    if (!out) return;
+    cudadev *d = as_cuda(dev);
+    if (d) *out = d->stats;
+    else memset(out, 0, sizeof *out);
+}
