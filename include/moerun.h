@@ -432,6 +432,14 @@ typedef struct moe_stats {
      * predictions with (from published figures until measured). */
     uint64_t lookahead_pairs[4];
     uint64_t lookahead_hits[4];
+    /* Online refinement (not counters: their current values; 0 on the
+     * CPU-only runtime): the measured CPU expert and GPU run times over
+     * what the profile says for the same work, a running mean bounded to
+     * 1/8..8, by which the scheduler scales the profile's costs. Far from
+     * 1 on the real device, it says the profile no longer fits the
+     * machine: run moe-profile again. */
+    double cpu_cost_scale;
+    double gpu_cost_scale;
 } moe_stats;
 
 /* Copies the counters into out, whose size the caller gives (sizeof *out):

@@ -3,6 +3,7 @@
  * layer as plan (sched) -> execute (cpu, gpu) -> combine in a fixed order.
  * This is the top of the library; it calls down into every layer and no
  * layer calls back up. */
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,7 @@ struct moe_runtime {
     bool *acc_set;              /* [depth][n_layers] */
     uint64_t acc_hits[MOE_SCHED_MAX_DEPTH], acc_pairs[MOE_SCHED_MAX_DEPTH]; /* since creation */
     uint32_t next_layer;        /* the layer after the last one forwarded */
+    double log_scale[2];        /* online refinement: log(measured / profile) for CPU and GPU expert times */
     moe_sched_guess *guess;     /* [MOE_SCHED_MAX_DEPTH * max_experts] */
     double returned_at;         /* when the last moe_layer_forward returned (the host's dense work follows) */
     struct pending_copy {       /* uploads whose times are not yet in the statistics */
@@ -859,6 +861,35 @@ static double gpu_run_times(moe_runtime_t *rt, uint32_t n_gpu, double *last_end)
     return sum;
 }
 
+/* Online refinement of the scheduler's costs: this layer's measured CPU
+ * expert time and GPU run time against what the profile's tables say for
+ * the same groups, folded into a running mean of the log ratio (weight
+ * 0.1 per layer) and bounded to 1/8..8, so one noisy layer moves it
+ * little and nothing can drive it to absurd costs. The CPU side needs at
+ * least 20 us of measured work (below that, timer and wake-up noise
+ * dominate). */
+enum { REFINE_MIN_CPU_US = 20 };
+static const double REFINE_WEIGHT = 0.1, REFINE_BOUND = 2.0794415416798357; /* log(8) */
+
+static void refine_costs(moe_runtime_t *rt, double cpu_us, double gpu_us) {
+    double scale[2];
+    moe_sched_cost_scales(rt->sched, &scale[0], &scale[1]);
+    double table[2] = {0.0, 0.0};
+    const moe_plan *plan = &rt->plan;
+    for (uint32_t g = 0; g < plan->n_groups; g++) {
+        const uint32_t m = plan->groups[g].n_tokens;
+        if (plan->groups[g].where == MOE_ON_GPU) table[1] += moe_sched_gpu_us(rt->sched, m) / scale[1];
+        else table[0] += moe_sched_cpu_us(rt->sched, m) / scale[0];
+    }
+    const double measured[2] = {cpu_us, gpu_us};
+    for (int k = 0; k < 2; k++) {
+        if (!(table[k] > 0) || !(measured[k] > 0) || (k == 0 && measured[k] < REFINE_MIN_CPU_US)) continue;
+        double v = (1 - REFINE_WEIGHT) * rt->log_scale[k] + REFINE_WEIGHT * log(measured[k] / table[k]);
+        rt->log_scale[k] = v > REFINE_BOUND ? REFINE_BOUND : v < -REFINE_BOUND ? -REFINE_BOUND : v;
+    }
+    moe_sched_scale_costs(rt->sched, exp(rt->log_scale[0]), exp(rt->log_scale[1]));
+}
+
 /* A device whose operations keep failing is gone (a lost or reset GPU, a
  * broken context): every expert runs on the CPU from then on. */
 enum { DEVICE_LOST_AFTER = 8 };
@@ -946,6 +977,7 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
         for (uint32_t g = 0; g < n_jobs; g++)
             if (plan->groups[g].where != MOE_ON_GPU) rt->tasks[n_cpu++] = rt->tasks[g];
     }
+    const double tc = moe_now();
     if ((st = moe_cpu_run(rt->cpu, rt->tasks, n_cpu)) != MOE_OK) {
         for (uint32_t i = 0; i < n_gpu; i++) (void)moe_dev_wait(rt->dev, rt->gpu_ev[i]); /* they write into yg */
         return st;
@@ -964,6 +996,7 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
             rt->stats.hybrid_span_seconds += (n_redo ? t2g : end) - t1;
             rt->stats.hybrid_serial_seconds += (t2 - t1) + own_copies + runs + redo_s;
         }
+        if (!n_redo) refine_costs(rt, n_cpu ? (t2 - tc) * 1e6 : 0.0, runs * 1e6);
     }
     n_gpu -= n_redo;
 
@@ -1004,8 +1037,11 @@ moe_status moe_runtime_stats(const moe_runtime_t *rt, moe_stats *out, size_t out
     if (!out || out_size < v4)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_stats: out is NULL or smaller (%zu bytes) than API 4's "
                         "moe_stats (%zu)", out ? out_size : 0, v4);
+    moe_stats s = rt->stats;
+    s.cpu_cost_scale = s.gpu_cost_scale = 0.0;
+    if (rt->sched) moe_sched_cost_scales(rt->sched, &s.cpu_cost_scale, &s.gpu_cost_scale);
     if (out_size > sizeof *out) memset((char *)out + sizeof *out, 0, out_size - sizeof *out);
-    memcpy(out, &rt->stats, out_size < sizeof *out ? out_size : sizeof *out);
+    memcpy(out, &s, out_size < sizeof *out ? out_size : sizeof *out);
     return MOE_OK;
 }
 

@@ -27,6 +27,7 @@ struct moe_sched {
     moe_sched_config cfg;
     moe_cache *cache;
     double *cpu, *gpu; /* [max_tokens + 1] */
+    double cpu_scale, gpu_scale; /* measured / table (moe_sched_scale_costs); 1 until set */
     double copy;
     double link_free;  /* when the link has copied everything queued */
     double *ready_at;  /* [L * E]: when a resident expert's weights are on the GPU */
@@ -48,12 +49,21 @@ static size_t at(const moe_sched *s, uint32_t l, uint32_t e) { return (size_t)l 
 
 double moe_sched_cpu_us(const moe_sched *s, uint32_t m) {
     const uint32_t mx = s->cfg.max_tokens;
-    return m <= mx ? s->cpu[m] : s->cpu[mx] * m / mx; /* beyond the table: compute-bound */
+    return s->cpu_scale * (m <= mx ? s->cpu[m] : s->cpu[mx] * m / mx); /* beyond the table: compute-bound */
 }
 
 double moe_sched_gpu_us(const moe_sched *s, uint32_t m) {
     const uint32_t mx = s->cfg.max_tokens;
-    return m <= mx ? s->gpu[m] : s->gpu[mx] * m / mx;
+    return s->gpu_scale * (m <= mx ? s->gpu[m] : s->gpu[mx] * m / mx);
+}
+
+void moe_sched_scale_costs(moe_sched *s, double cpu, double gpu) {
+    if (cpu > 0 && isfinite(cpu)) s->cpu_scale = cpu;
+    if (gpu > 0 && isfinite(gpu)) s->gpu_scale = gpu;
+}
+
+void moe_sched_cost_scales(const moe_sched *s, double *cpu, double *gpu) {
+    *cpu = s->cpu_scale, *gpu = s->gpu_scale;
 }
 
 double moe_sched_copy_us(const moe_sched *s) { return s->copy; }
@@ -160,6 +170,7 @@ moe_status moe_sched_create(moe_sched **out, const moe_sched_config *cfg) {
     const size_t n = (size_t)c->n_layers * c->n_experts, mt = (size_t)c->max_tokens + 1;
     s->cpu = malloc(mt * sizeof *s->cpu);
     s->gpu = malloc(mt * sizeof *s->gpu);
+    s->cpu_scale = s->gpu_scale = 1.0;
     s->ready_at = calloc(n, sizeof *s->ready_at);
     s->f_long = calloc(n, sizeof *s->f_long);
     s->f_short = calloc(n, sizeof *s->f_short);

@@ -112,9 +112,16 @@ uint32_t moe_sched_depth(const moe_sched *s);
 /* The cache (read-only use: residency, statistics). */
 const moe_cache *moe_sched_cache(const moe_sched *s);
 
-/* One expert's costs as the scheduler sees them. */
+/* One expert's costs as the scheduler sees them: its tables times the
+ * current scales. */
 double moe_sched_cpu_us(const moe_sched *s, uint32_t m);
 double moe_sched_gpu_us(const moe_sched *s, uint32_t m);
 double moe_sched_copy_us(const moe_sched *s);
+
+/* Online refinement: the runtime's measured expert times over the tables'
+ * (1 = as the profile says); the scheduler plans with tables times these
+ * from now on. Values <= 0 or not finite leave a scale as it is. */
+void moe_sched_scale_costs(moe_sched *s, double cpu, double gpu);
+void moe_sched_cost_scales(const moe_sched *s, double *cpu, double *gpu);
 
 #endif

@@ -432,6 +432,55 @@ static void a_lost_device_leaves_the_cpu_running(void) {
     test_model_free(&tm);
 }
 
+/* Online refinement: on this machine the CPU is far slower than the
+ * profile's (a two-socket Xeon 8480), so the measured over modeled CPU
+ * scale rises, bounded at 8; the simulated GPU's runs are exactly its
+ * model, so its scale stays 1. The CPU-only runtime has none. */
+static void costs_refine_toward_measured_times(void) {
+    moe_rng r = {41};
+    const uint32_t L = 4, E = 8, H = 256, I = 512, k = 2, n = 12;
+    test_model tm;
+    test_model_make(&tm, L, E, H, I, MOE_DTYPE_F32, 15);
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = 2;
+    p.device = MOE_DEVICE_SIM;
+    p.policy = "moerun";
+    p.gpu_budget_fraction = 0.25;
+    p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
+    p.profile_any_host = 1;
+    moe_runtime_t *sim = NULL;
+    CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
+    if (!sim) {
+        test_model_free(&tm);
+        return;
+    }
+    moe_stats st;
+    CHECK_OK(moe_runtime_get_stats(sim, &st));
+    CHECK(st.cpu_cost_scale == 1.0 && st.gpu_cost_scale == 1.0);
+    float *x = malloc((size_t)n * H * sizeof *x), *y = malloc((size_t)n * H * sizeof *y), w[12 * 2];
+    int32_t ids[12 * 2];
+    for (int pass = 0; pass < 10; pass++)
+        for (uint32_t l = 0; l < L; l++) {
+            test_routing(&r, n, E, k, ids, w);
+            test_fill(&r, x, (size_t)n * H);
+            CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids, w, y));
+        }
+    CHECK_OK(moe_runtime_get_stats(sim, &st));
+    if (!(st.cpu_cost_scale > 1.5 && st.cpu_cost_scale <= 8.0 + 1e-9))
+        fprintf(stderr, "CPU cost scale %.3f\n", st.cpu_cost_scale);
+    CHECK(st.cpu_cost_scale > 1.5 && st.cpu_cost_scale <= 8.0 + 1e-9);
+    CHECK(st.expert_calls_gpu > 0);
+    CHECK(fabs(st.gpu_cost_scale - 1.0) < 1e-6);
+    moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu");
+    CHECK_OK(moe_layer_forward(cpu, 0, n, x, k, ids, w, y));
+    CHECK_OK(moe_runtime_get_stats(cpu, &st));
+    CHECK(st.cpu_cost_scale == 0.0 && st.gpu_cost_scale == 0.0);
+    moe_runtime_free(&cpu);
+    free(x), free(y);
+    moe_runtime_free(&sim);
+    test_model_free(&tm);
+}
+
 /* The statistics' device times are the device's model: with every expert
  * on the GPU and no prefetch, the compute stream's time is the sum of the
  * modeled runs of each layer's groups and the copy stream's the modeled
@@ -524,4 +573,4 @@ TEST_MAIN("forward", TEST_CASE(matches_per_token_on_random_shapes), TEST_CASE(wo
           TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate), TEST_CASE(simulated_device_gives_cpu_results),
           TEST_CASE(simulated_device_needs_a_gpu_profile), TEST_CASE(predictions_prefetch_and_change_nothing),
           TEST_CASE(device_faults_fall_back_to_the_cpu), TEST_CASE(device_time_accounting_matches_the_model),
-          TEST_CASE(a_lost_device_leaves_the_cpu_running))
+          TEST_CASE(a_lost_device_leaves_the_cpu_running), TEST_CASE(costs_refine_toward_measured_times))

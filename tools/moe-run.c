@@ -186,7 +186,7 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
                "\"prefill_s\":%.6f,\"decode_s\":%.6f,\"weight_bytes\":%llu,\"rss_bytes\":%llu,"
                "\"peak_rss_bytes\":%llu,\"gpu_copy_s\":%.6f,\"gpu_compute_s\":%.6f,\"hybrid_layers\":%llu,"
                "\"hybrid_span_s\":%.6f,\"hybrid_serial_s\":%.6f,\"overlap\":%.4f,\"gpu_redone\":%llu,"
-               "\"lookahead_accuracy\":[%s],\"profile\":\"%s\"}\n",
+               "\"lookahead_accuracy\":[%s],\"cpu_cost_scale\":%.4f,\"gpu_cost_scale\":%.4f,\"profile\":\"%s\"}\n",
                name, moe_device_name(moe_runtime_device(rt)), moe_runtime_policy(rt), r->n_prompt, r->n_gen,
                prefill_tok_s, decode_tok_s, (unsigned long long)s.layer_calls,
                (unsigned long long)s.expert_calls_cpu, (unsigned long long)s.expert_calls_gpu,
@@ -194,7 +194,8 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
                s.cpu_seconds, s.gpu_seconds, s.total_seconds, r->prefill_s, r->decode_s,
                (unsigned long long)r->weight_bytes, (unsigned long long)rss, (unsigned long long)peak,
                s.gpu_copy_seconds, s.gpu_compute_seconds, (unsigned long long)s.hybrid_layers, s.hybrid_span_seconds,
-               s.hybrid_serial_seconds, overlap, (unsigned long long)s.gpu_redone, acc, prof);
+               s.hybrid_serial_seconds, overlap, (unsigned long long)s.gpu_redone, acc, s.cpu_cost_scale,
+               s.gpu_cost_scale, prof);
         return;
     }
     printf("prefill: %u tokens, %.1f tok/s; decode: %u steps, %.1f tok/s\n", r->n_prompt, prefill_tok_s,
@@ -213,6 +214,11 @@ static void print_stats(const options *o, moe_runtime_t *rt, const char *model, 
                s.hybrid_span_seconds, s.hybrid_serial_seconds, overlap,
                s.gpu_redone ? "; some GPU experts failed and were recomputed on the CPU" : "");
     if (acc_text[0]) printf("router lookahead: accuracy %s (token-expert pairs predicted that ran)\n", acc_text);
+    if (s.cpu_cost_scale > 0 && (s.cpu_cost_scale > 1.25 || s.cpu_cost_scale < 0.8 || s.gpu_cost_scale > 1.25 ||
+                                 s.gpu_cost_scale < 0.8))
+        printf("costs: measured CPU expert times are %.2fx the profile's, GPU runs %.2fx; the scheduler plans with "
+               "them (a profile measured on this machine, with moe-profile, fits better)\n",
+               s.cpu_cost_scale, s.gpu_cost_scale);
     if (r->weight_bytes)
         printf("memory: %.1f MB resident (peak %.1f MB) for %.1f MB of weights\n", (double)rss / 1e6,
                (double)peak / 1e6, (double)r->weight_bytes / 1e6);

@@ -162,19 +162,19 @@ static moe_status precheck(simdev *d, rec *r) {
 /* Copies expert w into slot memory mem; the view of the copy. */
 static moe_expert_view copy_in(uint8_t *mem, const moe_expert_view *w) {
     const size_t mat = (size_t)w->hidden * w->inter * moe_dtype_size(w->dtype);
-    uint8_t *p = mem;
+    uint8_t *p = mem; /* malloc'd: aligned for floats */
     moe_expert_view v = *w;
-    memcpy(p, w->gate, mat), v.gate = p, p += mat;
-    memcpy(p, w->up, mat), v.up = p, p += mat;
-    memcpy(p, w->down, mat), v.down = p, p += mat;
-    if (w->dtype == MOE_DTYPE_I8) {
+    v.gate_scale = v.up_scale = v.down_scale = NULL;
+    if (w->dtype == MOE_DTYPE_I8) { /* the row scales first, where floats are aligned; then the int8 matrices */
         float *f = (float *)(void *)p;
         memcpy(f, w->gate_scale, w->inter * sizeof *f), v.gate_scale = f, f += w->inter;
         memcpy(f, w->up_scale, w->inter * sizeof *f), v.up_scale = f, f += w->inter;
-        memcpy(f, w->down_scale, w->hidden * sizeof *f), v.down_scale = f;
-    } else {
-        v.gate_scale = v.up_scale = v.down_scale = NULL;
+        memcpy(f, w->down_scale, w->hidden * sizeof *f), v.down_scale = f, f += w->hidden;
+        p = (uint8_t *)f;
     }
+    memcpy(p, w->gate, mat), v.gate = p, p += mat;
+    memcpy(p, w->up, mat), v.up = p, p += mat;
+    memcpy(p, w->down, mat), v.down = p;
     return v;
 }
 
