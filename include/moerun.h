@@ -31,10 +31,13 @@
  * -------------
  * Functions on different handles may be called concurrently. Calls on the
  * same moe_runtime_t must be serialized by the host (one inference loop
- * drives one runtime). A moe_model_t may be shared by several runtimes once
- * all its experts are registered; registering experts while a runtime uses
- * the model is not allowed. moe_status_str(), moe_version() and
- * moe_api_version() are always safe.
+ * drives one runtime). While a forward submitted with
+ * moe_layer_forward_submit() is in flight, the only calls allowed on that
+ * runtime are moe_layer_wait() and moe_runtime_free() (which waits);
+ * others return MOE_ERR_STATE. A moe_model_t may be shared by several
+ * runtimes once all its experts are registered; registering experts or
+ * routers while a runtime uses the model is not allowed. moe_status_str(),
+ * moe_version() and moe_api_version() are always safe.
  *
  * Example: run one MoE layer of a registered model
  * ------------------------------------------------
@@ -235,6 +238,38 @@ MOE_EXPORT moe_status moe_model_set_layer(moe_model_t *m, uint32_t layer, const 
 MOE_EXPORT moe_status moe_model_set_expert(moe_model_t *m, uint32_t layer, uint32_t expert,
                                            const moe_expert_weights *w);
 
+/* How a layer turns router logits into its top_k experts and their gate
+ * weights (moe_layer_forward_logits, moe_hint_next):
+ *   probabilities  softmax over all experts' logits, or each logit's
+ *                  sigmoid (scoring)
+ *   experts        the top_k most probable, ties to the lower id
+ *   weights        their probabilities, renormalised to sum to 1 if
+ *                  norm_topk, then times scale
+ * Mixtral, Qwen3-MoE and OLMoE: softmax, norm_topk on; Qwen1.5/2-MoE:
+ * softmax, norm_topk off; DeepSeek-V2: softmax, norm_topk off, scale =
+ * routed_scaling_factor. */
+typedef enum moe_scoring { MOE_SCORING_SOFTMAX = 0, MOE_SCORING_SIGMOID, MOE_SCORING_COUNT_ } moe_scoring;
+
+typedef struct moe_routing {
+    uint32_t struct_size;
+    uint32_t top_k;       /* 1 .. the layer's experts */
+    moe_scoring scoring;  /* default softmax */
+    int32_t norm_topk;    /* default 1 */
+    float scale;          /* default 1 */
+} moe_routing;
+
+/* Softmax, top_k, renormalised, scale 1. */
+MOE_EXPORT moe_routing moe_routing_init(uint32_t top_k);
+
+/* Registers layer `layer`'s router (API 5): its routing rule and,
+ * optionally, its weights [n_experts, hidden] row-major in `dtype` (f32,
+ * bf16 or f16; borrowed like expert weights), so that moerun can compute
+ * this layer's routing from router logits (moe_layer_forward_logits) and,
+ * with weights, predict it from an earlier layer's hidden state
+ * (moe_hint_next). Optional; once per layer, after moe_model_set_layer. */
+MOE_EXPORT moe_status moe_model_set_router(moe_model_t *m, uint32_t layer, const moe_routing *routing,
+                                           const void *weights, moe_dtype dtype);
+
 MOE_EXPORT uint32_t moe_model_n_layers(const moe_model_t *m);
 
 /* Copies the description of `layer` into `out`. */
@@ -375,6 +410,36 @@ MOE_EXPORT moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint3
                                         const float *hidden, uint32_t top_k,
                                         const int32_t *topk_ids, const float *topk_weights,
                                         float *out);
+
+/* moe_layer_forward with the routing computed from the host's router
+ * logits [n_tokens, n_experts] (f32) by the layer's registered rule
+ * (moe_model_set_router): the host keeps its own router matmul.
+ * MOE_ERR_STATE if the layer has no routing rule. */
+MOE_EXPORT moe_status moe_layer_forward_logits(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens,
+                                               const float *hidden, const float *router_logits, float *out);
+
+/* Asynchronous forms: moe_layer_forward_submit() checks its arguments,
+ * starts the same work as moe_layer_forward() on a thread of the runtime
+ * and returns, so the host can do other work (its attention on its own
+ * GPU stream, the next layer's dense parts) meanwhile; moe_layer_wait()
+ * blocks until it is done and returns its status. One forward in flight
+ * per runtime; hidden, topk_ids, topk_weights and out must stay valid and
+ * unchanged until moe_layer_wait() returns (moerun does not copy them).
+ * Submitting while one is in flight, or waiting with none, is
+ * MOE_ERR_STATE. */
+MOE_EXPORT moe_status moe_layer_forward_submit(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens,
+                                               const float *hidden, uint32_t top_k, const int32_t *topk_ids,
+                                               const float *topk_weights, float *out);
+MOE_EXPORT moe_status moe_layer_wait(moe_runtime_t *rt);
+
+/* Lets the prefetcher look ahead (HybriMoE's router lookahead): `hidden`
+ * [n_tokens, hidden] is the input of MoE layer `layer` (as passed to its
+ * forward); moerun applies the registered router weights of the next
+ * layers, up to moe_runtime_lookahead() of them, to it and predicts their
+ * routing (moe_runtime_predict). Call it before layer `layer`'s forward.
+ * A no-op where the lookahead is 0 or the next layers have no router
+ * weights. */
+MOE_EXPORT moe_status moe_hint_next(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden);
 
 /* A dense projection on the runtime's CPU threads, with the CPU engine's
  * kernels: for a model's work around the experts (attention, shared

@@ -1,6 +1,7 @@
 /* model.c - expert registration (see moerun.h). */
 #include "model.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 bool moe_model_valid(const moe_model_t *m) { return m && m->magic == MOE_MAGIC_MODEL; }
@@ -149,4 +150,75 @@ void moe_model_free(moe_model_t **pm) {
     free(m->layers);
     m->magic = 0;
     free(m);
+}
+
+moe_routing moe_routing_init(uint32_t top_k) {
+    return (moe_routing){.struct_size = sizeof(moe_routing), .top_k = top_k, .scoring = MOE_SCORING_SOFTMAX,
+                         .norm_topk = 1, .scale = 1.0f};
+}
+
+moe_status moe_model_set_router(moe_model_t *m, uint32_t layer, const moe_routing *r, const void *weights,
+                                moe_dtype dtype) {
+    CHECK_MODEL("moe_model_set_router", m);
+    if (layer >= m->n_layers)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_router: layer %u out of range (model has %u)", layer,
+                        m->n_layers);
+    moe_model_layer *L = &m->layers[layer];
+    if (!L->described) return moe_fail(MOE_ERR_STATE, "moe_model_set_router: layer %u is not described yet", layer);
+    if (L->has_routing) return moe_fail(MOE_ERR_STATE, "moe_model_set_router: layer %u's router is already set", layer);
+    if (!r || r->struct_size < sizeof(moe_routing))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_router: routing is NULL or its struct_size is too small; "
+                        "initialise it with moe_routing_init()");
+    if (r->top_k == 0 || r->top_k > L->desc.n_experts)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_router: layer %u: top_k = %u, must be in 1..%u", layer,
+                        r->top_k, L->desc.n_experts);
+    if ((unsigned)r->scoring >= MOE_SCORING_COUNT_ || !(r->scale > 0) || !isfinite(r->scale))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_router: layer %u: scoring %d or scale %g is not valid",
+                        layer, (int)r->scoring, (double)r->scale);
+    if (weights && dtype != MOE_DTYPE_F32 && dtype != MOE_DTYPE_BF16 && dtype != MOE_DTYPE_F16)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_model_set_router: layer %u: router weights in %s (f32, bf16 or "
+                        "f16)", layer, moe_dtype_name(dtype));
+    L->routing = *r;
+    L->routing.struct_size = sizeof(moe_routing);
+    L->router = weights;
+    L->router_dtype = dtype;
+    L->has_routing = true;
+    return MOE_OK;
+}
+
+void moe_route_logits(const moe_routing *r, uint32_t n_experts, uint32_t n, const float *logits, float *probs,
+                      int32_t *ids, float *weights) {
+    const uint32_t k = r->top_k;
+    for (uint32_t t = 0; t < n; t++) {
+        const float *lg = logits + (size_t)t * n_experts;
+        int32_t *id = ids + (size_t)t * k;
+        float *w = weights + (size_t)t * k;
+        if (r->scoring == MOE_SCORING_SIGMOID) {
+            for (uint32_t e = 0; e < n_experts; e++) probs[e] = 1.0f / (1.0f + expf(-lg[e]));
+        } else {
+            float mx = lg[0];
+            for (uint32_t e = 1; e < n_experts; e++) mx = lg[e] > mx ? lg[e] : mx;
+            double sum = 0.0;
+            for (uint32_t e = 0; e < n_experts; e++) sum += probs[e] = expf(lg[e] - mx);
+            for (uint32_t e = 0; e < n_experts; e++) probs[e] = (float)(probs[e] / sum);
+        }
+        /* Top k by probability, ties to the lower id; a NaN never wins. */
+        double total = 0.0;
+        for (uint32_t j = 0; j < k; j++) {
+            int32_t best = -1;
+            for (uint32_t e = 0; e < n_experts; e++) {
+                bool taken = false;
+                for (uint32_t q = 0; q < j && !taken; q++) taken = id[q] == (int32_t)e;
+                if (!taken && (best < 0 || probs[e] > probs[best] || (isnan(probs[best]) && !isnan(probs[e]))))
+                    best = (int32_t)e;
+            }
+            id[j] = best;
+            w[j] = probs[best];
+            total += w[j];
+        }
+        for (uint32_t j = 0; j < k; j++) {
+            const double v = r->norm_topk && total > 0 ? w[j] / total : w[j];
+            w[j] = (float)(v * r->scale);
+        }
+    }
 }

@@ -15,6 +15,10 @@ typedef struct moe_model_layer {
     moe_layer_desc desc;
     moe_expert_weights *experts; /* desc.n_experts entries */
     uint32_t n_registered;
+    bool has_routing;            /* moe_model_set_router */
+    moe_routing routing;
+    const void *router;          /* [n_experts, hidden] in router_dtype; NULL: none */
+    moe_dtype router_dtype;
 } moe_model_layer;
 
 struct moe_model {
@@ -32,6 +36,11 @@ void moe_model_retain(moe_model_t *m);
 /* MOE_OK if every layer is described and every expert registered; otherwise
  * MOE_ERR_STATE naming the first missing one. */
 moe_status moe_model_check_complete(const moe_model_t *m);
+
+/* Routes n tokens from their router logits [n, n_experts] by rule r:
+ * ids and weights [n, r->top_k]. probs: scratch of n_experts floats. */
+void moe_route_logits(const moe_routing *r, uint32_t n_experts, uint32_t n, const float *logits, float *probs,
+                      int32_t *ids, float *weights);
 
 /* Bytes of one expert of layer l. */
 uint64_t moe_model_layer_expert_bytes(const moe_layer_desc *d);

@@ -5,6 +5,7 @@
  * layer calls back up. */
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "place.h"
 #include "model.h"
 #include "plan.h"
+#include "plugin.h"
 #include "profiler.h"
 #include "scheduler.h"
 #include "cudadev.h"
@@ -78,6 +80,22 @@ struct moe_runtime {
     } *pend;
     uint32_t n_pend, cap_pend;
 
+    /* moe_layer_forward_submit: a worker thread of the runtime runs one
+     * forward at a time; inflight is the host thread's own flag. */
+    bool inflight;
+    bool worker_started, worker_stop, job_ready, job_done;
+    pthread_t worker;
+    pthread_mutex_t job_mu;
+    pthread_cond_t job_cv;
+    struct {
+        uint32_t layer, n, top_k;
+        const float *hidden, *weights;
+        const int32_t *ids;
+        float *out;
+    } job;
+    moe_status job_status;
+    char job_error[512];
+
     /* Workspace, grown on demand and reused across calls. */
     moe_plan plan;
     moe_cpu_task *tasks;  /* capacity: the largest layer's expert count */
@@ -117,6 +135,15 @@ moe_runtime_params moe_runtime_default_params(void) {
 }
 
 static bool valid(const moe_runtime_t *rt) { return rt && rt->magic == MOE_MAGIC_RUNTIME; }
+
+/* While a submitted forward is in flight, the runtime is the worker's. */
+static moe_status busy(const moe_runtime_t *rt, const char *fn) {
+    return rt->inflight ? moe_fail(MOE_ERR_STATE, "%s: a forward submitted with moe_layer_forward_submit is in flight; "
+                                   "call moe_layer_wait first", fn)
+                        : MOE_OK;
+}
+
+static void stop_worker(moe_runtime_t *rt);
 
 static moe_status resolve_device(moe_runtime_t *rt, moe_device_kind want) {
     switch (want) {
@@ -367,12 +394,13 @@ static uint64_t prefetch_ahead(moe_runtime_t *rt, uint32_t layer) {
 }
 
 uint32_t moe_runtime_lookahead(const moe_runtime_t *rt) {
-    return valid(rt) && rt->sched ? moe_sched_depth(rt->sched) : 0;
+    return valid(rt) && !rt->inflight && rt->sched ? moe_sched_depth(rt->sched) : 0;
 }
 
 moe_status moe_runtime_predict(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, uint32_t top_k,
                                const int32_t *topk_ids) {
     if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_predict: not a runtime handle");
+    if (rt->inflight) return busy(rt, "moe_runtime_predict");
     if (layer >= rt->model->n_layers)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_predict: layer %u out of range (model has %u)", layer,
                         rt->model->n_layers);
@@ -657,6 +685,7 @@ void moe_runtime_free(moe_runtime_t **prt) {
     moe_runtime_t *rt = *prt;
     *prt = NULL;
     if (!valid(rt)) return;
+    stop_worker(rt); /* waits for a submitted forward */
     moe_plan_release(&rt->plan);
     moe_profile_clear(&rt->profile);
     if (rt->trace_next != 0 && rt->trace.n_tokens >= rt->trace_tokens) { /* a pass left unfinished */
@@ -681,6 +710,10 @@ void moe_runtime_free(moe_runtime_t **prt) {
     rt->magic = 0;
     free(rt);
 }
+
+const moe_model_t *moe_runtime_model_of(const moe_runtime_t *rt) { return valid(rt) ? rt->model : NULL; }
+
+bool moe_runtime_inflight(const moe_runtime_t *rt) { return valid(rt) && rt->inflight; }
 
 moe_device_kind moe_runtime_device(const moe_runtime_t *rt) {
     return valid(rt) ? rt->device : MOE_DEVICE_COUNT_;
@@ -760,6 +793,7 @@ static void record(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, uint32_
 moe_status moe_dense_matmul(moe_runtime_t *rt, const void *w, moe_dtype dtype, const float *row_scales, uint32_t rows,
                             uint32_t cols, uint32_t n_tokens, const float *x, float *y) {
     if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_dense_matmul: not a runtime handle");
+    if (rt->inflight) return busy(rt, "moe_dense_matmul");
     return moe_cpu_dense(rt->n_threads, false, w, dtype, row_scales, rows, cols, n_tokens, x, y);
 }
 
@@ -903,9 +937,10 @@ static void lose_device(moe_runtime_t *rt) {
     rt->n_slots = 0;
 }
 
-moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
-                             uint32_t top_k, const int32_t *topk_ids, const float *topk_weights, float *out) {
-    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: not a runtime handle");
+/* The arguments of a forward, checked before any work (and before a
+ * submission returns). */
+static moe_status check_forward(const moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
+                                uint32_t top_k, const int32_t *topk_ids, const float *topk_weights, const float *out) {
     if (layer >= rt->model->n_layers)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: layer %u out of range (model has %u)", layer,
                         rt->model->n_layers);
@@ -927,11 +962,19 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: %u tokens of width %u is too large", n_tokens, H);
     if (overlaps(hidden, out, act_floats * sizeof(float)))
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: out overlaps hidden");
+    return MOE_OK;
+}
 
+static moe_status forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden, uint32_t top_k,
+                          const int32_t *topk_ids, const float *topk_weights, float *out) {
+    moe_status st = check_forward(rt, layer, n_tokens, hidden, top_k, topk_ids, topk_weights, out);
+    if (st != MOE_OK || n_tokens == 0) return st;
+    const moe_model_layer *L = &rt->model->layers[layer];
+    const uint32_t H = L->desc.hidden;
+    const size_t n_pairs = (size_t)n_tokens * top_k;
     double t0 = moe_now();
     moe_plan *plan = &rt->plan;
-    moe_status st = moe_plan_route(plan, layer, L->desc.n_experts, n_tokens, top_k, topk_ids);
-    if (st != MOE_OK) return st;
+    if ((st = moe_plan_route(plan, layer, L->desc.n_experts, n_tokens, top_k, topk_ids)) != MOE_OK) return st;
     if (rt->trace_path[0]) record(rt, layer, n_tokens, top_k, topk_ids, topk_weights);
     moe_sched_layer_out so = {0};
     if (rt->sched) {
@@ -1031,8 +1074,91 @@ moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_token
     return MOE_OK;
 }
 
+moe_status moe_layer_forward(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
+                             uint32_t top_k, const int32_t *topk_ids, const float *topk_weights, float *out) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward: not a runtime handle");
+    moe_status st = busy(rt, "moe_layer_forward");
+    return st != MOE_OK ? st : forward(rt, layer, n_tokens, hidden, top_k, topk_ids, topk_weights, out);
+}
+
+static void *worker_main(void *arg) {
+    moe_runtime_t *rt = arg;
+    pthread_mutex_lock(&rt->job_mu);
+    for (;;) {
+        while (!rt->job_ready && !rt->worker_stop) pthread_cond_wait(&rt->job_cv, &rt->job_mu);
+        if (rt->worker_stop) break;
+        rt->job_ready = false;
+        pthread_mutex_unlock(&rt->job_mu);
+        const moe_status st = forward(rt, rt->job.layer, rt->job.n, rt->job.hidden, rt->job.top_k, rt->job.ids,
+                                      rt->job.weights, rt->job.out);
+        pthread_mutex_lock(&rt->job_mu);
+        rt->job_status = st;
+        /* The message lives in this thread's last error: the waiter gets a copy. */
+        snprintf(rt->job_error, sizeof rt->job_error, "%s", st != MOE_OK ? moe_last_error() : "");
+        rt->job_done = true;
+        pthread_cond_broadcast(&rt->job_cv);
+    }
+    pthread_mutex_unlock(&rt->job_mu);
+    return NULL;
+}
+
+moe_status moe_layer_forward_submit(moe_runtime_t *rt, uint32_t layer, uint32_t n_tokens, const float *hidden,
+                                    uint32_t top_k, const int32_t *topk_ids, const float *topk_weights, float *out) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_forward_submit: not a runtime handle");
+    moe_status st = busy(rt, "moe_layer_forward_submit");
+    if (st == MOE_OK) st = check_forward(rt, layer, n_tokens, hidden, top_k, topk_ids, topk_weights, out);
+    if (st != MOE_OK) return st;
+    if (!rt->worker_started) {
+        pthread_mutex_init(&rt->job_mu, NULL);
+        pthread_cond_init(&rt->job_cv, NULL);
+        rt->worker_stop = rt->job_ready = rt->job_done = false;
+        if (pthread_create(&rt->worker, NULL, worker_main, rt) != 0) {
+            pthread_cond_destroy(&rt->job_cv);
+            pthread_mutex_destroy(&rt->job_mu);
+            return moe_fail(MOE_ERR_INTERNAL, "moe_layer_forward_submit: could not start the runtime's thread");
+        }
+        rt->worker_started = true;
+    }
+    pthread_mutex_lock(&rt->job_mu);
+    rt->job.layer = layer, rt->job.n = n_tokens, rt->job.top_k = top_k;
+    rt->job.hidden = hidden, rt->job.ids = topk_ids, rt->job.weights = topk_weights, rt->job.out = out;
+    rt->job_done = false;
+    rt->job_ready = true;
+    pthread_cond_broadcast(&rt->job_cv);
+    pthread_mutex_unlock(&rt->job_mu);
+    rt->inflight = true;
+    return MOE_OK;
+}
+
+moe_status moe_layer_wait(moe_runtime_t *rt) {
+    if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_layer_wait: not a runtime handle");
+    if (!rt->inflight) return moe_fail(MOE_ERR_STATE, "moe_layer_wait: no forward was submitted");
+    pthread_mutex_lock(&rt->job_mu);
+    while (!rt->job_done) pthread_cond_wait(&rt->job_cv, &rt->job_mu);
+    const moe_status st = rt->job_status;
+    char msg[sizeof rt->job_error];
+    memcpy(msg, rt->job_error, sizeof msg);
+    pthread_mutex_unlock(&rt->job_mu);
+    rt->inflight = false;
+    return st == MOE_OK ? MOE_OK : moe_fail(st, "%s", msg);
+}
+
+static void stop_worker(moe_runtime_t *rt) {
+    if (!rt->worker_started) return;
+    if (rt->inflight) (void)moe_layer_wait(rt);
+    pthread_mutex_lock(&rt->job_mu);
+    rt->worker_stop = true;
+    pthread_cond_broadcast(&rt->job_cv);
+    pthread_mutex_unlock(&rt->job_mu);
+    pthread_join(rt->worker, NULL);
+    pthread_cond_destroy(&rt->job_cv);
+    pthread_mutex_destroy(&rt->job_mu);
+    rt->worker_started = false;
+}
+
 moe_status moe_runtime_stats(const moe_runtime_t *rt, moe_stats *out, size_t out_size) {
     if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_stats: not a runtime handle");
+    if (busy(rt, "moe_runtime_stats") != MOE_OK) return MOE_ERR_STATE;
     const size_t v4 = offsetof(moe_stats, total_seconds) + sizeof out->total_seconds;
     if (!out || out_size < v4)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_stats: out is NULL or smaller (%zu bytes) than API 4's "
@@ -1052,6 +1178,7 @@ moe_status moe_runtime_get_stats(const moe_runtime_t *rt, moe_stats *out) {
 
 moe_status moe_runtime_reset_stats(moe_runtime_t *rt) {
     if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_reset_stats: not a runtime handle");
+    if (busy(rt, "moe_runtime_reset_stats") != MOE_OK) return MOE_ERR_STATE;
     memset(&rt->stats, 0, sizeof rt->stats);
     return MOE_OK;
 }

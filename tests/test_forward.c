@@ -38,6 +38,21 @@ static moe_runtime_t *make_rt(moe_model_t *m, uint32_t threads, const char *poli
     return rt;
 }
 
+/* Parameters of a runtime on the simulated GPU modeled from one of
+ * profiles/machines/, with two CPU threads. */
+static moe_runtime_params sim_params(const char *policy, double budget, const char *profile) {
+    static char path[1024];
+    snprintf(path, sizeof path, "%s/%s", MOE_PROFILES_DIR, profile);
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = 2;
+    p.device = MOE_DEVICE_SIM;
+    p.policy = policy;
+    p.gpu_budget_fraction = budget;
+    p.profile_path = path;
+    p.profile_any_host = 1;
+    return p;
+}
+
 static void matches_per_token_on_random_shapes(void) {
     moe_rng r = {2024};
     const moe_dtype types[4] = {MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_I8};
@@ -181,13 +196,8 @@ static void simulated_device_gives_cpu_results(void) {
         test_model tm;
         test_model_make(&tm, L, E, H, I, types[round % 4], 100 + (uint64_t)round);
         moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu"), *sim = NULL;
-        moe_runtime_params p = moe_runtime_default_params();
-        p.n_threads = 2;
-        p.device = MOE_DEVICE_SIM;
-        p.policy = policies[round % 4];
-        p.gpu_budget_fraction = budgets[(round / 4) % 4];
-        p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
-        p.profile_any_host = 1;
+        const moe_runtime_params p =
+            sim_params(policies[round % 4], budgets[(round / 4) % 4], "ref-h100-pcie5-2s-xeon8480.txt");
         CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
         if (!sim) {
             moe_runtime_free(&cpu);
@@ -237,13 +247,7 @@ static void predictions_prefetch_and_change_nothing(void) {
     test_model_make(&tm, L, E, H, I, MOE_DTYPE_BF16, 7);
     moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu"), *sim = NULL;
     CHECK_EQ(moe_runtime_lookahead(cpu), 0);
-    moe_runtime_params p = moe_runtime_default_params();
-    p.n_threads = 2;
-    p.device = MOE_DEVICE_SIM;
-    p.policy = "moerun";
-    p.gpu_budget_fraction = 0.5;
-    p.profile_path = MOE_PROFILES_DIR "/ref-rtx4090-pcie4-2s-xeon8480.txt";
-    p.profile_any_host = 1;
+    moe_runtime_params p = sim_params("moerun", 0.5, "ref-rtx4090-pcie4-2s-xeon8480.txt");
     CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
     if (!sim) {
         moe_runtime_free(&cpu);
@@ -319,13 +323,8 @@ static void device_faults_fall_back_to_the_cpu(void) {
     test_model tm;
     test_model_make(&tm, L, E, H, I, MOE_DTYPE_F32, 3);
     moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu"), *sim = NULL;
-    moe_runtime_params p = moe_runtime_default_params();
-    p.n_threads = 2;
-    p.device = MOE_DEVICE_SIM;
-    p.policy = "gpu-lru"; /* every expert on the device: its faults are hit */
-    p.gpu_budget_fraction = 1.0;
-    p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
-    p.profile_any_host = 1;
+    /* gpu-lru: every expert on the device, so its faults are hit */
+    moe_runtime_params p = sim_params("gpu-lru", 1.0, "ref-h100-pcie5-2s-xeon8480.txt");
     p.log_fn = log_to;
     logged[0] = '\0';
     setenv("MOE_SIM_FAIL", "alloc:1,upload:2,run:4", 1);
@@ -396,13 +395,7 @@ static void a_lost_device_leaves_the_cpu_running(void) {
     test_model tm;
     test_model_make(&tm, L, E, H, I, MOE_DTYPE_BF16, 9);
     moe_runtime_t *cpu = make_rt(tm.model, 2, "static-cpu"), *sim = NULL;
-    moe_runtime_params p = moe_runtime_default_params();
-    p.n_threads = 2;
-    p.device = MOE_DEVICE_SIM;
-    p.policy = "gpu-lru";
-    p.gpu_budget_fraction = 1.0;
-    p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
-    p.profile_any_host = 1;
+    moe_runtime_params p = sim_params("gpu-lru", 1.0, "ref-h100-pcie5-2s-xeon8480.txt");
     p.log_fn = log_to;
     logged[0] = '\0';
     setenv("MOE_SIM_FAIL", "lost:6", 1);
@@ -441,13 +434,7 @@ static void costs_refine_toward_measured_times(void) {
     const uint32_t L = 4, E = 8, H = 256, I = 512, k = 2, n = 12;
     test_model tm;
     test_model_make(&tm, L, E, H, I, MOE_DTYPE_F32, 15);
-    moe_runtime_params p = moe_runtime_default_params();
-    p.n_threads = 2;
-    p.device = MOE_DEVICE_SIM;
-    p.policy = "moerun";
-    p.gpu_budget_fraction = 0.25;
-    p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
-    p.profile_any_host = 1;
+    moe_runtime_params p = sim_params("moerun", 0.25, "ref-h100-pcie5-2s-xeon8480.txt");
     moe_runtime_t *sim = NULL;
     CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
     if (!sim) {
@@ -492,13 +479,7 @@ static void device_time_accounting_matches_the_model(void) {
     const char *path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
     test_model tm;
     test_model_make(&tm, L, E, H, I, MOE_DTYPE_F32, 5);
-    moe_runtime_params p = moe_runtime_default_params();
-    p.n_threads = 2;
-    p.device = MOE_DEVICE_SIM;
-    p.policy = "gpu-lru";
-    p.gpu_budget_fraction = 0.5;
-    p.profile_path = path;
-    p.profile_any_host = 1;
+    moe_runtime_params p = sim_params("gpu-lru", 0.5, "ref-h100-pcie5-2s-xeon8480.txt");
     moe_runtime_t *sim = NULL;
     CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
     /* The same model of the same GPU, to price what the runtime ran. */
