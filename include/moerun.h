@@ -344,6 +344,13 @@ typedef struct moe_runtime_params {
      * file (docs/scheduling.md) when the runtime is freed; NULL = no. A
      * host that calls layers out of order gets a warning and no trace. */
     const char *record_trace_path;
+    /* API 5: the host's CUDA stream (a cudaStream_t), or NULL. With device
+     * cuda, moerun's GPU work for a layer waits on the GPU for the work
+     * the host queued on this stream before the layer's call (an event,
+     * never a host-side synchronisation), so a host whose attention runs
+     * on its own stream can call moerun without synchronising first.
+     * Ignored on other devices. */
+    void *cuda_stream;
 } moe_runtime_params;
 
 MOE_EXPORT moe_runtime_params moe_runtime_default_params(void);

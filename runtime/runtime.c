@@ -131,6 +131,7 @@ moe_runtime_params moe_runtime_default_params(void) {
         .profile_path = NULL,
         .profile_any_host = 0,
         .record_trace_path = NULL,
+        .cuda_stream = NULL,
     };
 }
 
@@ -517,7 +518,7 @@ static moe_status setup_device(moe_runtime_t *rt, const moe_runtime_params *p) {
     if (rt->device == MOE_DEVICE_SIM) {
         st = create_sim(rt, device_mem);
     } else {
-        const moe_cudadev_params cp = {.device = 0, .log = &rt->log};
+        const moe_cudadev_params cp = {.device = 0, .log = &rt->log, .host_stream = p->cuda_stream};
         st = moe_cudadev_create(&rt->dev, &cp);
     }
     if (st == MOE_OK) st = moe_dev_alloc_slots(rt->dev, rt->n_slots, rt->n_slots ? rt->expert_bytes : 0);

@@ -85,6 +85,7 @@ struct cudadev {
     char *retired[64];
     uint32_t n_retired;
     cudaStream_t clock; // idle: clock references recorded on it complete at once
+    cudaEvent_t host_ev; // recorded on the host's stream (p.host_stream) before each operation
     uint64_t *stage_fifo; // [RING]
     uint32_t sf_head, sf_tail;
     // host ranges registered (or refused), sorted by lo, disjoint
@@ -225,6 +226,14 @@ op *new_op(cudadev *d, int kind) {
     o->stage_gen = 0, o->stage_off = o->stage_len = 0;
     o->seq = seq;
     return o;
+}
+
+// Makes `stream` wait, on the GPU, for the work queued on the host's stream.
+moe_status after_host(cudadev *d, cudaStream_t stream) {
+    if (!d->p.host_stream) return MOE_OK;
+    CU_TRY(cudaEventRecord(d->host_ev, (cudaStream_t)d->p.host_stream));
+    CU_TRY(cudaStreamWaitEvent(stream, d->host_ev, 0));
+    return MOE_OK;
 }
 
 // Waits on `stream` for event e of this device (nothing for 0 or a forgotten one).
@@ -506,7 +515,7 @@ moe_status cu_upload(moe_dev *dev, uint32_t s, const moe_expert_view *w, moe_dev
     (void)cudaGetLastError(); // nothing stale refuses this operation
     slot *sl = &d->slots[s];
     sl->view.gate = NULL; // until this upload has been submitted whole
-    if ((st = stream_wait(d, d->copy, sl->last_run)) != MOE_OK) return st;
+    if ((st = stream_wait(d, d->copy, sl->last_run)) != MOE_OK || (st = after_host(d, d->copy)) != MOE_OK) return st;
     const layout l = layout_of(w->hidden, w->inter, w->dtype);
     const size_t mat = (size_t)w->hidden * w->inter * moe_dtype_size(w->dtype);
     const size_t is = (size_t)w->inter * sizeof(float), hs = (size_t)w->hidden * sizeof(float);
@@ -633,7 +642,8 @@ moe_status cu_run(moe_dev *dev, uint32_t s, uint32_t m, const float *x, float *y
     dev_guard g(d->p.device);
     (void)cudaGetLastError(); // nothing stale refuses this operation
     moe_status st;
-    if ((st = stream_wait(d, d->compute, after)) != MOE_OK || (st = stream_wait(d, d->compute, sl->last_upload)) != MOE_OK)
+    if ((st = stream_wait(d, d->compute, after)) != MOE_OK || (st = stream_wait(d, d->compute, sl->last_upload)) != MOE_OK ||
+        (st = after_host(d, d->compute)) != MOE_OK)
         return st;
     const size_t act = (size_t)m * sl->view.hidden * sizeof(float);
     size_t off = 0;
@@ -718,6 +728,7 @@ void cu_destroy(moe_dev *dev) {
         }
         for (uint32_t i = 0; i < GENS; i++)
             if (d->ref[i]) cudaEventDestroy(d->ref[i]);
+        if (d->host_ev) cudaEventDestroy(d->host_ev);
         for (size_t i = 0; i < d->n_pins; i++)
             if (d->pins[i].ours) (void)cudaHostUnregister((void *)d->pins[i].lo);
         if (d->pool) cudaFree(d->pool);
@@ -755,6 +766,7 @@ moe_status create(cudadev *d) {
         CU_TRY(cudaEventCreate(&d->ops[i].end));
     }
     for (uint32_t i = 0; i < GENS; i++) CU_TRY(cudaEventCreate(&d->ref[i]));
+    CU_TRY(cudaEventCreateWithFlags(&d->host_ev, cudaEventDisableTiming));
     CU_TRY(cudaEventRecord(d->ref[0], d->clock));
     CU_TRY(cudaEventSynchronize(d->ref[0]));
     d->ref_host[0] = d->rebased_at = moe_now();

@@ -53,6 +53,9 @@ typedef struct moe_cudadev_params {
     uint64_t memory_bytes;
     uint64_t pin_limit_bytes;  /* host weight bytes to register; 0 = no limit */
     const moe_logger *log;     /* warnings (pinning falling back); NULL: stderr */
+    /* The host's stream (a cudaStream_t) or NULL: every run and upload
+     * first waits, on the GPU, for what the host queued there before it. */
+    void *host_stream;
 } moe_cudadev_params;
 
 /* MOE_ERR_NO_DEVICE without CUDA in the build, a driver or that device. */
