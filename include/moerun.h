@@ -322,7 +322,9 @@ typedef struct moe_runtime_params {
     /* GPU expert-cache budget: bytes if gpu_budget_bytes > 0, else this
      * fraction (0..1) of the model's routed-expert bytes. Ignored on CPU. */
     uint64_t gpu_budget_bytes;
-    double gpu_budget_fraction; /* default 0.5 */
+    /* Default -1 (unset, API 5): the profile's [tuning] gpu_budget, else
+     * 0.5. */
+    double gpu_budget_fraction;
     /* Topology to plan for; NULL = detect this host. Borrowed: must outlive
      * moe_runtime_create() only (the runtime keeps a copy of what it needs). */
     const moe_topology_t *topology;

@@ -123,7 +123,7 @@ moe_runtime_params moe_runtime_default_params(void) {
         .policy = NULL,
         .n_threads = 0,
         .gpu_budget_bytes = 0,
-        .gpu_budget_fraction = 0.5,
+        .gpu_budget_fraction = -1.0, /* unset: [tuning], else 0.5 */
         .topology = NULL,
         .log_fn = NULL,
         .log_user = NULL,
@@ -483,6 +483,7 @@ static moe_status create_sim(moe_runtime_t *rt, uint64_t device_mem) {
  * expert shape. */
 static moe_status setup_device(moe_runtime_t *rt, const moe_runtime_params *p) {
     const moe_model_t *m = rt->model;
+    const moe_tuning *tun = &rt->profile.tuning;
     const moe_layer_desc *d0 = &m->layers[0].desc;
     const char *dev_name = moe_device_name(rt->device);
     uint64_t n_experts = 0;
@@ -518,7 +519,8 @@ static moe_status setup_device(moe_runtime_t *rt, const moe_runtime_params *p) {
     if (rt->device == MOE_DEVICE_SIM) {
         st = create_sim(rt, device_mem);
     } else {
-        const moe_cudadev_params cp = {.device = 0, .log = &rt->log, .host_stream = p->cuda_stream};
+        const moe_cudadev_params cp = {.device = 0, .log = &rt->log, .host_stream = p->cuda_stream,
+                                       .pin_limit_bytes = tun->set & MOE_TUNE_PINNED_LIMIT ? tun->pinned_limit_bytes : 0};
         st = moe_cudadev_create(&rt->dev, &cp);
     }
     if (st == MOE_OK) st = moe_dev_alloc_slots(rt->dev, rt->n_slots, rt->n_slots ? rt->expert_bytes : 0);
@@ -551,7 +553,21 @@ static moe_status setup_device(moe_runtime_t *rt, const moe_runtime_params *p) {
                             "%ux%u %s experts", dev_name, rt->profile_path, cpu_us[k] < 0 ? "CPU" : "GPU", d0->hidden,
                             d0->inter, moe_dtype_name(d0->weight_dtype));
     }
-    const moe_sched_config sc = {.on_prefetch = prefetch_expert, .user = rt, .policy = rt->policy, .n_layers = m->n_layers, .n_experts = rt->max_experts,
+    /* [tuning]'s prefetch knobs belong to moerun's prefetcher; the MRS
+     * weight to the score caches (hybrimoe). */
+    uint32_t depth = 0;
+    double min_gain = 0.0, alpha = 0.0;
+    if (rt->policy == MOE_POLICY_MOERUN && tun->set & MOE_TUNE_PREFETCH_DEPTH) {
+        depth = tun->prefetch_depth > MOE_SCHED_MAX_DEPTH ? MOE_SCHED_MAX_DEPTH : tun->prefetch_depth;
+        if (depth != tun->prefetch_depth)
+            moe_log(&rt->log, MOE_LOG_WARN, "runtime: [tuning] prefetch_depth %u; the runtime looks at most %d layers "
+                    "ahead", tun->prefetch_depth, MOE_SCHED_MAX_DEPTH);
+    }
+    if (rt->policy == MOE_POLICY_MOERUN && tun->set & MOE_TUNE_PREFETCH_MIN_GAIN) min_gain = tun->prefetch_min_gain_us;
+    if (tun->set & MOE_TUNE_MRS_ALPHA) alpha = tun->mrs_alpha;
+    const bool no_prefetch = rt->policy == MOE_POLICY_MOERUN && tun->set & MOE_TUNE_PREFETCH_DEPTH && !depth;
+    const moe_sched_config sc = {.depth = depth, .min_gain_us = min_gain, .score_alpha = alpha, .no_prefetch = no_prefetch,
+                                 .on_prefetch = prefetch_expert, .user = rt, .policy = rt->policy, .n_layers = m->n_layers, .n_experts = rt->max_experts,
                                  .expert_bytes = rt->expert_bytes, .budget_bytes = (uint64_t)rt->n_slots * rt->expert_bytes,
                                  .max_tokens = MAX_M, .cpu_us = cpu_us, .gpu_us = gpu_us,
                                  .copy_us = moe_profile_copy_us(&rt->profile, 0, rt->expert_bytes, true)};
@@ -593,8 +609,9 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
                             "expected; start from moe_runtime_default_params()", params->struct_size, sizeof p);
         memcpy(&p, params, sizeof p);
     }
-    if (!(p.gpu_budget_fraction >= 0.0 && p.gpu_budget_fraction <= 1.0))
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: gpu_budget_fraction = %g, must be in 0..1",
+    if (!(p.gpu_budget_fraction <= 1.0) || (p.gpu_budget_fraction < 0 && p.gpu_budget_fraction != -1.0))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: gpu_budget_fraction = %g, must be in 0..1 (or -1: "
+                        "the profile's [tuning], else 0.5)",
                         p.gpu_budget_fraction);
     if ((unsigned)p.log_level > MOE_LOG_DEBUG)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_create: log_level %d is not a moe_log_level",
@@ -626,6 +643,11 @@ moe_status moe_runtime_create(moe_runtime_t **out, moe_model_t *model, const moe
                          : tun->set & MOE_TUNE_POLICY && strcmp(tun->policy, "auto") != 0 ? tun->policy
                          : rt->device == MOE_DEVICE_SIM || rt->device == MOE_DEVICE_CUDA ? "moerun"
                                                         : "static-cpu";
+    if (!p.gpu_budget_bytes && p.gpu_budget_fraction < 0) { /* unset: [tuning], else half the experts */
+        const bool tuned = tun->set & MOE_TUNE_GPU_BUDGET;
+        p.gpu_budget_bytes = tuned ? tun->gpu_budget_bytes : 0;
+        p.gpu_budget_fraction = tuned && !tun->gpu_budget_bytes ? tun->gpu_budget_fraction : 0.5;
+    }
     if (!p.n_threads && tun->set & MOE_TUNE_THREADS_PER_NODE && tun->threads_per_node) {
         uint32_t nodes = 0;
         for (uint32_t i = 0; i < rt->profile.topo.n_numa_nodes; i++) nodes += rt->profile.node_cores[i] > 0;

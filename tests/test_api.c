@@ -33,7 +33,7 @@ static void default_params(void) {
     CHECK(p.policy == NULL);
     CHECK_EQ(p.n_threads, 0);
     CHECK_EQ(p.gpu_budget_bytes, 0);
-    CHECK_NEAR(p.gpu_budget_fraction, 0.5, 0.0);
+    CHECK_NEAR(p.gpu_budget_fraction, -1.0, 0.0); /* unset: the profile's [tuning], else 0.5 */
     CHECK(p.topology == NULL && p.log_fn == NULL && p.log_user == NULL);
     CHECK_EQ(p.log_level, MOE_LOG_WARN);
     moe_layer_desc d = moe_layer_desc_init(8, 64, 128, MOE_DTYPE_BF16);

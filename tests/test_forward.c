@@ -3,6 +3,8 @@
  * batches), across thread counts and policies, and on bad input; on the
  * simulated GPU, against the CPU-only runtime bit for bit. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
+#include <unistd.h>
+
 #include "expert.h"
 #include "profile.h"
 #include "simdev.h"
@@ -468,6 +470,52 @@ static void costs_refine_toward_measured_times(void) {
     test_model_free(&tm);
 }
 
+/* The profile's [tuning] fills what the params leave unset: the policy,
+ * the GPU budget (a budget of nothing refuses a GPU policy), moerun's
+ * prefetch depth (0: none); explicit params win. */
+static void tuning_fills_unset_params(void) {
+    test_model tm;
+    test_model_make(&tm, 3, 8, 16, 24, MOE_DTYPE_F32, 4);
+    moe_profile prof;
+    moe_profile_init(&prof);
+    CHECK_OK(moe_profile_load(&prof, MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt"));
+    char path[] = "/tmp/moerun-tuning-XXXXXX";
+    const int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd >= 0) close(fd);
+    moe_tuning *tu = &prof.tuning;
+    tu->set = MOE_TUNE_POLICY | MOE_TUNE_GPU_BUDGET | MOE_TUNE_PREFETCH_DEPTH;
+    snprintf(tu->policy, sizeof tu->policy, "moerun");
+    tu->gpu_budget_fraction = 0.25, tu->gpu_budget_bytes = 0, tu->prefetch_depth = 2;
+    CHECK_OK(moe_profile_save(&prof, path));
+    moe_runtime_params p = moe_runtime_default_params();
+    CHECK(p.gpu_budget_fraction == -1.0);
+    p.n_threads = 2, p.device = MOE_DEVICE_SIM, p.profile_path = path, p.profile_any_host = 1;
+    moe_runtime_t *rt = NULL;
+    CHECK_OK(moe_runtime_create(&rt, tm.model, &p));
+    if (rt) CHECK(!strcmp(moe_runtime_policy(rt), "moerun") && moe_runtime_lookahead(rt) == 2);
+    moe_runtime_free(&rt);
+    p.policy = "hybrimoe"; /* explicit: its own depth */
+    CHECK_OK(moe_runtime_create(&rt, tm.model, &p));
+    if (rt) CHECK(moe_runtime_lookahead(rt) == 1);
+    moe_runtime_free(&rt);
+    p.policy = NULL;
+    tu->prefetch_depth = 0; /* moerun without prefetch */
+    tu->gpu_budget_fraction = 0.0;  /* and no budget */
+    CHECK_OK(moe_profile_save(&prof, path));
+    CHECK_STATUS(moe_runtime_create(&rt, tm.model, &p), MOE_ERR_INVALID_ARG);
+    CHECK(strstr(moe_last_error(), "smaller than one expert") != NULL);
+    p.gpu_budget_fraction = 0.5; /* explicit budget */
+    CHECK_OK(moe_runtime_create(&rt, tm.model, &p));
+    if (rt) CHECK_EQ(moe_runtime_lookahead(rt), 0);
+    moe_runtime_free(&rt);
+    p.gpu_budget_fraction = -2.0;
+    CHECK_STATUS(moe_runtime_create(&rt, tm.model, &p), MOE_ERR_INVALID_ARG);
+    unlink(path);
+    moe_profile_clear(&prof);
+    test_model_free(&tm);
+}
+
 /* The statistics' device times are the device's model: with every expert
  * on the GPU and no prefetch, the compute stream's time is the sum of the
  * modeled runs of each layer's groups and the copy stream's the modeled
@@ -554,4 +602,5 @@ TEST_MAIN("forward", TEST_CASE(matches_per_token_on_random_shapes), TEST_CASE(wo
           TEST_CASE(bad_input_is_refused_and_harmless), TEST_CASE(nan_and_inf_propagate), TEST_CASE(simulated_device_gives_cpu_results),
           TEST_CASE(simulated_device_needs_a_gpu_profile), TEST_CASE(predictions_prefetch_and_change_nothing),
           TEST_CASE(device_faults_fall_back_to_the_cpu), TEST_CASE(device_time_accounting_matches_the_model),
-          TEST_CASE(a_lost_device_leaves_the_cpu_running), TEST_CASE(costs_refine_toward_measured_times))
+          TEST_CASE(a_lost_device_leaves_the_cpu_running), TEST_CASE(costs_refine_toward_measured_times),
+          TEST_CASE(tuning_fills_unset_params))

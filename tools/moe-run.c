@@ -55,7 +55,7 @@ static void usage(FILE *f) {
             "                        cuda: CUDA device 0, planned with this machine's profile (run\n"
             "                        moe-profile here first; not yet verified on a GPU, docs/devices.md)\n"
             "  --gpu-budget B        GPU expert cache: 50%%, a fraction 0..1 of the routed experts'\n"
-            "                        bytes, or bytes (default 50%%)\n"
+            "                        bytes, or bytes (default: the profile's [tuning], else 50%%)\n"
             "  --policy NAME         scheduling policy: auto, or one of the names below (default auto)\n"
             "  --threads N           CPU expert threads (default: one per core)\n"
             "  --profile FILE        machine profile from moe-profile (default: $MOE_PROFILE or\n"

@@ -53,7 +53,9 @@ def _dtype_code(t) -> int:
     return codes[t]
 
 
-def _budget(params, gpu_budget: Union[str, float, int]) -> None:
+def _budget(params, gpu_budget: Union[None, str, float, int]) -> None:
+    if gpu_budget is None:  # the profile's [tuning] gpu_budget, else 50%
+        return
     if isinstance(gpu_budget, str):
         s = gpu_budget.strip()
         if s.endswith("%"):
@@ -137,10 +139,11 @@ def _experts_module(torch):
     return MoerunExperts
 
 
-def patch(model, profile: Optional[str] = None, gpu_budget: Union[str, float, int] = "50%",
+def patch(model, profile: Optional[str] = None, gpu_budget: Union[None, str, float, int] = None,
           policy: str = "auto", device: str = "auto", threads: int = 0, any_host: bool = False):
     """Runs the routed experts of every sparse-MoE block of `model` (a
-    transformers model on the CPU) through moerun. The model's weights are
+    transformers model on the CPU) through moerun. gpu_budget: '50%', a
+    fraction, bytes, or None for the profile's [tuning] (else 50%). The model's weights are
     read in place (float32, bfloat16 or float16): keep the model alive and
     on the CPU while patched. Returns the model."""
     torch = _torch()
