@@ -36,6 +36,9 @@ OpenMP thread pools slow each other down -- see Remote):
                    torch.set_num_threads(T): prefill = one forward of the prompt
                    with use_cache (logits_to_keep=1), decode = N-1 one-token
                    forwards with the DynamicCache; wall clock, inference_mode
+      hf-bf16+moerun  (with --systems ...,hf-bf16+moerun) the same transformers
+                   model with moerun.patch(model): its experts through moerun,
+                   everything else transformers' (the Python plugin path)
       hf-f32       the same in float32, in a second phase after hf-bf16 is freed
                    (with moerun-gguf measured again in that phase as its
                    reference), when it fits in memory beside the page cache
@@ -337,18 +340,23 @@ class LlamaCpp:
 
 
 class HF:
-    def __init__(self, hf_dir: Path, dtype_name: str, threads: int):
+    def __init__(self, hf_dir: Path, dtype_name: str, threads: int, moerun_lib: str | None = None):
         import transformers
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         import torch
         from transformers import AutoModelForCausalLM
         self.torch = torch
-        self.name = f"hf-{dtype_name}"
+        self.name = f"hf-{dtype_name}" + ("+moerun" if moerun_lib else "")
         torch.set_num_threads(threads)
         dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
         t0 = time.perf_counter()
         self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
+        if moerun_lib:  # the plugin path: transformers' own model, its experts through moerun
+            os.environ["MOERUN_LIB"] = moerun_lib
+            sys.path.insert(0, str(REPO / "python"))
+            import moerun
+            moerun.patch(self.model, device="cpu", threads=threads, profile="")
         self.load_s = time.perf_counter() - t0
         c = self.model.config
         # transformers >= 5.2x names the KV cache argument `cache` (past_key_values is deprecated)
@@ -542,6 +550,12 @@ def bench_model(mdir: Path, args, emit) -> list[dict]:
         hf_bf16 = Remote("HF", hf_dir=hf_dir, dtype_name="bf16", threads=T)
         loads["hf-bf16"] = hf_bf16.load_s
         systems.append(hf_bf16)
+    hf_patched = None
+    if "hf-bf16+moerun" in args.systems:  # the Python plugin path (docs/plugin.md)
+        hf_patched = Remote("HF", hf_dir=hf_dir, dtype_name="bf16", threads=T,
+                            moerun_lib=str(args.build / "libmoerun.so"))
+        loads["hf-bf16+moerun"] = hf_patched.load_s
+        systems.append(hf_patched)
     print(f"  loaded: {', '.join(f'{k} {v:.1f} s' for k, v in loads.items())}", flush=True)
     quiet = (args.quiet_limit, args.quiet_wait)
 
@@ -550,9 +564,10 @@ def bench_model(mdir: Path, args, emit) -> list[dict]:
 
     results = measure_phase(systems, prompt, n, args.repeats, emit, 1, name, quiet, probe)
     ref_phase = {s: 1 for s in results}
-    if hf_bf16 is not None:
-        hf_bf16.close()
-        systems.remove(hf_bf16)
+    for hf in (hf_bf16, hf_patched):
+        if hf is not None:
+            hf.close()
+            systems.remove(hf)
 
     # phase 2: transformers f32 if it fits beside the page cache of both formats
     mem = meminfo()
@@ -703,7 +718,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--systems", default="moerun,llama.cpp,hf-bf16,hf-f32",
-                    help="comma-separated; moerun (both formats) always runs")
+                    help="comma-separated, of moerun, llama.cpp, hf-bf16, hf-f32, hf-bf16+moerun "
+                         "(transformers with moerun.patch); moerun (both formats) always runs")
     ap.add_argument("--hf-f32", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--machine", default=None, help="results file name prefix (default: from the CPU)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "models" / "results")
