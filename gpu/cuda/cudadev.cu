@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "cudadev.h"
 
 namespace {
@@ -94,35 +95,6 @@ struct cudadev {
     bool warned_pageable;
     bool read_only_ok;
     moe_cudadev_stats stats;
-};
-
-#define CU_FAIL(st, call, e) moe_fail((st), "CUDA device: %s:%d: %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(e))
-
-#define CU_TRY(call)                                                        \
-    do {                                                                    \
-        cudaError_t e_ = (call);                                            \
-        if (e_ != cudaSuccess) return CU_FAIL(MOE_ERR_DEVICE, call, e_);    \
-    } while (0)
-
-#define BLAS_TRY(call)                                                                                     \
-    do {                                                                                                   \
-        cublasStatus_t s_ = (call);                                                                        \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                                   \
-            return moe_fail(MOE_ERR_DEVICE, "CUDA device: %s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, \
-                            #call, (int)s_);                                                               \
-    } while (0)
-
-cudadev *as_cuda(moe_dev *d);
-
-struct dev_guard {
-    int prev;
-    explicit dev_guard(int device) : prev(-1) {
-        if (cudaGetDevice(&prev) != cudaSuccess) prev = -1, (void)cudaGetLastError();
-        if (prev != device) (void)cudaSetDevice(device);
-    }
-    ~dev_guard() {
-        if (prev >= 0) (void)cudaSetDevice(prev);
-    }
 };
 
 // ---- kernels ----------------------------------------------------------
@@ -231,15 +203,15 @@ op *new_op(cudadev *d, int kind) {
 // Makes `stream` wait, on the GPU, for the work queued on the host's stream.
 moe_status after_host(cudadev *d, cudaStream_t stream) {
     if (!d->p.host_stream) return MOE_OK;
-    CU_TRY(cudaEventRecord(d->host_ev, (cudaStream_t)d->p.host_stream));
-    CU_TRY(cudaStreamWaitEvent(stream, d->host_ev, 0));
+    CUDA_OK(cudaEventRecord(d->host_ev, (cudaStream_t)d->p.host_stream));
+    CUDA_OK(cudaStreamWaitEvent(stream, d->host_ev, 0));
     return MOE_OK;
 }
 
 // Waits on `stream` for event e of this device (nothing for 0 or a forgotten one).
 moe_status stream_wait(cudadev *d, cudaStream_t stream, uint64_t e) {
     op *o = find(d, e);
-    if (o) CU_TRY(cudaStreamWaitEvent(stream, o->end, 0));
+    if (o) CUDA_OK(cudaStreamWaitEvent(stream, o->end, 0));
     return MOE_OK;
 }
 
@@ -263,18 +235,24 @@ void maybe_rebase(cudadev *d) {
 
 // ---- host pages ---------------------------------------------------------
 
+// The first range that ends after `at` (ranges are sorted and disjoint):
+// the one holding `at` if its lo <= at, else the next one; n_pins if none.
+size_t range_after(const cudadev *d, uintptr_t at) {
+    size_t first = 0, n = d->n_pins;
+    while (n) {
+        const size_t half = n / 2;
+        if (d->pins[first + half].hi <= at) first += half + 1, n -= half + 1;
+        else n = half;
+    }
+    return first;
+}
+
 // Whether [lo, hi) is covered by registered ranges; *known: covered by
 // ranges at all (registered or refused).
 bool covered(const cudadev *d, uintptr_t lo, uintptr_t hi, bool *known) {
     uintptr_t at = lo;
     bool pinned = true;
-    size_t first = 0, n = d->n_pins; // the first range ending after lo (ranges are sorted and disjoint)
-    while (n) {
-        const size_t half = n / 2;
-        if (d->pins[first + half].hi <= lo) first += half + 1, n -= half + 1;
-        else n = half;
-    }
-    for (size_t i = first; i < d->n_pins && at < hi; i++) {
+    for (size_t i = range_after(d, lo); i < d->n_pins && at < hi; i++) {
         const pin_range *r = &d->pins[i];
         if (r->hi <= at) continue;
         if (r->lo > at) break;
@@ -311,17 +289,12 @@ void ensure_pinned(cudadev *d, const void *p, size_t bytes) {
     if (known) return;
     uintptr_t at = lo;
     while (at < hi) {
-        uintptr_t gap_hi = hi;
-        bool skip = false;
-        for (size_t i = 0; i < d->n_pins; i++) {
-            const pin_range *r = &d->pins[i];
-            if (r->lo <= at && at < r->hi) {
-                at = r->hi, skip = true;
-                break;
-            }
-            if (r->lo > at && r->lo < gap_hi) gap_hi = r->lo;
+        const size_t i = range_after(d, at);
+        if (i < d->n_pins && d->pins[i].lo <= at) { /* known pages: past them */
+            at = d->pins[i].hi;
+            continue;
         }
-        if (skip) continue;
+        const uintptr_t gap_hi = i < d->n_pins && d->pins[i].lo < hi ? d->pins[i].lo : hi;
         const size_t len = gap_hi - at;
         bool ok = d->p.pin_limit_bytes == 0 || d->stats.pinned_bytes + len <= d->p.pin_limit_bytes;
         bool ours = false; // registered by this call (so ours to unregister)
@@ -356,12 +329,7 @@ moe_status put(cudadev *d, char *dst, const void *src, size_t bytes) {
     while (at < hi) {
         uintptr_t end = hi;
         bool pinned = false;
-        size_t first = 0, n = d->n_pins; // the range holding at, if any
-        while (n) {
-            const size_t half = n / 2;
-            if (d->pins[first + half].hi <= at) first += half + 1, n -= half + 1;
-            else n = half;
-        }
+        const size_t first = range_after(d, at); // the range holding at, if any
         if (first < d->n_pins && d->pins[first].lo <= at) {
             pinned = d->pins[first].pinned;
             if (d->pins[first].hi < end) end = d->pins[first].hi;
@@ -378,7 +346,7 @@ moe_status put(cudadev *d, char *dst, const void *src, size_t bytes) {
                                              : "registration failed");
             }
         }
-        CU_TRY(cudaMemcpyAsync(dst + (at - lo), (const void *)at, end - at, cudaMemcpyHostToDevice, d->copy));
+        CUDA_OK(cudaMemcpyAsync(dst + (at - lo), (const void *)at, end - at, cudaMemcpyHostToDevice, d->copy));
         at = end;
     }
     return MOE_OK;
@@ -450,7 +418,7 @@ void free_retired(cudadev *d) {
 
 moe_status cu_alloc_slots(moe_dev *dev, uint32_t n, size_t bytes) {
     cudadev *d = (cudadev *)dev;
-    dev_guard g(d->p.device);
+    device_guard g(d->p.device);
     (void)cudaStreamSynchronize(d->copy);
     (void)cudaStreamSynchronize(d->compute);
     for (uint32_t i = 0; i < RING; i++)
@@ -484,7 +452,7 @@ moe_status cu_alloc_slots(moe_dev *dev, uint32_t n, size_t bytes) {
 
 uint64_t cu_free_bytes(const moe_dev *dev) {
     const cudadev *d = (const cudadev *)dev;
-    dev_guard g(d->p.device);
+    device_guard g(d->p.device);
     size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return (void)cudaGetLastError(), 0;
     return free_b;
@@ -511,7 +479,7 @@ moe_status cu_upload(moe_dev *dev, uint32_t s, const moe_expert_view *w, moe_dev
     *done = 0;
     moe_status st = check_view(d, s, w);
     if (st != MOE_OK) return st;
-    dev_guard g(d->p.device);
+    device_guard g(d->p.device);
     (void)cudaGetLastError(); // nothing stale refuses this operation
     slot *sl = &d->slots[s];
     sl->view.gate = NULL; // until this upload has been submitted whole
@@ -529,11 +497,11 @@ moe_status cu_upload(moe_dev *dev, uint32_t s, const moe_expert_view *w, moe_dev
     for (int i = 0; i < parts; i++) ensure_pinned(d, src[i], len[i]);
     op *o = new_op(d, OP_UPLOAD);
     cudaError_t e = cudaEventRecord(o->start, d->copy);
-    if (e != cudaSuccess) return o->seq = 0, CU_FAIL(MOE_ERR_DEVICE, cudaEventRecord, e);
+    if (e != cudaSuccess) return o->seq = 0, CUDA_FAIL(cudaEventRecord, e);
     for (int i = 0; i < parts; i++)
         if ((st = put(d, dst[i], src[i], len[i])) != MOE_OK) return o->seq = 0, st;
     e = cudaEventRecord(o->end, d->copy);
-    if (e != cudaSuccess) return o->seq = 0, CU_FAIL(MOE_ERR_DEVICE, cudaEventRecord, e);
+    if (e != cudaSuccess) return o->seq = 0, CUDA_FAIL(cudaEventRecord, e);
     moe_expert_view v = *w;
     v.gate = base + l.gate_up;
     v.up = base + l.gate_up + mat;
@@ -562,7 +530,7 @@ moe_status scratch_for(cudadev *d, const moe_expert_view *w, uint32_t m, char **
     const size_t oy = off; off = align_up(off + m * H * 4, ALIGN);
     const size_t owq = off; off = align_up(off + (w->dtype == MOE_DTYPE_I8 ? 3 * H * I * 2 : 0), ALIGN);
     if (off > d->scratch_bytes) {
-        CU_TRY(cudaStreamSynchronize(d->compute)); // the old scratch may be in use
+        CUDA_OK(cudaStreamSynchronize(d->compute)); // the old scratch may be in use
         if (d->scratch) cudaFree(d->scratch);
         d->scratch = NULL, d->scratch_bytes = 0;
         const size_t want = off + off / 2;
@@ -593,7 +561,7 @@ moe_status expert(cudadev *d, const moe_expert_view *w, uint32_t m, char *x, cha
         // gate and up are back to back in the slot, and so are their scales
         dequant_kernel<<<grid_for(2 * mat), 256, 0, d->compute>>>((const int8_t *)w->gate, w->gate_scale, q, H, 2 * mat);
         dequant_kernel<<<grid_for(mat), 256, 0, d->compute>>>((const int8_t *)w->down, w->down_scale, q + 2 * mat, I, mat);
-        CU_TRY(cudaGetLastError());
+        CUDA_OK(cudaGetLastError());
         wgu = q, wd = q + 2 * mat;
         [[fallthrough]]; // bf16 from here
     }
@@ -609,10 +577,10 @@ moe_status expert(cudadev *d, const moe_expert_view *w, uint32_t m, char *x, cha
         xt = x;
         break;
     }
-    CU_TRY(cudaGetLastError());
+    CUDA_OK(cudaGetLastError());
     const float one = 1.0f, zero = 0.0f;
     // Row-major W[r][c] is column-major W^T: GU^T[2I, m] = Wgu[2I, H] * X^T[H, m].
-    BLAS_TRY(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(2 * I), (int)m, (int)H, &one, wgu, wt, (int)H, xt, wt,
+    CUBLAS_OK(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(2 * I), (int)m, (int)H, &one, wgu, wt, (int)H, xt, wt,
                           (int)H, &zero, gu, CUDA_R_32F, (int)(2 * I), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (wt == CUDA_R_16BF)
         silu_mul_kernel<__nv_bfloat16><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (__nv_bfloat16 *)h, I, nh);
@@ -620,9 +588,9 @@ moe_status expert(cudadev *d, const moe_expert_view *w, uint32_t m, char *x, cha
         silu_mul_kernel<__half><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (__half *)h, I, nh);
     else
         silu_mul_kernel<float><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (float *)h, I, nh);
-    CU_TRY(cudaGetLastError());
+    CUDA_OK(cudaGetLastError());
     // Y^T[H, m] = Wd[H, I] * H^T[I, m].
-    BLAS_TRY(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)H, (int)m, (int)I, &one, wd, wt, (int)I, h, wt, (int)I,
+    CUBLAS_OK(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)H, (int)m, (int)I, &one, wd, wt, (int)I, h, wt, (int)I,
                           &zero, y, CUDA_R_32F, (int)H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return MOE_OK;
 }
@@ -639,7 +607,7 @@ moe_status cu_run(moe_dev *dev, uint32_t s, uint32_t m, const float *x, float *y
         return moe_fail(MOE_ERR_STATE, "CUDA device: slot %u holds no expert (its upload failed or never came)", s);
     if (m > INT_MAX / 2 || (m && (size_t)m * sl->view.hidden > (size_t)INT_MAX))
         return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: %u tokens is too many for one run", m);
-    dev_guard g(d->p.device);
+    device_guard g(d->p.device);
     (void)cudaGetLastError(); // nothing stale refuses this operation
     moe_status st;
     if ((st = stream_wait(d, d->compute, after)) != MOE_OK || (st = stream_wait(d, d->compute, sl->last_upload)) != MOE_OK ||
@@ -655,7 +623,7 @@ moe_status cu_run(moe_dev *dev, uint32_t s, uint32_t m, const float *x, float *y
     if (m) memcpy(d->stage + off, x, act);
     cudaError_t e = cudaEventRecord(o->start, d->compute);
     if (e == cudaSuccess && m) e = cudaMemcpyAsync(dx, d->stage + off, act, cudaMemcpyHostToDevice, d->compute);
-    if (e != cudaSuccess) return o->seq = 0, CU_FAIL(MOE_ERR_DEVICE, cudaMemcpyAsync, e);
+    if (e != cudaSuccess) return o->seq = 0, CUDA_FAIL(cudaMemcpyAsync, e);
     if (m && (st = expert(d, &sl->view, m, dx, dxt, dgu, dh, dy, dwq)) != MOE_OK) return o->seq = 0, st;
     const size_t yoff = off + align_up(act, ALIGN);
     o->y_host = y, o->y_src = d->stage + yoff, o->y_bytes = m ? act : 0;
@@ -663,7 +631,7 @@ moe_status cu_run(moe_dev *dev, uint32_t s, uint32_t m, const float *x, float *y
     if (m) e = cudaMemcpyAsync(d->stage + yoff, dy, act, cudaMemcpyDeviceToHost, d->compute);
     if (e == cudaSuccess && m) e = cudaLaunchHostFunc(d->compute, deliver_y, o);
     if (e == cudaSuccess) e = cudaEventRecord(o->end, d->compute);
-    if (e != cudaSuccess) return o->seq = 0, CU_FAIL(MOE_ERR_DEVICE, cudaLaunchHostFunc, e);
+    if (e != cudaSuccess) return o->seq = 0, CUDA_FAIL(cudaLaunchHostFunc, e);
     if (m) d->stage_fifo[d->sf_tail++ % RING] = o->seq;
     sl->last_run = o->seq;
     d->stats.runs++;
@@ -679,7 +647,7 @@ moe_status cu_wait(moe_dev *dev, moe_dev_event e) {
         return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: event %llu was never issued", (unsigned long long)e);
     op *o = find(d, e);
     if (!o) return MOE_OK;
-    dev_guard g(d->p.device);
+    device_guard g(d->p.device);
     complete(o);
     maybe_rebase(d);
     if (o->err == cudaSuccess || o->reported) return MOE_OK;
@@ -692,7 +660,7 @@ bool cu_query(moe_dev *dev, moe_dev_event e) {
     cudadev *d = (cudadev *)dev;
     op *o = find(d, e);
     if (!o) return true;
-    dev_guard g(d->p.device);
+    device_guard g(d->p.device);
     return poll(o); // an error completes it too; wait() reports it
 }
 
@@ -701,7 +669,7 @@ moe_status cu_times(moe_dev *dev, moe_dev_event e, double *start_s, double *end_
     op *o = find(d, e);
     if (!o || !start_s || !end_s || d->gen - o->gen >= GENS)
         return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: event %llu is not one it remembers", (unsigned long long)e);
-    dev_guard g(d->p.device);
+    device_guard g(d->p.device);
     if (!poll(o)) return moe_fail(MOE_ERR_STATE, "CUDA device: event %llu is in flight", (unsigned long long)e);
     float a = 0.0f, b = 0.0f;
     cudaError_t x = cudaEventElapsedTime(&a, d->ref[o->gen % GENS], o->start);
@@ -719,7 +687,7 @@ moe_status cu_times(moe_dev *dev, moe_dev_event e, double *start_s, double *end_
 void cu_destroy(moe_dev *dev) {
     cudadev *d = (cudadev *)dev;
     {
-        dev_guard g(d->p.device);
+        device_guard g(d->p.device);
         if (d->copy) (void)cudaStreamSynchronize(d->copy);
         if (d->compute) (void)cudaStreamSynchronize(d->compute);
         for (uint32_t i = 0; d->ops && i < RING; i++) {
@@ -755,27 +723,27 @@ const moe_dev_iface cudadev_iface = {
 cudadev *as_cuda(moe_dev *d) { return d && d->iface == &cudadev_iface ? (cudadev *)d : NULL; }
 
 moe_status create(cudadev *d) {
-    CU_TRY(cudaStreamCreateWithFlags(&d->copy, cudaStreamNonBlocking));
-    CU_TRY(cudaStreamCreateWithFlags(&d->compute, cudaStreamNonBlocking));
-    CU_TRY(cudaStreamCreateWithFlags(&d->clock, cudaStreamNonBlocking));
-    BLAS_TRY(cublasCreate(&d->blas));
-    BLAS_TRY(cublasSetStream(d->blas, d->compute));
-    BLAS_TRY(cublasSetMathMode(d->blas, CUBLAS_DEFAULT_MATH)); // f32 stays f32: no TF32
+    CUDA_OK(cudaStreamCreateWithFlags(&d->copy, cudaStreamNonBlocking));
+    CUDA_OK(cudaStreamCreateWithFlags(&d->compute, cudaStreamNonBlocking));
+    CUDA_OK(cudaStreamCreateWithFlags(&d->clock, cudaStreamNonBlocking));
+    CUBLAS_OK(cublasCreate(&d->blas));
+    CUBLAS_OK(cublasSetStream(d->blas, d->compute));
+    CUBLAS_OK(cublasSetMathMode(d->blas, CUBLAS_DEFAULT_MATH)); // f32 stays f32: no TF32
     for (uint32_t i = 0; i < RING; i++) {
-        CU_TRY(cudaEventCreate(&d->ops[i].start));
-        CU_TRY(cudaEventCreate(&d->ops[i].end));
+        CUDA_OK(cudaEventCreate(&d->ops[i].start));
+        CUDA_OK(cudaEventCreate(&d->ops[i].end));
     }
-    for (uint32_t i = 0; i < GENS; i++) CU_TRY(cudaEventCreate(&d->ref[i]));
-    CU_TRY(cudaEventCreateWithFlags(&d->host_ev, cudaEventDisableTiming));
-    CU_TRY(cudaEventRecord(d->ref[0], d->clock));
-    CU_TRY(cudaEventSynchronize(d->ref[0]));
+    for (uint32_t i = 0; i < GENS; i++) CUDA_OK(cudaEventCreate(&d->ref[i]));
+    CUDA_OK(cudaEventCreateWithFlags(&d->host_ev, cudaEventDisableTiming));
+    CUDA_OK(cudaEventRecord(d->ref[0], d->clock));
+    CUDA_OK(cudaEventSynchronize(d->ref[0]));
     d->ref_host[0] = d->rebased_at = moe_now();
     int ro = 0;
     if (cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, d->p.device) != cudaSuccess)
         (void)cudaGetLastError(), ro = 0;
     d->read_only_ok = ro != 0;
     size_t free_b = 0, total_b = 0;
-    CU_TRY(cudaMemGetInfo(&free_b, &total_b));
+    CUDA_OK(cudaMemGetInfo(&free_b, &total_b));
     const uint64_t reserve = total_b / 20 > ((uint64_t)512 << 20) ? total_b / 20 : (uint64_t)512 << 20;
     d->limit = free_b > reserve ? free_b - reserve : 0;
     if (d->p.memory_bytes && d->p.memory_bytes < d->limit) d->limit = d->p.memory_bytes;
@@ -802,7 +770,7 @@ extern "C" moe_status moe_cudadev_create(moe_dev **out, const moe_cudadev_params
     d->next_seq = 1;
     moe_status st = d->ops && d->stage_fifo ? MOE_OK : moe_fail(MOE_ERR_OUT_OF_MEMORY, "CUDA device: host allocation failed");
     if (st == MOE_OK) {
-        dev_guard g(p->device);
+        device_guard g(p->device);
         st = create(d);
     }
     if (st != MOE_OK) {

@@ -7,46 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "check.h"
 #include "gpu.h"
-
-#define CUDA_OK(call)                                                                             \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess)                                                                    \
-            return moe_fail(MOE_ERR_DEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, #call,           \
-                            cudaGetErrorString(e_));                                              \
-    } while (0)
-
-#define CUBLAS_OK(call)                                                                           \
-    do {                                                                                          \
-        cublasStatus_t s_ = (call);                                                               \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                          \
-            return moe_fail(MOE_ERR_DEVICE, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__,    \
-                            #call, (int)s_);                                                      \
-    } while (0)
-
-// The host's current device is its own state: every entry point that must
-// switch devices restores the previous one before returning.
-struct device_guard {
-    int prev;
-    bool ok;
-    explicit device_guard(int device) : prev(0), ok(false) {
-        if (cudaGetDevice(&prev) != cudaSuccess) {
-            cudaGetLastError();
-            prev = -1;
-        }
-        ok = cudaSetDevice(device) == cudaSuccess;
-    }
-    ~device_guard() {
-        if (prev >= 0) cudaSetDevice(prev);
-    }
-};
-
-#define SWITCH_TO(device)                                                                   \
-    device_guard guard_(device);                                                            \
-    if (!guard_.ok)                                                                         \
-        return moe_fail(MOE_ERR_DEVICE, "%s:%d: cudaSetDevice(%d): %s", __FILE__, __LINE__, \
-                        (device), cudaGetErrorString(cudaGetLastError()))
 
 struct moe_gpu_ctx {
     int device;
