@@ -497,17 +497,16 @@ static moe_status setup_device(moe_runtime_t *rt, const moe_runtime_params *p) {
         if (d->n_experts > rt->max_experts) rt->max_experts = d->n_experts;
         n_experts += d->n_experts;
     }
-    if (!rt->profile.n_gpus)
-        return rt->device == MOE_DEVICE_SIM
-                   ? moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device sim models a GPU from a profile's [gpu] "
-                              "and [link] figures, and %s%s; use a profile with a GPU, e.g. moe-run --profile "
-                              "profiles/machines/ref-h100-pcie5-2s-xeon8480.txt --any-host",
-                              rt->profile_path[0] ? rt->profile_path : "no profile is loaded",
-                              rt->profile_path[0] ? " has none" : "")
-                   : moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device cuda plans with a profile's measured GPU "
-                              "and link figures, and %s%s; run moe-profile on this machine (it measures the GPU)",
-                              rt->profile_path[0] ? rt->profile_path : "no profile is loaded",
-                              rt->profile_path[0] ? " has none" : "");
+    if (!rt->profile.n_gpus) {
+        const bool sim = rt->device == MOE_DEVICE_SIM;
+        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device %s %s a profile's [gpu] and [link] figures, "
+                        "and %s%s; %s", dev_name, sim ? "models a GPU from" : "plans with",
+                        rt->profile_path[0] ? rt->profile_path : "no profile is loaded",
+                        rt->profile_path[0] ? " has none" : "",
+                        sim ? "use a profile with a GPU, e.g. moe-run --profile "
+                              "profiles/machines/ref-h100-pcie5-2s-xeon8480.txt --any-host"
+                            : "run moe-profile on this machine (it measures the GPU)");
+    }
     rt->expert_bytes = moe_dev_expert_bytes(d0->hidden, d0->inter, d0->weight_dtype);
     uint64_t budget = p->gpu_budget_bytes ? p->gpu_budget_bytes
                                           : (uint64_t)(p->gpu_budget_fraction * (double)(n_experts * rt->expert_bytes));
@@ -555,18 +554,16 @@ static moe_status setup_device(moe_runtime_t *rt, const moe_runtime_params *p) {
     }
     /* [tuning]'s prefetch knobs belong to moerun's prefetcher; the MRS
      * weight to the score caches (hybrimoe). */
-    uint32_t depth = 0;
-    double min_gain = 0.0, alpha = 0.0;
-    if (rt->policy == MOE_POLICY_MOERUN && tun->set & MOE_TUNE_PREFETCH_DEPTH) {
-        depth = tun->prefetch_depth > MOE_SCHED_MAX_DEPTH ? MOE_SCHED_MAX_DEPTH : tun->prefetch_depth;
-        if (depth != tun->prefetch_depth)
-            moe_log(&rt->log, MOE_LOG_WARN, "runtime: [tuning] prefetch_depth %u; the runtime looks at most %d layers "
-                    "ahead", tun->prefetch_depth, MOE_SCHED_MAX_DEPTH);
-    }
-    if (rt->policy == MOE_POLICY_MOERUN && tun->set & MOE_TUNE_PREFETCH_MIN_GAIN) min_gain = tun->prefetch_min_gain_us;
-    if (tun->set & MOE_TUNE_MRS_ALPHA) alpha = tun->mrs_alpha;
-    const bool no_prefetch = rt->policy == MOE_POLICY_MOERUN && tun->set & MOE_TUNE_PREFETCH_DEPTH && !depth;
-    const moe_sched_config sc = {.depth = depth, .min_gain_us = min_gain, .score_alpha = alpha, .no_prefetch = no_prefetch,
+    const bool moerun = rt->policy == MOE_POLICY_MOERUN, tuned_depth = moerun && tun->set & MOE_TUNE_PREFETCH_DEPTH;
+    const uint32_t depth = !tuned_depth ? 0 : tun->prefetch_depth < MOE_SCHED_MAX_DEPTH ? tun->prefetch_depth
+                                                                                       : MOE_SCHED_MAX_DEPTH;
+    if (tuned_depth && depth != tun->prefetch_depth)
+        moe_log(&rt->log, MOE_LOG_WARN, "runtime: [tuning] prefetch_depth %u; the runtime looks at most %d layers "
+                "ahead", tun->prefetch_depth, MOE_SCHED_MAX_DEPTH);
+    const moe_sched_config sc = {.depth = depth, .no_prefetch = tuned_depth && !depth, /* tuned 0: no prefetch */
+                                 .min_gain_us = moerun && tun->set & MOE_TUNE_PREFETCH_MIN_GAIN ? tun->prefetch_min_gain_us
+                                                                                                : 0.0,
+                                 .score_alpha = tun->set & MOE_TUNE_MRS_ALPHA ? tun->mrs_alpha : 0.0,
                                  .on_prefetch = prefetch_expert, .user = rt, .policy = rt->policy, .n_layers = m->n_layers, .n_experts = rt->max_experts,
                                  .expert_bytes = rt->expert_bytes, .budget_bytes = (uint64_t)rt->n_slots * rt->expert_bytes,
                                  .max_tokens = MAX_M, .cpu_us = cpu_us, .gpu_us = gpu_us,
@@ -590,8 +587,8 @@ static moe_status setup_device(moe_runtime_t *rt, const moe_runtime_params *p) {
     for (uint32_t i = 0; i < rt->n_slots; i++) rt->slot_key[i] = UINT32_MAX;
     for (size_t i = 0; i < keys; i++) rt->slot_of[i] = -1;
     moe_log(&rt->log, MOE_LOG_INFO, "runtime: %s %s, %u expert slots (%.1f MB), policy %s",
-            rt->device == MOE_DEVICE_SIM ? "simulated" : "CUDA device 0, planned as", rt->profile.gpus[0].name, rt->n_slots, (double)rt->n_slots * (double)rt->expert_bytes / 1e6,
-            moe_policy_name(rt->policy));
+            rt->device == MOE_DEVICE_SIM ? "simulated" : "CUDA device 0, planned as", rt->profile.gpus[0].name,
+            rt->n_slots, (double)rt->n_slots * (double)rt->expert_bytes / 1e6, moe_policy_name(rt->policy));
     return MOE_OK;
 }
 
@@ -1179,10 +1176,13 @@ static void stop_worker(moe_runtime_t *rt) {
     rt->worker_started = false;
 }
 
+/* moe_stats as API 4 declared it: the fields up to total_seconds. */
+#define STATS_V4_BYTES (offsetof(moe_stats, total_seconds) + sizeof(double))
+
 moe_status moe_runtime_stats(const moe_runtime_t *rt, moe_stats *out, size_t out_size) {
     if (!valid(rt)) return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_stats: not a runtime handle");
     if (busy(rt, "moe_runtime_stats") != MOE_OK) return MOE_ERR_STATE;
-    const size_t v4 = offsetof(moe_stats, total_seconds) + sizeof out->total_seconds;
+    const size_t v4 = STATS_V4_BYTES;
     if (!out || out_size < v4)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_runtime_stats: out is NULL or smaller (%zu bytes) than API 4's "
                         "moe_stats (%zu)", out ? out_size : 0, v4);
@@ -1196,7 +1196,7 @@ moe_status moe_runtime_stats(const moe_runtime_t *rt, moe_stats *out, size_t out
 
 #undef moe_runtime_get_stats
 moe_status moe_runtime_get_stats(const moe_runtime_t *rt, moe_stats *out) {
-    return moe_runtime_stats(rt, out, offsetof(moe_stats, total_seconds) + sizeof out->total_seconds);
+    return moe_runtime_stats(rt, out, STATS_V4_BYTES);
 }
 
 moe_status moe_runtime_reset_stats(moe_runtime_t *rt) {

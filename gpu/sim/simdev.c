@@ -115,10 +115,6 @@ static double end_of(simdev *d, uint64_t e) {
 
 /* ---- costs ---- */
 
-static double run_us(const simdev *d, const moe_expert_view *w, uint32_t m) {
-    return moe_profile_gpu_run_us(d->p.profile, d->p.gpu, w->hidden, w->inter, w->dtype, m);
-}
-
 /* ---- the worker threads ---- */
 
 static void sleep_until_us(const simdev *d, double modeled_end_us) {
@@ -378,7 +374,7 @@ static moe_status sim_run(moe_dev *dev, uint32_t slot_id, uint32_t m, const floa
         const rec *u = s->last_upload ? find(d, s->last_upload) : NULL;
         /* The cost needs the shape: the slot's expert as last submitted. */
         const moe_expert_view *w = u ? &u->w : s->view.gate ? &s->view : NULL;
-        const double dur = w ? run_us(d, w, m) : 0.0;
+        const double dur = w ? moe_profile_gpu_run_us(d->p.profile, d->p.gpu, w->hidden, w->inter, w->dtype, m) : 0.0;
         if (w && dur < 0) {
             st = moe_fail(MOE_ERR_UNSUPPORTED, "simulated device: the profile has no GPU expert time for %ux%u %s",
                           w->hidden, w->inter, moe_dtype_name(w->dtype));
@@ -544,11 +540,4 @@ void moe_simdev_get_stats(moe_dev *dev, moe_simdev_stats *out) {
     pthread_mutex_lock(&d->mu);
     *out = d->stats;
     pthread_mutex_unlock(&d->mu);
-}
-
-double moe_simdev_run_us(moe_dev *dev, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m) {
-    simdev *d = as_sim(dev);
-    if (!d) return -1.0;
-    const moe_expert_view w = {.dtype = t, .hidden = hidden, .inter = inter};
-    return run_us(d, &w, m);
 }

@@ -18,13 +18,12 @@
  * operation before it on its stream, and the end of the event it waits
  * for; it lasts
  *   upload  moe_profile_copy_us(expert bytes, pinned)
- *   run     moe_profile_copy_us(m * hidden * 4, pinned)     x in
- *           + moe_profile_gpu_us(hidden, inter, dtype, m)   the kernel
- *           + moe_profile_d2h_us(m * hidden * 4)            y out
- * from the profile's figures for GPU `gpu` (a shape or dtype the profile
- * has no GPU curve for costs the curve closest in weight bytes, scaled by
- * the ratio of weight bytes; a profile without GPU curves cannot run
- * experts: MOE_ERR_UNSUPPORTED at the run). With time_scale > 0
+ *   run     moe_profile_gpu_run_us(shape, dtype, m): x in, the kernel,
+ *           y out (a shape or dtype without a GPU curve costs the curve
+ *           closest in weight bytes, scaled by the ratio of weight bytes)
+ * from the profile's figures for GPU `gpu`, the same function the runtime's
+ * scheduler plans with, so plan and device agree (a profile without GPU
+ * curves cannot run experts: MOE_ERR_UNSUPPORTED at the run). With time_scale > 0
  * the worker thread of each stream also holds the operation's completion
  * until the wall clock reaches the modeled end (scaled), so overlap and
  * waiting behave as on the modeled machine; with time_scale = 0 nothing
@@ -74,10 +73,6 @@ moe_status moe_simdev_times(moe_dev *d, moe_dev_event e, double *start_us, doubl
  * tests use it to order the two streams deterministically. */
 void moe_simdev_hold(moe_dev *d, int stream, bool hold);
 
-/* What a run of m tokens on an expert of this shape is modeled to take
- * (x in, kernel, y out), microseconds; negative when the profile cannot
- * say. The scheduler plans with it, so plan and device agree. */
-double moe_simdev_run_us(moe_dev *d, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m);
 
 typedef struct moe_simdev_stats {
     uint64_t uploads, runs, failed; /* operations completed; failed among them */
