@@ -315,6 +315,23 @@ static void log_to(moe_log_level l, const char *msg, void *user) {
     snprintf(logged + n, sizeof logged - n, "%s\n", msg);
 }
 
+/* `passes` passes over the L layers of random routings of n tokens
+ * through both runtimes: sim's outputs equal cpu's bit for bit. The last
+ * routing and inputs are left in ids [n * k], w [n * k] and x [n * H]. */
+static void same_as_cpu(moe_rng *r, moe_runtime_t *cpu, moe_runtime_t *sim, uint32_t L, uint32_t E, uint32_t H,
+                        uint32_t k, uint32_t n, int passes, int32_t *ids, float *w, float *x) {
+    float *ya = malloc((size_t)n * H * sizeof *ya), *yb = malloc((size_t)n * H * sizeof *yb);
+    for (int pass = 0; pass < passes; pass++)
+        for (uint32_t l = 0; l < L; l++) {
+            test_routing(r, n, E, k, ids, w);
+            test_fill(r, x, (size_t)n * H);
+            CHECK_OK(moe_layer_forward(cpu, l, n, x, k, ids, w, ya));
+            CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids, w, yb));
+            CHECK(memcmp(ya, yb, (size_t)n * H * sizeof *ya) == 0);
+        }
+    free(ya), free(yb);
+}
+
 /* Device faults (MOE_SIM_FAIL): an allocation that fails shrinks the
  * cache, a failed copy or kernel is recomputed on the CPU (one warning),
  * and no room for even one expert leaves every expert on the CPU. The
@@ -334,15 +351,8 @@ static void device_faults_fall_back_to_the_cpu(void) {
     CHECK(strstr(logged, "injected allocation failure") && strstr(logged, "trying 8 slots"));
     CHECK_EQ(moe_runtime_device(sim), MOE_DEVICE_SIM);
     int32_t ids[3 * 2];
-    float w[3 * 2], x[3 * 24], ya[3 * 24], yb[3 * 24];
-    for (int pass = 0; pass < 4 && sim; pass++)
-        for (uint32_t l = 0; l < L; l++) {
-            test_routing(&r, n, E, k, ids, w);
-            test_fill(&r, x, (size_t)n * H);
-            CHECK_OK(moe_layer_forward(cpu, l, n, x, k, ids, w, ya));
-            CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids, w, yb));
-            CHECK(memcmp(ya, yb, sizeof ya) == 0);
-        }
+    float w[3 * 2], x[3 * 24], yb[3 * 24];
+    if (sim) same_as_cpu(&r, cpu, sim, L, E, H, k, n, 4, ids, w, x);
     CHECK(strstr(logged, "recomputing on the CPU (reported once)") != NULL);
     moe_stats st;
     if (sim) CHECK_OK(moe_runtime_get_stats(sim, &st));
@@ -404,15 +414,8 @@ static void a_lost_device_leaves_the_cpu_running(void) {
     CHECK_OK(moe_runtime_create(&sim, tm.model, &p));
     unsetenv("MOE_SIM_FAIL");
     int32_t ids[2 * 2];
-    float w[2 * 2], x[2 * 24], ya[2 * 24], yb[2 * 24];
-    for (int pass = 0; pass < 8 && sim; pass++)
-        for (uint32_t l = 0; l < L; l++) {
-            test_routing(&r, n, E, k, ids, w);
-            test_fill(&r, x, (size_t)n * H);
-            CHECK_OK(moe_layer_forward(cpu, l, n, x, k, ids, w, ya));
-            CHECK_OK(moe_layer_forward(sim, l, n, x, k, ids, w, yb));
-            CHECK(memcmp(ya, yb, sizeof ya) == 0);
-        }
+    float w[2 * 2], x[2 * 24];
+    if (sim) same_as_cpu(&r, cpu, sim, L, E, H, k, n, 8, ids, w, x);
     if (sim) {
         CHECK_EQ(moe_runtime_device(sim), MOE_DEVICE_CPU);
         CHECK_EQ(moe_runtime_lookahead(sim), 0);
