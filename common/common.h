@@ -28,6 +28,12 @@ extern "C" {
  * failing path reads `return moe_fail(MOE_ERR_INVALID_ARG, "...", ...)`. */
 moe_status moe_fail(moe_status s, const char *fmt, ...) MOE_PRINTF(2, 3);
 
+/* The parsers' form of moe_fail: "file:line: message", so every reader of
+ * a text file (profiles, traces, JSON, configs, tokenizers) reports where
+ * its input is wrong the same way. */
+moe_status moe_fail_at(moe_status s, const char *file, unsigned long long line, const char *fmt, ...)
+    MOE_PRINTF(4, 5);
+
 /* ---- logging ---- */
 
 typedef struct moe_logger {

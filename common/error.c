@@ -20,6 +20,15 @@ moe_status moe_fail(moe_status s, const char *fmt, ...) {
     return s;
 }
 
+moe_status moe_fail_at(moe_status s, const char *file, unsigned long long line, const char *fmt, ...) {
+    char msg[sizeof last_error];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return moe_fail(s, "%s:%llu: %s", file, line, msg);
+}
+
 const char *moe_last_error(void) { return last_error; }
 
 const char *moe_status_str(moe_status s) {

@@ -40,9 +40,7 @@ static moe_status opt_u32(const moe_json_doc *d, const char *key, uint32_t lo, u
     return st;
 }
 
-static moe_status bad(const moe_json_doc *d, uint32_t line, const char *what) {
-    return moe_fail(MOE_ERR_PARSE, "%s:%u: %s", d->name, line, what);
-}
+#define bad(d, line, what) moe_fail_at(MOE_ERR_PARSE, (d)->name, (line), "%s", (what))
 
 static uint32_t line_of(const moe_json_doc *d, const char *key) {
     const moe_json *v = moe_json_member_get(&d->root, key);
@@ -66,8 +64,8 @@ static moe_status read_attention(const moe_json_doc *d, moe_hf_config *c) {
     if ((st = req_u32(d, "num_attention_heads", 1, MOE_HF_MAX_HEADS, &c->n_heads))) return st;
     if ((st = opt_u32(d, "num_key_value_heads", 1, c->n_heads, c->n_heads, &c->n_kv_heads))) return st;
     if (c->n_heads % c->n_kv_heads)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: num_key_value_heads %u must divide num_attention_heads %u", d->name,
-                        line_of(d, "num_key_value_heads"), c->n_kv_heads, c->n_heads);
+        return moe_fail_at(MOE_ERR_PARSE, d->name, line_of(d, "num_key_value_heads"),
+                           "num_key_value_heads %u must divide num_attention_heads %u", c->n_kv_heads, c->n_heads);
     c->mla = opt(d, "kv_lora_rank") != NULL;
     if (c->mla) {
         if ((st = req_u32(d, "kv_lora_rank", 1, MOE_HF_MAX_RANK, &c->kv_lora_rank)) ||
@@ -81,9 +79,10 @@ static moe_status read_attention(const moe_json_doc *d, moe_hf_config *c) {
         return MOE_OK;
     }
     if (!opt(d, "head_dim") && c->hidden_size % c->n_heads)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: without head_dim, hidden_size %u must be a multiple of "
-                        "num_attention_heads %u", d->name, line_of(d, "num_attention_heads"), c->hidden_size,
-                        c->n_heads);
+        return moe_fail_at(MOE_ERR_PARSE, d->name, line_of(d, "num_attention_heads"),
+                           "without head_dim, hidden_size %u must be a multiple of "
+                           "num_attention_heads %u",
+                           c->hidden_size, c->n_heads);
     if ((st = opt_u32(d, "head_dim", 1, MOE_HF_MAX_HEAD_DIM, c->hidden_size / c->n_heads, &c->head_dim))) return st;
     moe_hf_config_derive(c);
     return MOE_OK;
@@ -144,7 +143,7 @@ static moe_status num_in(const moe_json_doc *d, const moe_json *obj, const char 
     *out = def;
     if (!v || v->type == MOE_JSON_NULL) return MOE_OK;
     if (v->type != MOE_JSON_NUMBER || !(v->number >= lo && v->number <= hi))
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: \"%s\" must be a number in %g..%g", d->name, v->line, key, lo, hi);
+        return moe_fail_at(MOE_ERR_PARSE, d->name, v->line, "\"%s\" must be a number in %g..%g", key, lo, hi);
     *out = v->number;
     return MOE_OK;
 }

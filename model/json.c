@@ -18,21 +18,10 @@ typedef struct parser {
     const char *name;
 } parser;
 
-static moe_status fail_at(const char *name, uint32_t line, const char *fmt, ...) MOE_PRINTF(3, 4);
-
-static moe_status fail_at(const char *name, uint32_t line, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return moe_fail(MOE_ERR_PARSE, "%s:%u: %s", name, line, msg);
-}
-
-#define FAIL(P, ...) fail_at((P)->name, (P)->line, __VA_ARGS__)
+#define FAIL(P, ...) moe_fail_at(MOE_ERR_PARSE, (P)->name, (P)->line, __VA_ARGS__)
 
 static moe_status out_of_memory(const parser *P) {
-    return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s:%u: out of memory for the JSON tree", P->name, P->line);
+    return moe_fail_at(MOE_ERR_OUT_OF_MEMORY, P->name, P->line, "out of memory for the JSON tree");
 }
 
 /* "'x'" for a printable character, "byte 0xNN" otherwise, for messages. */
@@ -336,7 +325,7 @@ static moe_status check_duplicates(parser *P, moe_json_member *m, size_t n) {
         if (key_cmp(s[i - 1], s[i]) == 0 && (!first_repeat || s[i] < first_repeat)) first_repeat = s[i];
     free(s);
     if (!first_repeat) return MOE_OK;
-    return fail_at(P->name, first_repeat->line, "duplicate key \"%.64s\"", first_repeat->key);
+    return moe_fail_at(MOE_ERR_PARSE, P->name, first_repeat->line, "duplicate key \"%.64s\"", first_repeat->key);
 }
 
 static moe_status parse_object(parser *P, moe_json *v) {
@@ -434,15 +423,16 @@ moe_status moe_json_parse(moe_json_doc *d, const char *text, size_t len, const c
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", name ? name : "json");
     if (len > MOE_JSON_MAX_BYTES)
-        return fail_at(d->name, 1, "%zu bytes is more than the %u bytes (16 MiB) a JSON file may have", len,
-                       MOE_JSON_MAX_BYTES);
+        return moe_fail_at(MOE_ERR_PARSE, d->name, 1,
+                           "%zu bytes is more than the %u bytes (16 MiB) a JSON file may have", len,
+                           MOE_JSON_MAX_BYTES);
     /* NUL is checked first so that it gets its own clear message, wherever
      * it is: a text file with a NUL is not text. */
     const char *nul = len ? memchr(text, '\0', len) : NULL;
     if (nul) {
         uint32_t line = 1;
         for (const char *c = text; c < nul; c++) line += *c == '\n';
-        return fail_at(d->name, line, "NUL byte in the input");
+        return moe_fail_at(MOE_ERR_PARSE, d->name, line, "NUL byte in the input");
     }
     d->strings = malloc(len + 1);
     if (!d->strings) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", d->name);
@@ -489,22 +479,23 @@ const moe_json *moe_json_array_at(const moe_json *arr, size_t i) {
 
 moe_status moe_json_get_int(const moe_json_doc *d, const moe_json *v, const char *what, int64_t lo, int64_t hi,
                             int64_t *out) {
-    if (!v) return fail_at(d->name, 1, "missing key \"%s\"", what);
+    if (!v) return moe_fail_at(MOE_ERR_PARSE, d->name, 1, "missing key \"%s\"", what);
     /* lo and hi are within 2^53, so they convert to double exactly and an
      * in-range double is an exact integer of the text. */
     if (v->type != MOE_JSON_NUMBER || !v->is_int || v->number < (double)lo || v->number > (double)hi)
-        return fail_at(d->name, v->line, "\"%s\" must be an integer in %lld..%lld", what, (long long)lo,
-                       (long long)hi);
+        return moe_fail_at(MOE_ERR_PARSE, d->name, v->line, "\"%s\" must be an integer in %lld..%lld", what,
+                           (long long)lo, (long long)hi);
     *out = (int64_t)v->number;
     return MOE_OK;
 }
 
 moe_status moe_json_get_string(const moe_json_doc *d, const moe_json *v, const char *what, char *buf, size_t cap) {
-    if (!v) return fail_at(d->name, 1, "missing key \"%s\"", what);
-    if (v->type != MOE_JSON_STRING) return fail_at(d->name, v->line, "\"%s\" must be a string", what);
+    if (!v) return moe_fail_at(MOE_ERR_PARSE, d->name, 1, "missing key \"%s\"", what);
+    if (v->type != MOE_JSON_STRING)
+        return moe_fail_at(MOE_ERR_PARSE, d->name, v->line, "\"%s\" must be a string", what);
     if (v->len + 1 > cap || memchr(v->u.str, '\0', v->len))
-        return fail_at(d->name, v->line, "\"%s\" must be a string of at most %zu bytes without NUL", what,
-                       cap ? cap - 1 : 0);
+        return moe_fail_at(MOE_ERR_PARSE, d->name, v->line, "\"%s\" must be a string of at most %zu bytes without NUL",
+                           what, cap ? cap - 1 : 0);
     memcpy(buf, v->u.str, v->len + 1);
     return MOE_OK;
 }

@@ -43,24 +43,26 @@ static int by_begin(const void *a, const void *b) {
 
 static moe_status read_dtype(const moe_json_doc *doc, const char *tname, const moe_json *v, moe_wtype *out) {
     if (!v || v->type != MOE_JSON_STRING)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": \"dtype\" must be a string", doc->name,
-                        v ? v->line : 1, tname);
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, v ? v->line : 1, "tensor \"%s\": \"dtype\" must be a string",
+                           tname);
     for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++) {
         if (strcmp(v->u.str, dtypes[i].name) || strlen(v->u.str) != v->len) continue;
         if (dtypes[i].wtype < 0)
-            return moe_fail(MOE_ERR_UNSUPPORTED, "%s:%u: tensor \"%s\": dtype %s is not supported (supported: F32, "
-                                                 "F16, BF16)", doc->name, v->line, tname, dtypes[i].name);
+            return moe_fail_at(MOE_ERR_UNSUPPORTED, doc->name, v->line,
+                               "tensor \"%s\": dtype %s is not supported (supported: F32, "
+                               "F16, BF16)",
+                               tname, dtypes[i].name);
         *out = (moe_wtype)dtypes[i].wtype;
         return MOE_OK;
     }
-    return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": unknown dtype \"%.32s\"", doc->name, v->line, tname,
+    return moe_fail_at(MOE_ERR_PARSE, doc->name, v->line, "tensor \"%s\": unknown dtype \"%.32s\"", tname,
                     v->u.str);
 }
 
 static moe_status read_shape(const moe_json_doc *doc, const char *tname, const moe_json *v, moe_tensor *t) {
     if (!v || v->type != MOE_JSON_ARRAY || v->len > MOE_TENSOR_MAX_DIMS)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": \"shape\" must be an array of at most %d sizes",
-                        doc->name, v ? v->line : 1, tname, MOE_TENSOR_MAX_DIMS);
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, v ? v->line : 1,
+                           "tensor \"%s\": \"shape\" must be an array of at most %d sizes", tname, MOE_TENSOR_MAX_DIMS);
     t->n_dims = (uint32_t)v->len;
     t->n_elems = 1;
     for (uint32_t k = 0; k < MOE_TENSOR_MAX_DIMS; k++) t->shape[k] = 1;
@@ -70,7 +72,7 @@ static moe_status read_shape(const moe_json_doc *doc, const char *tname, const m
         if (st) return st;
         t->shape[k] = (uint64_t)x;
         if (__builtin_mul_overflow(t->n_elems, t->shape[k], &t->n_elems))
-            return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": the shape's size overflows", doc->name, v->line,
+            return moe_fail_at(MOE_ERR_PARSE, doc->name, v->line, "tensor \"%s\": the shape's size overflows",
                             tname);
     }
     return MOE_OK;
@@ -81,36 +83,38 @@ static moe_status read_entry(const moe_json_doc *doc, const moe_json_member *m, 
                              range *r) {
     const moe_json *v = &m->value;
     if (v->type != MOE_JSON_OBJECT)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": expected an object", doc->name, v->line, t->name);
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, v->line, "tensor \"%s\": expected an object", t->name);
     for (size_t k = 0; k < v->len; k++) {
         const char *key = v->u.members[k].key;
         if (strcmp(key, "dtype") && strcmp(key, "shape") && strcmp(key, "data_offsets"))
-            return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": unknown key \"%.64s\"", doc->name,
-                            v->u.members[k].line, t->name, key);
+            return moe_fail_at(MOE_ERR_PARSE, doc->name, v->u.members[k].line, "tensor \"%s\": unknown key \"%.64s\"",
+                               t->name, key);
     }
     moe_status st;
     if ((st = read_dtype(doc, t->name, moe_json_member_get(v, "dtype"), &t->type))) return st;
     if ((st = read_shape(doc, t->name, moe_json_member_get(v, "shape"), t))) return st;
     const moe_json *off = moe_json_member_get(v, "data_offsets");
     if (!off || off->type != MOE_JSON_ARRAY || off->len != 2)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": \"data_offsets\" must be [begin, end]", doc->name,
-                        off ? off->line : v->line, t->name);
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, off ? off->line : v->line,
+                           "tensor \"%s\": \"data_offsets\" must be [begin, end]", t->name);
     int64_t b, e;
     if ((st = moe_json_get_int(doc, &off->u.items[0], "data_offsets", 0, (int64_t)1 << 53, &b))) return st;
     if ((st = moe_json_get_int(doc, &off->u.items[1], "data_offsets", 0, (int64_t)1 << 53, &e))) return st;
     if (b > e)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": data_offsets [%lld, %lld] end before they begin",
-                        doc->name, off->line, t->name, (long long)b, (long long)e);
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, off->line,
+                           "tensor \"%s\": data_offsets [%lld, %lld] end before they begin", t->name, (long long)b,
+                           (long long)e);
     if ((uint64_t)e > data_size)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": data_offsets end at %lld, past the %llu bytes of data "
-                                       "(truncated file?)", doc->name, off->line, t->name, (long long)e,
-                        (unsigned long long)data_size);
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, off->line,
+                           "tensor \"%s\": data_offsets end at %lld, past the %llu bytes of data "
+                           "(truncated file?)",
+                           t->name, (long long)e, (unsigned long long)data_size);
     uint64_t bytes;
     if (!moe_wtype_bytes(t->type, t->n_elems, t->n_dims ? t->shape[t->n_dims - 1] : 1, &bytes) ||
         bytes != (uint64_t)(e - b))
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%s\": %lld bytes of data for %llu %s elements", doc->name,
-                        off->line, t->name, (long long)(e - b), (unsigned long long)t->n_elems,
-                        moe_wtype_name(t->type));
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, off->line,
+                           "tensor \"%s\": %lld bytes of data for %llu %s elements", t->name, (long long)(e - b),
+                           (unsigned long long)t->n_elems, moe_wtype_name(t->type));
     t->bytes = bytes;
     *r = (range){(uint64_t)b, (uint64_t)e, 0};
     return MOE_OK;
@@ -118,11 +122,11 @@ static moe_status read_entry(const moe_json_doc *doc, const moe_json_member *m, 
 
 static moe_status check_metadata(const moe_json_doc *doc, const moe_json *v) {
     if (v->type != MOE_JSON_OBJECT)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: \"__metadata__\" must be an object of strings", doc->name, v->line);
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, v->line, "\"__metadata__\" must be an object of strings");
     for (size_t k = 0; k < v->len; k++)
         if (v->u.members[k].value.type != MOE_JSON_STRING)
-            return moe_fail(MOE_ERR_PARSE, "%s:%u: \"__metadata__\" value \"%.64s\" must be a string", doc->name,
-                            v->u.members[k].line, v->u.members[k].key);
+            return moe_fail_at(MOE_ERR_PARSE, doc->name, v->u.members[k].line,
+                               "\"__metadata__\" value \"%.64s\" must be a string", v->u.members[k].key);
     return MOE_OK;
 }
 
@@ -149,7 +153,7 @@ static moe_status check_coverage(const moe_safetensors *st, range *r, uint64_t d
 static moe_status parse_header(moe_safetensors *st, const moe_json_doc *doc, uint64_t data_size) {
     const moe_json *root = &doc->root;
     if (root->type != MOE_JSON_OBJECT)
-        return moe_fail(MOE_ERR_PARSE, "%s:%u: the header must be a JSON object", doc->name, root->line);
+        return moe_fail_at(MOE_ERR_PARSE, doc->name, root->line, "the header must be a JSON object");
     size_t names_len = 0;
     uint64_t n = 0;
     for (size_t k = 0; k < root->len; k++) {
@@ -160,7 +164,7 @@ static moe_status parse_header(moe_safetensors *st, const moe_json_doc *doc, uin
             continue;
         }
         if (!m->key_len || strlen(m->key) != m->key_len)
-            return moe_fail(MOE_ERR_PARSE, "%s:%u: a tensor name is empty or holds a NUL byte", doc->name, m->line);
+            return moe_fail_at(MOE_ERR_PARSE, doc->name, m->line, "a tensor name is empty or holds a NUL byte");
         names_len += m->key_len + 1;
         n++;
     }
@@ -268,8 +272,8 @@ static moe_status index_shards(const moe_json_doc *doc, const moe_json *map, con
     for (size_t k = 0; k < map->len; k++) {
         const moe_json *v = &map->u.members[k].value;
         if (v->type != MOE_JSON_STRING || !plain_name(v->u.str, v->len))
-            return moe_fail(MOE_ERR_PARSE, "%s:%u: weight_map: \"%.64s\" must name a file in the directory",
-                            doc->name, v->line, map->u.members[k].key);
+            return moe_fail_at(MOE_ERR_PARSE, doc->name, v->line,
+                               "weight_map: \"%.64s\" must name a file in the directory", map->u.members[k].key);
         uint32_t j = 0;
         while (j < *n && strcmp((*names)[j], v->u.str)) j++;
         if (j == *n) (*names)[(*n)++] = v->u.str;
@@ -292,7 +296,7 @@ static moe_status check_index(const moe_st_dir *d, const moe_json_doc *doc, cons
         const moe_json_member *m = &map->u.members[k];
         const uint32_t f = shard_of(names, d->n_files, m->value.u.str);
         if (!moe_safetensors_find(&d->files[f], m->key))
-            return moe_fail(MOE_ERR_PARSE, "%s:%u: tensor \"%.128s\" is not in %s", doc->name, m->line, m->key,
+            return moe_fail_at(MOE_ERR_PARSE, doc->name, m->line, "tensor \"%.128s\" is not in %s", m->key,
                             d->files[f].file.path);
     }
     if (total != map->len)
@@ -334,8 +338,8 @@ static moe_status open_indexed(moe_st_dir *d, const char *dir, const char *index
     const char **names = NULL;
     uint32_t n = 0;
     if (!map || map->type != MOE_JSON_OBJECT || !map->len)
-        s = moe_fail(MOE_ERR_PARSE, "%s:%u: \"weight_map\" must be a non-empty object", index_path,
-                     map ? map->line : doc.root.line);
+        s = moe_fail_at(MOE_ERR_PARSE, index_path, map ? map->line : doc.root.line,
+                        "\"weight_map\" must be a non-empty object");
     else
         s = index_shards(&doc, map, &names, &n);
     if (s == MOE_OK && !(d->files = calloc(n, sizeof *d->files)))

@@ -225,16 +225,7 @@ typedef struct loader {
     const char *file;      /* for messages */
 } loader;
 
-static moe_status fail_at(moe_status s, const loader *L, const moe_json *v, const char *fmt, ...) MOE_PRINTF(4, 5);
-
-static moe_status fail_at(moe_status s, const loader *L, const moe_json *v, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return moe_fail(s, "%s:%u: %s", L->d->name, v ? v->line : 1, msg);
-}
+#define fail_at(s, L, v, ...) moe_fail_at((s), (L)->d->name, (v) ? (v)->line : 1u, __VA_ARGS__)
 
 static moe_status oom(const loader *L) {
     return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for the tokenizer", L->file);

@@ -22,15 +22,7 @@ typedef struct reader {
     uint64_t line;
 } reader;
 
-static moe_status bad(const reader *r, const char *fmt, ...) MOE_PRINTF(2, 3);
-static moe_status bad(const reader *r, const char *fmt, ...) {
-    char msg[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return moe_fail(MOE_ERR_PARSE, "%s:%llu: %s", r->name, (unsigned long long)r->line, msg);
-}
+#define bad(r, ...) moe_fail_at(MOE_ERR_PARSE, (r)->name, (r)->line, __VA_ARGS__)
 
 /* A decimal count in [lo, hi] that fills the whole of s..e. */
 static bool count(const char *s, const char *e, uint64_t lo, uint64_t hi, uint64_t *out) {
