@@ -3,7 +3,7 @@
 #ifndef MOE_RUNTIME_PLUGIN_H
 #define MOE_RUNTIME_PLUGIN_H
 
-#include "model.h"
+#include "model_registry.h"
 
 /* The runtime's model; NULL for a handle that is not a runtime. */
 const moe_model_t *moe_runtime_model_of(const moe_runtime_t *rt);

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "engine.h"
-#include "gpu.h"
+#include "device.h"
 #include "membw.h"
 #include "mm.h"
 #include "place.h"
@@ -43,6 +43,27 @@ static void clean(char *s, size_t cap) {
     if (!n) snprintf(s, cap, "unknown");
 }
 
+/* The profile's GPU g: the g-th physical device, in registry order. */
+typedef struct gpu_ref {
+    const moe_dev_reg *reg;
+    int index;
+} gpu_ref;
+
+static bool physical_gpu(uint32_t g, gpu_ref *out) {
+    const moe_dev_reg *const *regs;
+    const size_t n = moe_dev_registry(&regs);
+    for (size_t i = 0; i < n; i++) {
+        if (regs[i]->modeled || !regs[i]->measure) continue;
+        const int have = regs[i]->count();
+        if (have > 0 && g < (uint32_t)have) {
+            *out = (gpu_ref){regs[i], (int)g};
+            return true;
+        }
+        if (have > 0) g -= (uint32_t)have;
+    }
+    return false;
+}
+
 moe_status moe_profiler_host(moe_profile *p) {
     moe_profile_clear(p);
     moe_topology_t *t = NULL;
@@ -70,10 +91,10 @@ moe_status moe_profiler_host(moe_profile *p) {
     if (gmtime_r(&now, &tm)) strftime(p->created, sizeof p->created, "%Y-%m-%dT%H:%M:%SZ", &tm);
     snprintf(p->source, sizeof p->source, "measured");
     p->threads = p->topo.n_cores ? p->topo.n_cores : 1;
-    const int n_gpus = moe_gpu_count();
-    for (int g = 0; g < n_gpus && g < MOE_PROFILE_MAX_GPUS; g++) {
-        moe_gpu_info gi;
-        if (moe_gpu_probe(g, &gi) != MOE_OK) break;
+    gpu_ref ref;
+    for (uint32_t g = 0; g < MOE_PROFILE_MAX_GPUS && physical_gpu(g, &ref); g++) {
+        moe_dev_info gi;
+        if (ref.reg->probe(ref.index, &gi) != MOE_OK) break;
         moe_profile_gpu *d = &p->gpus[p->n_gpus++];
         snprintf(d->name, sizeof d->name, "%.127s", gi.name);
         clean(d->name, sizeof d->name);
@@ -125,10 +146,10 @@ static void measure_bandwidth(moe_profile *p, const sampling *r, const moe_logge
 
 /* ---- GPUs ---------------------------------------------------------------- */
 
-typedef moe_status (*gpu_sampler)(int g, int reps, double *a, double *b, const void *arg);
+typedef moe_status (*gpu_sampler)(const gpu_ref *g, int reps, double *a, double *b, const void *arg);
 
 /* Batches of samples from fn into a (and b) until the sampling rule holds. */
-static moe_status sample_gpu(int g, gpu_sampler fn, const void *arg, const sampling *r, moe_stat *a, moe_stat *b) {
+static moe_status sample_gpu(const gpu_ref *g, gpu_sampler fn, const void *arg, const sampling *r, moe_stat *a, moe_stat *b) {
     enum { BATCH = 5 };
     const double t0 = moe_now();
     while (!enough(a, r, t0)) {
@@ -143,26 +164,26 @@ static moe_status sample_gpu(int g, gpu_sampler fn, const void *arg, const sampl
     return MOE_OK;
 }
 
-static moe_status s_launch(int g, int reps, double *a, double *b, const void *arg) {
+static moe_status s_launch(const gpu_ref *g, int reps, double *a, double *b, const void *arg) {
     (void)arg;
-    return moe_gpu_time_launch(g, reps, a, b);
+    return g->reg->measure->launch(g->index, reps, a, b);
 }
 
 typedef struct copy_arg {
-    moe_gpu_copy_kind kind;
+    moe_dev_copy_kind kind;
     size_t bytes;
 } copy_arg;
 
-static moe_status s_copy(int g, int reps, double *a, double *b, const void *arg) {
+static moe_status s_copy(const gpu_ref *g, int reps, double *a, double *b, const void *arg) {
     (void)b;
     const copy_arg *c = arg;
-    return moe_gpu_time_copy(g, c->kind, c->bytes, reps, a);
+    return g->reg->measure->copy(g->index, c->kind, c->bytes, reps, a);
 }
 
-static moe_status s_expert(int g, int reps, double *a, double *b, const void *arg) {
+static moe_status s_expert(const gpu_ref *g, int reps, double *a, double *b, const void *arg) {
     (void)b;
     const uint32_t *s = arg; /* hidden, inter, m */
-    return moe_gpu_time_expert_f32(g, s[0], s[1], s[2], reps, a);
+    return g->reg->measure->expert_f32(g->index, s[0], s[1], s[2], reps, a);
 }
 
 /* Launch and event overheads, copy rates from 1 MB to the largest expert
@@ -182,14 +203,16 @@ static moe_status measure_gpus(moe_profile *p, const sampling *r, const moe_prof
     sizes[n_sizes++] = top;
     for (uint32_t g = 0; g < p->n_gpus; g++) {
         moe_profile_gpu *d = &p->gpus[g];
-        moe_status st = sample_gpu((int)g, s_launch, NULL, r, &d->launch_us, &d->event_us);
+        gpu_ref ref;
+        if (!physical_gpu(g, &ref)) break;
+        moe_status st = sample_gpu(&ref, s_launch, NULL, r, &d->launch_us, &d->event_us);
         moe_link_curve *links[3] = {&d->h2d_pinned, &d->h2d_pageable, &d->d2h_pinned};
-        const moe_gpu_copy_kind kinds[3] = {MOE_GPU_H2D_PINNED, MOE_GPU_H2D_PAGEABLE, MOE_GPU_D2H_PINNED};
+        const moe_dev_copy_kind kinds[3] = {MOE_DEV_H2D_PINNED, MOE_DEV_H2D_PAGEABLE, MOE_DEV_D2H_PINNED};
         for (int k = 0; k < 3 && st == MOE_OK; k++)
             for (uint32_t i = 0; i < n_sizes && st == MOE_OK; i++) {
                 const copy_arg a = {kinds[k], sizes[i]};
                 moe_stat s = {0};
-                if ((st = sample_gpu((int)g, s_copy, &a, r, &s, NULL)) != MOE_OK) break;
+                if ((st = sample_gpu(&ref, s_copy, &a, r, &s, NULL)) != MOE_OK) break;
                 links[k]->bytes[links[k]->n] = sizes[i], links[k]->gbps[links[k]->n++] = s;
             }
         for (uint32_t i = 0; i < n_shapes && st == MOE_OK; i++) {
@@ -198,7 +221,7 @@ static moe_status measure_gpus(moe_profile *p, const sampling *r, const moe_prof
             for (uint32_t k = 0; c && k < n_ms && st == MOE_OK; k++) {
                 const uint32_t arg[3] = {shapes[i].hidden, shapes[i].inter, ms[k]};
                 moe_stat s = {0};
-                if ((st = sample_gpu((int)g, s_expert, arg, r, &s, NULL)) != MOE_OK) break;
+                if ((st = sample_gpu(&ref, s_expert, arg, r, &s, NULL)) != MOE_OK) break;
                 moe_curve_point *pt = moe_curve_at(c, ms[k]);
                 if (!pt) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "profiler: allocation failed");
                 moe_stat_merge(&pt->us, &s);
@@ -339,6 +362,64 @@ moe_status moe_profiler_sample_expert(const moe_profile_shape *s, uint32_t m, ui
     return st;
 }
 
+/* The shapes and M points to measure: the options', else the defaults. */
+typedef struct profile_plan {
+    moe_profile_shape def[3 * 5];
+    const moe_profile_shape *shapes;
+    uint32_t n_shapes;
+    const uint32_t *ms;
+    uint32_t n_ms;
+    uint32_t max_m, max_dim, max_hidden;
+} profile_plan;
+
+static moe_status plan_points(const moe_profiler_opts *o, profile_plan *pl) {
+    pl->shapes = o->shapes, pl->n_shapes = o->n_shapes;
+    if (!pl->shapes || !pl->n_shapes) {
+        pl->n_shapes = 0;
+        const uint32_t n_sh = o->quick ? 1 : (uint32_t)(sizeof full_shapes / sizeof full_shapes[0]);
+        for (uint32_t d = 0; d < 3; d++)
+            for (uint32_t i = 0; i < n_sh; i++)
+                pl->def[pl->n_shapes++] = (moe_profile_shape){full_shapes[i][0], full_shapes[i][1], full_dtypes[d]};
+        pl->shapes = pl->def;
+    }
+    pl->ms = o->ms ? o->ms : o->quick ? quick_ms : full_ms;
+    pl->n_ms = o->ms ? o->n_ms : o->quick ? 5 : 10;
+    pl->max_m = pl->max_dim = pl->max_hidden = 0;
+    for (uint32_t i = 0; i < pl->n_ms; i++) pl->max_m = pl->ms[i] > pl->max_m ? pl->ms[i] : pl->max_m;
+    for (uint32_t i = 0; i < pl->n_shapes; i++) {
+        const moe_profile_shape *sh = &pl->shapes[i];
+        if (!moe_dtype_size(sh->dtype) || !sh->hidden || !sh->inter)
+            return moe_fail(MOE_ERR_INVALID_ARG, "moe_profiler_run: shape %u is empty or has no dtype", i);
+        pl->max_dim = sh->hidden > pl->max_dim ? sh->hidden : pl->max_dim;
+        pl->max_dim = sh->inter > pl->max_dim ? sh->inter : pl->max_dim;
+        pl->max_hidden = sh->hidden > pl->max_hidden ? sh->hidden : pl->max_hidden;
+    }
+    if (!pl->max_m) return moe_fail(MOE_ERR_INVALID_ARG, "moe_profiler_run: no M points");
+    return MOE_OK;
+}
+
+/* One curve: a shape's expert at every M point on one team's node. */
+static moe_status measure_curve(moe_profile *p, bench_ctx *c, const profile_plan *pl, const moe_profile_shape *s,
+                                uint32_t team, const sampling *r, const moe_logger *log) {
+    const uint32_t node = c->teams.index[team];
+    moe_status st = moe_cpu_prepare(c->cpu, s->hidden, s->inter, s->dtype);
+    if (st != MOE_OK) return st;
+    moe_curve *cv = moe_profile_curve(p, s->hidden, s->inter, s->dtype, -1, node);
+    if (!cv) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "profiler: allocation failed");
+    for (uint32_t k = 0; k < pl->n_ms; k++) {
+        if (!pl->ms[k]) continue;
+        moe_stat s1 = {0};
+        if ((st = sample(c, s, pl->ms[k], team, r, &s1)) != MOE_OK) return st;
+        moe_curve_point *pt = moe_curve_at(cv, pl->ms[k]);
+        if (!pt) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "profiler: allocation failed");
+        moe_stat_merge(&pt->us, &s1); /* every sample, not just the mean */
+        moe_log(log, MOE_LOG_INFO, "profile: %ux%u %s node %u m %u: %.1f us (n %llu, rse %.1f%%)", s->hidden,
+                s->inter, moe_dtype_name(s->dtype), node, pl->ms[k], moe_stat_mean(&s1), (unsigned long long)s1.n,
+                100.0 * moe_stat_rse(&s1));
+    }
+    return MOE_OK;
+}
+
 moe_status moe_profiler_run(moe_profile *p, const moe_profiler_opts *o) {
     if (!p || !o) return moe_fail(MOE_ERR_INVALID_ARG, "moe_profiler_run: NULL argument");
     moe_status st = moe_profiler_host(p);
@@ -346,68 +427,22 @@ moe_status moe_profiler_run(moe_profile *p, const moe_profiler_opts *o) {
     snprintf(p->mode, sizeof p->mode, "%s", o->quick ? "quick" : "full");
     const sampling r = rule(o->quick, o->rse_target, o->cap_s);
     measure_bandwidth(p, &r, o->log);
-
-    /* Shapes and M points. */
-    moe_profile_shape def[3 * 5];
-    const moe_profile_shape *shapes = o->shapes;
-    uint32_t n_shapes = o->n_shapes;
-    if (!shapes || !n_shapes) {
-        n_shapes = 0;
-        const uint32_t n_sh = o->quick ? 1 : (uint32_t)(sizeof full_shapes / sizeof full_shapes[0]);
-        for (uint32_t d = 0; d < 3; d++)
-            for (uint32_t i = 0; i < n_sh; i++)
-                def[n_shapes++] = (moe_profile_shape){full_shapes[i][0], full_shapes[i][1], full_dtypes[d]};
-        shapes = def;
-    }
-    const uint32_t *ms = o->ms ? o->ms : o->quick ? quick_ms : full_ms;
-    const uint32_t n_ms = o->ms ? o->n_ms : o->quick ? 5 : 10;
-    uint32_t max_m = 0, max_dim = 0, max_hidden = 0;
-    for (uint32_t i = 0; i < n_ms; i++) max_m = ms[i] > max_m ? ms[i] : max_m;
-    for (uint32_t i = 0; i < n_shapes; i++) {
-        if (!moe_dtype_size(shapes[i].dtype) || !shapes[i].hidden || !shapes[i].inter)
-            return moe_fail(MOE_ERR_INVALID_ARG, "moe_profiler_run: shape %u is empty or has no dtype", i);
-        max_dim = shapes[i].hidden > max_dim ? shapes[i].hidden : max_dim;
-        max_dim = shapes[i].inter > max_dim ? shapes[i].inter : max_dim;
-        max_hidden = shapes[i].hidden > max_hidden ? shapes[i].hidden : max_hidden;
-    }
-    if (!max_m) return moe_fail(MOE_ERR_INVALID_ARG, "moe_profiler_run: no M points");
-
+    profile_plan pl;
+    if ((st = plan_points(o, &pl)) != MOE_OK) return st;
     bench_ctx c;
-    st = ctx_make(&c, o->threads, rotation_bytes(o->rotate_bytes, p->topo.l3_bytes, shapes, n_shapes), max_dim,
-                  max_m, max_hidden, o->log);
+    st = ctx_make(&c, o->threads, rotation_bytes(o->rotate_bytes, p->topo.l3_bytes, pl.shapes, pl.n_shapes),
+                  pl.max_dim, pl.max_m, pl.max_hidden, o->log);
     if (st == MOE_OK) {
         p->threads = 0;
         for (uint32_t t = 0; t < c.teams.n; t++) p->threads += c.teams.size[t];
     }
     for (uint32_t team = 0; team < c.teams.n && st == MOE_OK; team++) {
-        const uint32_t node = c.teams.index[team];
         if (c.teams.n > 1) moe_numa_move(c.rot.buf, c.rot.bytes, c.teams.node[team]);
-        for (uint32_t i = 0; i < n_shapes && st == MOE_OK; i++) {
-            const moe_profile_shape *s = &shapes[i];
-            if ((st = moe_cpu_prepare(c.cpu, s->hidden, s->inter, s->dtype)) != MOE_OK) break;
-            moe_curve *cv = moe_profile_curve(p, s->hidden, s->inter, s->dtype, -1, node);
-            if (!cv) {
-                st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "profiler: allocation failed");
-                break;
-            }
-            for (uint32_t k = 0; k < n_ms && st == MOE_OK; k++) {
-                if (!ms[k]) continue;
-                moe_stat s1 = {0};
-                if ((st = sample(&c, s, ms[k], team, &r, &s1)) != MOE_OK) break;
-                moe_curve_point *pt = moe_curve_at(cv, ms[k]);
-                if (!pt) {
-                    st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "profiler: allocation failed");
-                    break;
-                }
-                moe_stat_merge(&pt->us, &s1); /* every sample, not just the mean */
-                moe_log(o->log, MOE_LOG_INFO, "profile: %ux%u %s node %u m %u: %.1f us (n %llu, rse %.1f%%)",
-                        s->hidden, s->inter, moe_dtype_name(s->dtype), node, ms[k], moe_stat_mean(&s1),
-                        (unsigned long long)s1.n, 100.0 * moe_stat_rse(&s1));
-            }
-        }
+        for (uint32_t i = 0; i < pl.n_shapes && st == MOE_OK; i++)
+            st = measure_curve(p, &c, &pl, &pl.shapes[i], team, &r, o->log);
     }
     ctx_free(&c);
-    if (st == MOE_OK && p->n_gpus) st = measure_gpus(p, &r, shapes, n_shapes, ms, n_ms, o->log);
+    if (st == MOE_OK && p->n_gpus) st = measure_gpus(p, &r, pl.shapes, pl.n_shapes, pl.ms, pl.n_ms, o->log);
     if (st == MOE_OK) st = moe_profile_finish(p);
     return st;
 }

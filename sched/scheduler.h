@@ -2,7 +2,7 @@
  * experts run on the GPU and which on the CPU (split.h), which experts are
  * copied in and kept (cache.h), and which are copied ahead for the next
  * layers (prefetch). One scheduler serves both executors: the simulator
- * (sim/, a virtual clock) and the runtime (real devices). It keeps the
+ * (tracesim/, a virtual clock) and the runtime (real devices). It keeps the
  * state they share: the cache, when each resident expert's weights are
  * ready, and when the (serial) host-to-GPU link is free.
  *

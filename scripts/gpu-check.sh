@@ -40,8 +40,8 @@ if [ -z "$build" ]; then
 fi
 [ -x "$build/moe-run" ] || { say "no $build/moe-run: the build failed (see $out/build.txt)"; exit 1; }
 
-run test_gpu "$build/tests/test_gpu"
-run test_cudadev "$build/tests/test_cudadev"
+run test_cuda_measure "$build/tests/test_cuda_measure"
+run test_device "$build/tests/test_device"
 run test_forward "$build/tests/test_forward"
 run profile "$build/moe-profile" --quick -o "$out/profile.txt"
 if [ -s "$out/profile.txt" ]; then

@@ -4,7 +4,7 @@
  * and the state rules while it is in flight, router lookahead
  * (moe_hint_next), and bad input. */
 #define _POSIX_C_SOURCE 200809L
-#include "model.h"
+#include "model_registry.h"
 #include "util.h"
 
 #ifndef MOE_PROFILES_DIR

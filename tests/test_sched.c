@@ -6,7 +6,7 @@
 #include <math.h>
 
 #include "scheduler.h"
-#include "sim.h"
+#include "tracesim.h"
 #include "util.h"
 
 enum { L = 4, E = 16, MAXT = 64 };

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "sim.h"
+#include "tracesim.h"
 #include "util.h"
 
 static moe_trace parse(const char *seq) {

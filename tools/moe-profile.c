@@ -17,7 +17,7 @@
 #include "hf_config.h"
 #include "profile.h"
 #include "profiler.h"
-#include "sim.h"
+#include "tracesim.h"
 
 static void usage(FILE *f) {
     fprintf(f,

@@ -14,7 +14,7 @@
 
 #include "hf_config.h"
 #include "profile.h"
-#include "sim.h"
+#include "tracesim.h"
 
 /* The timed simulation's settings, from the command line. */
 typedef struct timed_opts {

@@ -1,9 +1,9 @@
-/* simdev.c - the simulated GPU (see simdev.h). One worker thread per
+/* sim_device.c - the simulated GPU (see sim_device.h). One worker thread per
  * stream takes that stream's operations in order; one mutex and one
  * condition variable guard all state (operations are few and long next to
  * the locking). */
 #define _POSIX_C_SOURCE 200809L
-#include "simdev.h"
+#include "sim_device.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -75,7 +75,10 @@ typedef struct simdev {
         moe_dtype t;
     } shapes[MAX_SHAPES];
     uint32_t n_shapes;
-    moe_simdev_stats stats;
+    struct {                /* moe_simdev_stats, times in modeled microseconds */
+        uint64_t uploads, runs, failed, bytes_uploaded;
+        double copy_busy_us, compute_busy_us, end_us;
+    } stats;
 } simdev;
 
 static const moe_dev_iface simdev_iface;
@@ -434,14 +437,19 @@ static moe_status times_locked(simdev *d, moe_dev_event e, double *start_us, dou
     return st;
 }
 
+/* Seconds: the host's clock where the modeled timeline runs beside it,
+ * else the modeled clock itself (device.h). */
 static moe_status sim_times(moe_dev *dev, moe_dev_event e, double *start_s, double *end_s) {
     simdev *d = (simdev *)dev;
     double a = 0.0, b = 0.0;
     pthread_mutex_lock(&d->mu);
     const moe_status st = times_locked(d, e, &a, &b);
     pthread_mutex_unlock(&d->mu);
-    if (st == MOE_OK) *start_s = host_s(d, a), *end_s = host_s(d, b);
-    return st;
+    if (st != MOE_OK) return st;
+    const bool beside_host = d->p.time_scale > 0 || d->p.host_clock;
+    *start_s = beside_host ? host_s(d, a) : a * 1e-6;
+    *end_s = beside_host ? host_s(d, b) : b * 1e-6;
+    return MOE_OK;
 }
 
 static void sim_destroy(moe_dev *dev) {
@@ -462,6 +470,19 @@ static void sim_destroy(moe_dev *dev) {
     free(d);
 }
 
+/* What the CPU engine computes, since the engine computes the runs. */
+static bool sim_supports(const moe_dev *dev, moe_dtype t) {
+    (void)dev;
+    return t == MOE_DTYPE_F32 || t == MOE_DTYPE_BF16 || t == MOE_DTYPE_F16 || t == MOE_DTYPE_I8;
+}
+
+static void sim_stats(moe_dev *dev, moe_dev_stats *out) {
+    moe_simdev_stats st;
+    moe_simdev_get_stats(dev, &st);
+    *out = (moe_dev_stats){.uploads = st.uploads, .runs = st.runs, .failed = st.failed,
+                           .bytes_uploaded = st.bytes_uploaded};
+}
+
 static const moe_dev_iface simdev_iface = {
     .name = "sim",
     .alloc_slots = sim_alloc_slots,
@@ -472,6 +493,8 @@ static const moe_dev_iface simdev_iface = {
     .query = sim_query,
     .times = sim_times,
     .destroy = sim_destroy,
+    .supports = sim_supports,
+    .stats = sim_stats,
 };
 
 moe_status moe_simdev_create(moe_dev **out, const moe_simdev_params *p) {
@@ -514,15 +537,6 @@ moe_status moe_simdev_create(moe_dev **out, const moe_simdev_params *p) {
     return MOE_OK;
 }
 
-moe_status moe_simdev_times(moe_dev *dev, moe_dev_event e, double *start_us, double *end_us) {
-    simdev *d = as_sim(dev);
-    if (!d || !start_us || !end_us) return moe_fail(MOE_ERR_INVALID_ARG, "moe_simdev_times: not a simulated device");
-    pthread_mutex_lock(&d->mu);
-    const moe_status st = times_locked(d, e, start_us, end_us);
-    pthread_mutex_unlock(&d->mu);
-    return st;
-}
-
 void moe_simdev_hold(moe_dev *dev, int stream, bool hold) {
     simdev *d = as_sim(dev);
     if (!d || stream < 0 || stream > 1) return;
@@ -538,6 +552,59 @@ void moe_simdev_get_stats(moe_dev *dev, moe_simdev_stats *out) {
     memset(out, 0, sizeof *out);
     if (!d) return;
     pthread_mutex_lock(&d->mu);
-    *out = d->stats;
+    *out = (moe_simdev_stats){.uploads = d->stats.uploads, .runs = d->stats.runs, .failed = d->stats.failed,
+                              .bytes_uploaded = d->stats.bytes_uploaded, .copy_busy_s = d->stats.copy_busy_us * 1e-6,
+                              .compute_busy_s = d->stats.compute_busy_us * 1e-6, .end_s = d->stats.end_us * 1e-6};
     pthread_mutex_unlock(&d->mu);
 }
+
+/* ---- the registry's entry ---- */
+
+/* MOE_SIM_FAIL="alloc:N,upload:N,run:N,lost:N": the n-th such operation
+ * fails; lost: the n-th upload or run and all after it. */
+static moe_status parse_faults(moe_simdev_params *sp) {
+    static const char *const names[4] = {"alloc", "upload", "run", "lost"};
+    uint32_t *const dst[4] = {&sp->fail_alloc_at, &sp->fail_upload_at, &sp->fail_run_at, &sp->fail_from};
+    const char *f = getenv("MOE_SIM_FAIL");
+    while (f && *f) {
+        int k = 0;
+        while (k < 4 && strncmp(f, names[k], strlen(names[k]))) k++;
+        char *end;
+        const char *num = k < 4 ? f + strlen(names[k]) : f;
+        const unsigned long v = k < 4 && *num == ':' ? strtoul(num + 1, &end, 10) : 0;
+        if (k == 4 || *num != ':' || end == num + 1 || v == 0 || v > UINT32_MAX || (*end && *end != ','))
+            return moe_fail(MOE_ERR_INVALID_ARG, "MOE_SIM_FAIL=\"%s\": expected alloc:N, upload:N, run:N, lost:N "
+                            "(N >= 1), comma-separated", getenv("MOE_SIM_FAIL"));
+        *dst[k] = (uint32_t)v;
+        f = *end ? end + 1 : end;
+    }
+    return MOE_OK;
+}
+
+static moe_status reg_create(moe_dev **out, const moe_dev_params *p) {
+    moe_simdev_params sp = {.profile = p->profile, .gpu = p->index, .host_clock = true, .compute_threads = 1};
+    const char *env = getenv("MOE_SIM_TIME_SCALE");
+    if (env && *env) {
+        char *end;
+        sp.time_scale = strtod(env, &end);
+        if (*end || !(sp.time_scale >= 0))
+            return moe_fail(MOE_ERR_INVALID_ARG, "MOE_SIM_TIME_SCALE=\"%s\": not a number >= 0", env);
+    }
+    moe_status st = parse_faults(&sp);
+    if (st != MOE_OK) return st;
+    if (p->profile && p->index >= 0 && (uint32_t)p->index < p->profile->n_gpus &&
+        !p->profile->gpus[p->index].free_bytes)
+        sp.memory_bytes = p->pool_bytes; /* the profile gives no memory size */
+    return moe_simdev_create(out, &sp);
+}
+
+static int no_devices(void) { return 0; }
+
+const moe_dev_reg moe_sim_reg = {
+    .name = "sim",
+    .kind = MOE_DEVICE_SIM,
+    .title = "simulated GPU",
+    .modeled = true,
+    .count = no_devices,
+    .create = reg_create,
+};

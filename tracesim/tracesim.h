@@ -1,4 +1,4 @@
-/* sim.h - the trace-driven simulator (docs/scheduling.md). It replays
+/* tracesim.h - the trace-driven simulator (docs/scheduling.md). It replays
  * moe-trace v1 routing through the same scheduler and cache code as the
  * runtime (scheduler.h), on a virtual clock; and a pure cache mode, which
  * checks the cache code against independent figures. */

@@ -1,5 +1,5 @@
-/* model.c - expert registration (see moerun.h). */
-#include "model.h"
+/* model_registry.c - expert registration (see moerun.h). */
+#include "model_registry.h"
 
 #include <math.h>
 #include <stdlib.h>

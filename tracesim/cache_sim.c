@@ -1,7 +1,7 @@
-/* cache_sim.c - the simulator's pure cache mode (sim.h). */
+/* cache_sim.c - the simulator's pure cache mode (tracesim.h). */
 #include <stdlib.h>
 
-#include "sim.h"
+#include "tracesim.h"
 
 /* next[(tok * L + l) * K + k]: the next token after tok that needs the same
  * expert in layer l, or UINT32_MAX. */

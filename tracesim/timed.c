@@ -1,9 +1,9 @@
-/* timed.c - the timed simulation (sim.h): the trace's steps through the
+/* timed.c - the timed simulation (tracesim.h): the trace's steps through the
  * scheduler on a virtual clock. */
 #include <math.h>
 #include <stdlib.h>
 
-#include "sim.h"
+#include "tracesim.h"
 
 /* Every step's routing grouped by expert, once: offsets per (step, layer)
  * into flat arrays of experts, token counts and summed gate weights. */

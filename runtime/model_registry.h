@@ -1,6 +1,6 @@
-/* model.h - the registry of a model's routed experts (internal view). */
-#ifndef MOE_RUNTIME_MODEL_H
-#define MOE_RUNTIME_MODEL_H
+/* model_registry.h - the registry of a model's routed experts (internal view). */
+#ifndef MOE_RUNTIME_MODEL_REGISTRY_H
+#define MOE_RUNTIME_MODEL_REGISTRY_H
 
 #include <stdatomic.h>
 

@@ -1,8 +1,8 @@
-/* synth.c - synthetic routing traces (sim.h). */
+/* synth.c - synthetic routing traces (tracesim.h). */
 #include <math.h>
 #include <stdlib.h>
 
-#include "sim.h"
+#include "tracesim.h"
 
 moe_status moe_sim_synthetic(moe_trace *t, const moe_synth_params *p) {
     if (!t || !p) return moe_fail(MOE_ERR_INVALID_ARG, "synthetic trace: NULL argument");

@@ -1,4 +1,4 @@
-// cudadev.cu - a CUDA GPU behind the device interface (see cudadev.h).
+// cuda_device.cu - a CUDA GPU behind the device interface (see cuda_device.h).
 // Every CUDA and cuBLAS call is checked; a failure at submission refuses
 // the operation (the executor then runs the expert on the CPU), a failure
 // while executing is the operation's event's error, reported by wait().
@@ -13,7 +13,8 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "cudadev.h"
+#include "cuda_device.h"
+#include "cuda_measure.h"
 
 namespace {
 
@@ -169,7 +170,7 @@ void complete(op *o) {
     if (o->done) return;
     o->err = cudaEventSynchronize(o->end);
     o->done = true;
-    if (o->err != cudaSuccess) (void)cudaGetLastError();
+    if (o->err != cudaSuccess) (void)cudaGetLastError(), o->dev->stats.failed++;
 }
 
 // Whether o has completed, without blocking.
@@ -179,7 +180,7 @@ bool poll(op *o) {
     if (e == cudaErrorNotReady) return (void)cudaGetLastError(), false;
     o->done = true;
     o->err = e;
-    if (e != cudaSuccess) (void)cudaGetLastError();
+    if (e != cudaSuccess) (void)cudaGetLastError(), o->dev->stats.failed++;
     return true;
 }
 
@@ -512,6 +513,7 @@ moe_status cu_upload(moe_dev *dev, uint32_t s, const moe_expert_view *w, moe_dev
     sl->view = v;
     sl->last_upload = o->seq;
     d->stats.uploads++;
+    for (int i = 0; i < parts; i++) d->stats.bytes_uploaded += len[i];
     *done = o->seq;
     return MOE_OK;
 }
@@ -716,8 +718,18 @@ void cu_destroy(moe_dev *dev) {
     free(d);
 }
 
+bool cu_supports(const moe_dev *, moe_dtype t) {
+    return t == MOE_DTYPE_F32 || t == MOE_DTYPE_BF16 || t == MOE_DTYPE_F16 || t == MOE_DTYPE_I8;
+}
+
+void cu_stats(moe_dev *dev, moe_dev_stats *out) {
+    const moe_cudadev_stats &s = ((cudadev *)dev)->stats;
+    *out = moe_dev_stats{s.uploads, s.runs, s.failed, s.bytes_uploaded};
+}
+
 const moe_dev_iface cudadev_iface = {
-    "cuda", cu_alloc_slots, cu_free_bytes, cu_upload, cu_run, cu_wait, cu_query, cu_times, cu_destroy,
+    "cuda", cu_alloc_slots, cu_free_bytes, cu_upload, cu_run, cu_wait, cu_query, cu_times, cu_destroy, cu_supports,
+    cu_stats,
 };
 
 cudadev *as_cuda(moe_dev *d) { return d && d->iface == &cudadev_iface ? (cudadev *)d : NULL; }
@@ -787,3 +799,24 @@ extern "C" void moe_cudadev_get_stats(moe_dev *dev, moe_cudadev_stats *out) {
     if (d) *out = d->stats;
     else memset(out, 0, sizeof *out);
 }
+
+// ---- the registry's entry ---------------------------------------------
+
+namespace {
+
+moe_status reg_create(moe_dev **out, const moe_dev_params *p) {
+    moe_cudadev_params cp = {};
+    cp.device = p->index;
+    cp.pin_limit_bytes = p->pin_limit_bytes;
+    cp.log = p->log;
+    cp.host_stream = p->host_stream;
+    return moe_cudadev_create(out, &cp);
+}
+
+const moe_dev_measure cuda_measure = {moe_cuda_time_copy, moe_cuda_time_launch, moe_cuda_time_expert_f32};
+
+} // namespace
+
+extern "C" const moe_dev_reg moe_cuda_reg = {
+    "cuda", MOE_DEVICE_CUDA, "CUDA device", false, moe_cuda_count, moe_cuda_probe, reg_create, &cuda_measure,
+};

@@ -1,4 +1,4 @@
-/* cudadev.h - a CUDA GPU behind the device interface (gpu/device.h).
+/* cuda_device.h - a CUDA GPU behind the device interface (gpu/device.h).
  *
  * Memory: one device allocation holds the slot pool; each slot holds an
  * expert's gate and up matrices back to back (so one GEMM computes both),
@@ -37,8 +37,8 @@
  * f16 weights with activations rounded to the weights' type and f32
  * accumulation; int8 weights are dequantized with their row scales into
  * bf16 on the device, then as bf16. */
-#ifndef MOE_GPU_CUDADEV_H
-#define MOE_GPU_CUDADEV_H
+#ifndef MOE_GPU_CUDA_DEVICE_H
+#define MOE_GPU_CUDA_DEVICE_H
 
 #include "device.h"
 
@@ -58,11 +58,13 @@ typedef struct moe_cudadev_params {
     void *host_stream;
 } moe_cudadev_params;
 
-/* MOE_ERR_NO_DEVICE without CUDA in the build, a driver or that device. */
+/* MOE_ERR_NO_DEVICE without a driver or that device. */
 moe_status moe_cudadev_create(moe_dev **out, const moe_cudadev_params *p);
 
 typedef struct moe_cudadev_stats {
-    uint64_t uploads, runs;
+    uint64_t uploads, runs;   /* accepted at submission */
+    uint64_t failed;          /* operations seen to complete with an error */
+    uint64_t bytes_uploaded;  /* expert bytes of the accepted uploads */
     uint64_t pinned_bytes;    /* host weight bytes registered for DMA */
     uint64_t pageable_bytes;  /* bytes uploaded from pageable memory */
     uint64_t pin_failures;    /* tensors that could not be registered */
@@ -70,6 +72,9 @@ typedef struct moe_cudadev_stats {
 
 /* Zeros for a device that is not a CUDA device. */
 void moe_cudadev_get_stats(moe_dev *d, moe_cudadev_stats *out);
+
+/* Registered as device "cuda" (a build with CUDA only). */
+extern const moe_dev_reg moe_cuda_reg;
 
 #ifdef __cplusplus
 }

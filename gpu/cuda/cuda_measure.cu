@@ -1,4 +1,5 @@
-// device.cu - CUDA devices, contexts, and the f32 SwiGLU expert via cuBLAS.
+// cuda_measure.cu - CUDA devices, contexts, the f32 SwiGLU expert via cuBLAS
+// and the measurements moe-profile takes of a GPU (cuda_measure.h).
 // Every CUDA and cuBLAS call is checked and turned into a moe_status with
 // the call, file and line in the message.
 #include <cublas_v2.h>
@@ -8,15 +9,15 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "gpu.h"
+#include "cuda_measure.h"
 
-struct moe_gpu_ctx {
+struct moe_cuda_ctx {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
 };
 
-extern "C" int moe_gpu_count(void) {
+extern "C" int moe_cuda_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
         cudaGetLastError(); // clear the sticky "no driver" error
@@ -25,8 +26,8 @@ extern "C" int moe_gpu_count(void) {
     return n;
 }
 
-extern "C" moe_status moe_gpu_probe(int device, moe_gpu_info *out) {
-    int n = moe_gpu_count();
+extern "C" moe_status moe_cuda_probe(int device, moe_dev_info *out) {
+    int n = moe_cuda_count();
     if (device < 0 || device >= n)
         return moe_fail(MOE_ERR_NO_DEVICE, "no CUDA device %d (%d found)", device, n);
     if (!out) return MOE_OK;
@@ -47,14 +48,14 @@ extern "C" moe_status moe_gpu_probe(int device, moe_gpu_info *out) {
     return MOE_OK;
 }
 
-extern "C" moe_status moe_gpu_ctx_create(moe_gpu_ctx **out, int device) {
-    if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_ctx_create: out is NULL");
+extern "C" moe_status moe_cuda_ctx_create(moe_cuda_ctx **out, int device) {
+    if (!out) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cuda_ctx_create: out is NULL");
     *out = NULL;
-    moe_status st = moe_gpu_probe(device, NULL);
+    moe_status st = moe_cuda_probe(device, NULL);
     if (st != MOE_OK) return st;
     SWITCH_TO(device);
-    moe_gpu_ctx *c = (moe_gpu_ctx *)calloc(1, sizeof *c);
-    if (!c) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_gpu_ctx_create: allocation failed");
+    moe_cuda_ctx *c = (moe_cuda_ctx *)calloc(1, sizeof *c);
+    if (!c) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_cuda_ctx_create: allocation failed");
     c->device = device;
     cudaError_t e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
@@ -73,9 +74,9 @@ extern "C" moe_status moe_gpu_ctx_create(moe_gpu_ctx **out, int device) {
     return MOE_OK;
 }
 
-extern "C" void moe_gpu_ctx_free(moe_gpu_ctx **pc) {
+extern "C" void moe_cuda_ctx_free(moe_cuda_ctx **pc) {
     if (!pc || !*pc) return;
-    moe_gpu_ctx *c = *pc;
+    moe_cuda_ctx *c = *pc;
     *pc = NULL;
     device_guard guard(c->device);
     cudaStreamSynchronize(c->stream);
@@ -93,13 +94,13 @@ __global__ void silu_mul_kernel(float *h, const float *g, const float *__restric
     }
 }
 
-extern "C" moe_status moe_gpu_expert_f32(moe_gpu_ctx *c, const float *gate, const float *up, const float *down,
+extern "C" moe_status moe_cuda_expert_f32(moe_cuda_ctx *c, const float *gate, const float *up, const float *down,
                                          uint32_t hidden, uint32_t inter, uint32_t m, const float *x, float *y,
                                          float *scratch) {
     if (!c || !gate || !up || !down || !x || !y || !scratch)
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_expert_f32: NULL argument");
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cuda_expert_f32: NULL argument");
     if (hidden == 0 || inter == 0 || hidden > INT_MAX || inter > INT_MAX || m > INT_MAX)
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_expert_f32: shape %ux%u with m = %u (each 1..%d, m 0..%d)",
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cuda_expert_f32: shape %ux%u with m = %u (each 1..%d, m 0..%d)",
                         hidden, inter, m, INT_MAX, INT_MAX);
     if (m == 0) return MOE_OK;
     SWITCH_TO(c->device);
@@ -121,8 +122,8 @@ extern "C" moe_status moe_gpu_expert_f32(moe_gpu_ctx *c, const float *gate, cons
     return MOE_OK;
 }
 
-extern "C" moe_status moe_gpu_sync(moe_gpu_ctx *c) {
-    if (!c) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_sync: NULL context");
+extern "C" moe_status moe_cuda_sync(moe_cuda_ctx *c) {
+    if (!c) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cuda_sync: NULL context");
     SWITCH_TO(c->device);
     CUDA_OK(cudaStreamSynchronize(c->stream));
     return MOE_OK;
@@ -138,7 +139,7 @@ struct bench_res {
     cudaStream_t stream = nullptr;
     cudaEvent_t a = nullptr, b = nullptr;
     void *dev = nullptr, *pinned = nullptr, *pageable = nullptr;
-    moe_gpu_ctx *ctx = nullptr;
+    moe_cuda_ctx *ctx = nullptr;
     ~bench_res() {
         device_guard g(device);
         if (stream) cudaStreamSynchronize(stream);
@@ -148,7 +149,7 @@ struct bench_res {
         if (pinned) cudaFreeHost(pinned);
         free(pageable);
         if (stream) cudaStreamDestroy(stream);
-        if (ctx) moe_gpu_ctx_free(&ctx);
+        if (ctx) moe_cuda_ctx_free(&ctx);
     }
 };
 } // namespace
@@ -158,7 +159,7 @@ __global__ void empty_kernel() {}
 // Call with `device` current (SWITCH_TO), after bench_check.
 static moe_status bench_check(int device, int reps, const void *out) {
     if (reps <= 0 || !out) return moe_fail(MOE_ERR_INVALID_ARG, "GPU measurement: reps %d, output %p", reps, out);
-    return moe_gpu_probe(device, NULL);
+    return moe_cuda_probe(device, NULL);
 }
 
 static moe_status bench_open(bench_res &r, int device) {
@@ -169,17 +170,17 @@ static moe_status bench_open(bench_res &r, int device) {
     return MOE_OK;
 }
 
-extern "C" moe_status moe_gpu_time_copy(int device, moe_gpu_copy_kind kind, size_t bytes, int reps, double *gbps) {
+extern "C" moe_status moe_cuda_time_copy(int device, moe_dev_copy_kind kind, size_t bytes, int reps, double *gbps) {
     bench_res r;
     moe_status st = bench_check(device, reps, gbps);
     if (st != MOE_OK) return st;
     SWITCH_TO(device);
     if ((st = bench_open(r, device)) != MOE_OK) return st;
-    if (bytes == 0) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_time_copy: 0 bytes");
+    if (bytes == 0) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cuda_time_copy: 0 bytes");
     CUDA_OK(cudaMalloc(&r.dev, bytes));
     void *host;
-    if (kind == MOE_GPU_H2D_PAGEABLE) {
-        if (!(r.pageable = malloc(bytes))) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_gpu_time_copy: %zu bytes", bytes);
+    if (kind == MOE_DEV_H2D_PAGEABLE) {
+        if (!(r.pageable = malloc(bytes))) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_cuda_time_copy: %zu bytes", bytes);
         memset(r.pageable, 1, bytes); // pages present, as weights in host memory are
         host = r.pageable;
     } else {
@@ -187,7 +188,7 @@ extern "C" moe_status moe_gpu_time_copy(int device, moe_gpu_copy_kind kind, size
         memset(r.pinned, 1, bytes);
         host = r.pinned;
     }
-    const bool h2d = kind != MOE_GPU_D2H_PINNED;
+    const bool h2d = kind != MOE_DEV_D2H_PINNED;
     for (int i = -1; i < reps; i++) {
         CUDA_OK(cudaEventRecord(r.a, r.stream));
         CUDA_OK(h2d ? cudaMemcpyAsync(r.dev, host, bytes, cudaMemcpyHostToDevice, r.stream)
@@ -201,13 +202,13 @@ extern "C" moe_status moe_gpu_time_copy(int device, moe_gpu_copy_kind kind, size
     return MOE_OK;
 }
 
-extern "C" moe_status moe_gpu_time_launch(int device, int reps, double *launch_us, double *event_us) {
+extern "C" moe_status moe_cuda_time_launch(int device, int reps, double *launch_us, double *event_us) {
     bench_res r;
     moe_status st = bench_check(device, reps, launch_us);
     if (st != MOE_OK) return st;
     SWITCH_TO(device);
     if ((st = bench_open(r, device)) != MOE_OK) return st;
-    if (!event_us) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_time_launch: NULL output");
+    if (!event_us) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cuda_time_launch: NULL output");
     for (int i = -1; i < reps; i++) {
         // Host clock: what the runtime waits from launching to seeing it done.
         double t0 = moe_now();
@@ -223,22 +224,22 @@ extern "C" moe_status moe_gpu_time_launch(int device, int reps, double *launch_u
     return MOE_OK;
 }
 
-extern "C" moe_status moe_gpu_time_expert_f32(int device, uint32_t hidden, uint32_t inter, uint32_t m, int reps,
+extern "C" moe_status moe_cuda_time_expert_f32(int device, uint32_t hidden, uint32_t inter, uint32_t m, int reps,
                                               double *us) {
     bench_res r;
     moe_status st = bench_check(device, reps, us);
     if (st != MOE_OK) return st;
     SWITCH_TO(device);
     if ((st = bench_open(r, device)) != MOE_OK) return st;
-    if (!hidden || !inter || !m) return moe_fail(MOE_ERR_INVALID_ARG, "moe_gpu_time_expert_f32: empty shape");
-    if ((st = moe_gpu_ctx_create(&r.ctx, device)) != MOE_OK) return st;
+    if (!hidden || !inter || !m) return moe_fail(MOE_ERR_INVALID_ARG, "moe_cuda_time_expert_f32: empty shape");
+    if ((st = moe_cuda_ctx_create(&r.ctx, device)) != MOE_OK) return st;
     const size_t nw = (size_t)hidden * inter, nx = (size_t)m * hidden, ns = 2 * (size_t)m * inter;
     CUDA_OK(cudaMalloc(&r.dev, (3 * nw + 2 * nx + ns) * sizeof(float)));
     float *w = (float *)r.dev, *x = w + 3 * nw, *y = x + nx, *s = y + nx;
     CUDA_OK(cudaMemset(r.dev, 0, (3 * nw + 2 * nx + ns) * sizeof(float)));
     for (int i = -1; i < reps; i++) {
         CUDA_OK(cudaEventRecord(r.a, r.ctx->stream));
-        if ((st = moe_gpu_expert_f32(r.ctx, w, w + nw, w + 2 * nw, hidden, inter, m, x, y, s)) != MOE_OK) return st;
+        if ((st = moe_cuda_expert_f32(r.ctx, w, w + nw, w + 2 * nw, hidden, inter, m, x, y, s)) != MOE_OK) return st;
         CUDA_OK(cudaEventRecord(r.b, r.ctx->stream));
         CUDA_OK(cudaEventSynchronize(r.b));
         float ms = 0.0f;

@@ -1,4 +1,4 @@
-/* simdev.h - a simulated GPU behind the device interface (gpu/device.h),
+/* sim_device.h - a simulated GPU behind the device interface (gpu/device.h),
  * so the executor, the planner and moe-run run end to end on machines
  * without a GPU, in tests and with --device sim.
  *
@@ -29,9 +29,16 @@
  * waiting behave as on the modeled machine; with time_scale = 0 nothing
  * waits and only the modeled clock advances (tests). When computing takes
  * longer than modeled, completion comes when computing ends; the modeled
- * times do not change. */
-#ifndef MOE_GPU_SIMDEV_H
-#define MOE_GPU_SIMDEV_H
+ * times do not change. The interface's times() are seconds (device.h).
+ *
+ * Registered as device "sim" (moe_sim_reg): the runtime's simulated GPU
+ * models the profile's GPU `index` on the host's clock with one compute
+ * thread, and reads two variables of the environment:
+ *   MOE_SIM_TIME_SCALE=S   time_scale (default 0: nothing waits)
+ *   MOE_SIM_FAIL=alloc:N,upload:N,run:N,lost:N   the faults below (lost: fail_from)
+ * so the runtime's fallbacks can be tested, and a host can test its own. */
+#ifndef MOE_GPU_SIM_DEVICE_H
+#define MOE_GPU_SIM_DEVICE_H
 
 #include "device.h"
 #include "profile.h"
@@ -64,23 +71,19 @@ enum { MOE_SIMDEV_COPY = 0, MOE_SIMDEV_COMPUTE = 1 };
  * such GPU or no host-to-device or device-to-host copy figures for it. */
 moe_status moe_simdev_create(moe_dev **out, const moe_simdev_params *p);
 
-/* The modeled interval of event e, microseconds since the device was
- * created. MOE_ERR_INVALID_ARG when d is not a simulated device or e is not
- * one of its last 4096 operations; MOE_ERR_STATE while e is in flight. */
-moe_status moe_simdev_times(moe_dev *d, moe_dev_event e, double *start_us, double *end_us);
-
 /* Holds a stream before its next operation (hold true) or lets it go:
  * tests use it to order the two streams deterministically. */
 void moe_simdev_hold(moe_dev *d, int stream, bool hold);
 
-
 typedef struct moe_simdev_stats {
     uint64_t uploads, runs, failed; /* operations completed; failed among them */
     uint64_t bytes_uploaded;
-    double copy_busy_us, compute_busy_us; /* modeled time each stream was busy */
-    double end_us;                        /* modeled end of the last completed operation */
+    double copy_busy_s, compute_busy_s; /* modeled seconds each stream was busy */
+    double end_s;                       /* modeled end of the last completed operation, seconds since creation */
 } moe_simdev_stats;
 
 void moe_simdev_get_stats(moe_dev *d, moe_simdev_stats *out);
+
+extern const moe_dev_reg moe_sim_reg;
 
 #endif
