@@ -16,14 +16,17 @@ refused with its class named. See docs/plugin.md.
 """
 from __future__ import annotations
 
+# The package's version, which must equal the C library's (moe_version());
+# pyproject.toml and python/CMakeLists.txt read it from this line.
+__version__ = "0.1.0"
+
 import ctypes
 from typing import Any, Optional, Union
 
-from ._lib import DEVICES, DTYPE_BF16, DTYPE_F16, DTYPE_F32, MoerunError, check, lib
+from ._lib import API_VERSION, DEVICES, DTYPE_BF16, DTYPE_F16, DTYPE_F32, DTYPE_I8, MoerunError, check, lib, lib_path
 from ._lib import ExpertWeights, Stats
 
-__all__ = ["patch", "unpatch", "stats", "is_patched", "MoerunError", "KNOWN_EXPERTS"]
-__version__ = "0.1.0"
+__all__ = ["patch", "unpatch", "stats", "is_patched", "lib", "MoerunError", "KNOWN_EXPERTS"]
 
 # The experts classes this version knows, and the blocks that hold them.
 KNOWN_EXPERTS = {
@@ -239,3 +242,4 @@ def stats(model) -> dict[str, Any]:
     out["device"] = {v: k for k, v in DEVICES.items()}.get(L.moe_runtime_device(state.rt), "invalid")
     out["policy"] = L.moe_runtime_policy(state.rt).decode()
     return out
+
