@@ -142,8 +142,8 @@ def lib() -> ctypes.CDLL:
     L.moe_api_version.restype, L.moe_api_version.argtypes = ctypes.c_uint, []
     version, api = L.moe_version().decode(), L.moe_api_version()
     if version != __version__ or api != API_VERSION:
-        raise MoerunError(f"{path} ({where}) is libmoerun {version} with API version {api}, but this moerun package "
-                          f"is {__version__} and needs API version {API_VERSION}: {_REBUILD[where]}")
+        raise MoerunError(f"{path} (found in: {where}) is libmoerun {version} with API version {api}, but this "
+                          f"moerun package is {__version__} and needs API version {API_VERSION}: {_REBUILD[where]}")
     u32, u64, vp, st = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int
     proto = {
         "moe_build_info": (ctypes.c_char_p, []),
@@ -175,8 +175,8 @@ def lib() -> ctypes.CDLL:
         f.restype, f.argtypes = res, args
     # Structs the library returns by value must be declared whole here.
     if L.moe_runtime_default_params().struct_size != ctypes.sizeof(RuntimeParams):
-        raise MoerunError(f"{path} ({where}): libmoerun's moe_runtime_params differs from this binding's: "
-                          f"{_REBUILD[where]}")
+        raise MoerunError(f"{path} (found in: {where}): libmoerun's moe_runtime_params differs from this "
+                          f"binding's: {_REBUILD[where]}")
     _lib, _where = L, (path, where)
     return L
 
