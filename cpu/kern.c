@@ -619,6 +619,8 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable) {
     return k;
 }
 
+const char *moe_cpu_kernel(moe_dtype t) { return moe_dtype_size(t) ? moe_kernel_select(t, false).name : ""; }
+
 size_t moe_act_size(moe_act_kind a) {
     return a == MOE_ACT_F32 ? 4 : a == MOE_ACT_BF16 || a == MOE_ACT_BF16_VNNI ? 2 : 1; /* U8, S8, S8_VNNI */
 }

@@ -189,6 +189,14 @@ MOE_EXPORT moe_status moe_topology_node_cores(const moe_topology_t *t, uint32_t 
 
 MOE_EXPORT void moe_topology_free(moe_topology_t **t);
 
+/* The CPU engine's kernel for experts with weights of dtype `t` at decode
+ * (a few tokens per expert) on this machine, chosen at run time from the
+ * CPU's features: "avx512_bf16" (bf16 dot products), "avx512_vnni" (int8),
+ * "avx512", or "c", the portable kernel. Larger batches may run on AMX
+ * tiles (moe_topology_info.has_amx) or oneDNN (docs/cpu-engine.md). Never
+ * NULL; "" for an unknown dtype. The string is static. */
+MOE_EXPORT const char *moe_cpu_kernel(moe_dtype t);
+
 /* ------------------------------------------------------------------------ */
 /* Models: experts registered once                                          */
 /* ------------------------------------------------------------------------ */

@@ -1,4 +1,4 @@
-/* test_api.c - status strings, versions, defaults, dtypes and conversions,
+/* test_api.c - status strings, versions, the CPU kernel names, defaults, dtypes and conversions,
  * the per-thread last error, and the log callback. */
 #include <pthread.h>
 
@@ -24,6 +24,24 @@ static void versions(void) {
     CHECK(strstr(moe_build_info(), want) != NULL);
     CHECK(strstr(moe_build_info(), "hwloc") != NULL);
     CHECK(strstr(moe_build_info(), "oneDNN") != NULL);
+}
+
+/* The decode kernel per dtype: the plain C one, or an AVX-512 one where the CPU has it. */
+static void cpu_kernels(void) {
+    moe_topology_t *t = NULL;
+    moe_topology_info ti = {0};
+    CHECK_EQ(moe_topology_detect(&t), MOE_OK);
+    CHECK_EQ(moe_topology_get_info(t, &ti), MOE_OK);
+    moe_topology_free(&t);
+    for (int d = 0; d < MOE_DTYPE_COUNT_; d++) {
+        const char *k = moe_cpu_kernel((moe_dtype)d);
+        CHECK(strcmp(k, "c") == 0 || strncmp(k, "avx512", 6) == 0);
+        CHECK(strcmp(k, "c") == 0 || ti.has_avx512f);
+    }
+    CHECK(strcmp(moe_cpu_kernel(MOE_DTYPE_BF16), "avx512_bf16") != 0 || ti.has_avx512_bf16);
+    CHECK(strcmp(moe_cpu_kernel(MOE_DTYPE_I8), "avx512_vnni") != 0 || ti.has_avx512_vnni);
+    CHECK(strcmp(moe_cpu_kernel(MOE_DTYPE_COUNT_), "") == 0);
+    CHECK(strcmp(moe_cpu_kernel((moe_dtype)-1), "") == 0);
 }
 
 static void default_params(void) {
@@ -182,6 +200,6 @@ static void log_callback(void) {
     test_model_free(&t);
 }
 
-TEST_MAIN("api", TEST_CASE(status_strings), TEST_CASE(versions), TEST_CASE(default_params), TEST_CASE(names),
-          TEST_CASE(bf16_conversion), TEST_CASE(f16_conversion), TEST_CASE(last_error_is_per_thread),
-          TEST_CASE(log_callback))
+TEST_MAIN("api", TEST_CASE(status_strings), TEST_CASE(versions), TEST_CASE(cpu_kernels), TEST_CASE(default_params),
+          TEST_CASE(names), TEST_CASE(bf16_conversion), TEST_CASE(f16_conversion),
+          TEST_CASE(last_error_is_per_thread), TEST_CASE(log_callback))

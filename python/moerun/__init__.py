@@ -12,18 +12,23 @@ Supported: the experts modules of Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and
 DeepSeek-V2 as transformers 5 lays them out (fused gate_up_proj
 [experts, 2 * inter, hidden] and down_proj [experts, hidden, inter]),
 tested with transformers 5.24. A sparse-MoE block of another layout is
-refused with its class named. See docs/plugin.md.
+refused with its class named. Importing moerun needs neither torch nor the
+library; info() and `python -m moerun --version` say which library is used
+and how it was built. See docs/plugin.md.
 """
 from __future__ import annotations
+
+# The package's version, which must equal the C library's (moe_version());
+# pyproject.toml and python/CMakeLists.txt read it from this line.
+__version__ = "0.1.0"
 
 import ctypes
 from typing import Any, Optional, Union
 
-from ._lib import DEVICES, DTYPE_BF16, DTYPE_F16, DTYPE_F32, MoerunError, check, lib
-from ._lib import ExpertWeights, Stats
+from ._lib import API_VERSION, DEVICES, DTYPE_BF16, DTYPE_F16, DTYPE_F32, DTYPE_I8, MoerunError, check, lib, lib_path
+from ._lib import ExpertWeights, Stats, TopologyInfo
 
-__all__ = ["patch", "unpatch", "stats", "is_patched", "MoerunError", "KNOWN_EXPERTS"]
-__version__ = "0.1.0"
+__all__ = ["patch", "unpatch", "stats", "is_patched", "info", "lib", "MoerunError", "KNOWN_EXPERTS"]
 
 # The experts classes this version knows, and the blocks that hold them.
 KNOWN_EXPERTS = {
@@ -239,3 +244,34 @@ def stats(model) -> dict[str, Any]:
     out["device"] = {v: k for k, v in DEVICES.items()}.get(L.moe_runtime_device(state.rt), "invalid")
     out["policy"] = L.moe_runtime_policy(state.rt).decode()
     return out
+
+
+def info() -> dict[str, Any]:
+    """What this package runs on: its version, the library's version, API
+    version, path and build line (moe_build_info), whether CUDA was built,
+    and the CPU path (the decode kernel per weight dtype, AMX, cores)."""
+    L = lib()
+    path, where = lib_path()
+    build = L.moe_build_info().decode()
+    kern = getattr(L, "moe_cpu_kernel", None)
+    dtypes = {"f32": DTYPE_F32, "bf16": DTYPE_BF16, "f16": DTYPE_F16, "int8": DTYPE_I8}
+    topo, ti = ctypes.c_void_p(), TopologyInfo()
+    check(L.moe_topology_detect(ctypes.byref(topo)), "moe_topology_detect")
+    try:
+        check(L.moe_topology_get_info(topo, ctypes.byref(ti)), "moe_topology_get_info")
+    finally:
+        L.moe_topology_free(ctypes.byref(topo))
+    return {
+        "version": __version__,
+        "library_version": L.moe_version().decode(),
+        "api_version": API_VERSION,
+        "library": path,
+        "found_in": where,
+        "build": build,
+        "cuda": "no CUDA" not in build,  # moe_build_info names the CUDA version or says "no CUDA"
+        "cpu_kernels": {n: kern(d).decode() if kern else "unknown (library older than moe_cpu_kernel)"
+                        for n, d in dtypes.items()},
+        "amx": bool(ti.has_amx),
+        "cores": ti.n_cores,
+        "numa_nodes": ti.n_numa_nodes,
+    }

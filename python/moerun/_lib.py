@@ -1,17 +1,22 @@
 """ctypes declarations of moerun's C API (include/moerun.h) used by the binding.
 
-The library is found, in order, at $MOERUN_LIB, in the build tree this
-package sits in (build/release/libmoerun.so beside python/), or by the
-system's library search (ctypes.util.find_library("moerun")).
+The library is found, in order: at $MOERUN_LIB when it is set (nothing
+else is tried then); inside this package, where `pip install` puts the copy
+it builds; in the build tree of the checkout this package sits in
+(build/release/libmoerun.so beside python/, for PYTHONPATH or editable
+use); by the system's library search. A library of another version or API
+version than this binding's is refused.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import sys
 from pathlib import Path
 
-API_VERSION = 5  # include/moerun.h's MOE_API_VERSION this binding is written against
+API_VERSION = 5  # include/moerun.h's MOE_API_VERSION this binding is written against: the one place to bump
+LIB_NAME = "libmoerun.so"
 
 # moe_dtype
 DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_I8 = 0, 1, 2, 3
@@ -59,34 +64,93 @@ class MoerunError(RuntimeError):
     """A moerun call failed; the message is moerun's own (moe_last_error)."""
 
 
-def _find() -> str:
+class TopologyInfo(ctypes.Structure):
+    _fields_ = [("n_packages", ctypes.c_uint32), ("n_numa_nodes", ctypes.c_uint32), ("n_cores", ctypes.c_uint32),
+                ("n_pus", ctypes.c_uint32), ("l3_bytes", ctypes.c_uint64), ("memory_bytes", ctypes.c_uint64),
+                ("has_avx2", ctypes.c_uint32), ("has_avx512f", ctypes.c_uint32), ("has_avx512_bf16", ctypes.c_uint32),
+                ("has_avx512_vnni", ctypes.c_uint32), ("has_amx", ctypes.c_uint32)]
+
+
+# How to get a matching library, by where the one found came from.
+_REBUILD = {
+    "MOERUN_LIB": "rebuild it from the checkout this package came from (make build), or unset MOERUN_LIB to use "
+                  "the library installed with the package",
+    "package": "reinstall the package from the moerun checkout or sdist it came from "
+               "(pip install --force-reinstall ./python)",
+    "build tree": "rebuild it (make build)",
+    "system": "install the libmoerun of the same version, or set MOERUN_LIB to one",
+}
+
+
+def _candidates() -> list[tuple[str, str]]:
+    """(path, where it came from) of every place the library may be, in search order."""
     env = os.environ.get("MOERUN_LIB")
     if env:
-        return env
-    here = Path(__file__).resolve().parent
-    for build in ("release", "asan", "debug", "portable"):
-        cand = here.parent.parent / "build" / build / "libmoerun.so"
-        if cand.exists():
-            return str(cand)
-    found = ctypes.util.find_library("moerun")
-    if found:
-        return found
-    raise MoerunError("libmoerun not found: build moerun (make build) or set MOERUN_LIB to the library's path")
+        return [(env, "MOERUN_LIB")]
+    # The package's folders: in an editable install __path__ holds the install tree as well.
+    pkg = sys.modules[__name__.rpartition(".")[0]]
+    found = [(os.path.join(d, LIB_NAME), "package") for d in getattr(pkg, "__path__", [os.path.dirname(__file__)])]
+    root = Path(__file__).resolve().parent.parent.parent
+    found += [(str(root / "build" / b / LIB_NAME), "build tree") for b in ("release", "asan", "debug", "portable")]
+    return found
+
+
+def _open() -> tuple[ctypes.CDLL, str, str]:
+    """The library, its path and where it came from; MoerunError naming the
+    paths when there is none or it cannot be loaded."""
+    cands = _candidates()
+    for path, where in cands:
+        if where == "MOERUN_LIB" and not os.path.isfile(path):
+            raise MoerunError(f"MOERUN_LIB={path}: no such file; point it at a built libmoerun.so (make build writes "
+                              f"build/release/libmoerun.so), or unset it to use the library installed with the package")
+        if not os.path.isfile(path):
+            continue
+        try:
+            return ctypes.CDLL(path), path, where
+        except OSError as e:
+            label = f"MOERUN_LIB={path}" if where == "MOERUN_LIB" else path
+            hint = ""
+            if "cannot open shared object file" in str(e):
+                hint = (" (libmoerun links to hwloc, libnuma, oneDNN 2.6 and OpenMP from the system: "
+                        "scripts/deps.sh installs them)")
+            raise MoerunError(f"{label}: cannot load it: {e}{hint}") from e
+    system = ctypes.util.find_library("moerun")
+    if system:
+        try:
+            return ctypes.CDLL(system), system, "system"
+        except OSError:
+            pass
+    raise MoerunError(f"libmoerun not found in {', '.join(p for p, _ in cands)} or by the system's library search: "
+                      f"install the package from a moerun checkout (pip install ./python), which builds it, or build "
+                      f"moerun (make build) and set MOERUN_LIB to build/release/libmoerun.so")
 
 
 _lib = None
+_where = ("", "")
 
 
 def lib() -> ctypes.CDLL:
-    """The loaded library, its prototypes declared (once)."""
-    global _lib
+    """The loaded library, checked to be of this binding's version and API
+    version, its prototypes declared (once)."""
+    global _lib, _where
     if _lib is not None:
         return _lib
-    L = ctypes.CDLL(_find())
+    from . import __version__
+
+    L, path, where = _open()
+    L.moe_version.restype, L.moe_version.argtypes = ctypes.c_char_p, []
+    L.moe_api_version.restype, L.moe_api_version.argtypes = ctypes.c_uint, []
+    version, api = L.moe_version().decode(), L.moe_api_version()
+    if version != __version__ or api != API_VERSION:
+        raise MoerunError(f"{path} (found in: {where}) is libmoerun {version} with API version {api}, but this "
+                          f"moerun package is {__version__} and needs API version {API_VERSION}: {_REBUILD[where]}")
     u32, u64, vp, st = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int
     proto = {
-        "moe_api_version": (ctypes.c_uint, []),
+        "moe_build_info": (ctypes.c_char_p, []),
         "moe_last_error": (ctypes.c_char_p, []),
+        "moe_topology_detect": (st, [ctypes.POINTER(vp)]),
+        "moe_topology_get_info": (st, [vp, ctypes.POINTER(TopologyInfo)]),
+        "moe_topology_free": (None, [ctypes.POINTER(vp)]),
         "moe_model_create": (st, [ctypes.POINTER(vp), u32]),
         "moe_model_set_layer": (st, [vp, u32, ctypes.POINTER(LayerDesc)]),
         "moe_model_set_expert": (st, [vp, u32, u32, ctypes.POINTER(ExpertWeights)]),
@@ -104,17 +168,24 @@ def lib() -> ctypes.CDLL:
         "moe_runtime_stats": (st, [vp, ctypes.POINTER(Stats), ctypes.c_size_t]),
         "moe_runtime_reset_stats": (st, [vp]),
     }
+    if hasattr(L, "moe_cpu_kernel"):  # 0.1.0 libraries built before it was added lack it; info() says so
+        proto["moe_cpu_kernel"] = (ctypes.c_char_p, [ctypes.c_int])
     for name, (res, args) in proto.items():
         f = getattr(L, name)
         f.restype, f.argtypes = res, args
-    if L.moe_api_version() != API_VERSION:
-        raise MoerunError(f"libmoerun at {_find()} has API version {L.moe_api_version()}; this binding needs "
-                          f"{API_VERSION}: rebuild moerun or reinstall the binding from the same checkout")
     # Structs the library returns by value must be declared whole here.
     if L.moe_runtime_default_params().struct_size != ctypes.sizeof(RuntimeParams):
-        raise MoerunError("libmoerun's moe_runtime_params differs from this binding's: rebuild both from one checkout")
-    _lib = L
+        raise MoerunError(f"{path} (found in: {where}): libmoerun's moe_runtime_params differs from this "
+                          f"binding's: {_REBUILD[where]}")
+    _lib, _where = L, (path, where)
     return L
+
+
+def lib_path() -> tuple[str, str]:
+    """The path of the loaded library and where it was found: "MOERUN_LIB",
+    "package", "build tree" or "system"."""
+    lib()
+    return _where
 
 
 def check(status: int, what: str) -> None:
