@@ -454,8 +454,9 @@ static void qnt_q8_0(const float *x, void *vb, size_t n) {
 /* e = floor(log2(max|x|)) - 2 + 127 (so that the largest e2m1 value, 6,
  * times the scale covers max|x|); each element the nearest of the 16
  * values, the first of equals (numpy's argmin). log2 in double rounded to
- * float is numpy's float32 log2 wherever the floor can differ (checked at
- * every power of two by the fixtures). */
+ * float floors as numpy's float32 log2 does wherever the floor can differ,
+ * at and just below powers of two (tests/gen/quant_cases.py asserts it for
+ * every power of two of float's range). */
 static void qnt_mxfp4(const float *x, void *vb, size_t n) {
     moe_block_mxfp4 *b = vb;
     float buf[32];

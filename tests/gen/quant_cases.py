@@ -32,7 +32,9 @@ q5_K q6_K iq4_nl iq4_xs mxfp4, little-endian:
     m * bytes-per-block                 gguf.quants.quantize of them
 
 No scale is NaN or Inf, and no quantize input makes gguf-py's scale overflow
-f16 (there its output is Inf, and ours saturates).
+f16 (there its output is Inf, and ours saturates). It also asserts that
+numpy's float32 log2 floors as ours does at and just below every power of
+two (mxfp4's exponent).
 """
 
 from __future__ import annotations
@@ -180,7 +182,27 @@ def quant_inputs(name, rng):
     return x
 
 
+def check_mxfp4_log2():
+    """Our mxfp4 quantizer takes floor(log2(max|x|)) from log2 in double
+    rounded to float; numpy's float32 log2 is not always correctly rounded,
+    but the floor can only differ next to powers of two. Assert that it
+    does not, at and just below every power of two of float's range."""
+    import math
+
+    xs = []
+    for k in range(-126, 128):
+        v = np.float32(2.0**k)
+        xs.append(v)
+        for _ in range(64):
+            v = np.nextafter(v, np.float32(0))
+            xs.append(v)
+    xs = np.array(xs, dtype=np.float32)
+    ours = np.array([math.floor(np.float32(math.log2(float(x)))) for x in xs])
+    assert (np.floor(np.log2(xs)) == ours).all(), "numpy's float32 log2 floors differently"
+
+
 def main():
+    check_mxfp4_log2()
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "data", "quant")
     os.makedirs(out_dir, exist_ok=True)
     for name, (qtype, _, _) in FORMATS.items():
