@@ -3,6 +3,7 @@
  * (fixtures from tests/gen/quant_cases.py), our own quantizers' round-trip
  * error, NaN and Inf inputs, the activation blocks, the dot products against
  * a double reference, and the public dtype functions. */
+#include "dense.h"
 #include "quant.h"
 #include "util.h"
 
@@ -512,6 +513,15 @@ static void public_dtypes(void) {
     CHECK_OK(moe_quant_quantize(MOE_DTYPE_Q4_0, xs, qs, 32));
     CHECK_OK(moe_quant_dequantize(MOE_DTYPE_Q4_0, qs, ys, 32));
     for (int i = 0; i < 32; i++) CHECK(ys[i] == 0.0f);
+    /* Until the CPU engine has kernels for them, layers and dense weights
+     * in block formats are refused, not run. */
+    moe_model_t *m = NULL;
+    CHECK_OK(moe_model_create(&m, 1));
+    const moe_layer_desc d = moe_layer_desc_init(4, 256, 256, MOE_DTYPE_Q4_K);
+    CHECK_STATUS(moe_model_set_layer(m, 0, &d), MOE_ERR_UNSUPPORTED);
+    moe_model_free(&m);
+    CHECK_STATUS(moe_cpu_dense(1, false, qs, MOE_DTYPE_Q4_0, NULL, 1, 32, 1, xs, ys), MOE_ERR_UNSUPPORTED);
+    CHECK_ERROR_MENTIONS("q4_0 weights: not supported yet");
 }
 
 TEST_MAIN("test_quant", TEST_CASE(table_matches_gguf_py), TEST_CASE(dequantize_bit_exact),
