@@ -94,7 +94,8 @@ static void parse_list(char *arg, opts *o, char which) {
             moe_dtype t = MOE_DTYPE_COUNT_;
             for (int k = 0; k < MOE_DTYPE_COUNT_; k++)
                 if (!strcmp(tok, moe_dtype_name((moe_dtype)k))) t = (moe_dtype)k;
-            if (t == MOE_DTYPE_COUNT_ || o->n_dtypes == 8) die("--dtype: unknown '%s' (f32, bf16, f16, int8)", tok);
+            if (t == MOE_DTYPE_COUNT_ || moe_dtype_is_block(t) || o->n_dtypes == 8)
+                die("--dtype: unknown '%s' (f32, bf16, f16, int8)", tok);
             o->dtypes[o->n_dtypes++] = t;
         } else {
             if (o->n_ms == 16) die("too many --m values: %s", tok);

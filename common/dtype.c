@@ -1,30 +1,9 @@
-/* dtype.c - element types: names, sizes and f16 conversion. */
+/* dtype.c - f16 conversion and the clock. The dtypes' names and sizes are
+ * in quant.c, with the formats' table. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "common.h"
 
 #include <time.h>
-
-const char *moe_dtype_name(moe_dtype t) {
-    switch (t) {
-    case MOE_DTYPE_F32: return "f32";
-    case MOE_DTYPE_BF16: return "bf16";
-    case MOE_DTYPE_F16: return "f16";
-    case MOE_DTYPE_I8: return "int8";
-    case MOE_DTYPE_COUNT_: break;
-    }
-    return "invalid";
-}
-
-size_t moe_dtype_size(moe_dtype t) {
-    switch (t) {
-    case MOE_DTYPE_F32: return 4;
-    case MOE_DTYPE_BF16:
-    case MOE_DTYPE_F16: return 2;
-    case MOE_DTYPE_I8: return 1;
-    case MOE_DTYPE_COUNT_: break;
-    }
-    return 0;
-}
 
 float moe_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

@@ -79,8 +79,11 @@ extern "C" {
 
 /* API version of this header: bumped whenever a declaration changes in a way
  * that needs callers to be recompiled. Compare with moe_api_version() at run
- * time to detect a header/library mismatch. */
-#define MOE_API_VERSION 5
+ * time to detect a header/library mismatch.
+ * 6: moe_dtype gains GGUF's block formats (MOE_DTYPE_Q4_0 .. MOE_DTYPE_MXFP4,
+ *    after MOE_DTYPE_I8; earlier values unchanged) and moe_dtype_block(),
+ *    moe_dtype_block_bytes(), moe_dtype_row_bytes(), moe_dtype_is_block(). */
+#define MOE_API_VERSION 6
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
 MOE_EXPORT const char *moe_version(void);
@@ -148,14 +151,56 @@ typedef enum moe_dtype {
      * weight of row j is scale[j] * q). Weights only; activations stay f32
      * at the API and are quantized per token inside the kernels. */
     MOE_DTYPE_I8,
+    /* Block formats of GGUF files (API 6), stored as llama.cpp stores them:
+     * a row is a whole number of blocks of 32 or 256 elements, each block
+     * its quantized values with its own scales (docs/quantization.md gives
+     * the layouts). The 32-element formats: */
+    MOE_DTYPE_Q4_0,   /* 4-bit, f16 scale; 18 bytes per 32 */
+    MOE_DTYPE_Q4_1,   /* 4-bit, f16 scale and min; 20 bytes per 32 */
+    MOE_DTYPE_Q5_0,   /* 5-bit, f16 scale; 22 bytes per 32 */
+    MOE_DTYPE_Q5_1,   /* 5-bit, f16 scale and min; 24 bytes per 32 */
+    MOE_DTYPE_Q8_0,   /* 8-bit, f16 scale; 34 bytes per 32 */
+    /* k-quants: super-blocks of 256 with quantized sub-block scales. */
+    MOE_DTYPE_Q2_K,   /* 2-bit, 16 x 16, 4-bit scales and mins; 84 bytes per 256 */
+    MOE_DTYPE_Q3_K,   /* 3-bit, 16 x 16, 6-bit scales; 110 bytes per 256 */
+    MOE_DTYPE_Q4_K,   /* 4-bit, 8 x 32, 6-bit scales and mins; 144 bytes per 256 */
+    MOE_DTYPE_Q5_K,   /* 5-bit, 8 x 32, 6-bit scales and mins; 176 bytes per 256 */
+    MOE_DTYPE_Q6_K,   /* 6-bit, 16 x 16, 8-bit scales; 210 bytes per 256 */
+    /* Non-linear 4-bit codebooks and microscaling FP4. */
+    MOE_DTYPE_IQ4_NL, /* 16-value codebook, f16 scale; 18 bytes per 32 */
+    MOE_DTYPE_IQ4_XS, /* the same codebook, 8 x 32, 6-bit scales; 136 bytes per 256 */
+    MOE_DTYPE_MXFP4,  /* e2m1 values, shared power-of-two scale; 17 bytes per 32 */
     MOE_DTYPE_COUNT_ /* not a dtype */
 } moe_dtype;
 
-/* "f32", "bf16", "f16", "int8"; "invalid" for anything else. */
+/* "f32", "bf16", "f16", "int8", and for the block formats their names as
+ * llama.cpp spells them: "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K",
+ * "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs", "mxfp4"; "invalid" for
+ * anything else. */
 MOE_EXPORT const char *moe_dtype_name(moe_dtype t);
 
-/* Bytes per element, 0 for an invalid dtype. */
+/* Bytes per element of the element types (f32 4, bf16 and f16 2, int8 1);
+ * 0 for the block formats, whose elements have no whole number of bytes
+ * (use moe_dtype_row_bytes()), and 0 for an invalid dtype. */
 MOE_EXPORT size_t moe_dtype_size(moe_dtype t);
+
+/* Elements per block: 1 for the element types, 32 or 256 for the block
+ * formats; 0 for an invalid dtype. */
+MOE_EXPORT size_t moe_dtype_block(moe_dtype t);
+
+/* Bytes per block (for the element types, bytes per element); 0 for an
+ * invalid dtype. */
+MOE_EXPORT size_t moe_dtype_block_bytes(moe_dtype t);
+
+/* Bytes of a row of n elements: n / block * block bytes. 0 when n is not a
+ * whole number of blocks, when the size would overflow, or for an invalid
+ * dtype (and for n = 0). Int8 rows count their int8 codes only, not their
+ * row scales. */
+MOE_EXPORT size_t moe_dtype_row_bytes(moe_dtype t, size_t n);
+
+/* 1 for the block formats (Q4_0 .. MXFP4), 0 for the element types and
+ * invalid dtypes. */
+MOE_EXPORT int moe_dtype_is_block(moe_dtype t);
 
 /* ------------------------------------------------------------------------ */
 /* Machine topology                                                         */

@@ -18,6 +18,10 @@ static int fails;
 int main(void) {
     EXPECT(moe_api_version() == MOE_API_VERSION);
     EXPECT(strcmp(moe_status_str(MOE_ERR_PARSE), "malformed input") == 0);
+    /* API 6: the block formats' sizes are exported. */
+    EXPECT(moe_dtype_row_bytes(MOE_DTYPE_Q4_K, 512) == 288 && moe_dtype_is_block(MOE_DTYPE_Q4_K));
+    EXPECT(moe_dtype_block(MOE_DTYPE_Q8_0) == 32 && moe_dtype_block_bytes(MOE_DTYPE_Q8_0) == 34);
+    EXPECT(moe_dtype_size(MOE_DTYPE_Q8_0) == 0 && strcmp(moe_dtype_name(MOE_DTYPE_MXFP4), "mxfp4") == 0);
     /* hidden 2, inter 1. Expert 0: gate [1,0], up [1,0], down [[1],[0]]:
      * y = [silu(x0)*x0, 0]. Expert 1: gate [0,1], up [0,2], down [[0],[1]]:
      * y = [0, silu(x1)*2*x1]. */
