@@ -34,6 +34,7 @@ static void cpu_kernels(void) {
     CHECK_EQ(moe_topology_get_info(t, &ti), MOE_OK);
     moe_topology_free(&t);
     for (int d = 0; d < MOE_DTYPE_COUNT_; d++) {
+        if (moe_dtype_is_block((moe_dtype)d)) continue; /* the engine does not compute block formats yet */
         const char *k = moe_cpu_kernel((moe_dtype)d);
         CHECK(strcmp(k, "c") == 0 || strncmp(k, "avx512", 6) == 0);
         CHECK(strcmp(k, "c") == 0 || ti.has_avx512f);
