@@ -146,7 +146,7 @@ static bool rotation_make(rotation *r, uint32_t H, uint32_t I, moe_dtype t, size
     for (size_t i = 0; i < 2 * (size_t)I + H; i++) r->scales[i] = 1.0f / 1024.0f;
     for (uint32_t e = 0; e < r->n; e++) {
         char *b = (char *)r->mem + e * per;
-        r->v[e] = (moe_expert_view){b, b + mat, b + 2 * mat, t, H, I, r->scales, r->scales + I, r->scales + 2 * I};
+        r->v[e] = (moe_expert_view){b, b + mat, b + 2 * mat, t, H, I, r->scales, r->scales + I, r->scales + 2 * I, false, t};
     }
     return true;
 }

@@ -1362,3 +1362,8 @@ double moe_quant_dot_ref(moe_dtype t, const void *w, const float *x, size_t n) {
     }
     return s;
 }
+
+uint64_t moe_expert_weight_bytes(uint32_t hidden, uint32_t inter, moe_dtype t, moe_dtype down_t) {
+    const uint64_t gu = moe_dtype_row_bytes(t, hidden), d = moe_dtype_row_bytes(down_t, inter);
+    return gu && d ? 2 * (uint64_t)inter * gu + (uint64_t)hidden * d : 0;
+}

@@ -225,6 +225,12 @@ moe_status moe_qact_quantize(moe_qact a, const float *x, void *blocks, size_t n)
 /* Blocks of `a` back to f32: d * qs, for tests and references. */
 moe_status moe_qact_dequantize(moe_qact a, const void *blocks, float *y, size_t n);
 
+/* Bytes of one SwiGLU expert's weight matrices: gate and up [inter,
+ * hidden] in t, down [hidden, inter] in down_t (any dtypes); 0 when a row
+ * is not a whole number of a format's blocks. Int8 row scales are not
+ * weights: they are not counted. */
+uint64_t moe_expert_weight_bytes(uint32_t hidden, uint32_t inter, moe_dtype t, moe_dtype down_t);
+
 /* The dot product of n weights of block format t (one row) with n
  * activations quantized to format_of(t)->act blocks: integer sums per
  * block, exact, with the block scales applied in f32. n must be a whole

@@ -18,9 +18,9 @@ moe_status moe_cpu_dense(uint32_t n_threads, bool portable, const void *w, moe_d
     if (!w || !x || !y || !cols || (dt == MOE_DTYPE_I8 && !wscale) || (unsigned)dt >= MOE_DTYPE_COUNT_)
         return moe_fail(MOE_ERR_INVALID_ARG, "dense: %ux%u %s weights for %u tokens: bad argument", rows, cols,
                         moe_dtype_name(dt), n);
-    if (moe_dtype_is_block(dt)) /* no kernel for GGUF's block formats yet */
-        return moe_fail(MOE_ERR_UNSUPPORTED, "dense: %ux%u %s weights: not supported yet", rows, cols,
-                        moe_dtype_name(dt));
+    if (!moe_dtype_row_bytes(dt, cols))
+        return moe_fail(MOE_ERR_INVALID_ARG, "dense: %ux%u %s weights: a row of %u is not a whole number of "
+                        "%zu-element blocks", rows, cols, moe_dtype_name(dt), cols, moe_dtype_block(dt));
     const moe_kernel gk = moe_kernel_select(dt, portable);
     moe_kernel ak = portable || n <= MOE_DENSE_GEMV_MAX_M ? (moe_kernel){0} : moe_kernel_amx(dt);
     if (ak.gemv && cols % (dt == MOE_DTYPE_I8 ? 64u : 32u)) ak.gemv = NULL;

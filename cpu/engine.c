@@ -31,8 +31,9 @@ struct moe_cpu {
 
 /* Per-call state of a task on the GEMV path. */
 typedef struct small_ws {
-    const moe_kernel *k; /* kernel_for() the task; NULL if it does not run here */
-    void *xa, *ha;  /* activations of x and of h in the kernel's kind */
+    const moe_kernel *k;  /* kernel_for() the task's gate and up; NULL if it does not run here */
+    const moe_kernel *kd; /* ... and its down */
+    void *xa, *ha;  /* activations of x and of h in their kernels' kinds */
     float *xs, *hs; /* their per-row scales */
     float *h;       /* [m, inter] silu(gate x) * up x */
     moe_acts x, hx;
@@ -136,6 +137,7 @@ void moe_cpu_free(moe_cpu **pc) {
  * tokens (AMX), f32 near 24 (brgemm avx512 reads plain weights slowly).
  * Where our own AMX kernel runs, bf16 hands over to it after 1 token. */
 uint32_t moe_cpu_default_gemv_max_m(moe_dtype t) {
+    if (moe_dtype_is_block(t)) return UINT32_MAX; /* block formats: no oneDNN path */
     switch (t) {
     case MOE_DTYPE_BF16: case MOE_DTYPE_I8: return 4;
     case MOE_DTYPE_F32: return 16;
@@ -158,7 +160,7 @@ moe_status moe_cpu_prepare(moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtyp
 }
 
 const char *moe_cpu_kernel_name(const moe_cpu *c, moe_dtype t) {
-    return c && moe_dtype_size(t) ? c->kern[t].name : "";
+    return c && (moe_dtype_size(t) || moe_dtype_is_block(t)) ? c->kern[t].name : "";
 }
 
 const char *moe_cpu_dnnl_impl(const moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m) {
@@ -171,18 +173,25 @@ void moe_cpu_trace(moe_cpu *c, uint32_t *work, size_t cap) {
     c->trace_cap = work ? cap : 0;
 }
 
+static bool known_dtype(moe_dtype t) { return moe_dtype_size(t) || moe_dtype_is_block(t); }
+
 static moe_status check_task(const moe_cpu *c, const moe_cpu_task *t, uint32_t i) {
     const moe_expert_view *w = &t->w;
-    if (moe_dtype_size(w->dtype) == 0)
+    const moe_dtype dd = moe_view_down(w);
+    if (!known_dtype(w->dtype) || !known_dtype(dd))
         return moe_fail(MOE_ERR_UNSUPPORTED, "moe_cpu_run: task %u: weight dtype %d is not supported", i,
-                        (int)w->dtype);
+                        (int)(known_dtype(w->dtype) ? dd : w->dtype));
     if (w->hidden == 0 || w->inter == 0 || w->hidden > MAX_DIM || w->inter > MAX_DIM)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u: expert shape %ux%u is out of range (1..%u)", i,
                         w->hidden, w->inter, MAX_DIM);
+    if (!moe_dtype_row_bytes(w->dtype, w->hidden) || !moe_dtype_row_bytes(dd, w->inter))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u: a %ux%u expert in %s/%s: rows are not whole "
+                        "blocks (%zu / %zu elements)", i, w->hidden, w->inter, moe_dtype_name(w->dtype),
+                        moe_dtype_name(dd), moe_dtype_block(w->dtype), moe_dtype_block(dd));
     if (!w->gate || !w->up || !w->down)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u (expert %ux%u): %s weights are NULL", i,
                         w->hidden, w->inter, !w->gate ? "gate" : !w->up ? "up" : "down");
-    if (w->dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale || !w->down_scale))
+    if ((w->dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale)) || (dd == MOE_DTYPE_I8 && !w->down_scale))
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_cpu_run: task %u (expert %ux%u): int8 weights without scales", i,
                         w->hidden, w->inter);
     if (t->team >= c->n_teams)
@@ -209,10 +218,19 @@ static uint32_t gemv_max(const moe_cpu *c, const moe_expert_view *w) {
     return c->gemv_max_m[w->dtype];
 }
 
+static bool mixed(const moe_expert_view *w) { return moe_view_down(w) != w->dtype; }
+
 static const moe_kernel *kernel_for(const moe_cpu *c, const moe_cpu_task *t) {
     const moe_expert_view *w = &t->w;
-    if (t->m <= gemv_max(c, w) || t->m > c->amx_max_m[w->dtype] || !amx_fits(c, w)) return &c->kern[w->dtype];
+    if (t->m <= gemv_max(c, w) || t->m > c->amx_max_m[w->dtype] || !amx_fits(c, w) || mixed(w))
+        return &c->kern[w->dtype];
     return w->dtype == MOE_DTYPE_BF16 ? &c->amx : &c->amx8;
+}
+
+/* The kernel of its down matrix: the same as gate and up's unless down has
+ * a dtype of its own. */
+static const moe_kernel *down_kernel_for(const moe_cpu *c, const moe_cpu_task *t) {
+    return mixed(&t->w) ? &c->kern[moe_view_down(&t->w)] : kernel_for(c, t);
 }
 
 static bool is_amx(const moe_cpu *c, const moe_kernel *k) { return k == &c->amx || k == &c->amx8; }
@@ -220,12 +238,13 @@ static bool is_amx(const moe_cpu *c, const moe_kernel *k) { return k == &c->amx 
 /* True if the task runs on oneDNN: a large group of a prepared shape that
  * no AMX kernel of ours takes. */
 static bool is_large(const moe_cpu *c, const moe_cpu_task *t) {
-    return t->m > gemv_max(c, &t->w) && !is_amx(c, kernel_for(c, t)) && moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
+    return t->m > gemv_max(c, &t->w) && !mixed(&t->w) && !is_amx(c, kernel_for(c, t)) &&
+           moe_mm_ready(c->mm, t->w.hidden, t->w.inter, t->w.dtype) &&
            moe_mm_ready(c->mm, t->w.inter, t->w.hidden, t->w.dtype);
 }
 
 const char *moe_cpu_path(const moe_cpu *c, uint32_t hidden, uint32_t inter, moe_dtype t, uint32_t m) {
-    if (!c || !moe_dtype_size(t)) return "";
+    if (!c || !known_dtype(t)) return "";
     const moe_cpu_task task = {.w = {.dtype = t, .hidden = hidden, .inter = inter}, .m = m};
     if (is_large(c, &task)) return "onednn";
     return kernel_for(c, &task)->name;
@@ -245,10 +264,10 @@ static size_t large_bytes(const moe_cpu_task *t) {
 }
 
 static size_t small_bytes(const moe_cpu *c, const moe_cpu_task *t) {
-    const moe_act_kind a = kernel_for(c, t)->act;
+    const moe_act_kind a = kernel_for(c, t)->act, ad = down_kernel_for(c, t)->act;
     const size_t m = t->m, I = t->w.inter;
-    return al(moe_acts_bytes(a, t->m, t->w.hidden)) + al(m * 4) + al(m * I * 4) + al(moe_acts_bytes(a, t->m, t->w.inter)) +
-           al(m * 4);
+    return al(moe_acts_bytes(a, t->m, t->w.hidden)) + al(m * 4) + al(m * I * 4) +
+           al(moe_acts_bytes(ad, t->m, t->w.inter)) + al(m * 4);
 }
 
 static moe_status grow(moe_cpu *c, size_t bytes) {
@@ -328,7 +347,7 @@ static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, small_w
         for (uint32_t i = 0; i < n; i++) {
             const moe_cpu_task *t = &tasks[i];
             if (!ours(&ws[i], t, teams, team) || cnt++ % tsize != rank) continue;
-            ws[i].hx = moe_acts_prepare(ws[i].k->act, t->m, t->w.inter, ws[i].h, t->w.inter, ws[i].ha, ws[i].hs);
+            ws[i].hx = moe_acts_prepare(ws[i].kd->act, t->m, t->w.inter, ws[i].h, t->w.inter, ws[i].ha, ws[i].hs);
         }
 #pragma omp barrier
         /* Phase 2: blocks of down rows, straight into y. */
@@ -340,7 +359,7 @@ static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, small_w
             for (uint32_t n0 = 0; n0 < H; n0 += blk2) {
                 if (cnt++ % tsize != rank) continue;
                 const uint32_t n1 = H - n0 < blk2 ? H : n0 + blk2;
-                ws[i].k->gemv(t->w.down, t->w.down_scale, t->w.inter, n0, n1, &ws[i].hx, t->y + n0, H);
+                ws[i].kd->gemv(t->w.down, t->w.down_scale, t->w.inter, n0, n1, &ws[i].hx, t->y + n0, H);
                 trace_block(c, tid, n, i);
             }
         }
@@ -458,15 +477,15 @@ moe_status moe_cpu_run(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
         const moe_cpu_task *t = &tasks[i];
         large[i] = t->m && is_large(c, t);
-        ws[i].k = NULL;
+        ws[i].k = ws[i].kd = NULL;
         if (!t->m || large[i]) continue;
         ws[i].k = kernel_for(c, t);
-        const moe_act_kind a = ws[i].k->act;
+        ws[i].kd = down_kernel_for(c, t);
         const size_t m = t->m, I = t->w.inter;
-        ws[i].xa = p, p += al(moe_acts_bytes(a, t->m, t->w.hidden));
+        ws[i].xa = p, p += al(moe_acts_bytes(ws[i].k->act, t->m, t->w.hidden));
         ws[i].xs = (float *)p, p += al(m * 4);
         ws[i].h = (float *)p, p += al(m * I * 4);
-        ws[i].ha = p, p += al(moe_acts_bytes(a, t->m, t->w.inter));
+        ws[i].ha = p, p += al(moe_acts_bytes(ws[i].kd->act, t->m, t->w.inter));
         ws[i].hs = (float *)p, p += al(m * 4);
     }
     if (c->trace) memset(c->trace, 0, c->trace_cap * sizeof *c->trace);

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE /* syscall() for the AMX permission request */
 #include "kern.h"
 #include "expert.h"
+#include "quant.h"
 #include "topology.h"
 
 #include <float.h>
@@ -593,6 +594,7 @@ static bool cpu_vnni(void) { return false; }
 
 moe_kernel moe_kernel_select(moe_dtype t, bool portable) {
     moe_kernel k = {MOE_ACT_F32, NULL, "c"};
+    if (moe_dtype_is_block(t)) return moe_kernel_select_block(t, portable);
     switch (t) {
     case MOE_DTYPE_F32: k.gemv = gemv_c_f32; break;
     case MOE_DTYPE_BF16: k.gemv = gemv_c_bf16; break;
@@ -619,8 +621,12 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable) {
     return k;
 }
 
-const char *moe_cpu_kernel(moe_dtype t) { return moe_dtype_size(t) ? moe_kernel_select(t, false).name : ""; }
+const char *moe_cpu_kernel(moe_dtype t) {
+    return moe_dtype_size(t) || moe_dtype_is_block(t) ? moe_kernel_select(t, false).name : "";
+}
 
+/* Bytes per element; the block kinds: 1, their blocks' headers aside
+ * (moe_acts_bytes counts those). */
 size_t moe_act_size(moe_act_kind a) {
     return a == MOE_ACT_F32 ? 4 : a == MOE_ACT_BF16 || a == MOE_ACT_BF16_VNNI ? 2 : 1; /* U8, S8, S8_VNNI */
 }
@@ -637,6 +643,10 @@ static float amax_c(const float *x, uint32_t k) {
 moe_acts moe_acts_prepare(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf,
                           float *scale) {
     moe_acts r = {.kind = a, .m = m, .k = k, .ld = k, .data = buf, .scale = NULL};
+    if (a == MOE_ACT_Q8_0 || a == MOE_ACT_Q8_1 || a == MOE_ACT_Q8_K) {
+        moe_acts_quantize_blocks(a, m, k, x, ldx, buf);
+        return r;
+    }
     if (a == MOE_ACT_F32) { /* used in place */
         r.data = x;
         r.ld = ldx;
@@ -755,6 +765,9 @@ void moe_amx_end(void) {
 }
 
 size_t moe_acts_bytes(moe_act_kind a, uint32_t m, uint32_t k) {
+    if (a == MOE_ACT_Q8_0) return (size_t)m * moe_qact_row_bytes(MOE_QACT_Q8_0, k);
+    if (a == MOE_ACT_Q8_1) return (size_t)m * moe_qact_row_bytes(MOE_QACT_Q8_1, k);
+    if (a == MOE_ACT_Q8_K) return (size_t)m * moe_qact_row_bytes(MOE_QACT_Q8_K, k);
 #ifdef MOE_X86
     if (a == MOE_ACT_BF16_VNNI) return moe_amx_acts_bytes(m, k);
     if (a == MOE_ACT_S8_VNNI) return moe_amx_acts_bytes(m, k) / 2;

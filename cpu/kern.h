@@ -25,19 +25,25 @@ typedef enum moe_act_kind {
     MOE_ACT_S8,      /* s8 = round(x / scale), one f32 scale per row (oneDNN) */
     MOE_ACT_BF16_VNNI, /* bf16 packed as AMX B tiles: 16 tokens x 16 k pairs per 1 KB */
     MOE_ACT_S8_VNNI,   /* s8 per token (scale per row) as AMX B tiles: 16 tokens x 16 k quads */
+    /* Block formats' activations (common/quant.h's moe_qact blocks): each
+     * row of k values is k / block blocks, rows back to back. */
+    MOE_ACT_Q8_0,      /* 32 int8 and an f32 scale per block */
+    MOE_ACT_Q8_1,      /* q8_0 and the block's code sum */
+    MOE_ACT_Q8_K,      /* 256 int8, an f32 scale and sums of 16 per block */
 } moe_act_kind;
 
 /* Activations for m rows of k values, in one of the kinds above. */
 typedef struct moe_acts {
     moe_act_kind kind;
     uint32_t m, k;
-    size_t ld;          /* elements between rows */
+    size_t ld;          /* elements between rows (the block kinds: k) */
     const void *data;
     const float *scale; /* U8: x[r][i] ~ scale[r] * (q - 128); S8: scale[r] * q */
 } moe_acts;
 
 /* See the top of this file. wscale: one f32 per weight row for int8
- * weights, NULL otherwise. out has row stride ldo floats. */
+ * weights, NULL otherwise. out has row stride ldo floats. For a block
+ * format, row j of W starts at j * moe_dtype_row_bytes(t, k). */
 typedef void (*moe_gemv_fn)(const void *w, const float *wscale, uint32_t k, uint32_t n0, uint32_t n1,
                             const moe_acts *x, float *out, size_t ldo);
 
@@ -50,6 +56,18 @@ typedef struct moe_kernel {
 /* The fastest kernel this CPU can run for weight dtype `t`, or with
  * `portable` the plain C one. Never fails for a valid dtype. */
 moe_kernel moe_kernel_select(moe_dtype t, bool portable);
+
+/* The same for GGUF's block formats (kern_quant.c); gemv NULL for a dtype
+ * that is not one. */
+moe_kernel moe_kernel_select_block(moe_dtype t, bool portable);
+
+/* The activation kind a block format's kernels take (common/quant.h's
+ * moe_qact of the format). */
+moe_act_kind moe_act_of_block(moe_dtype t);
+
+/* Quantizes m rows of k f32 values (row stride ldx) into blocks of a
+ * block kind (MOE_ACT_Q8_*), rows back to back. */
+void moe_acts_quantize_blocks(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf);
 
 /* Bytes per activation element of kind `a`. */
 size_t moe_act_size(moe_act_kind a);

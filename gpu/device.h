@@ -27,6 +27,7 @@
 
 #include "common.h"
 #include "expert.h"
+#include "quant.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -90,11 +91,18 @@ struct moe_dev {
     const moe_dev_iface *iface;
 };
 
-/* Bytes a slot needs for one expert: the three matrices, and for int8 the
- * three row-scale arrays. */
-static inline size_t moe_dev_expert_bytes(uint32_t hidden, uint32_t inter, moe_dtype t) {
-    const size_t w = 3 * (size_t)hidden * inter * moe_dtype_size(t);
-    return t == MOE_DTYPE_I8 ? w + (2 * (size_t)inter + hidden) * sizeof(float) : w;
+/* Bytes a slot needs for one expert: the three matrices (gate and up in t,
+ * down in down_t), and the row scales of int8 matrices. */
+static inline size_t moe_dev_expert_bytes(uint32_t hidden, uint32_t inter, moe_dtype t, moe_dtype down_t) {
+    size_t b = (size_t)moe_expert_weight_bytes(hidden, inter, t, down_t);
+    if (t == MOE_DTYPE_I8) b += 2 * (size_t)inter * sizeof(float);
+    if (down_t == MOE_DTYPE_I8) b += (size_t)hidden * sizeof(float);
+    return b;
+}
+
+/* The same for an expert view. */
+static inline size_t moe_dev_view_bytes(const moe_expert_view *w) {
+    return moe_dev_expert_bytes(w->hidden, w->inter, w->dtype, moe_view_down(w));
 }
 
 static inline moe_status moe_dev_alloc_slots(moe_dev *d, uint32_t n, size_t bytes) {

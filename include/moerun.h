@@ -263,16 +263,18 @@ MOE_EXPORT moe_layer_desc moe_layer_desc_init(uint32_t n_experts, uint32_t hidde
 
 /* Weights of one SwiGLU expert: out = down(silu(gate(x)) * up(x)).
  * gate and up: [inter, hidden]; down: [hidden, inter]; row-major, contiguous,
- * in the layer's weight dtype. The memory is borrowed, not copied: it must
- * stay valid and unchanged until the model is freed (for example a
- * memory-mapped safetensors file). */
+ * in the layer's weight dtype (down: its down dtype). A block format's row
+ * is its blocks as a GGUF file stores them (moe_dtype_row_bytes bytes), so
+ * a GGUF tensor's memory registers as it is. The memory is borrowed, not
+ * copied: it must stay valid and unchanged until the model is freed (for
+ * example a memory-mapped safetensors or GGUF file). */
 typedef struct moe_expert_weights {
     const void *gate;
     const void *up;
     const void *down;
-    /* MOE_DTYPE_I8 only (NULL otherwise): f32 scales, one per output row:
-     * gate_scale and up_scale [inter], down_scale [hidden]. Borrowed like
-     * the weights. */
+    /* MOE_DTYPE_I8 matrices only (NULL otherwise): f32 scales, one per
+     * output row: gate_scale and up_scale [inter], down_scale [hidden].
+     * Borrowed like the weights. */
     const float *gate_scale;
     const float *up_scale;
     const float *down_scale;
@@ -290,6 +292,19 @@ MOE_EXPORT moe_status moe_model_set_layer(moe_model_t *m, uint32_t layer, const 
  * the model; registering one twice is an error. */
 MOE_EXPORT moe_status moe_model_set_expert(moe_model_t *m, uint32_t layer, uint32_t expert,
                                            const moe_expert_weights *w);
+
+/* Puts layer `layer`'s down matrices in `dtype` while gate and up stay in
+ * the layer's weight_dtype (API 6): GGUF files mix formats per tensor, as
+ * llama.cpp's Q4_K_M keeps ffn_down in q6_K in some layers, and a row that
+ * is not a whole number of 256-element blocks in q5_0 or q8_0. Once per
+ * layer, after moe_model_set_layer and before its experts are registered;
+ * down's rows of `inter` elements must be whole blocks of dtype (checked
+ * when a runtime is created if this is never called). */
+MOE_EXPORT moe_status moe_model_set_down_dtype(moe_model_t *m, uint32_t layer, moe_dtype dtype);
+
+/* The dtype of layer `layer`'s down matrices; MOE_DTYPE_COUNT_ for a bad
+ * handle or a layer not described. */
+MOE_EXPORT moe_dtype moe_model_down_dtype(const moe_model_t *m, uint32_t layer);
 
 /* How a layer turns router logits into its top_k experts and their gate
  * weights (moe_layer_forward_logits, moe_hint_next):

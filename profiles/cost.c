@@ -6,10 +6,11 @@
 #include <stdlib.h>
 
 #include "profile.h"
+#include "quant.h"
 
 static double roofline(const moe_cost_table *t, uint32_t hidden, uint32_t inter, moe_dtype d, uint32_t m) {
-    if (!(t->read_gbps > 0) || moe_dtype_size(d) == 0) return -1.0;
-    const double bytes = 3.0 * hidden * inter * (double)moe_dtype_size(d);
+    const double bytes = (double)moe_expert_weight_bytes(hidden, inter, d, d);
+    if (!(t->read_gbps > 0) || bytes == 0) return -1.0;
     const double eff = t->decode_eff[d] > 0 ? t->decode_eff[d] : 1.0;
     double us = bytes / (t->read_gbps * eff * 1e3);
     if (t->gflops[d] > 0) {
@@ -66,7 +67,7 @@ moe_status moe_profile_finish(moe_profile *p) {
  * roofline from the device's own measurements for shapes not measured. */
 static double device_cost(const moe_profile *p, int32_t gpu, uint32_t node, uint32_t hidden, uint32_t inter,
                           moe_dtype t, uint32_t m) {
-    if (!p || moe_dtype_size(t) == 0) return -1.0;
+    if (!p || !moe_expert_weight_bytes(hidden, inter, t, t)) return -1.0;
     if (m == 0) return 0.0;
     /* A measured curve of this shape answers directly. */
     uint32_t off = 0;
@@ -88,7 +89,7 @@ static double device_cost(const moe_profile *p, int32_t gpu, uint32_t node, uint
         const moe_curve *c = &p->curves[i];
         if (c->gpu != gpu || (gpu < 0 && c->node != node) || !c->n_points) continue;
         const moe_curve_point *lo = &c->points[0], *hi = &c->points[c->n_points - 1];
-        const double bytes = 3.0 * c->hidden * c->inter * (double)moe_dtype_size(c->dtype);
+        const double bytes = (double)moe_expert_weight_bytes(c->hidden, c->inter, c->dtype, c->dtype);
         const double ulo = moe_stat_mean(&lo->us), uhi = moe_stat_mean(&hi->us);
         if (lo->m <= 4 && tab.read_gbps > 0 && ulo > 0 && (!best_small[c->dtype] || lo->m < best_small[c->dtype])) {
             best_small[c->dtype] = lo->m;
@@ -114,7 +115,7 @@ double moe_profile_gpu_us(const moe_profile *p, int32_t gpu, uint32_t hidden, ui
 }
 
 static double weight_bytes(uint32_t hidden, uint32_t inter, moe_dtype t) {
-    return 3.0 * hidden * inter * (double)moe_dtype_size(t);
+    return (double)moe_expert_weight_bytes(hidden, inter, t, t);
 }
 
 double moe_profile_gpu_run_us(const moe_profile *p, int32_t gpu, uint32_t hidden, uint32_t inter, moe_dtype t,

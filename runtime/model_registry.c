@@ -4,6 +4,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "quant.h"
+
 bool moe_model_valid(const moe_model_t *m) { return m && m->magic == MOE_MAGIC_MODEL; }
 
 moe_layer_desc moe_layer_desc_init(uint32_t n_experts, uint32_t hidden, uint32_t inter,
@@ -30,6 +32,13 @@ moe_status moe_model_create(moe_model_t **out, uint32_t n_layers) {
     return MOE_OK;
 }
 
+/* A block format's rows must be whole blocks: `what`'s rows of n elements. */
+static moe_status whole_blocks(const char *fn, uint32_t layer, moe_dtype t, uint32_t n, const char *what) {
+    if (moe_dtype_row_bytes(t, n)) return MOE_OK;
+    return moe_fail(MOE_ERR_INVALID_ARG, "%s: layer %u: %s rows of %u elements are not whole %zu-element blocks "
+                    "of %s", fn, layer, what, n, moe_dtype_block(t), moe_dtype_name(t));
+}
+
 #define CHECK_MODEL(fn, m)                                                                    \
     do {                                                                                      \
         if (!moe_model_valid(m)) return moe_fail(MOE_ERR_INVALID_ARG, fn ": not a model handle"); \
@@ -52,17 +61,46 @@ moe_status moe_model_set_layer(moe_model_t *m, uint32_t layer, const moe_layer_d
     if (d->hidden == 0 || d->inter == 0 || d->hidden > MOE_MAX_DIM || d->inter > MOE_MAX_DIM)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_layer: layer %u: shape %ux%u, each must be in 1..%u",
                         layer, d->hidden, d->inter, MOE_MAX_DIM);
-    if (moe_dtype_size(d->weight_dtype) == 0)
+    if (moe_dtype_size(d->weight_dtype) == 0 && !moe_dtype_is_block(d->weight_dtype))
         return moe_fail(MOE_ERR_UNSUPPORTED, "moe_model_set_layer: layer %u: weight dtype %d is not supported",
                         layer, (int)d->weight_dtype);
+    /* Down's rows are checked when the model is complete: they may take a
+     * dtype of their own (moe_model_set_down_dtype). */
+    moe_status st = whole_blocks("moe_model_set_layer", layer, d->weight_dtype, d->hidden, "gate and up");
+    if (st != MOE_OK) return st;
     moe_expert_weights *e = calloc(d->n_experts, sizeof *e);
     if (!e) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_model_set_layer: allocation failed");
     moe_model_layer *L = &m->layers[layer];
     L->experts = e;
     L->desc = *d;
     L->desc.struct_size = sizeof(moe_layer_desc);
+    L->down_dtype = d->weight_dtype;
     L->described = true;
     return MOE_OK;
+}
+
+moe_status moe_model_set_down_dtype(moe_model_t *m, uint32_t layer, moe_dtype dtype) {
+    CHECK_MODEL("moe_model_set_down_dtype", m);
+    if (layer >= m->n_layers)
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_down_dtype: layer %u out of range (model has %u)", layer,
+                        m->n_layers);
+    moe_model_layer *L = &m->layers[layer];
+    if (!L->described)
+        return moe_fail(MOE_ERR_STATE, "moe_model_set_down_dtype: layer %u is not described yet", layer);
+    if (L->n_registered)
+        return moe_fail(MOE_ERR_STATE, "moe_model_set_down_dtype: layer %u already has experts registered", layer);
+    if (moe_dtype_size(dtype) == 0 && !moe_dtype_is_block(dtype))
+        return moe_fail(MOE_ERR_UNSUPPORTED, "moe_model_set_down_dtype: layer %u: dtype %d is not supported", layer,
+                        (int)dtype);
+    moe_status st = whole_blocks("moe_model_set_down_dtype", layer, dtype, L->desc.inter, "down");
+    if (st != MOE_OK) return st;
+    L->down_dtype = dtype;
+    return MOE_OK;
+}
+
+moe_dtype moe_model_down_dtype(const moe_model_t *m, uint32_t layer) {
+    if (!moe_model_valid(m) || layer >= m->n_layers || !m->layers[layer].described) return MOE_DTYPE_COUNT_;
+    return m->layers[layer].down_dtype;
 }
 
 moe_status moe_model_set_expert(moe_model_t *m, uint32_t layer, uint32_t expert,
@@ -81,7 +119,8 @@ moe_status moe_model_set_expert(moe_model_t *m, uint32_t layer, uint32_t expert,
     if (!w->gate || !w->up || !w->down)
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_expert: layer %u expert %u: %s pointer is NULL",
                         layer, expert, !w->gate ? "gate" : !w->up ? "up" : "down");
-    if (L->desc.weight_dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale || !w->down_scale))
+    if ((L->desc.weight_dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale)) ||
+        (L->down_dtype == MOE_DTYPE_I8 && !w->down_scale))
         return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_expert: layer %u expert %u: int8 weights need "
                         "%s (one f32 per output row)", layer, expert,
                         !w->gate_scale ? "gate_scale" : !w->up_scale ? "up_scale" : "down_scale");
@@ -109,8 +148,8 @@ moe_status moe_model_get_layer(const moe_model_t *m, uint32_t layer, moe_layer_d
     return MOE_OK;
 }
 
-uint64_t moe_model_layer_expert_bytes(const moe_layer_desc *d) {
-    return 3ull * d->hidden * d->inter * moe_dtype_size(d->weight_dtype);
+uint64_t moe_model_layer_expert_bytes(const moe_model_layer *L) {
+    return moe_expert_weight_bytes(L->desc.hidden, L->desc.inter, L->desc.weight_dtype, L->down_dtype);
 }
 
 uint64_t moe_model_expert_bytes(const moe_model_t *m) {
@@ -119,7 +158,7 @@ uint64_t moe_model_expert_bytes(const moe_model_t *m) {
     for (uint32_t l = 0; l < m->n_layers; l++)
         if (m->layers[l].described) {
             /* Saturate: at the documented maxima the sum exceeds 2^64. */
-            if (__builtin_mul_overflow(moe_model_layer_expert_bytes(&m->layers[l].desc),
+            if (__builtin_mul_overflow(moe_model_layer_expert_bytes(&m->layers[l]),
                                        (uint64_t)m->layers[l].desc.n_experts, &layer) ||
                 __builtin_add_overflow(total, layer, &total))
                 return UINT64_MAX;
@@ -131,6 +170,8 @@ moe_status moe_model_check_complete(const moe_model_t *m) {
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const moe_model_layer *L = &m->layers[l];
         if (!L->described) return moe_fail(MOE_ERR_STATE, "model: layer %u is not described", l);
+        moe_status st = whole_blocks("model", l, L->down_dtype, L->desc.inter, "down");
+        if (st != MOE_OK) return st;
         if (L->n_registered != L->desc.n_experts)
             for (uint32_t e = 0; e < L->desc.n_experts; e++)
                 if (!L->experts[e].gate)

@@ -13,6 +13,7 @@
 typedef struct moe_model_layer {
     bool described;
     moe_layer_desc desc;
+    moe_dtype down_dtype;        /* desc.weight_dtype unless moe_model_set_down_dtype */
     moe_expert_weights *experts; /* desc.n_experts entries */
     uint32_t n_registered;
     bool has_routing;            /* moe_model_set_router */
@@ -42,7 +43,7 @@ moe_status moe_model_check_complete(const moe_model_t *m);
 void moe_route_logits(const moe_routing *r, uint32_t n_experts, uint32_t n, const float *logits, float *probs,
                       int32_t *ids, float *weights);
 
-/* Bytes of one expert of layer l. */
-uint64_t moe_model_layer_expert_bytes(const moe_layer_desc *d);
+/* Bytes of one expert of layer L: its three matrices (and int8 row scales). */
+uint64_t moe_model_layer_expert_bytes(const moe_model_layer *L);
 
 #endif

@@ -315,7 +315,7 @@ static moe_status sample(bench_ctx *c, const moe_profile_shape *s, uint32_t m, u
     const bool q = s->dtype == MOE_DTYPE_I8;
     moe_cpu_task task = {.team = team, .m = m, .x = c->x, .y = c->y};
     task.w = (moe_expert_view){NULL, NULL, NULL, s->dtype, s->hidden, s->inter, q ? c->rot.scales : NULL,
-                               q ? c->rot.scales : NULL, q ? c->rot.scales : NULL};
+                               q ? c->rot.scales : NULL, q ? c->rot.scales : NULL, false, s->dtype};
     const double t0 = moe_now();
     for (uint32_t i = 0;; i++) {
         const char *e = c->rot.buf + (size_t)(i % n_rot) * per;

@@ -157,7 +157,8 @@ static inline moe_expert_view rt_expert_view(const moe_model_layer *L, uint32_t 
     const moe_expert_weights *w = &L->experts[e];
     return (moe_expert_view){.gate = w->gate, .up = w->up, .down = w->down, .dtype = L->desc.weight_dtype,
                              .hidden = L->desc.hidden, .inter = L->desc.inter, .gate_scale = w->gate_scale,
-                             .up_scale = w->up_scale, .down_scale = w->down_scale};
+                             .up_scale = w->up_scale, .down_scale = w->down_scale,
+                             .down_own = L->down_dtype != L->desc.weight_dtype, .down_dtype = L->down_dtype};
 }
 
 /* ---- setup.c: the steps of moe_runtime_create ---- */

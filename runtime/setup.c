@@ -127,12 +127,13 @@ void rt_place_experts(moe_runtime_t *rt) {
     uint64_t moved = 0, total = 0;
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const moe_model_layer *L = &m->layers[l];
-        const size_t b = (size_t)L->desc.hidden * L->desc.inter * moe_dtype_size(L->desc.weight_dtype);
+        const size_t gu = moe_matrix_bytes(L->desc.weight_dtype, L->desc.inter, L->desc.hidden),
+                     dn = moe_matrix_bytes(L->down_dtype, L->desc.hidden, L->desc.inter);
         for (uint32_t e = 0; e < L->desc.n_experts; e++) {
             const uint32_t node = teams->node[moe_cpu_home(e, teams->n)];
-            moved += moe_numa_move(L->experts[e].gate, b, node) + moe_numa_move(L->experts[e].up, b, node) +
-                     moe_numa_move(L->experts[e].down, b, node);
-            total += 3ull * b;
+            moved += moe_numa_move(L->experts[e].gate, gu, node) + moe_numa_move(L->experts[e].up, gu, node) +
+                     moe_numa_move(L->experts[e].down, dn, node);
+            total += 2ull * gu + dn;
         }
     }
     moe_log(&rt->log, MOE_LOG_INFO, "cpu: placed %.1f of %.1f MB of expert weights on their home nodes",
@@ -180,7 +181,7 @@ static moe_status create_device(moe_runtime_t *rt, const moe_runtime_params *p, 
     const moe_profile *prof = &rt->prof.profile;
     const moe_tuning *tun = &prof->tuning;
     const moe_layer_desc *d0 = &rt->model->layers[0].desc;
-    o->expert_bytes = moe_dev_expert_bytes(d0->hidden, d0->inter, d0->weight_dtype);
+    o->expert_bytes = moe_dev_expert_bytes(d0->hidden, d0->inter, d0->weight_dtype, rt->model->layers[0].down_dtype);
     uint64_t budget = p->gpu_budget_bytes ? p->gpu_budget_bytes
                                           : (uint64_t)(p->gpu_budget_fraction * (double)(n_experts * o->expert_bytes));
     const uint64_t device_mem = prof->gpus[0].free_bytes;

@@ -13,6 +13,7 @@
 #include "engine.h"
 #include "mm.h"
 #include "place.h"
+#include "quant.h"
 #include "util.h"
 
 static const moe_dtype all_types[4] = {MOE_DTYPE_F32, MOE_DTYPE_BF16, MOE_DTYPE_F16, MOE_DTYPE_I8};
@@ -90,6 +91,116 @@ static void gemv_kernels_match_dot_products(void) {
             }
         }
     }
+}
+
+/* The block formats' kernels (fast and portable) against the dot product
+ * of dequantized weights with the quantized activations they were given,
+ * in double: only the kernel's arithmetic is tested (exact integer sums,
+ * scales in f32). k of one and many blocks, rows and tokens not multiples
+ * of any register block, and a sub-range of rows. */
+static void block_kernels_match_dot_products(void) {
+    moe_rng r = {17};
+    for (int d = 0; d < MOE_DTYPE_COUNT_; d++) {
+        const moe_dtype t = (moe_dtype)d;
+        if (!moe_dtype_is_block(t)) continue;
+        const uint32_t blk = (uint32_t)moe_dtype_block(t), ks[] = {blk, 2 * blk, 3 * blk, 8 * blk, 4096 / blk * blk};
+        for (int portable = 0; portable < 2; portable++) {
+            const moe_kernel kern = moe_kernel_select(t, portable);
+            CHECK(kern.gemv != NULL && kern.act == moe_act_of_block(t));
+            for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+                const uint32_t k = ks[ki], n = 1 + moe_rng_below(&r, 13), m = 1 + moe_rng_below(&r, 9);
+                float *scale = NULL;
+                void *w = matrix_make(n, k, t, &r, &scale);
+                float *x = malloc((size_t)m * k * sizeof *x), *out = malloc((size_t)m * n * sizeof *out);
+                float *want = malloc((size_t)m * n * sizeof *want), *xq = malloc((size_t)k * sizeof *xq);
+                float *wrow = malloc((size_t)k * sizeof *wrow);
+                void *xa = malloc(moe_acts_bytes(kern.act, m, k));
+                test_fill(&r, x, (size_t)m * k);
+                const moe_acts a = moe_acts_prepare(kern.act, m, k, x, k, xa, NULL);
+                const size_t arb = moe_acts_bytes(kern.act, 1, k), wrb = moe_dtype_row_bytes(t, k);
+                for (uint32_t row = 0; row < m; row++) {
+                    const moe_qact q = kern.act == MOE_ACT_Q8_0 ? MOE_QACT_Q8_0 : kern.act == MOE_ACT_Q8_1
+                                                                                    ? MOE_QACT_Q8_1 : MOE_QACT_Q8_K;
+                    CHECK_OK(moe_qact_dequantize(q, (char *)xa + row * arb, xq, k));
+                    for (uint32_t j = 0; j < n; j++) {
+                        CHECK_OK(moe_quant_dequantize(t, (char *)w + j * wrb, wrow, k));
+                        double acc = 0;
+                        for (uint32_t i = 0; i < k; i++) acc += (double)wrow[i] * xq[i];
+                        want[(size_t)row * n + j] = (float)acc;
+                    }
+                }
+                kern.gemv(w, NULL, k, 0, n, &a, out, n);
+                const double e = test_nmse(out, want, (size_t)m * n);
+                if (!(e < 1e-10)) {
+                    fprintf(stderr, "%s %s k=%u n=%u m=%u: nmse %g\n", moe_dtype_name(t), kern.name, k, n, m, e);
+                    CHECK(0);
+                }
+                if (n > 2) { /* a sub-range of rows writes only its own columns */
+                    float *part = calloc((size_t)m * n, sizeof *part);
+                    kern.gemv(w, NULL, k, 1, n - 1, &a, part, n);
+                    for (uint32_t row = 0; row < m; row++) {
+                        CHECK(memcmp(part + (size_t)row * n, out + (size_t)row * n + 1, (n - 2) * sizeof *out) == 0);
+                        CHECK(part[(size_t)row * n + n - 2 + 1] == 0.0f);
+                    }
+                    free(part);
+                }
+                free(w), free(scale), free(x), free(out), free(want), free(xq), free(wrow), free(xa);
+            }
+        }
+    }
+}
+
+/* The engine on experts in block formats, and in mixes of a gate/up
+ * format with another for down (as llama.cpp's Q4_K_M, Q5_K_M and its
+ * fallbacks for rows that are not whole 256-element blocks write them),
+ * against the reference expert: groups of 0 to 100 tokens together, on
+ * the fast and the portable kernels. */
+static void block_experts_match_reference(void) {
+    moe_rng r = {23};
+    static const moe_dtype pairs[][2] = {
+        {MOE_DTYPE_Q4_0, MOE_DTYPE_Q4_0},   {MOE_DTYPE_Q4_1, MOE_DTYPE_Q4_1},   {MOE_DTYPE_Q5_0, MOE_DTYPE_Q5_0},
+        {MOE_DTYPE_Q5_1, MOE_DTYPE_Q5_1},   {MOE_DTYPE_Q8_0, MOE_DTYPE_Q8_0},   {MOE_DTYPE_Q2_K, MOE_DTYPE_Q3_K},
+        {MOE_DTYPE_Q3_K, MOE_DTYPE_Q3_K},   {MOE_DTYPE_Q4_K, MOE_DTYPE_Q4_K},   {MOE_DTYPE_Q4_K, MOE_DTYPE_Q6_K},
+        {MOE_DTYPE_Q5_K, MOE_DTYPE_Q5_K},   {MOE_DTYPE_Q5_K, MOE_DTYPE_Q6_K},   {MOE_DTYPE_Q6_K, MOE_DTYPE_Q6_K},
+        {MOE_DTYPE_IQ4_NL, MOE_DTYPE_IQ4_NL}, {MOE_DTYPE_IQ4_XS, MOE_DTYPE_IQ4_XS}, {MOE_DTYPE_MXFP4, MOE_DTYPE_MXFP4},
+        {MOE_DTYPE_Q4_K, MOE_DTYPE_Q5_0},   {MOE_DTYPE_Q4_K, MOE_DTYPE_Q8_0},   {MOE_DTYPE_BF16, MOE_DTYPE_Q8_0},
+    };
+    const uint32_t ms[] = {0, 1, 3, 5, 8, 17, 100};
+    enum { NT = sizeof ms / sizeof ms[0] };
+    for (size_t pi = 0; pi < sizeof pairs / sizeof pairs[0]; pi++)
+        for (int portable = 0; portable < 2; portable++) {
+            const moe_dtype t = pairs[pi][0], td = pairs[pi][1];
+            /* down rows of 320 elements take no 256-element blocks: its fallbacks' case */
+            const uint32_t H = 512, I = moe_dtype_block(td) == 256 ? 256 : 320;
+            moe_cpu *c = engine(2, 1, portable);
+            CHECK_OK(moe_cpu_prepare(c, H, I, t));
+            expert_buf b[NT];
+            moe_cpu_task tasks[NT];
+            float *want[NT];
+            for (uint32_t i = 0; i < NT; i++) {
+                expert_make2(&b[i], H, I, t, td, &r);
+                const size_t n = (size_t)(ms[i] ? ms[i] : 1) * H;
+                float *x = malloc(n * sizeof *x);
+                test_fill(&r, x, n);
+                tasks[i] = (moe_cpu_task){b[i].v, 0, ms[i], x, malloc(n * sizeof(float))};
+                want[i] = malloc(n * sizeof(float));
+                ref(&b[i].v, ms[i], x, want[i]);
+            }
+            CHECK_OK(moe_cpu_run(c, tasks, NT));
+            for (uint32_t i = 0; i < NT; i++) {
+                const uint32_t m = tasks[i].m;
+                const double e = m ? test_nmse(tasks[i].y, want[i], (size_t)m * H) : 0.0;
+                const double tol = fmax(test_tolerance(t), test_tolerance(td));
+                if (!(e <= tol)) {
+                    fprintf(stderr, "%s/%s %ux%u m=%u %s: nmse %g\n", moe_dtype_name(t), moe_dtype_name(td), H, I, m,
+                            portable ? "portable" : moe_cpu_kernel_name(c, t), e);
+                    CHECK(0);
+                }
+                free((void *)tasks[i].x), free(tasks[i].y), free(want[i]);
+                expert_free(&b[i]);
+            }
+            moe_cpu_free(&c);
+        }
 }
 
 /* The AMX kernel (bf16 weights as A tiles in place, tokens packed as VNNI
@@ -384,7 +495,7 @@ static void runtime_on_two_nodes(void) {
         for (int j = 0; j < 2; j++) {
             const uint32_t e = (uint32_t)ids[t * 2 + j];
             moe_expert_view v = {test_weight(&tm, 0, e, 0), test_weight(&tm, 0, e, 1), test_weight(&tm, 0, e, 2),
-                                 MOE_DTYPE_F32, 40, 24, NULL, NULL, NULL};
+                                 MOE_DTYPE_F32, 40, 24, NULL, NULL, NULL, false, MOE_DTYPE_F32};
             moe_ref_expert(&v, 1, x + t * 40, one, scratch);
             for (int i = 0; i < 40; i++) want[t * 40 + i] += w[t * 2 + j] * one[i];
         }
@@ -494,7 +605,8 @@ static void bad_tasks_are_refused(void) {
     expert_free(&b);
 }
 
-TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(amx_kernel_matches_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
+TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(block_kernels_match_dot_products),
+          TEST_CASE(block_experts_match_reference), TEST_CASE(amx_kernel_matches_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
           TEST_CASE(engine_matches_reference), TEST_CASE(large_groups_use_onednn),
           TEST_CASE(numa_teams_run_their_own_experts), TEST_CASE(runtime_on_two_nodes),
           TEST_CASE(binding_restores_the_callers_cpus), TEST_CASE(paths_respect_kernel_limits),

@@ -30,7 +30,7 @@ static void expert_matches_reference(void) {
         float *scratch = malloc(I * sizeof *scratch);
         for (size_t i = 0; i < 3 * nw; i++) w[i] = moe_rng_range(&r, -1, 1) / sqrtf((float)(i < 2 * nw ? H : I));
         test_fill(&r, x, (size_t)M * H);
-        moe_expert_view v = {w, w + nw, w + 2 * nw, MOE_DTYPE_F32, H, I, NULL, NULL, NULL};
+        moe_expert_view v = {w, w + nw, w + 2 * nw, MOE_DTYPE_F32, H, I, NULL, NULL, NULL, false, MOE_DTYPE_F32};
         moe_ref_expert(&v, M, x, yr, scratch);
         float *dw = to_device(w, 3 * nw), *dx = to_device(x, (size_t)M * H);
         float *dy = to_device(NULL, (size_t)M * H), *ds = to_device(NULL, 2 * (size_t)M * I);

@@ -69,12 +69,15 @@ static float *randv(size_t n, moe_rng *r) {
  * expert against the reference expert on the host's copy. The counters
  * follow the operations. */
 static void runs_match_the_reference(void) {
+    /* Element types take odd shapes; block formats rows of whole blocks
+     * (256 elements for the k-quants). */
     const uint32_t shapes[3][2] = {{72, 104}, {256, 96}, {2048, 768}};
+    const uint32_t block_shapes[3][2] = {{256, 256}, {512, 768}, {256, 512}};
     const uint32_t ms[6] = {0, 1, 3, 17, 64, 300};
     moe_rng r = {31};
     moe_dev *d = make_device();
     if (!d) return;
-    CHECK_OK(moe_dev_alloc_slots(d, 2, moe_dev_expert_bytes(2048, 768, MOE_DTYPE_F32)));
+    CHECK_OK(moe_dev_alloc_slots(d, 2, moe_dev_expert_bytes(2048, 768, MOE_DTYPE_F32, MOE_DTYPE_F32)));
     expert_buf all[3 * MOE_DTYPE_COUNT_]; /* registered host memory stays allocated until the device is gone */
     uint32_t n_bufs = 0, uploads = 0, runs = 0, n_dtypes = 0;
     uint64_t bytes = 0;
@@ -82,17 +85,19 @@ static void runs_match_the_reference(void) {
         const moe_dtype t = (moe_dtype)ti;
         if (!moe_dev_supports(d, t)) continue;
         n_dtypes++;
+        const bool block = moe_dtype_is_block(t);
         for (int si = 0; si < 3; si++) {
-            const uint32_t H = shapes[si][0], I = shapes[si][1];
+            const uint32_t H = block ? block_shapes[si][0] : shapes[si][0], I = block ? block_shapes[si][1] : shapes[si][1];
             expert_buf *e = &all[n_bufs++];
             expert_make(e, H, I, t, &r);
             moe_dev_event up = 0;
             const uint32_t slot = (uint32_t)(si + ti) % 2;
             CHECK_OK(moe_dev_upload(d, slot, &e->v, &up));
-            uploads++, bytes += moe_dev_expert_bytes(H, I, t);
+            uploads++, bytes += moe_dev_expert_bytes(H, I, t, t);
             float *scratch = malloc(I * sizeof *scratch);
             for (int mi = 0; mi < 6; mi++) {
                 const uint32_t m = ms[mi];
+                if (block && m > 64) continue; /* the reference is slow on block rows */
                 float *x = randv((size_t)m * H, &r), *y = randv((size_t)m * H, &r), *want = randv((size_t)m * H, &r);
                 moe_dev_event ev = 0;
                 CHECK_OK(moe_dev_run(d, slot, m, x, y, up, &ev));
@@ -130,7 +135,7 @@ static void times_are_ordered_seconds(void) {
     expert_make(&a, H, I, MOE_DTYPE_BF16, &r);
     moe_dev *d = make_device();
     if (!d) return;
-    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16)));
+    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16, MOE_DTYPE_BF16)));
     float *x = randv((size_t)m * H, &r), *y = randv((size_t)m * H, &r);
     const double before = moe_now();
     moe_dev_event u, run;
@@ -156,7 +161,7 @@ static void limits_and_bad_arguments(void) {
     moe_dev *d = make_device();
     if (!d) return;
     const uint32_t H = 256, I = 128;
-    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16);
+    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16, MOE_DTYPE_BF16);
     CHECK_STATUS(moe_dev_alloc_slots(d, 1u << 20, (size_t)1 << 30), MOE_ERR_OUT_OF_MEMORY); /* a petabyte */
     CHECK_OK(moe_dev_alloc_slots(d, 2, bytes));
     CHECK(moe_dev_free_bytes(d) > 0);
@@ -276,7 +281,7 @@ static void sim_runs_equal_the_cpu_engine(void) {
     const moe_cpu_params cp2 = {.n_threads = 2, .n_teams = 1};
     CHECK_OK(moe_cpu_create(&c2, &cp2));
     const uint32_t H = 96, I = 160;
-    CHECK_OK(moe_dev_alloc_slots(d, 2, moe_dev_expert_bytes(H, I, MOE_DTYPE_F32)));
+    CHECK_OK(moe_dev_alloc_slots(d, 2, moe_dev_expert_bytes(H, I, MOE_DTYPE_F32, MOE_DTYPE_F32)));
     for (int ti = 0; ti < 4; ti++) {
         CHECK_OK(moe_cpu_prepare(c, H, I, types[ti]));
         CHECK_OK(moe_cpu_prepare(c2, H, I, types[ti]));
@@ -329,7 +334,7 @@ static void sim_modeled_clock_overlaps_copies_and_runs(void) {
     expert_make(&a, H, I, MOE_DTYPE_BF16, &r);
     expert_make(&b, H, I, MOE_DTYPE_BF16, &r);
     moe_dev *d = simdev(0, 0);
-    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16);
+    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16, MOE_DTYPE_BF16);
     CHECK_OK(moe_dev_alloc_slots(d, 2, bytes));
     const double copy = moe_profile_copy_us(&prof, 0, bytes, true);
     const uint64_t act = (uint64_t)m * H * sizeof(float);
@@ -374,7 +379,7 @@ static void sim_host_clock_times(void) {
     const moe_simdev_params p = {.profile = &prof, .gpu = 0, .host_clock = true};
     moe_dev *d = NULL;
     CHECK_OK(moe_simdev_create(&d, &p));
-    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16);
+    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16, MOE_DTYPE_BF16);
     CHECK_OK(moe_dev_alloc_slots(d, 1, bytes));
     float *x = randv((size_t)m * H, &r), *y = randv((size_t)m * H, &r);
     const double before = moe_now();
@@ -407,7 +412,7 @@ static void sim_real_time_waits_for_the_modeled_end(void) {
     const moe_simdev_params p = {.profile = &prof, .gpu = 0, .time_scale = 100.0}; /* 100x slower than modeled */
     moe_dev *d = NULL;
     CHECK_OK(moe_simdev_create(&d, &p));
-    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16);
+    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16, MOE_DTYPE_BF16);
     CHECK_OK(moe_dev_alloc_slots(d, 1, bytes));
     const double t0 = moe_now();
     moe_dev_event u;
@@ -429,7 +434,7 @@ static void sim_hazards_are_caught(void) {
     expert_buf a;
     expert_make(&a, H, I, MOE_DTYPE_BF16, &r);
     moe_dev *d = simdev(0, 0);
-    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16)));
+    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16, MOE_DTYPE_BF16)));
     float *x = randv((size_t)m * H, &r), *y = randv((size_t)m * H, &r);
     moe_dev_event u, run;
     /* A run on a slot that never received an expert. */
@@ -469,7 +474,7 @@ static void sim_injected_faults_are_reported(void) {
     const moe_simdev_params p = {.profile = &prof, .gpu = 0, .fail_alloc_at = 1, .fail_upload_at = 1, .fail_run_at = 2};
     moe_dev *d = NULL;
     CHECK_OK(moe_simdev_create(&d, &p));
-    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_F32);
+    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_F32, MOE_DTYPE_F32);
     CHECK_STATUS(moe_dev_alloc_slots(d, 1, bytes), MOE_ERR_OUT_OF_MEMORY);
     CHECK_OK(moe_dev_alloc_slots(d, 1, bytes));
     float *x = randv((size_t)m * H, &r), *y = randv((size_t)m * H, &r);
@@ -538,7 +543,7 @@ static void sim_bad_arguments_are_refused(void) {
     d = simdev(0, 0);
     moe_dev_event e = 0;
     CHECK_STATUS(moe_dev_upload(d, 0, &a.v, &e), MOE_ERR_INVALID_ARG); /* no pool */
-    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(64, 96, MOE_DTYPE_BF16)));
+    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(64, 96, MOE_DTYPE_BF16, MOE_DTYPE_BF16)));
     CHECK_STATUS(moe_dev_upload(d, 0, &a.v, &e), MOE_ERR_INVALID_ARG); /* f32 does not fit a bf16 slot */
     CHECK(strstr(moe_last_error(), "slot 0") != NULL);
     CHECK_STATUS(moe_dev_upload(d, 1, &a.v, &e), MOE_ERR_INVALID_ARG);
@@ -618,7 +623,7 @@ static void cuda_registers_host_memory(void) {
     moe_rng r = {13};
     moe_dev *d = cudadev(0);
     if (!d) return;
-    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(256, 96, MOE_DTYPE_BF16)));
+    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(256, 96, MOE_DTYPE_BF16, MOE_DTYPE_BF16)));
     expert_buf e;
     expert_make(&e, 256, 96, MOE_DTYPE_BF16, &r);
     moe_dev_event up = 0;
@@ -639,7 +644,7 @@ static void cuda_slot_reuse_keeps_stream_order(void) {
     moe_rng r = {7};
     moe_dev *d = cudadev(0);
     if (!d) return;
-    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16)));
+    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16, MOE_DTYPE_BF16)));
     expert_buf a, b;
     expert_make(&a, H, I, MOE_DTYPE_BF16, &r);
     expert_make(&b, H, I, MOE_DTYPE_BF16, &r);
@@ -678,7 +683,7 @@ static void cuda_copy_overlaps_compute(void) {
     moe_rng r = {3};
     moe_dev *d = cudadev(0);
     if (!d) return;
-    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16);
+    const size_t bytes = moe_dev_expert_bytes(H, I, MOE_DTYPE_BF16, MOE_DTYPE_BF16);
     CHECK_OK(moe_dev_alloc_slots(d, 2, bytes));
     expert_buf a, b;
     expert_make(&a, H, I, MOE_DTYPE_BF16, &r);
@@ -712,7 +717,7 @@ static void cuda_memory_limit(void) {
     moe_dev *d = cudadev(64ull << 20);
     if (!d) return;
     CHECK_STATUS(moe_dev_alloc_slots(d, 1000, 1u << 20), MOE_ERR_OUT_OF_MEMORY);
-    CHECK_OK(moe_dev_alloc_slots(d, 2, moe_dev_expert_bytes(256, 128, MOE_DTYPE_BF16)));
+    CHECK_OK(moe_dev_alloc_slots(d, 2, moe_dev_expert_bytes(256, 128, MOE_DTYPE_BF16, MOE_DTYPE_BF16)));
     moe_dev_free(&d);
 }
 

@@ -22,7 +22,7 @@ static void per_token(const test_model *tm, uint32_t layer, uint32_t n, const fl
             uint32_t e = (uint32_t)ids[t * k + j];
             moe_expert_view v = {test_weight(tm, layer, e, 0), test_weight(tm, layer, e, 1),
                                  test_weight(tm, layer, e, 2), tm->dtype, H, tm->inter, test_scale(tm, layer, e, 0),
-                                 test_scale(tm, layer, e, 1), test_scale(tm, layer, e, 2)};
+                                 test_scale(tm, layer, e, 1), test_scale(tm, layer, e, 2), false, tm->dtype};
             moe_ref_expert(&v, 1, x + (size_t)t * H, y, scratch);
             for (uint32_t i = 0; i < H; i++) o[i] += w[t * k + j] * y[i];
         }
@@ -565,7 +565,7 @@ static void device_time_accounting_matches_the_model(void) {
     CHECK(st.gpu_misses > 0 && st.gpu_hits > 0);
     CHECK_EQ(st.hybrid_layers, st.layer_calls);
     CHECK_EQ(st.gpu_redone, 0);
-    const double copy_us = moe_profile_copy_us(&prof, 0, moe_dev_expert_bytes(H, I, MOE_DTYPE_F32), true);
+    const double copy_us = moe_profile_copy_us(&prof, 0, moe_dev_expert_bytes(H, I, MOE_DTYPE_F32, MOE_DTYPE_F32), true);
     const double want_copy = (double)st.gpu_misses * copy_us * 1e-6, want_runs = runs_us * 1e-6;
     if (fabs(st.gpu_copy_seconds - want_copy) > 1e-9 * (1 + want_copy) ||
         fabs(st.gpu_compute_seconds - want_runs) > 1e-9 * (1 + want_runs))

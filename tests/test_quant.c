@@ -513,15 +513,24 @@ static void public_dtypes(void) {
     CHECK_OK(moe_quant_quantize(MOE_DTYPE_Q4_0, xs, qs, 32));
     CHECK_OK(moe_quant_dequantize(MOE_DTYPE_Q4_0, qs, ys, 32));
     for (int i = 0; i < 32; i++) CHECK(ys[i] == 0.0f);
-    /* Until the CPU engine has kernels for them, layers and dense weights
-     * in block formats are refused, not run. */
+    /* Layers and dense weights in block formats take rows of whole blocks
+     * only; anything else is refused, naming the blocks. */
     moe_model_t *m = NULL;
-    CHECK_OK(moe_model_create(&m, 1));
-    const moe_layer_desc d = moe_layer_desc_init(4, 256, 256, MOE_DTYPE_Q4_K);
-    CHECK_STATUS(moe_model_set_layer(m, 0, &d), MOE_ERR_UNSUPPORTED);
+    CHECK_OK(moe_model_create(&m, 2));
+    moe_layer_desc d = moe_layer_desc_init(4, 256, 256, MOE_DTYPE_Q4_K);
+    CHECK_OK(moe_model_set_layer(m, 0, &d));
+    d = moe_layer_desc_init(4, 256, 100, MOE_DTYPE_Q8_0);
+    CHECK_OK(moe_model_set_layer(m, 1, &d)); /* gate and up rows are 256: whole q8_0 blocks */
+    CHECK_STATUS(moe_model_set_down_dtype(m, 1, MOE_DTYPE_Q4_K), MOE_ERR_INVALID_ARG); /* down rows are 100 */
+    CHECK_ERROR_MENTIONS("256-element blocks");
     moe_model_free(&m);
-    CHECK_STATUS(moe_cpu_dense(1, false, qs, MOE_DTYPE_Q4_0, NULL, 1, 32, 1, xs, ys), MOE_ERR_UNSUPPORTED);
-    CHECK_ERROR_MENTIONS("q4_0 weights: not supported yet");
+    CHECK_OK(moe_model_create(&m, 1));
+    d = moe_layer_desc_init(4, 200, 256, MOE_DTYPE_Q4_0);
+    CHECK_STATUS(moe_model_set_layer(m, 0, &d), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("32-element blocks");
+    moe_model_free(&m);
+    CHECK_STATUS(moe_cpu_dense(1, false, qs, MOE_DTYPE_Q4_0, NULL, 1, 48, 1, xs, ys), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("not a whole number of 32-element blocks");
 }
 
 TEST_MAIN("test_quant", TEST_CASE(table_matches_gguf_py), TEST_CASE(dequantize_bit_exact),

@@ -11,7 +11,7 @@ static void known_answer(void) {
     const float gate[2] = {1, 2}, up[2] = {3, -1}, down[2] = {2, -1};
     const float x[2] = {1, 1};
     float y[2], scratch[1];
-    moe_expert_view w = {gate, up, down, MOE_DTYPE_F32, 2, 1, NULL, NULL, NULL};
+    moe_expert_view w = {gate, up, down, MOE_DTYPE_F32, 2, 1, NULL, NULL, NULL, false, MOE_DTYPE_F32};
     moe_ref_expert(&w, 1, x, y, scratch);
     const float h = silu_d(3.0f) * 2.0f;
     CHECK_NEAR(y[0], 2 * h, 1e-6);
@@ -67,7 +67,7 @@ static void dtypes_agree_with_naive(void) {
         const size_t esz[3] = {4, 2, 2};
         for (int t = 0; t < 3; t++) {
             const char *b = bases[t];
-            moe_expert_view v = {b, b + n * esz[t], b + 2 * n * esz[t], types[t], H, I, NULL, NULL, NULL};
+            moe_expert_view v = {b, b + n * esz[t], b + 2 * n * esz[t], types[t], H, I, NULL, NULL, NULL, false, types[t]};
             moe_ref_expert(&v, M, x, yr, scratch);
             double e = test_nmse(yr, yn, (size_t)M * H);
             if (!(e < 1e-10)) {
@@ -86,7 +86,7 @@ static void rows_are_independent(void) {
     float w[3 * 12 * 20], x[6 * 12], y[6 * 12], y1[12], scratch[20];
     test_fill(&r, w, sizeof w / sizeof w[0]);
     test_fill(&r, x, sizeof x / sizeof x[0]);
-    moe_expert_view v = {w, w + H * I, w + 2 * H * I, MOE_DTYPE_F32, H, I, NULL, NULL, NULL};
+    moe_expert_view v = {w, w + H * I, w + 2 * H * I, MOE_DTYPE_F32, H, I, NULL, NULL, NULL, false, MOE_DTYPE_F32};
     moe_ref_expert(&v, M, x, y, scratch);
     for (uint32_t row = 0; row < M; row++) {
         moe_ref_expert(&v, 1, x + row * H, y1, scratch);

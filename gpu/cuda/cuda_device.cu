@@ -468,7 +468,7 @@ moe_status check_view(const cudadev *d, uint32_t s, const moe_expert_view *w) {
     if (w->dtype != MOE_DTYPE_F32 && w->dtype != MOE_DTYPE_BF16 && w->dtype != MOE_DTYPE_F16 && w->dtype != MOE_DTYPE_I8)
         return moe_fail(MOE_ERR_UNSUPPORTED, "CUDA device: experts in %s", moe_dtype_name(w->dtype));
     const layout l = layout_of(w->hidden, w->inter, w->dtype);
-    if (moe_dev_expert_bytes(w->hidden, w->inter, w->dtype) > d->slot_bytes || l.end > d->stride)
+    if (moe_dev_view_bytes(w) > d->slot_bytes || l.end > d->stride)
         return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: a %ux%u %s expert does not fit a %zu-byte slot", w->hidden,
                         w->inter, moe_dtype_name(w->dtype), d->slot_bytes);
     return MOE_OK;

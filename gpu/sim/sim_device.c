@@ -160,20 +160,21 @@ static moe_status precheck(simdev *d, rec *r) {
 
 /* Copies expert w into slot memory mem; the view of the copy. */
 static moe_expert_view copy_in(uint8_t *mem, const moe_expert_view *w) {
-    const size_t mat = (size_t)w->hidden * w->inter * moe_dtype_size(w->dtype);
+    const moe_dtype dd = moe_view_down(w);
+    const size_t gu = moe_matrix_bytes(w->dtype, w->inter, w->hidden), dn = moe_matrix_bytes(dd, w->hidden, w->inter);
     uint8_t *p = mem; /* malloc'd: aligned for floats */
     moe_expert_view v = *w;
     v.gate_scale = v.up_scale = v.down_scale = NULL;
-    if (w->dtype == MOE_DTYPE_I8) { /* the row scales first, where floats are aligned; then the int8 matrices */
-        float *f = (float *)(void *)p;
+    float *f = (float *)(void *)p; /* int8 row scales first, where floats are aligned; then the matrices */
+    if (w->dtype == MOE_DTYPE_I8) {
         memcpy(f, w->gate_scale, w->inter * sizeof *f), v.gate_scale = f, f += w->inter;
         memcpy(f, w->up_scale, w->inter * sizeof *f), v.up_scale = f, f += w->inter;
-        memcpy(f, w->down_scale, w->hidden * sizeof *f), v.down_scale = f, f += w->hidden;
-        p = (uint8_t *)f;
     }
-    memcpy(p, w->gate, mat), v.gate = p, p += mat;
-    memcpy(p, w->up, mat), v.up = p, p += mat;
-    memcpy(p, w->down, mat), v.down = p;
+    if (dd == MOE_DTYPE_I8) memcpy(f, w->down_scale, w->hidden * sizeof *f), v.down_scale = f, f += w->hidden;
+    p = (uint8_t *)f;
+    memcpy(p, w->gate, gu), v.gate = p, p += gu;
+    memcpy(p, w->up, gu), v.up = p, p += gu;
+    memcpy(p, w->down, dn), v.down = p;
     return v;
 }
 
@@ -240,7 +241,7 @@ static void *worker(void *arg) {
         if (r->kind == OP_UPLOAD) {
             d->stats.uploads++;
             d->stats.copy_busy_us += r->dur;
-            if (st == MOE_OK) d->stats.bytes_uploaded += moe_dev_expert_bytes(r->w.hidden, r->w.inter, r->w.dtype);
+            if (st == MOE_OK) d->stats.bytes_uploaded += moe_dev_view_bytes(&r->w);
         } else {
             d->stats.runs++;
             d->stats.compute_busy_us += r->dur;
@@ -327,8 +328,9 @@ static uint64_t sim_free_bytes(const moe_dev *dev) {
 }
 
 static moe_status check_view(const moe_expert_view *w) {
-    if (!w || !w->gate || !w->up || !w->down || !w->hidden || !w->inter || moe_dtype_size(w->dtype) == 0 ||
-        (w->dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale || !w->down_scale)))
+    if (!w || !w->gate || !w->up || !w->down || !w->hidden || !w->inter || !moe_dev_view_bytes(w) ||
+        (w->dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale)) ||
+        (moe_view_down(w) == MOE_DTYPE_I8 && !w->down_scale))
         return moe_fail(MOE_ERR_INVALID_ARG, "simulated device: upload of an incomplete expert");
     return MOE_OK;
 }
@@ -337,7 +339,7 @@ static moe_status sim_upload(moe_dev *dev, uint32_t slot_id, const moe_expert_vi
     simdev *d = (simdev *)dev;
     moe_status st = done ? check_view(w) : moe_fail(MOE_ERR_INVALID_ARG, "simulated device: upload without an event");
     if (st) return st;
-    const size_t need = moe_dev_expert_bytes(w->hidden, w->inter, w->dtype);
+    const size_t need = moe_dev_view_bytes(w);
     const double dur = moe_profile_copy_us(d->p.profile, d->p.gpu, need, true);
     pthread_mutex_lock(&d->mu);
     if (slot_id >= d->n_slots || need > d->slot_bytes) {
@@ -470,10 +472,11 @@ static void sim_destroy(moe_dev *dev) {
     free(d);
 }
 
-/* What the CPU engine computes, since the engine computes the runs. */
+/* What the CPU engine computes, since the engine computes the runs: the
+ * element types and GGUF's block formats. */
 static bool sim_supports(const moe_dev *dev, moe_dtype t) {
     (void)dev;
-    return t == MOE_DTYPE_F32 || t == MOE_DTYPE_BF16 || t == MOE_DTYPE_F16 || t == MOE_DTYPE_I8;
+    return moe_dtype_size(t) || moe_dtype_is_block(t);
 }
 
 static void sim_stats(moe_dev *dev, moe_dev_stats *out) {
