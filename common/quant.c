@@ -1296,6 +1296,20 @@ moe_status moe_quant_quantize(moe_dtype t, const float *x, void *blocks, size_t 
     return MOE_OK;
 }
 
+moe_status moe_quantize(moe_dtype t, const float *x, void *blocks, size_t n) {
+    const moe_quant_format *f = block_format(t, x, blocks, n, "moe_quantize");
+    if (!f) return MOE_ERR_INVALID_ARG;
+    f->quantize(x, blocks, n);
+    return MOE_OK;
+}
+
+moe_status moe_dequantize(moe_dtype t, const void *blocks, float *y, size_t n) {
+    const moe_quant_format *f = block_format(t, blocks, y, n, "moe_dequantize");
+    if (!f) return MOE_ERR_INVALID_ARG;
+    f->dequantize(blocks, y, n);
+    return MOE_OK;
+}
+
 /* ---- activation blocks ---- */
 
 static const struct {

@@ -82,7 +82,9 @@ extern "C" {
  * time to detect a header/library mismatch.
  * 6: moe_dtype gains GGUF's block formats (MOE_DTYPE_Q4_0 .. MOE_DTYPE_MXFP4,
  *    after MOE_DTYPE_I8; earlier values unchanged) and moe_dtype_block(),
- *    moe_dtype_block_bytes(), moe_dtype_row_bytes(), moe_dtype_is_block(). */
+ *    moe_dtype_block_bytes(), moe_dtype_row_bytes(), moe_dtype_is_block(),
+ *    moe_quantize(), moe_dequantize(); a layer's down matrices may take a
+ *    dtype of their own (moe_model_set_down_dtype(), moe_model_down_dtype()). */
 #define MOE_API_VERSION 6
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
@@ -201,6 +203,18 @@ MOE_EXPORT size_t moe_dtype_row_bytes(moe_dtype t, size_t n);
 /* 1 for the block formats (Q4_0 .. MXFP4), 0 for the element types and
  * invalid dtypes. */
 MOE_EXPORT int moe_dtype_is_block(moe_dtype t);
+
+/* n f32 values to block format t's blocks, byte for byte as llama.cpp's
+ * GGUF files store them (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and MXFP4 exactly as
+ * gguf-py quantizes; the k-quants and IQ4 formats with moerun's own
+ * quantizers; docs/quantization.md). n must be a whole number of blocks;
+ * `blocks` holds moe_dtype_row_bytes(t, n) bytes. NaN and Inf quantize as
+ * 0. For hosts that hold f32 or bf16 weights and want moerun's quantized
+ * kernels (API 6). */
+MOE_EXPORT moe_status moe_quantize(moe_dtype t, const float *x, void *blocks, size_t n);
+
+/* n elements of block format t back to f32 (as gguf-py dequantizes). */
+MOE_EXPORT moe_status moe_dequantize(moe_dtype t, const void *blocks, float *y, size_t n);
 
 /* ------------------------------------------------------------------------ */
 /* Machine topology                                                         */

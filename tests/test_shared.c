@@ -22,6 +22,14 @@ int main(void) {
     EXPECT(moe_dtype_row_bytes(MOE_DTYPE_Q4_K, 512) == 288 && moe_dtype_is_block(MOE_DTYPE_Q4_K));
     EXPECT(moe_dtype_block(MOE_DTYPE_Q8_0) == 32 && moe_dtype_block_bytes(MOE_DTYPE_Q8_0) == 34);
     EXPECT(moe_dtype_size(MOE_DTYPE_Q8_0) == 0 && strcmp(moe_dtype_name(MOE_DTYPE_MXFP4), "mxfp4") == 0);
+    {   /* and the quantizer and dequantizer: q8_0 of 0..31 / 31 comes back within a code */
+        float x[32], y[32];
+        unsigned char q[34];
+        for (int i = 0; i < 32; i++) x[i] = (float)i / 31.0f;
+        EXPECT(moe_quantize(MOE_DTYPE_Q8_0, x, q, 32) == MOE_OK && moe_dequantize(MOE_DTYPE_Q8_0, q, y, 32) == MOE_OK);
+        for (int i = 0; i < 32; i++) EXPECT(fabsf(y[i] - x[i]) <= 1.0f / 254.0f);
+        EXPECT(moe_quantize(MOE_DTYPE_Q8_0, x, q, 31) == MOE_ERR_INVALID_ARG);
+    }
     /* hidden 2, inter 1. Expert 0: gate [1,0], up [1,0], down [[1],[0]]:
      * y = [silu(x0)*x0, 0]. Expert 1: gate [0,1], up [0,2], down [[0],[1]]:
      * y = [0, silu(x1)*2*x1]. */
