@@ -164,10 +164,12 @@ typedef struct moe_qact_q8_1 {
 } moe_qact_q8_1;
 
 /* x[i] ~ d * qs[i] over 256; bsums[j] = qs[16j] + ... + qs[16j + 15], for
- * the k-quants' min terms. */
+ * the k-quants' min terms. The codes start 64 bytes into the block, so in
+ * a 64-byte aligned buffer every block's codes load as whole cache lines. */
 typedef struct moe_qact_q8_K {
     float d;
     int16_t bsums[MOE_QK_K / 16];
+    uint8_t pad[28];
     int8_t qs[MOE_QK_K];
 } moe_qact_q8_K;
 

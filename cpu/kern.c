@@ -10,6 +10,7 @@
 #define _GNU_SOURCE /* syscall() for the AMX permission request */
 #include "kern.h"
 #include "expert.h"
+#include "isa.h"
 #include "quant.h"
 #include "topology.h"
 
@@ -410,12 +411,10 @@ T_512 static void quant_512(uint8_t *q, const float *x, uint32_t k, float inv, i
     }
 }
 
-#define HAS(feat) __builtin_cpu_supports(feat)
-static bool cpu_512(void) {
-    return HAS("avx512f") && HAS("avx512bw") && HAS("avx512vl") && HAS("avx512dq") && HAS("fma");
-}
-static bool cpu_bf16(void) { return cpu_512() && HAS("avx512bf16"); }
-static bool cpu_vnni(void) { return cpu_512() && HAS("avx512vnni"); }
+/* What the CPU has, capped by MOE_CPU_ISA (isa.h). */
+static bool cpu_512(void) { return moe_cpu_isa()->avx512; }
+static bool cpu_bf16(void) { return moe_cpu_isa()->avx512_bf16; }
+static bool cpu_vnni(void) { return moe_cpu_isa()->avx512_vnni; }
 
 /* ---- AMX: weights in place as the A operand ------------------------------ */
 
@@ -723,7 +722,8 @@ void moe_exp_f32(float *y, const float *x, size_t n) {
         return;
     }
 #endif
-    for (size_t i = 0; i < n; i++) y[i] = expf(x[i]);
+    for (size_t i = 0; i < n; i++) /* clamped as the vector code clamps */
+        y[i] = x[i] != x[i] ? x[i] : expf(x[i] > 88.3762626647949f ? 88.3762626647949f : x[i] < -87.3365447504f ? -87.3365447504f : x[i]);
 }
 
 /* ---- AMX dispatch ----------------------------------------------------- */
@@ -734,9 +734,7 @@ void moe_exp_f32(float *y, const float *x, size_t n) {
 /* Linux hands out the AMX tile state only to processes that ask for it. */
 static bool amx_permitted(void) {
     enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
-    moe_topology_info info = {0};
-    moe_cpu_features(&info);
-    return info.has_amx && cpu_bf16() && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return moe_cpu_isa()->amx && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
 }
 #endif
 

@@ -8,6 +8,10 @@
  * every (token, row): it is the second implementation the SIMD kernels are
  * tested against, and the path of a CPU without them. */
 #include "kern.h"
+
+#include <string.h>
+
+#include "isa.h"
 #include "quant.h"
 
 static moe_qact qact_of(moe_act_kind a) {
@@ -72,10 +76,542 @@ static moe_gemv_fn c_kernel(moe_dtype t) {
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MOE_X86 1
+
+/* ---- AVX-512 ------------------------------------------------------------
+ * Each super-block of a weight row is unpacked once (codes to bytes,
+ * sub-block scales to 16-bit lanes) and used for every token of the pass;
+ * each token's activation block is loaded (and put in the order the codes
+ * come in) once and used for both rows of a pair. Unsigned codes (nibbles,
+ * q6_K's 6-bit codes) meet the int8 activations in vpmaddubsw (pairs of u8
+ * x s8 into s16, which cannot saturate here: 63 * 127 * 2 < 2^15), and the
+ * sub-block scales are applied in the instruction that widens to int32
+ * (vpdpwssd with VNNI, else vpmaddwd and an add), so a super-block's
+ * integer sum needs one conversion to f32. Mins and code offsets are
+ * applied through the activations' sums of 16. */
+
+#define T_512Q __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define T_VNNIQ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx512vnni")))
+#define INLINE static inline __attribute__((always_inline))
+
+enum { TQ = 4 };     /* tokens per pass over a pair of rows */
+enum { PFQ = 1024 }; /* software prefetch distance in each weight row, bytes */
+
+T_512Q INLINE float f16(uint16_t h) { return _cvtsh_ss(h); }
+
+/* The q4_K / q5_K sub-block scales and mins from their 12 packed bytes
+ * (read as 16: the 4 after them are the block's codes), in vector
+ * registers (scalar code here would go through the stack, and a load of
+ * four just-stored words stalls): scales in bytes 0..7, mins in 8..15.
+ * In 32-bit words u0..u2 of the bytes: scales 0-3 = u0 & 0x3f.., 4-7 =
+ * (u2 & 0x0f..) | (u0 >> 6 & 3..) << 4; mins 0-3 = u1 & 0x3f.., 4-7 =
+ * (u2 >> 4 & 0x0f..) | (u1 >> 6 & 3..) << 4. */
+T_512Q INLINE __m128i kscales(const uint8_t *s12) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)s12);
+    const __m128i a = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    const __m128i b = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
+                                     _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
+    return _mm_or_si128(lo, hi);
+}
+
+/* Scales as 16-bit lanes, by in-lane byte shuffles (vpshufb; a cross-lane
+ * vpermw costs more): with the scale bytes broadcast to every 128-bit
+ * lane, PAT2(a, b) puts byte a zero-extended in the first 16 word lanes
+ * and byte b in the last 16 (q4_K: a maddubs result's first 16 lanes are
+ * one sub-block of 32, the last 16 another); with 16-bit scales broadcast,
+ * PAT4(a) puts word a + L in every word of 128-bit lane L (q6_K:
+ * sub-blocks of 16). A control byte 0x80 zeroes. */
+#define W1(i) ((long long)((0x8000ull | (unsigned)(i)) * 0x0001000100010001ull))
+#define PAT2(a, b) _mm512_set_epi64(W1(b), W1(b), W1(b), W1(b), W1(a), W1(a), W1(a), W1(a))
+#define W2(i) ((long long)((((unsigned)(2 * (i) + 1) << 8 | (unsigned)(2 * (i))) & 0xffffull) * 0x0001000100010001ull))
+#define PAT4(a) _mm512_set_epi64(W2(a + 3), W2(a + 3), W2(a + 2), W2(a + 2), W2(a + 1), W2(a + 1), W2(a), W2(a))
+
+/* Shift counts: lo in the low 256 bits, hi in the high 256. The shifts are
+ * of 32-bit lanes (vpsrlvd; vpsrlvw is slow on some CPUs): bits that cross
+ * into a neighbouring byte are masked off, so each byte moves alone. */
+#define SPLIT32(lo, hi) _mm512_inserti64x4(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi), 1)
+
+/* A super-block of one row, unpacked: 4 vectors of 64 codes, their
+ * scales per 16-bit lane, the mins (or code offsets) per pair of 16-sums,
+ * and the f32 scales of the integer sums. */
+typedef struct sbw {
+    __m512i c[4], s[4];
+    __m256i mn;
+    float d, dm;
+} sbw;
+
+/* A token's activation block, in the order of the codes' vectors. */
+typedef struct sba {
+    __m512i x[4];
+    __m256i bs;
+    float d;
+} sba;
+
+/* q4_K / q5_K: element 64c + 32h + l is nibble h of qs[32c + l], so a
+ * 64-byte load of codes holds sub-blocks 2c and 2c+2 in its low nibbles
+ * and 2c+1 and 2c+3 in its high ones; the activations are taken in that
+ * order. q5_K's 5th bit of element e is bit e/32 of qh[e % 32]. */
+#define UNPACK_QK(TGT, name, BLK, q5)                                                                      \
+    TGT INLINE void name(const BLK *b, sbw *u) {                                                          \
+        const __m512i m4 = _mm512_set1_epi8(0x0F);                                                         \
+        const __m128i sm = kscales(b->scales);                                                             \
+        const __m512i sc = _mm512_broadcast_i32x4(sm);                                                     \
+        u->s[0] = _mm512_shuffle_epi8(sc, PAT2(0, 2)), u->s[1] = _mm512_shuffle_epi8(sc, PAT2(1, 3));      \
+        u->s[2] = _mm512_shuffle_epi8(sc, PAT2(4, 6)), u->s[3] = _mm512_shuffle_epi8(sc, PAT2(5, 7));      \
+        const __m128i mn8 = _mm_srli_si128(sm, 8);                                                         \
+        u->mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));                                         \
+        const __m512i q0 = _mm512_loadu_si512(b->qs), q1 = _mm512_loadu_si512(b->qs + 64);                 \
+        u->c[0] = _mm512_and_si512(q0, m4), u->c[1] = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4);      \
+        u->c[2] = _mm512_and_si512(q1, m4), u->c[3] = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4);      \
+        q5;                                                                                                \
+        u->d = f16(b->d), u->dm = f16(b->dmin);                                                            \
+    }
+#define Q5_BITS                                                                                            \
+    do {                                                                                                   \
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)b->qh)); \
+        const __m512i b16 = _mm512_set1_epi8(16);                                                          \
+        const __m512i sh0 = _mm512_srlv_epi32(qh, SPLIT32(0, 2)), sh1 = _mm512_srlv_epi32(qh, SPLIT32(4, 6)); \
+        u->c[0] = _mm512_or_si512(u->c[0], _mm512_and_si512(_mm512_slli_epi16(sh0, 4), b16));             \
+        u->c[1] = _mm512_or_si512(u->c[1], _mm512_and_si512(_mm512_slli_epi16(sh0, 3), b16));             \
+        u->c[2] = _mm512_or_si512(u->c[2], _mm512_and_si512(_mm512_slli_epi16(sh1, 4), b16));             \
+        u->c[3] = _mm512_or_si512(u->c[3], _mm512_and_si512(_mm512_slli_epi16(sh1, 3), b16));             \
+    } while (0)
+
+/* The activations in q4_K's code order: halves of their 64-byte lines. */
+#define ACT_QK(TGT, name)                                                                                  \
+    TGT INLINE void name(const moe_qact_q8_K *x, sba *v) {                                                 \
+        const __m512i A0 = _mm512_loadu_si512(x->qs), A1 = _mm512_loadu_si512(x->qs + 64);                \
+        const __m512i A2 = _mm512_loadu_si512(x->qs + 128), A3 = _mm512_loadu_si512(x->qs + 192);          \
+        v->x[0] = _mm512_shuffle_i64x2(A0, A1, 0x44), v->x[1] = _mm512_shuffle_i64x2(A0, A1, 0xEE);        \
+        v->x[2] = _mm512_shuffle_i64x2(A2, A3, 0x44), v->x[3] = _mm512_shuffle_i64x2(A2, A3, 0xEE);        \
+        v->bs = _mm256_loadu_si256((const __m256i *)(const void *)x->bsums);                               \
+        v->d = x->d;                                                                                       \
+    }
+
+/* ... and in natural order (q6_K). */
+#define ACT_NAT(TGT, name)                                                                                 \
+    TGT INLINE void name(const moe_qact_q8_K *x, sba *v) {                                                 \
+        for (int k = 0; k < 4; k++) v->x[k] = _mm512_loadu_si512(x->qs + 64 * k);                          \
+        v->bs = _mm256_loadu_si256((const __m256i *)(const void *)x->bsums);                               \
+        v->d = x->d;                                                                                       \
+    }
+
+/* q6_K: the low nibbles of ql[0..63] are elements 0..63, their high
+ * nibbles 64..127 (ql[64..127]: 128..255); the high 2 bits of element
+ * 128H + 32s + l are bits 2s..2s+1 of qh[32H + l]. Value d * sc[e/16] *
+ * (code - 32): the -32 goes through the sums of 16 with the scales. */
+#define UNPACK_Q6K(TGT, name)                                                                              \
+    TGT INLINE void name(const moe_block_q6_K *b, sbw *u) {                                                \
+        const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(0x30);                            \
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)b->scales)); \
+        const __m512i slo = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc16));                         \
+        const __m512i shi = _mm512_broadcast_i32x4(_mm256_extracti128_si256(sc16, 1));                     \
+        u->s[0] = _mm512_shuffle_epi8(slo, PAT4(0)), u->s[1] = _mm512_shuffle_epi8(slo, PAT4(4));          \
+        u->s[2] = _mm512_shuffle_epi8(shi, PAT4(0)), u->s[3] = _mm512_shuffle_epi8(shi, PAT4(4));          \
+        u->mn = sc16;                                                                                      \
+        const __m512i qh = _mm512_loadu_si512(b->qh);                                                      \
+        const __m512i q0 = _mm512_loadu_si512(b->ql), q1 = _mm512_loadu_si512(b->ql + 64);                 \
+        const __m512i qh0 = _mm512_shuffle_i64x2(qh, qh, 0x44), qh1 = _mm512_shuffle_i64x2(qh, qh, 0xEE);  \
+        const __m512i up = SPLIT32(4, 2), dn = SPLIT32(0, 2);                                              \
+        u->c[0] = _mm512_or_si512(_mm512_and_si512(q0, m4), _mm512_and_si512(_mm512_sllv_epi32(qh0, up), m3)); \
+        u->c[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q0, 4), m4),                          \
+                                  _mm512_and_si512(_mm512_srlv_epi32(qh0, dn), m3));                       \
+        u->c[2] = _mm512_or_si512(_mm512_and_si512(q1, m4), _mm512_and_si512(_mm512_sllv_epi32(qh1, up), m3)); \
+        u->c[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q1, 4), m4),                          \
+                                  _mm512_and_si512(_mm512_srlv_epi32(qh1, dn), m3));                       \
+        u->d = f16(b->d), u->dm = 32.0f * u->d;                                                            \
+    }
+
+/* The codebooks plus 128, as u8, in every 128-bit lane for vpshufb. */
+#define LUT128(v) _mm512_broadcast_i32x4(_mm_add_epi8(_mm_loadu_si128((const __m128i *)(const void *)(v)), _mm_set1_epi8((char)0x80)))
+
+/* Byte patterns for 16-bit scale lanes from scale bytes (zero-extended)
+ * or scale words broadcast to every 128-bit lane: PAT4B(a) byte a + L in
+ * 128-bit lane L; PAT2W(a, b) word a in the low 256 bits, word b in the
+ * high. */
+#define PAT4B(a) _mm512_set_epi64(W1(a + 3), W1(a + 3), W1(a + 2), W1(a + 2), W1(a + 1), W1(a + 1), W1(a), W1(a))
+#define PAT2W(a, b) _mm512_set_epi64(W2(b), W2(b), W2(b), W2(b), W2(a), W2(a), W2(a), W2(a))
+
+/* q2_K: element 128h + 32s + l is bits 2s..2s+1 of qs[32h + l]; sub-block
+ * j of 16 has scale d (sc[j] & 15) and min dmin (sc[j] >> 4). */
+#define UNPACK_Q2K(TGT, name)                                                                              \
+    TGT INLINE void name(const moe_block_q2_K *b, sbw *u) {                                                \
+        const __m512i m3 = _mm512_set1_epi8(3);                                                            \
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)b->scales);                    \
+        const __m512i sc = _mm512_broadcast_i32x4(_mm_and_si128(raw, _mm_set1_epi8(15)));                 \
+        for (int k = 0; k < 4; k++) u->s[k] = _mm512_shuffle_epi8(sc, PAT4B(4 * k));                       \
+        u->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(15)));            \
+        for (int h = 0; h < 2; h++) {                                                                      \
+            const __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * h))); \
+            u->c[2 * h] = _mm512_and_si512(_mm512_srlv_epi32(z, SPLIT32(0, 2)), m3);                       \
+            u->c[2 * h + 1] = _mm512_and_si512(_mm512_srlv_epi32(z, SPLIT32(4, 6)), m3);                   \
+        }                                                                                                  \
+        u->d = f16(b->d), u->dm = f16(b->dmin);                                                            \
+    }
+
+/* q3_K's 16 scales of 6 bits, signed (code - 32), as int8: low 4 bits in
+ * scales[j % 8] (its high nibble for j >= 8), high 2 bits of sub-block j
+ * at bit 2 (j / 4) of scales[8 + j % 4]. */
+T_512Q INLINE __m128i q3_scales(const uint8_t *s) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)s); /* 12 bytes, then the block's d */
+    const __m128i lo8 = _mm_unpacklo_epi64(v, v);                         /* bytes 0..7 twice */
+    const __m128i lo = _mm_and_si128(_mm_blend_epi16(lo8, _mm_srli_epi16(lo8, 4), 0xF0), _mm_set1_epi8(15));
+    const __m128i hb = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 2, 2, 2));    /* bytes 8..11 in every word */
+    const __m128i hi = _mm_and_si128(_mm_srlv_epi32(hb, _mm_set_epi32(6, 4, 2, 0)), _mm_set1_epi8(3));
+    return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+}
+
+/* q3_K: 2-bit codes as q2_K's, the 3rd bit of element e is bit e / 32 of
+ * hmask[e % 32]; code' = low + 4 hbit, value d sc (code' - 4). */
+#define UNPACK_Q3K(TGT, name)                                                                              \
+    TGT INLINE void name(const moe_block_q3_K *b, sbw *u) {                                                \
+        const __m512i m3 = _mm512_set1_epi8(3), m1 = _mm512_set1_epi8(1);                                  \
+        const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(b->scales));                                   \
+        const __m512i slo = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc16));                         \
+        const __m512i shi = _mm512_broadcast_i32x4(_mm256_extracti128_si256(sc16, 1));                     \
+        u->s[0] = _mm512_shuffle_epi8(slo, PAT4(0)), u->s[1] = _mm512_shuffle_epi8(slo, PAT4(4));          \
+        u->s[2] = _mm512_shuffle_epi8(shi, PAT4(0)), u->s[3] = _mm512_shuffle_epi8(shi, PAT4(4));          \
+        u->mn = sc16;                                                                                      \
+        const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)b->hmask)); \
+        for (int h = 0; h < 2; h++) {                                                                      \
+            const __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * h))); \
+            for (int k = 0; k < 2; k++) {                                                                  \
+                const int v = 2 * h + k;                                                                   \
+                const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(z, SPLIT32(4 * k, 4 * k + 2)), m3);  \
+                const __m512i hb = _mm512_and_si512(_mm512_srlv_epi32(hm, SPLIT32(2 * v, 2 * v + 1)), m1); \
+                u->c[v] = _mm512_or_si512(lo, _mm512_slli_epi16(hb, 2));                                   \
+            }                                                                                              \
+        }                                                                                                  \
+        u->d = f16(b->d), u->dm = 4.0f * u->d;                                                             \
+    }
+
+/* iq4_xs's 8 scales, signed (code - 32), as 16-bit words: low 4 bits in
+ * scales_l[j / 2] >> 4 (j % 2), high 2 bits at bit 2j of scales_h. */
+T_512Q INLINE __m128i iq4xs_scales(const moe_block_iq4_xs *b) {
+    uint32_t l4;
+    memcpy(&l4, b->scales_l, 4);
+    const __m128i w = _mm_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi32_si128((int)l4),
+                                                         _mm_set_epi8(-1, -1, -1, -1, -1, -1, -1, -1, 3, 3, 2, 2, 1, 1, 0, 0)));
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi16(w, _mm_set_epi16(4, 0, 4, 0, 4, 0, 4, 0)), _mm_set1_epi16(15));
+    const __m128i hi = _mm_and_si128(_mm_srlv_epi16(_mm_set1_epi16((short)b->scales_h), _mm_set_epi16(14, 12, 10, 8, 6, 4, 2, 0)),
+                                     _mm_set1_epi16(3));
+    return _mm_sub_epi16(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi16(32));
+}
+
+/* iq4_xs: element 32j + 16h + l is codebook[qs[16j + l] >> 4h & 15], + 128
+ * as u8; value d sc[j] (u - 128). Codes up to 241 would saturate
+ * vpmaddubsw's pairs, so these go through vpdpbusd (exact int32 sums of 4)
+ * with the scales as int32 lanes (8 lanes per sub-block of 32). */
+#define UNPACK_IQ4XS(TGT, name)                                                                            \
+    TGT INLINE void name(const moe_block_iq4_xs *b, sbw *u) {                                              \
+        const __m128i sc = iq4xs_scales(b);                                                                \
+        const __m512i s32 = _mm512_castsi256_si512(_mm256_cvtepi16_epi32(sc));                            \
+        for (int k = 0; k < 4; k++) {                                                                      \
+            u->s[k] = _mm512_permutexvar_epi32(_mm512_inserti64x4(_mm512_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1), 1), s32); \
+            const __m512i z = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * k))); \
+            const __m512i v = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));                         \
+            const __m512i n = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFF00FF00u, v, 4), _mm512_set1_epi8(15)); \
+            u->c[k] = _mm512_shuffle_epi8(LUT128(moe_iq4nl_values), n);                                    \
+        }                                                                                                  \
+        u->mn = _mm256_set_m128i(_mm_unpackhi_epi16(sc, sc), _mm_unpacklo_epi16(sc, sc));                  \
+        u->d = f16(b->d), u->dm = 128.0f * u->d;                                                           \
+    }
+
+/* One row's super-block against one token: acc += d da sum(sc (c . x)),
+ * accm += dm da sum(mn . bs). */
+#define DOT_SB(TGT, name, DPW)                                                                             \
+    TGT INLINE void name(const sbw *u, const sba *v, __m512 *acc, __m256 *accm) {                          \
+        __m512i s = _mm512_setzero_si512();                                                                \
+        for (int k = 0; k < 4; k++) s = DPW(s, _mm512_maddubs_epi16(u->c[k], v->x[k]), u->s[k]);           \
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(u->d * v->d), *acc);                  \
+        *accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(v->bs, u->mn)), _mm256_set1_ps(u->dm * v->d), \
+                                *accm);                                                                    \
+    }
+/* ... and iq4_xs's: vpdpbusd sums of 4, scaled per int32 lane. */
+#define DOT_SB32(TGT, name, DPB)                                                                           \
+    TGT INLINE void name(const sbw *u, const sba *v, __m512 *acc, __m256 *accm) {                          \
+        __m512i s = _mm512_setzero_si512();                                                                \
+        for (int k = 0; k < 4; k++) s = _mm512_add_epi32(s, _mm512_mullo_epi32(DPB(u->c[k], v->x[k]), u->s[k])); \
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(u->d * v->d), *acc);                  \
+        *accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(v->bs, u->mn)), _mm256_set1_ps(u->dm * v->d), \
+                                *accm);                                                                    \
+    }
+#define DPB_VNNI(c, x) _mm512_dpbusd_epi32(_mm512_setzero_si512(), (c), (x))
+/* Without VNNI: u8 x s8 pairs widen to s16 first, exactly: the codes are
+ * split in halves below 128 so a pair cannot saturate. */
+#define DPB_BW(c, x)                                                                                       \
+    _mm512_add_epi32(                                                                                      \
+        _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_and_si512((c), _mm512_set1_epi8(0x7F)), (x)), _mm512_set1_epi16(1)), \
+        _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_and_si512((c), _mm512_set1_epi8((char)0x80)), (x)), _mm512_set1_epi16(1)))
+#define DPW_VNNI(s, p, c) _mm512_dpwssd_epi32((s), (p), (c))
+#define DPW_BW(s, p, c) _mm512_add_epi32((s), _mm512_madd_epi16((p), (c)))
+
+/* The driver: rows two at a time against TQ tokens at a time. */
+#define GEMV_SB(TGT, name, BLK, UNPACK, ACT, DOT)                                                          \
+    TGT INLINE void name##_pair(const BLK *b0, const BLK *b1, const moe_qact_q8_K *const *a, uint32_t nb,   \
+                                uint32_t tb, float res[2][TQ]) {                                           \
+        __m512 acc[2][TQ];                                                                                 \
+        __m256 accm[2][TQ];                                                                                \
+        for (uint32_t t = 0; t < TQ; t++)                                                                  \
+            for (int r = 0; r < 2; r++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = _mm256_setzero_ps();  \
+        for (uint32_t i = 0; i < nb; i++) {                                                                \
+            _mm_prefetch((const char *)(b0 + i) + PFQ, _MM_HINT_T0);                                       \
+            _mm_prefetch((const char *)(b0 + i) + PFQ + 64, _MM_HINT_T0);                                  \
+            _mm_prefetch((const char *)(b0 + i) + PFQ + 128, _MM_HINT_T0);                                 \
+            _mm_prefetch((const char *)(b1 + i) + PFQ, _MM_HINT_T0);                                       \
+            _mm_prefetch((const char *)(b1 + i) + PFQ + 64, _MM_HINT_T0);                                  \
+            _mm_prefetch((const char *)(b1 + i) + PFQ + 128, _MM_HINT_T0);                                 \
+            sbw u0, u1;                                                                                    \
+            UNPACK(b0 + i, &u0);                                                                           \
+            UNPACK(b1 + i, &u1);                                                                           \
+            for (uint32_t t = 0; t < tb; t++) {                                                            \
+                sba v;                                                                                     \
+                ACT(a[t] + i, &v);                                                                         \
+                DOT(&u0, &v, &acc[0][t], &accm[0][t]);                                                     \
+                DOT(&u1, &v, &acc[1][t], &accm[1][t]);                                                     \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int r = 0; r < 2; r++)                                                                        \
+            for (uint32_t t = 0; t < tb; t++) {                                                            \
+                const __m256 m = accm[r][t];                                                               \
+                const __m128 m2 = _mm_add_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));      \
+                const __m128 m1 = _mm_add_ps(m2, _mm_movehl_ps(m2, m2));                                   \
+                res[r][t] = _mm512_reduce_add_ps(acc[r][t]) - _mm_cvtss_f32(_mm_add_ss(m1, _mm_shuffle_ps(m1, m1, 1))); \
+            }                                                                                              \
+    }                                                                                                      \
+    TGT static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
+                         float *out, size_t ldo) {                                                         \
+        (void)ws;                                                                                          \
+        const uint32_t nb = k / MOE_QK_K;                                                                  \
+        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_K);             \
+        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
+            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
+            const moe_qact_q8_K *a[TQ];                                                                    \
+            for (uint32_t t = 0; t < TQ; t++)                                                              \
+                a[t] = (const moe_qact_q8_K *)(const void *)((const char *)x->data +                       \
+                                                              (t0 + (t < tb ? t : tb - 1)) * arb);         \
+            for (uint32_t j = n0; j < n1; j += 2) {                                                        \
+                const BLK *b0 = (const BLK *)(const void *)((const char *)w + j * wrb);                    \
+                const BLK *b1 = j + 1 < n1 ? (const BLK *)(const void *)((const char *)b0 + wrb) : b0;     \
+                float r[2][TQ];                                                                            \
+                switch (tb) { /* a constant token count: unrolled */                                       \
+                case 1: name##_pair(b0, b1, a, nb, 1, r); break;                                           \
+                case 2: name##_pair(b0, b1, a, nb, 2, r); break;                                           \
+                case 3: name##_pair(b0, b1, a, nb, 3, r); break;                                           \
+                default: name##_pair(b0, b1, a, nb, TQ, r); break;                                         \
+                }                                                                                          \
+                for (uint32_t t = 0; t < tb; t++) {                                                        \
+                    out[(size_t)(t0 + t) * ldo + (j - n0)] = r[0][t];                                      \
+                    if (j + 1 < n1) out[(size_t)(t0 + t) * ldo + (j + 1 - n0)] = r[1][t];                  \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+/* Each format at two levels: VNNI and plain AVX-512 (F/BW/VL/DQ). */
+#define KQUANT_512(LVL, TGT, DPW)                                                                          \
+    UNPACK_QK(TGT, unpack_q4_K_##LVL, moe_block_q4_K, (void)0)                                            \
+    UNPACK_QK(TGT, unpack_q5_K_##LVL, moe_block_q5_K, Q5_BITS)                                            \
+    UNPACK_Q6K(TGT, unpack_q6_K_##LVL)                                                                     \
+    ACT_QK(TGT, act_qk_##LVL)                                                                              \
+    ACT_NAT(TGT, act_nat_##LVL)                                                                            \
+    DOT_SB(TGT, dot_sb_##LVL, DPW)                                                                         \
+    DOT_SB32(TGT, dot_sb32_##LVL, DPB_##LVL)                                                               \
+    GEMV_SB(TGT, gemv_##LVL##_q4_K, moe_block_q4_K, unpack_q4_K_##LVL, act_qk_##LVL, dot_sb_##LVL)         \
+    GEMV_SB(TGT, gemv_##LVL##_q5_K, moe_block_q5_K, unpack_q5_K_##LVL, act_qk_##LVL, dot_sb_##LVL)         \
+    GEMV_SB(TGT, gemv_##LVL##_q6_K, moe_block_q6_K, unpack_q6_K_##LVL, act_nat_##LVL, dot_sb_##LVL)         \
+    UNPACK_Q2K(TGT, unpack_q2_K_##LVL)                                                                     \
+    UNPACK_Q3K(TGT, unpack_q3_K_##LVL)                                                                     \
+    UNPACK_IQ4XS(TGT, unpack_iq4_xs_##LVL)                                                                 \
+    GEMV_SB(TGT, gemv_##LVL##_q2_K, moe_block_q2_K, unpack_q2_K_##LVL, act_nat_##LVL, dot_sb_##LVL)         \
+    GEMV_SB(TGT, gemv_##LVL##_q3_K, moe_block_q3_K, unpack_q3_K_##LVL, act_nat_##LVL, dot_sb_##LVL)         \
+    GEMV_SB(TGT, gemv_##LVL##_iq4_xs, moe_block_iq4_xs, unpack_iq4_xs_##LVL, act_nat_##LVL, dot_sb32_##LVL)
+
+#define DPB_vnni DPB_VNNI
+#define DPB_bw DPB_BW
+KQUANT_512(vnni, T_VNNIQ, DPW_VNNI)
+KQUANT_512(bw, T_512Q, DPW_BW)
+
+/* ---- the formats of 32-element blocks --------------------------------------
+ * Two blocks per 512-bit vector (block A in the low half, B in the high),
+ * codes as unsigned bytes u = value + off, so a dot product is
+ * vpdpbusd(u, x) - off * sum(x) per block, with the block scales applied
+ * per lane in f32 (8 lanes per block): d_w d_x. The sums of x come from a
+ * vpdpbusd with ones, once per token for every row. Formats with a min m
+ * (q4_1, q5_1) add m d_x sum(x). */
+
+/* 32 codes of a block from its 16 bytes of nibbles (elements 0..15 low,
+ * 16..31 high), two blocks in one vector. */
+T_VNNIQ INLINE __m512i nib2(const uint8_t *qa, const uint8_t *qb) {
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)qa))),
+                                         _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)qb)), 1);
+    return _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFF00FF00u, v, 4), _mm512_set1_epi8(0x0F));
+}
+
+/* q5_0 / q5_1's 5th bits: bit l of the block's little-endian qh is element l's. */
+T_VNNIQ INLINE __m512i qh2(const uint8_t *ha, const uint8_t *hb) {
+    uint32_t a, b;
+    memcpy(&a, ha, 4), memcpy(&b, hb, 4);
+    return _mm512_maskz_set1_epi8((__mmask64)a | (__mmask64)b << 32, 0x10);
+}
+
+typedef struct b32w {
+    __m512i c;  /* codes + off as u8 */
+    __m512 d;   /* the weight scale per lane */
+    __m512 m;   /* the min per lane (q4_1, q5_1) */
+} b32w;
+
+#define LD_X2(p, q) _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(p))), \
+                                       _mm256_loadu_si256((const __m256i *)(const void *)(q)), 1)
+#define SPLIT_PS(a, b) _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1)
+
+/* The unpackers: blocks A and B of one row. */
+T_VNNIQ INLINE void u_q4_0(const moe_block_q4_0 *a, const moe_block_q4_0 *b, b32w *u) {
+    u->c = nib2(a->qs, b->qs), u->d = SPLIT_PS(f16(a->d), f16(b->d));
+}
+T_VNNIQ INLINE void u_q4_1(const moe_block_q4_1 *a, const moe_block_q4_1 *b, b32w *u) {
+    u->c = nib2(a->qs, b->qs), u->d = SPLIT_PS(f16(a->d), f16(b->d)), u->m = SPLIT_PS(f16(a->m), f16(b->m));
+}
+T_VNNIQ INLINE void u_q5_0(const moe_block_q5_0 *a, const moe_block_q5_0 *b, b32w *u) {
+    u->c = _mm512_or_si512(nib2(a->qs, b->qs), qh2(a->qh, b->qh)), u->d = SPLIT_PS(f16(a->d), f16(b->d));
+}
+T_VNNIQ INLINE void u_q5_1(const moe_block_q5_1 *a, const moe_block_q5_1 *b, b32w *u) {
+    u->c = _mm512_or_si512(nib2(a->qs, b->qs), qh2(a->qh, b->qh));
+    u->d = SPLIT_PS(f16(a->d), f16(b->d)), u->m = SPLIT_PS(f16(a->m), f16(b->m));
+}
+T_VNNIQ INLINE void u_q8_0(const moe_block_q8_0 *a, const moe_block_q8_0 *b, b32w *u) {
+    u->c = _mm512_xor_si512(LD_X2(a->qs, b->qs), _mm512_set1_epi8((char)0x80)), u->d = SPLIT_PS(f16(a->d), f16(b->d));
+}
+T_VNNIQ INLINE void u_iq4_nl(const moe_block_iq4_nl *a, const moe_block_iq4_nl *b, b32w *u) {
+    u->c = _mm512_shuffle_epi8(LUT128(moe_iq4nl_values), nib2(a->qs, b->qs)), u->d = SPLIT_PS(f16(a->d), f16(b->d));
+}
+static inline float e8m0h(uint8_t e) {
+    const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+T_VNNIQ INLINE void u_mxfp4(const moe_block_mxfp4 *a, const moe_block_mxfp4 *b, b32w *u) {
+    u->c = _mm512_shuffle_epi8(LUT128(moe_mxfp4_values), nib2(a->qs, b->qs)), u->d = SPLIT_PS(e8m0h(a->e), e8m0h(b->e));
+}
+
+/* A token's two activation blocks: codes, their scales per lane, and
+ * off * sum(x) per lane group (as vpdpbusd sums 4 products per lane). */
+typedef struct b32a {
+    __m512i x, offsum;
+    __m512 d, sum; /* sum: sum(x) as f32 per lane, for the mins */
+} b32a;
+
+/* The driver: pairs of rows, TQ tokens at a time, two blocks per step (a
+ * last odd block alone, in the low half, with the high half zero). */
+#define GEMV_B32(name, BLK, ACT, UNPACK, OFF, MIN)                                                         \
+    T_VNNIQ INLINE void name##_act(const ACT *xa, const ACT *xb, b32a *v) {                                \
+        v->x = xb ? LD_X2(xa->qs, xb->qs) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)xa->qs)); \
+        v->d = SPLIT_PS(xa->d, xb ? xb->d : 0.0f);                                                         \
+        const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), v->x);          \
+        v->offsum = _mm512_mullo_epi32(s, _mm512_set1_epi32(OFF));                                         \
+        if (MIN) v->sum = _mm512_cvtepi32_ps(s);                                                           \
+    }                                                                                                      \
+    T_VNNIQ INLINE void name##_dot(const b32w *u, const b32a *v, __m512 *acc) {                            \
+        const __m512i p = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u->c, v->x), v->offsum); \
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(u->d, v->d), *acc);                    \
+        if (MIN) *acc = _mm512_fmadd_ps(v->sum, _mm512_mul_ps(u->m, v->d), *acc);                          \
+    }                                                                                                      \
+    T_VNNIQ INLINE void name##_pair(const BLK *b0, const BLK *b1, const ACT *const *a, uint32_t nb, uint32_t tb, \
+                                    float res[2][TQ]) {                                                    \
+        __m512 acc[2][TQ];                                                                                 \
+        for (uint32_t t = 0; t < TQ; t++) acc[0][t] = acc[1][t] = _mm512_setzero_ps();                     \
+        for (uint32_t i = 0; i < nb; i += 2) {                                                             \
+            _mm_prefetch((const char *)(b0 + i) + PFQ, _MM_HINT_T0);                                       \
+            _mm_prefetch((const char *)(b1 + i) + PFQ, _MM_HINT_T0);                                       \
+            const bool two = i + 1 < nb;                                                                   \
+            b32w u0, u1;                                                                                   \
+            UNPACK(b0 + i, b0 + (two ? i + 1 : i), &u0);                                                   \
+            UNPACK(b1 + i, b1 + (two ? i + 1 : i), &u1);                                                   \
+            for (uint32_t t = 0; t < tb; t++) {                                                            \
+                b32a v;                                                                                    \
+                name##_act(a[t] + i, two ? a[t] + i + 1 : NULL, &v);                                       \
+                name##_dot(&u0, &v, &acc[0][t]);                                                           \
+                name##_dot(&u1, &v, &acc[1][t]);                                                           \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int r = 0; r < 2; r++)                                                                        \
+            for (uint32_t t = 0; t < tb; t++) res[r][t] = _mm512_reduce_add_ps(acc[r][t]);                 \
+    }                                                                                                      \
+    T_VNNIQ static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
+                             float *out, size_t ldo) {                                                     \
+        (void)ws;                                                                                          \
+        const uint32_t nb = k / 32;                                                                        \
+        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(ACT);                       \
+        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
+            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
+            const ACT *a[TQ];                                                                              \
+            for (uint32_t t = 0; t < TQ; t++)                                                              \
+                a[t] = (const ACT *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
+            for (uint32_t j = n0; j < n1; j += 2) {                                                        \
+                const BLK *b0 = (const BLK *)(const void *)((const char *)w + j * wrb);                    \
+                const BLK *b1 = j + 1 < n1 ? (const BLK *)(const void *)((const char *)b0 + wrb) : b0;     \
+                float r[2][TQ];                                                                            \
+                switch (tb) {                                                                              \
+                case 1: name##_pair(b0, b1, a, nb, 1, r); break;                                           \
+                case 2: name##_pair(b0, b1, a, nb, 2, r); break;                                           \
+                case 3: name##_pair(b0, b1, a, nb, 3, r); break;                                           \
+                default: name##_pair(b0, b1, a, nb, TQ, r); break;                                         \
+                }                                                                                          \
+                for (uint32_t t = 0; t < tb; t++) {                                                        \
+                    out[(size_t)(t0 + t) * ldo + (j - n0)] = r[0][t];                                      \
+                    if (j + 1 < n1) out[(size_t)(t0 + t) * ldo + (j + 1 - n0)] = r[1][t];                  \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+GEMV_B32(gemv_vnni_q4_0, moe_block_q4_0, moe_qact_q8_0, u_q4_0, 8, 0)
+GEMV_B32(gemv_vnni_q4_1, moe_block_q4_1, moe_qact_q8_1, u_q4_1, 0, 1)
+GEMV_B32(gemv_vnni_q5_0, moe_block_q5_0, moe_qact_q8_0, u_q5_0, 16, 0)
+GEMV_B32(gemv_vnni_q5_1, moe_block_q5_1, moe_qact_q8_1, u_q5_1, 0, 1)
+GEMV_B32(gemv_vnni_q8_0, moe_block_q8_0, moe_qact_q8_0, u_q8_0, 128, 0)
+GEMV_B32(gemv_vnni_iq4_nl, moe_block_iq4_nl, moe_qact_q8_0, u_iq4_nl, 128, 0)
+GEMV_B32(gemv_vnni_mxfp4, moe_block_mxfp4, moe_qact_q8_0, u_mxfp4, 128, 0)
+
+typedef struct kern512 {
+    moe_dtype t;
+    moe_gemv_fn vnni, bw;
+} kern512;
+
+static const kern512 k512[] = {
+    {MOE_DTYPE_Q4_K, gemv_vnni_q4_K, gemv_bw_q4_K},
+    {MOE_DTYPE_Q5_K, gemv_vnni_q5_K, gemv_bw_q5_K},
+    {MOE_DTYPE_Q6_K, gemv_vnni_q6_K, gemv_bw_q6_K},
+    {MOE_DTYPE_Q2_K, gemv_vnni_q2_K, gemv_bw_q2_K},
+    {MOE_DTYPE_Q3_K, gemv_vnni_q3_K, gemv_bw_q3_K},
+    {MOE_DTYPE_IQ4_XS, gemv_vnni_iq4_xs, gemv_bw_iq4_xs},
+    {MOE_DTYPE_Q4_0, gemv_vnni_q4_0, NULL},
+    {MOE_DTYPE_Q4_1, gemv_vnni_q4_1, NULL},
+    {MOE_DTYPE_Q5_0, gemv_vnni_q5_0, NULL},
+    {MOE_DTYPE_Q5_1, gemv_vnni_q5_1, NULL},
+    {MOE_DTYPE_Q8_0, gemv_vnni_q8_0, NULL},
+    {MOE_DTYPE_IQ4_NL, gemv_vnni_iq4_nl, NULL},
+    {MOE_DTYPE_MXFP4, gemv_vnni_mxfp4, NULL},
+};
+#endif
+
 /* ---- dispatch ---------------------------------------------------------- */
 
 moe_kernel moe_kernel_select_block(moe_dtype t, bool portable) {
     moe_kernel k = {moe_act_of_block(t), c_kernel(t), "c"};
-    (void)portable;
+    if (portable) return k;
+#ifdef MOE_X86
+    const moe_isa *isa = moe_cpu_isa();
+    for (size_t i = 0; isa->avx512 && i < sizeof k512 / sizeof k512[0]; i++)
+        if (k512[i].t == t) {
+            if (isa->avx512_vnni) return (moe_kernel){k.act, k512[i].vnni, "avx512_vnni"};
+            if (k512[i].bw) return (moe_kernel){k.act, k512[i].bw, "avx512"};
+        }
+#endif
     return k;
 }

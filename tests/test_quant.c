@@ -319,8 +319,8 @@ static void activation_blocks(void) {
     moe_rng r = {3};
     CHECK_EQ(moe_qact_block_bytes(MOE_QACT_Q8_0), 36);
     CHECK_EQ(moe_qact_block_bytes(MOE_QACT_Q8_1), 40);
-    CHECK_EQ(moe_qact_block_bytes(MOE_QACT_Q8_K), 292);
-    CHECK_EQ(moe_qact_row_bytes(MOE_QACT_Q8_K, 512), 584);
+    CHECK_EQ(moe_qact_block_bytes(MOE_QACT_Q8_K), 320); /* codes 64-byte aligned */
+    CHECK_EQ(moe_qact_row_bytes(MOE_QACT_Q8_K, 512), 640);
     CHECK_EQ(moe_qact_row_bytes(MOE_QACT_Q8_K, 500), 0);
     CHECK_EQ(moe_qact_row_bytes(MOE_QACT_NONE, 32), 0);
     CHECK_EQ(moe_qact_block((moe_qact)99), 0);
