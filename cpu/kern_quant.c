@@ -512,12 +512,12 @@ typedef struct b32a {
     T_VNNIQ INLINE void name##_act(const ACT *xa, const ACT *xb, b32a *v) {                                \
         v->x = xb ? LD_X2(xa->qs, xb->qs) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)xa->qs)); \
         v->d = SPLIT_PS(xa->d, xb ? xb->d : 0.0f);                                                         \
-        const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), v->x);          \
-        v->offsum = _mm512_mullo_epi32(s, _mm512_set1_epi32(OFF));                                         \
-        if (MIN) v->sum = _mm512_cvtepi32_ps(s);                                                           \
+        if (OFF) v->offsum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)(OFF)), v->x); \
+        if (MIN) v->sum = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), v->x)); \
     }                                                                                                      \
     T_VNNIQ INLINE void name##_dot(const b32w *u, const b32a *v, __m512 *acc) {                            \
-        const __m512i p = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u->c, v->x), v->offsum); \
+        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u->c, v->x);                                \
+        if (OFF) p = _mm512_sub_epi32(p, v->offsum);                                                       \
         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(u->d, v->d), *acc);                    \
         if (MIN) *acc = _mm512_fmadd_ps(v->sum, _mm512_mul_ps(u->m, v->d), *acc);                          \
     }                                                                                                      \
