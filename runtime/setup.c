@@ -142,9 +142,12 @@ void rt_place_experts(moe_runtime_t *rt) {
 
 /* ---- the device ---------------------------------------------------------- */
 
-/* Every MoE layer must have the same expert shape (as every supported
- * model's do): the scheduler costs one expert shape. The device must
- * compute its dtype, and the profile must describe a GPU to plan with. */
+/* Every MoE layer must have the same expert shape and gate/up dtype (as
+ * every supported model's do): the scheduler costs one expert shape. Down
+ * dtypes may differ by layer (llama.cpp's Q4_K_M: q6_K in some layers,
+ * q4_K in the rest): slots fit the largest expert, and costs are averaged
+ * over the layers (create_scheduler). The profile must describe a GPU to
+ * plan with. */
 static moe_status check_device_fits(const moe_runtime_t *rt, uint64_t *n_experts) {
     const moe_model_t *m = rt->model;
     const moe_layer_desc *d0 = &m->layers[0].desc;
@@ -181,7 +184,11 @@ static moe_status create_device(moe_runtime_t *rt, const moe_runtime_params *p, 
     const moe_profile *prof = &rt->prof.profile;
     const moe_tuning *tun = &prof->tuning;
     const moe_layer_desc *d0 = &rt->model->layers[0].desc;
-    o->expert_bytes = moe_dev_expert_bytes(d0->hidden, d0->inter, d0->weight_dtype, rt->model->layers[0].down_dtype);
+    o->expert_bytes = 0;
+    for (uint32_t l = 0; l < rt->model->n_layers; l++) {
+        const size_t b = moe_dev_expert_bytes(d0->hidden, d0->inter, d0->weight_dtype, rt->model->layers[l].down_dtype);
+        o->expert_bytes = b > o->expert_bytes ? b : o->expert_bytes;
+    }
     uint64_t budget = p->gpu_budget_bytes ? p->gpu_budget_bytes
                                           : (uint64_t)(p->gpu_budget_fraction * (double)(n_experts * o->expert_bytes));
     const uint64_t device_mem = prof->gpus[0].free_bytes;
@@ -192,9 +199,15 @@ static moe_status create_device(moe_runtime_t *rt, const moe_runtime_params *p, 
                                .pin_limit_bytes = tun->set & MOE_TUNE_PINNED_LIMIT ? tun->pinned_limit_bytes : 0,
                                .log = &rt->log, .host_stream = p->cuda_stream};
     moe_status st = o->reg->create(&o->dev, &dp);
-    if (st == MOE_OK && !moe_dev_supports(o->dev, d0->weight_dtype)) {
+    moe_dtype unsupported = MOE_DTYPE_COUNT_;
+    for (uint32_t l = 0; st == MOE_OK && l < rt->model->n_layers; l++) {
+        const moe_dtype td = rt->model->layers[l].down_dtype;
+        if (!moe_dev_supports(o->dev, d0->weight_dtype)) unsupported = d0->weight_dtype;
+        else if (!moe_dev_supports(o->dev, td)) unsupported = td;
+    }
+    if (unsupported != MOE_DTYPE_COUNT_) {
         moe_log(&rt->log, MOE_LOG_WARN, "runtime: the %s does not compute %s experts; running every expert on the CPU",
-                o->reg->title, moe_dtype_name(d0->weight_dtype));
+                o->reg->title, moe_dtype_name(unsupported));
         *cpu_only = true;
         return MOE_OK;
     }
@@ -221,10 +234,29 @@ static moe_status create_scheduler(moe_runtime_t *rt) {
     const moe_profile *prof = &rt->prof.profile;
     const moe_tuning *tun = &prof->tuning;
     const moe_layer_desc *d0 = &rt->model->layers[0].desc;
+    /* An expert whose down matrix has a dtype of its own costs a third of
+     * each dtype's expert: its three matrices have the same elements, so
+     * the same share of bytes per element and of FLOPs. Layers whose down
+     * dtypes differ are averaged: the scheduler has one cost table. */
+    const moe_dtype t = d0->weight_dtype;
+    bool mixed = false;
+    for (uint32_t l = 0; l < rt->model->n_layers; l++) mixed |= rt->model->layers[l].down_dtype != t;
     double cpu_us[MAX_M + 1], gpu_us[MAX_M + 1];
     for (uint32_t k = 0; k <= MAX_M; k++) {
-        cpu_us[k] = k ? moe_profile_cpu_us(prof, d0->hidden, d0->inter, d0->weight_dtype, k, 0) : 0.0;
-        gpu_us[k] = moe_profile_gpu_run_us(prof, 0, d0->hidden, d0->inter, d0->weight_dtype, k);
+        cpu_us[k] = k ? moe_profile_cpu_us(prof, d0->hidden, d0->inter, t, k, 0) : 0.0;
+        gpu_us[k] = moe_profile_gpu_run_us(prof, 0, d0->hidden, d0->inter, t, k);
+        double c_down = 0.0, g_down = 0.0;
+        for (uint32_t l = 0; l < rt->model->n_layers && k && mixed; l++) {
+            const moe_dtype td = rt->model->layers[l].down_dtype;
+            const double c = moe_profile_cpu_us(prof, d0->hidden, d0->inter, td, k, 0),
+                         g = moe_profile_gpu_run_us(prof, 0, d0->hidden, d0->inter, td, k);
+            c_down = c < 0 || c_down < 0 ? -1.0 : c_down + c / rt->model->n_layers;
+            g_down = g < 0 || g_down < 0 ? -1.0 : g_down + g / rt->model->n_layers;
+        }
+        if (k && mixed) {
+            cpu_us[k] = cpu_us[k] < 0 || c_down < 0 ? -1.0 : (2 * cpu_us[k] + c_down) / 3;
+            gpu_us[k] = gpu_us[k] < 0 || g_down < 0 ? -1.0 : (2 * gpu_us[k] + g_down) / 3;
+        }
         if (cpu_us[k] < 0 || gpu_us[k] < 0)
             return moe_fail(MOE_ERR_UNSUPPORTED, "moe_runtime_create: device %s: the profile %s has no %s cost for "
                             "%ux%u %s experts", rt->off.reg->name, rt->prof.path, cpu_us[k] < 0 ? "CPU" : "GPU",
