@@ -1,6 +1,7 @@
 /* profiler.c - see profiler.h. */
 #define _POSIX_C_SOURCE 200809L /* gethostname, gmtime_r */
 #include "profiler.h"
+#include "quant.h"
 
 #include <math.h>
 #include <omp.h>
@@ -194,7 +195,7 @@ static moe_status measure_gpus(moe_profile *p, const sampling *r, const moe_prof
                                const uint32_t *ms, uint32_t n_ms, const moe_logger *log) {
     size_t top = 64u << 20;
     for (uint32_t i = 0; i < n_shapes; i++) {
-        const size_t e = 3 * (size_t)shapes[i].hidden * shapes[i].inter * moe_dtype_size(shapes[i].dtype);
+        const size_t e = moe_expert_weight_bytes(shapes[i].hidden, shapes[i].inter, shapes[i].dtype, shapes[i].dtype);
         top = e > top ? e : top;
     }
     size_t sizes[MOE_PROFILE_MAX_SIZES];
@@ -306,8 +307,8 @@ static void ctx_free(bench_ctx *c) {
  * each time, until the sampling rule is met. */
 static moe_status sample(bench_ctx *c, const moe_profile_shape *s, uint32_t m, uint32_t team, const sampling *r,
                          moe_stat *out) {
-    const size_t mat = (size_t)s->hidden * s->inter * moe_dtype_size(s->dtype);
-    const size_t per = (3 * mat + 4095) / 4096 * 4096;
+    const size_t mat = moe_matrix_bytes(s->dtype, s->inter, s->hidden);
+    const size_t per = (moe_expert_weight_bytes(s->hidden, s->inter, s->dtype, s->dtype) + 4095) / 4096 * 4096;
     const uint32_t n_rot = (uint32_t)(c->rot.bytes / per);
     if (n_rot < 1 || m > c->max_m || s->hidden > c->hidden_cap || s->inter > c->rot.max_dim || s->hidden > c->rot.max_dim)
         return moe_fail(MOE_ERR_INVALID_ARG, "profiler: %ux%u %s does not fit the rotation", s->hidden, s->inter,
@@ -337,7 +338,7 @@ static sampling rule(bool quick, double rse, double cap) {
 static size_t rotation_bytes(size_t want, uint64_t l3, const moe_profile_shape *shapes, uint32_t n) {
     size_t b = want ? want : (size_t)l3 * 3 > ((size_t)1 << 30) ? (size_t)l3 * 3 : (size_t)1 << 30;
     for (uint32_t i = 0; i < n; i++) { /* room for two experts of the largest shape */
-        const size_t e = 3 * (size_t)shapes[i].hidden * shapes[i].inter * moe_dtype_size(shapes[i].dtype) + 4096;
+        const size_t e = moe_expert_weight_bytes(shapes[i].hidden, shapes[i].inter, shapes[i].dtype, shapes[i].dtype) + 4096;
         if (2 * e > b) b = 2 * e;
     }
     return b;
@@ -345,7 +346,8 @@ static size_t rotation_bytes(size_t want, uint64_t l3, const moe_profile_shape *
 
 moe_status moe_profiler_sample_expert(const moe_profile_shape *s, uint32_t m, uint32_t threads, double rse_target,
                                       double cap_s, moe_stat *out) {
-    if (!s || !out || !m || !moe_dtype_size(s->dtype)) return moe_fail(MOE_ERR_INVALID_ARG, "profiler: bad arguments");
+    if (!s || !out || !m || !moe_expert_weight_bytes(s->hidden, s->inter, s->dtype, s->dtype))
+        return moe_fail(MOE_ERR_INVALID_ARG, "profiler: bad arguments");
     moe_topology_t *t = NULL;
     moe_status st = moe_topology_detect(&t);
     if (st != MOE_OK) return st;
@@ -388,8 +390,9 @@ static moe_status plan_points(const moe_profiler_opts *o, profile_plan *pl) {
     for (uint32_t i = 0; i < pl->n_ms; i++) pl->max_m = pl->ms[i] > pl->max_m ? pl->ms[i] : pl->max_m;
     for (uint32_t i = 0; i < pl->n_shapes; i++) {
         const moe_profile_shape *sh = &pl->shapes[i];
-        if (!moe_dtype_size(sh->dtype) || !sh->hidden || !sh->inter)
-            return moe_fail(MOE_ERR_INVALID_ARG, "moe_profiler_run: shape %u is empty or has no dtype", i);
+        if (!sh->hidden || !sh->inter || !moe_expert_weight_bytes(sh->hidden, sh->inter, sh->dtype, sh->dtype))
+            return moe_fail(MOE_ERR_INVALID_ARG, "moe_profiler_run: shape %u (%ux%u %s) is empty, has no dtype or rows "
+                            "that are not whole blocks", i, sh->hidden, sh->inter, moe_dtype_name(sh->dtype));
         pl->max_dim = sh->hidden > pl->max_dim ? sh->hidden : pl->max_dim;
         pl->max_dim = sh->inter > pl->max_dim ? sh->inter : pl->max_dim;
         pl->max_hidden = sh->hidden > pl->max_hidden ? sh->hidden : pl->max_hidden;

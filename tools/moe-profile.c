@@ -16,6 +16,7 @@
 
 #include "hf_config.h"
 #include "profile.h"
+#include "quant.h"
 #include "profiler.h"
 #include "tracesim.h"
 
@@ -34,7 +35,8 @@ static void usage(FILE *f) {
             "                   which the runtime loads by default); '-' writes to standard output\n"
             "  --threads N      CPU threads (default: one per core)\n"
             "  --shape HxI,...  expert shapes (default: 2048x1408 quick; every real model's shape full)\n"
-            "  --dtype T,...    bf16, int8, f32, f16 (default: bf16,int8,f32)\n"
+            "  --dtype T,...    bf16, int8, f32, f16, or GGUF's block formats: q4_0, q4_1, q5_0, q5_1,\n"
+            "                   q8_0, q2_K .. q6_K, iq4_nl, iq4_xs, mxfp4 (default: bf16,int8,f32)\n"
             "  --m M,...        token counts per expert call (default: 1,4,16,64,256 quick;\n"
             "                   1,2,4,...,512 full)\n"
             "  --rse X          stop sampling a figure once its relative standard error is below X\n"
@@ -169,7 +171,7 @@ static void show(const moe_profile *p, const char *path) {
             any = true;
             printf("  %ux%u %s %s%d:\n", c->hidden, c->inter, moe_dtype_name(c->dtype), gpu ? "gpu" : "node",
                    gpu ? c->gpu : (int)c->node);
-            const double bytes = 3.0 * c->hidden * c->inter * (double)moe_dtype_size(c->dtype);
+            const double bytes = (double)moe_expert_weight_bytes(c->hidden, c->inter, c->dtype, c->dtype);
             for (uint32_t j = 0; j < c->n_points; j++) {
                 const moe_stat *s = &c->points[j].us;
                 const double us = moe_stat_mean(s);
@@ -246,7 +248,7 @@ static int tune(const char *path, const char *out, const char *const *traces, in
     if (rc == 0 && !p.n_gpus) rc = fail("%s has no GPU: there is nothing to tune but static-cpu", path);
     moe_sim_tune_result r;
     if (rc == 0) {
-        const uint64_t eb = 3ull * shape[0] * shape[1] * moe_dtype_size(dtype);
+        const uint64_t eb = moe_expert_weight_bytes(shape[0], shape[1], dtype, dtype);
         tp->sched = (moe_sched_config){.profile = &p, .hidden = shape[0], .inter = shape[1], .dtype = dtype,
                                        .expert_bytes = eb,
                                        .budget_bytes = (uint64_t)(budget * (double)eb * t.n_layers * t.n_experts)};
@@ -322,7 +324,8 @@ int main(int argc, char **argv) {
             if (!parse_shapes(optarg, shapes, 16, &n_shapes)) return fail("--shape: expected HIDDENxINTER[,...] (at most 16)");
             break;
         case O_DTYPE:
-            if (!parse_dtypes(optarg, dtypes, 8, &n_dtypes)) return fail("--dtype: expected bf16, int8, f32 or f16[,...]");
+            if (!parse_dtypes(optarg, dtypes, 8, &n_dtypes))
+                return fail("--dtype: expected bf16, int8, f32, f16 or a GGUF block format (q4_K, q8_0, ...)[,...]");
             break;
         case O_M:
             if (!parse_list(optarg, ms, 32, &n_ms)) return fail("--m: expected token counts 1..65536[,...] (at most 32)");
