@@ -732,7 +732,7 @@ def bench_format(mdir: Path, cfg: dict, info: dict, fmt: str, prompt: list[int],
     # llama.cpp copies the weights it repacks into memory of its own: where that
     # copy and the file's page cache do not fit together, llama.cpp runs in a
     # fresh process per run and moe-run's file is read back before each of its runs.
-    tight = 2 * fsize + (2 << 30) > mem["MemTotal"]
+    tight = args.fresh == "on" or (args.fresh == "auto" and 2 * fsize + (2 << 30) > mem["MemTotal"])
     hf_systems = {"hf-bf16", "hf-bf16+moerun", "hf-f32", "moerun-hf"} & args.systems
     files = [gguf]
     if hf_dir is not None and (hf_systems or "moerun" in args.systems):
@@ -976,6 +976,9 @@ def main() -> int:
     ap.add_argument("--llama-bin", type=Path, default=Path(os.environ.get("LLAMA_CPP_BIN", ".")),
                     help="llama.cpp's build/bin, for --llama-cpp bench (default: $LLAMA_CPP_BIN)")
     ap.add_argument("--hf-f32", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--fresh", choices=("auto", "on", "off"), default="auto",
+                    help="llama.cpp in a fresh process per run and moe-run's file read back into the page cache "
+                         "before each of its runs; auto: where twice the file plus 2 GiB exceeds memory")
     ap.add_argument("--machine", default=None, help="results file name prefix (default: from the CPU)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "models" / "results")
     ap.add_argument("--tmp", default="/tmp")
