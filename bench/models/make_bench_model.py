@@ -30,9 +30,10 @@ full-depth Qwen3-30B-A3B goes straight to its 17 GB of Q4_K_M without its
 weights (the quantized ones made from the bf16 values), but not the same as
 the torch path's (another generator).  --layers full keeps the real depth
 (OLMoE 16 layers, Qwen3-30B-A3B 48).  --expert-pool P draws and quantizes
-only P experts per expert tensor and copies them to the others (minutes
-instead of most of an hour for Qwen3's q4_K experts; the copies are read as
-cold as distinct values); the default, 0, draws every expert.
+only P experts per expert tensor and copies them to the others (by the
+rates below, minutes instead of roughly half an hour for Qwen3's q4_K
+experts; the copies are read as cold as distinct values); the default, 0,
+draws every expert.
 bench/models/check_gguf.py checks these files against llama.cpp.
 
 Every per-layer shape is the real model's; only the depth may be reduced (the
@@ -71,10 +72,11 @@ bf16 size plus one layer's experts in f32.  Full depth with --gguf (tensor
 data, from gguf_model.file_nbytes): OLMoE 13.84 GB BF16, 7.36 GB Q8_0, 4.21 GB
 Q4_K_M; Qwen3-30B-A3B 32.48 GB Q8_0, 18.55 GB (17.3 GiB) Q4_K_M.  moerun's
 quantizer took 0.11 us per weight for q4_K and 0.07 for q6_K on one core of
-the development machine, so Qwen3's Q4_K_M is most of an hour on 2 cores
-unless --expert-pool; peak memory is about one tensor in its format plus
-16 MB of f32 per thread.  Needs torch, transformers (5.x), safetensors, numpy,
-gguf; --gguf only numpy and gguf, and a built libmoerun.so for the quantized types.
+the development machine, so Qwen3's Q4_K_M (29 G expert weights) takes
+roughly half an hour on 2 free cores unless --expert-pool; peak memory is
+about one tensor in its format plus 16 MB of f32 per thread.  Needs torch,
+transformers (5.x), safetensors, numpy, gguf; --gguf only numpy and gguf,
+and a built libmoerun.so for the quantized types.
 """
 
 from __future__ import annotations
