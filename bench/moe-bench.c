@@ -412,7 +412,7 @@ static void bench_expert(const opts *o, moe_cpu *cpu, const shape *s, wtype want
                    8.0 * wbytes / (3.0 * s->hidden * s->inter), best * 1e6, gbps, gflops, dram, gbps / dram,
                    moe_dtype_name(mmt), mm, mm > 0 ? gflops / mm : 0.0);
         else
-            printf("%-17s %4ux%-5u %-10s %4u  %10.1f %8.2f %8.1f %7.3f %9.1f %7.3f  %s\n", s->model, s->hidden,
+            printf("%-17s %4ux%-5u %-13s %4u  %10.1f %8.2f %8.1f %7.3f %9.1f %7.3f  %s\n", s->model, s->hidden,
                    s->inter, name, m, best * 1e6, gbps, gflops, gbps / dram, mm, mm > 0 ? gflops / mm : 0.0, path);
         fflush(stdout);
     }
@@ -500,7 +500,7 @@ static void bench_layer(const opts *o, wtype want, double dram) {
                    name, n, K, o->threads, best * 1e3, gbps, gflops, dram, n == 1 ? gbps / dram : 0.0,
                    moe_dtype_name(matmul_dtype(t)), mm, mm > 0 ? gflops / mm : 0.0);
         else
-            printf("layer deepseek-v2-lite %-9s tokens %3u top-%u: %8.3f ms  %7.2f GB/s (%.3f of DRAM)  %7.1f GFLOP/s"
+            printf("layer deepseek-v2-lite %-13s tokens %3u top-%u: %8.3f ms  %7.2f GB/s (%.3f of DRAM)  %7.1f GFLOP/s"
                    " (%.3f of one matmul)\n",
                    name, n, K, best * 1e3, gbps, n == 1 ? gbps / dram : 0.0, gflops,
                    mm > 0 ? gflops / mm : 0.0);
@@ -625,7 +625,7 @@ int main(int argc, char **argv) {
     if (!o.json) {
         printf("# %s; %u threads; rotating over %zu MB; best of %d\n", moe_build_info(), o.threads,
                o.rotate_bytes >> 20, o.reps);
-        printf("%-17s %-10s %-10s %4s  %10s %8s %8s %7s %9s %7s  %s\n", "model", "shape", "type", "m", "us/expert",
+        printf("%-17s %-10s %-13s %4s  %10s %8s %8s %7s %9s %7s  %s\n", "model", "shape", "type", "m", "us/expert",
                "GB/s", "GFLOP/s", "/dram", "mm GFLOP", "/mm", "path");
     }
     const size_t probe = o.rotate_bytes;

@@ -516,7 +516,7 @@ static void bench_expert(const opts *o, const ctx *c, const shape *s, wtype want
                    8.0 * (double)wbytes / (3.0 * (double)s->hidden * (double)s->inter), best * 1e6, gbps, gflops, dram,
                    gbps / dram, n);
         else
-            printf("%-17s %5ldx%-5ld %-10s %4d  %10.1f %8.2f %8.1f %7.3f  %s\n", s->model, (long)s->hidden,
+            printf("%-17s %5ldx%-5ld %-13s %4d  %10.1f %8.2f %8.1f %7.3f  %s\n", s->model, (long)s->hidden,
                    (long)s->inter, name, m, best * 1e6, gbps, gflops, gbps / dram, path);
         fflush(stdout);
     }
@@ -615,7 +615,7 @@ static void bench_layer(const opts *o, const ctx *c, wtype want, double dram) {
                    c->peer, name, n, (long)K, o->threads, path, best * 1e3, gbps, gflops, dram,
                    n == 1 ? gbps / dram : 0.0);
         else
-            printf("layer deepseek-v2-lite %-9s tokens %3d top-%ld: %8.3f ms  %7.2f GB/s (%.3f of DRAM)  %7.1f GFLOP/s  %s\n",
+            printf("layer deepseek-v2-lite %-13s tokens %3d top-%ld: %8.3f ms  %7.2f GB/s (%.3f of DRAM)  %7.1f GFLOP/s  %s\n",
                    name, n, (long)K, best * 1e3, gbps, n == 1 ? gbps / dram : 0.0, gflops, path);
         fflush(stdout);
     }
@@ -705,7 +705,7 @@ int main(int argc, char **argv) {
         printf("# %s, CPU backend, %d threads%s; rotating over %zu MB; best of %d; extra buffer types:", c.peer,
                o.threads, o.repack ? "" : ", --no-repack", o.rotate_bytes >> 20, o.reps);
         for (ggml_backend_buffer_type_t *b = c.extra; b && *b; b++) printf(" %s", ggml_backend_buft_name(*b));
-        printf("\n%-17s %-11s %-10s %4s  %10s %8s %8s %7s  %s\n", "model", "shape", "type", "m", "us/expert", "GB/s",
+        printf("\n%-17s %-11s %-13s %4s  %10s %8s %8s %7s  %s\n", "model", "shape", "type", "m", "us/expert", "GB/s",
                "GFLOP/s", "/dram", "path");
     }
     for (int d = 0; d < o.n_types; d++)
