@@ -1,41 +1,60 @@
 #!/usr/bin/env python3
-"""End-to-end MoE model benchmark (issue 8): moerun vs llama.cpp vs transformers.
+"""End-to-end MoE model benchmark (issues 8 and 20): moerun vs llama.cpp vs transformers.
 
-Usage (after bench/models/make_bench_model.py; in a venv with torch,
-transformers, llama-cpp-python, numpy):
+Usage (after bench/models/make_bench_model.py; in a venv with numpy and gguf,
+and llama-cpp-python for --llama-cpp python, torch and transformers for the
+hf systems):
 
     python bench/models/run.py /tmp/moe-bench-models/olmoe-1b-7b-4l \
-        /tmp/moe-bench-models/qwen3-30b-a3b-4l [--prompt-len 128] [--decode 32]
-        [--repeats 3] [--threads N] [--hf-f32 auto|on|off] [--machine NAME]
+        /tmp/moe-bench-models/qwen3-30b-a3b-48l [--formats bf16,q8_0,q4_k_m]
+        [--prompt-len 128] [--decode 32] [--repeats 3] [--threads N]
+        [--systems moerun,llama.cpp,hf-bf16,hf-f32] [--llama-cpp auto|python|bench]
+        [--llama-bin LLAMA_CPP/build/bin] [--hf-f32 auto|on|off] [--machine NAME]
 
-Each MODEL_DIR holds hf/ (config.json + safetensors) and model-bf16.gguf, the
-same weights in both formats.  From this one invocation, per model (moe-run
-runs as a subprocess per run; llama.cpp and transformers each live in a
-spawned worker process of their own, loaded once, because in one process their
-OpenMP thread pools slow each other down -- see Remote):
+Each MODEL_DIR holds bench-model.json and model-<format>.gguf files
+(model-bf16.gguf, model-q8_0.gguf, model-q4_k_m.gguf: make_bench_model.py
+--gguf writes them in llama-quantize's tensor types), and, from the torch
+path, hf/ (config.json + safetensors) with the same weights as
+model-bf16.gguf.  Each GGUF file that --formats names is a benchmark of its
+own, run one after another (moe-run runs as a subprocess per run; llama.cpp
+and transformers each live in a spawned worker process of their own, loaded
+once, because in one process their OpenMP thread pools slow each other down
+-- see Remote):
 
- 1. page cache: every file of the model is read once (so that every system
-    starts warm, with the weights in the page cache, as after a first run);
-    the DRAM read bandwidth is measured with `moe-profile --quick` (its
+ 1. page cache: the file (and hf/ for bf16) is read once, so that every
+    system starts warm, with the weights in the page cache, as after a first
+    run.  A file that does not fit in memory with 2 GiB to spare is skipped
+    (decode would measure the disk).  Where the file and llama.cpp's own
+    copy of the weights it repacks do not fit together ("tight": twice the
+    file plus 2 GiB over MemTotal, e.g. Qwen3-30B-A3B's 18.6 GB Q4_K_M in
+    24 GiB), llama.cpp starts afresh for every run and the file is read back
+    into the page cache before each moe-run run (neither is timed).
+    The DRAM read bandwidth is measured with `moe-profile --quick` (its
     "Memory read bandwidth" figure, read back with `moe-profile --show`)
-    three times before and three times after the model's runs; the best is
+    three times before and three times after the file's runs; the best is
     used (the quiet host's figure; a higher bandwidth is the stricter roofline).
  2. systems, all on the same prompt token ids (--prompt-len ids drawn with a
     fixed seed from the model's vocabulary), greedy, --decode tokens, T threads:
-      moerun-hf    build/release/moe-run HF_DIR --prompt-ids ... -n N --stats json
+      moerun-gguf  build/release/moe-run MODEL.gguf --prompt-ids ... -n N --stats json
                    --ignore-eos --threads T --ctx C   (a subprocess per run;
                    prefill_tok_s and decode_tok_s from its last JSON line, the
                    generated ids from its output; not -q, which hides the ids)
-      moerun-gguf  the same on model-bf16.gguf
-      llama.cpp    llama_cpp.Llama(model-bf16.gguf, n_threads=T, n_threads_batch=T,
-                   n_ctx=C, n_batch=n_ubatch=512, logits_all=False): prefill =
-                   Llama.eval(prompt) + argmax of the last logits; decode = N-1
-                   steps of eval([token]) + argmax; wall clock around each phase
-                   (llama's own perf counters are recorded beside it)
-      hf-bf16      transformers AutoModelForCausalLM in torch.bfloat16 on the CPU,
-                   torch.set_num_threads(T): prefill = one forward of the prompt
-                   with use_cache (logits_to_keep=1), decode = N-1 one-token
-                   forwards with the DynamicCache; wall clock, inference_mode
+      moerun-hf    the same on hf/ (bf16 only)
+      llama.cpp    --llama-cpp python: llama_cpp.Llama(MODEL.gguf, n_threads=T,
+                   n_threads_batch=T, n_ctx=C, n_batch=n_ubatch=512,
+                   logits_all=False): prefill = Llama.eval(prompt) + argmax of
+                   the last logits; decode = N-1 steps of eval([token]) +
+                   argmax; wall clock around each phase (llama's own perf
+                   counters are recorded beside it).
+                   --llama-cpp bench: llama.cpp's llama-bench, a process per
+                   run: prefill `-p P -n 0`, decode `-p 0 -n N-1 -d P`, `-r 1`
+                   after its warm-up (its own prompt tokens: no ids compared).
+                   Both with llama.cpp's defaults otherwise (weights repacked
+                   for its CPU kernels, f16 KV cache, mmap).
+      hf-bf16      (bf16 with hf/) transformers AutoModelForCausalLM in torch.bfloat16
+                   on the CPU, torch.set_num_threads(T): prefill = one forward of
+                   the prompt with use_cache (logits_to_keep=1), decode = N-1
+                   one-token forwards with the DynamicCache; wall clock, inference_mode
       hf-bf16+moerun  (with --systems ...,hf-bf16+moerun) the same transformers
                    model with moerun.patch(model): its experts through moerun,
                    everything else transformers' (the Python plugin path)
@@ -57,21 +76,27 @@ OpenMP thread pools slow each other down -- see Remote):
     As in moe-run, decode tok/s = (N - 1) / decode time: the first generated
     token comes from the prefill's logits.  Load times are excluded (and
     recorded).
- 3. the roofline: bytes of weights one decode token must read, in bf16
-    (attention q/k/v/o, q/k norms, the two layer norms, the router, the top-k
-    experts' gate/up/down, shared experts if any, the final norm, one
-    embedding row, the LM head; the KV cache is left out, it is under 1 MB
-    here) over the measured DRAM read bandwidth, in tokens/s: with the best
-    bandwidth seen (the strictest roofline), and per run with the mean of the
-    bandwidths measured just before and after it (median over runs).  The same figure
-    for the real model's full depth is printed for scale.
+ 3. the roofline: bytes of weights one decode token must read in the file's
+    own formats, from its tensor types (gguf_decode_bytes: attention q/k/v/o,
+    q/k norms, the two layer norms, the router, top_k / n_experts of each
+    expert tensor, shared experts if any, the final norm, one embedding row,
+    the LM head; the KV cache read at the middle of decode is printed beside
+    it, not counted) over the measured DRAM read bandwidth, in tokens/s: with
+    the best bandwidth seen (the strictest roofline), and per run with the
+    mean of the bandwidths measured just before and after it (median over
+    runs).  The same figure for the real model's full depth is printed for
+    scale.  The CPU is named (lscpu's model name and its vector flags).
  4. greedy agreement: each system's generated ids against the reference
-    (hf-f32 when it ran, else hf-bf16): the length of the common prefix.
+    (hf-f32 when it ran, else hf-bf16, else moerun-gguf): the length of the
+    common prefix.
 
 Results: one JSON object per line in bench/models/results/<machine>-<date>.jsonl
-("kind": "machine", "run" per measurement, "summary" per system and model,
-"model" per model), and a markdown table per model on stdout.  Ratios are
-system / moerun-gguf (the phase's own moerun-gguf median for hf-f32).
+("kind": "machine", "run" per measurement, "summary" per system, model and
+format, "model" per model and format, "skipped"), and a markdown table per
+model and format on stdout, with moerun-gguf against llama.cpp beside issue
+20's targets (decode >= 1.5x, prefill >= 2x, decode >= 0.85 of the roofline).
+Ratios are system / moerun-gguf (the phase's own moerun-gguf median for
+hf-f32; llama.cpp's own when moerun did not run).
 """
 
 from __future__ import annotations
@@ -125,11 +150,13 @@ def meminfo() -> dict[str, int]:
     return out
 
 
-def cpu_flags() -> list[str]:
+def cpu_flags(all_flags: bool = False) -> list[str]:
+    """The CPU's vector and matrix features (or every flag)."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
             fl = line.split(":", 1)[1].split()
-            return sorted(f for f in fl if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
+            return sorted(fl) if all_flags else sorted(f for f in fl if f.startswith(("avx512", "amx", "avx2",
+                                                                                        "avx_vnni")))
     return []
 
 
@@ -260,14 +287,90 @@ def active_decode_bytes(cfg: dict, layers: int | None = None, bytes_per=2) -> di
     return out
 
 
+def _token_part(name: str) -> str:
+    """Which part of a decode token's reads a GGUF tensor belongs to."""
+    if name in ("token_embd.weight", "output.weight", "output_norm.weight"):
+        return "lm_head_embed_norm"
+    if "_exps." in name:
+        return "experts"
+    if "ffn_gate_inp" in name:
+        return "router"
+    if "_shexp" in name:
+        return "shared"
+    if name.endswith("norm.weight"):
+        return "norms"
+    return "attention"
+
+
+def _decode_parts(tensors, cfg: dict) -> dict:
+    """tensors: (name, type name, bytes, rows of the first dimension) ->
+    bytes one decode token reads: all of each tensor, but top_k / n_experts
+    of an expert tensor and one row of the token embedding."""
+    n_exp = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts")
+    k = cfg["num_experts_per_tok"]
+    parts = {"attention": 0, "norms": 0, "router": 0, "experts": 0, "shared": 0, "lm_head_embed_norm": 0}
+    types: dict[str, int] = {}
+    for name, tname, nb, rows in tensors:
+        types[tname] = types.get(tname, 0) + nb
+        if name == "token_embd.weight":
+            nb //= rows
+        elif "_exps." in name:
+            nb = nb * k // n_exp
+        parts[_token_part(name)] += nb
+    out: dict = dict(parts)
+    out["total"] = sum(parts.values())
+    out["file_bytes_by_type"] = types
+    return out
+
+
+def gguf_decode_bytes(path: Path, cfg: dict) -> dict:
+    """Bytes of weights one decode token reads in the file's own formats
+    (its tensor types, so Q4_K_M's q4_K / q6_K mix counts as stored): every
+    layer's attention, norms and router, top_k of the n_experts experts of
+    each expert tensor (ffn_*_exps), shared experts if any, the final norm,
+    the LM head and one row of the token embedding."""
+    import gguf
+    r = gguf.GGUFReader(str(path))
+    # GGUF shapes are innermost first: the last is the embedding's vocab rows
+    return _decode_parts(((t.name, t.tensor_type.name, int(t.n_bytes), int(t.shape[-1])) for t in r.tensors), cfg)
+
+
+def full_depth_decode_bytes(model: str, fmt: str) -> dict:
+    """The same for the real model at its full depth in the file type's
+    layout (make_bench_model's types, which check_gguf.py holds to
+    llama-quantize's), for scale."""
+    import gguf_model as gm
+    from shapes import CONFIGS
+    cfg = dict(CONFIGS[model])
+    specs = gm.tensor_specs(cfg)
+    types = gm.llama_types(specs, cfg, fmt)
+    return _decode_parts(((s.name, types[s.name].name, gm.tensor_nbytes(s, types[s.name]), s.shape[0])
+                          for s in specs), cfg)
+
+
+def kv_read_bytes(cfg: dict, position: int, bytes_per=2) -> int:
+    """KV cache one decode token reads at `position` (f16, llama.cpp's
+    default): not in the roofline, reported beside it."""
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return cfg["num_hidden_layers"] * position * 2 * cfg["num_key_value_heads"] * hd * bytes_per
+
+
 # --------------------------------------------------------------------------
 # systems
 # --------------------------------------------------------------------------
 
 class MoeRun:
-    def __init__(self, name: str, binary: Path, path: Path, threads: int, ctx: int):
+    def __init__(self, name: str, binary: Path, path: Path, threads: int, ctx: int, rewarm: list[Path] | None = None):
         self.name, self.binary, self.path, self.threads, self.ctx = name, binary, path, threads, ctx
         self.load_s = None
+        self.rewarm = rewarm or []
+
+    def prepare(self) -> None:
+        """Where llama.cpp's copy of the weights pushed the file out of the
+        page cache, it is read back before each run (not timed), so that
+        moe-run, too, starts with its weights warm."""
+        if self.rewarm:
+            warm_page_cache(self.rewarm)
 
     def run(self, prompt: list[int], n: int) -> dict:
         cmd = [str(self.binary), str(self.path), "--prompt-ids", ",".join(map(str, prompt)),
@@ -337,6 +440,39 @@ class LlamaCpp:
     def close(self):
         self.llm.close()
         del self.llm
+
+
+class LlamaBench:
+    """llama.cpp through its own llama-bench, a process per run: prefill is
+    `-p P -n 0` (one batch of P tokens), decode `-p 0 -n N-1 -d P` (N-1
+    single-token steps after P tokens of context, as moe-run decodes after
+    its prompt), each `-r 1` after llama-bench's warm-up, with llama.cpp's
+    defaults otherwise (weights repacked for its CPU kernels, f16 KV cache).
+    Its prompt tokens are its own, so no generated ids to compare."""
+
+    def __init__(self, name: str, binary: Path, gguf: Path, threads: int):
+        self.name, self.binary, self.gguf, self.threads = name, binary, gguf, threads
+        self.load_s = None
+        self.info: dict = {}
+
+    def _bench(self, p: int, n: int, depth: int) -> dict:
+        cmd = [str(self.binary), "-m", str(self.gguf), "-t", str(self.threads), "-p", str(p), "-n", str(n),
+               "-d", str(depth), "-r", "1", "-o", "json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{self.name}: exit {proc.returncode}: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        rows = json.loads(proc.stdout)
+        return rows[0]
+
+    def run(self, prompt: list[int], n: int) -> dict:
+        t0 = time.perf_counter()
+        pp = self._bench(len(prompt), 0, 0)
+        tg = self._bench(0, n - 1, len(prompt)) if n > 1 else {"avg_ts": 0.0, "avg_ns": 0}
+        self.info = {k: pp.get(k) for k in ("build_commit", "cpu_info", "model_type", "model_size", "repack",
+                                            "type_k", "type_v", "n_batch", "n_ubatch", "flash_attn")}
+        return {"prefill_tok_s": pp["avg_ts"], "decode_tok_s": tg["avg_ts"], "tokens": [],
+                "extra": {"prefill_s": pp["avg_ns"] / 1e9, "decode_s": tg["avg_ns"] / 1e9,
+                          "process_wall_s": time.perf_counter() - t0, "llama_bench": self.info}}
 
 
 class HF:
@@ -444,6 +580,39 @@ class Remote:
         self.proc.join(60)
 
 
+class FreshRemote:
+    """A Remote system started afresh for every run (prepare() before the
+    run, finish() after; neither timed): where the model file and llama.cpp's
+    repacked copy of its weights do not both fit in memory beside the page
+    cache that moe-run reads, llama.cpp must not stay resident between runs."""
+
+    def __init__(self, cls_name: str, name: str, **kwargs):
+        self.cls_name, self.name, self.kwargs = cls_name, name, kwargs
+        self.cur: Remote | None = None
+        self.load_s = None
+
+    @property
+    def proc(self):
+        return self.cur.proc if self.cur else None
+
+    def prepare(self) -> None:
+        self.cur = Remote(self.cls_name, **self.kwargs)
+        self.load_s = self.cur.load_s
+
+    def run(self, prompt: list[int], n: int) -> dict:
+        if self.cur is None:
+            self.prepare()
+        return self.cur.run(prompt, n)
+
+    def finish(self) -> None:
+        if self.cur is not None:
+            self.cur.close()
+        self.cur = None
+
+    def close(self) -> None:
+        self.finish()
+
+
 def _cache_of(out):
     c = getattr(out, "cache", None)
     return c if c is not None else out.past_key_values
@@ -467,22 +636,35 @@ def measure_phase(systems, prompt, n, repeats, emit, phase, model_name, quiet, p
     so each run's roofline uses the bandwidth measured beside it."""
     res: dict[str, list[dict]] = {s.name: [] for s in systems}
     warm: dict[str, dict] = {}
+
+    def prepare(s):       # untimed: a fresh llama.cpp process, or the page cache re-read for moe-run
+        if hasattr(s, "prepare"):
+            s.prepare()
+
+    def finish(s):
+        if hasattr(s, "finish"):
+            s.finish()
+
     for s in systems:                                   # warm-up, not counted
         t0 = time.perf_counter()
+        prepare(s)
         warm[s.name] = s.run(prompt, n)
+        finish(s)
         print(f"  warm-up {s.name:12s} {time.perf_counter() - t0:6.1f} s  "
               f"prefill {warm[s.name]['prefill_tok_s']:8.2f} decode {warm[s.name]['decode_tok_s']:7.2f} tok/s",
               flush=True)
     for r in range(repeats):
         order = systems[r % len(systems):] + systems[:r % len(systems)]
-        pids = [x.proc.pid for x in systems if isinstance(x, Remote)]
         for s in order:
             for attempt in range(4):      # a run that shared the CPUs with others is done again
+                prepare(s)
+                pids = [x.proc.pid for x in systems if getattr(x, "proc", None) is not None]
                 q = wait_quiet(*quiet)
                 bw_before = probe()
                 with OthersMeter(pids) as om:
                     m = s.run(prompt, n)
                 bw_after = probe()
+                finish(s)
                 q["dram_gbps_before"], q["dram_gbps_after"] = bw_before, bw_after
                 q["others_during"] = round(om.share, 3)
                 q["steal_during"] = round(om.steal, 3)
@@ -510,22 +692,54 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+FORMATS = ("bf16", "q8_0", "q4_k_m")   # model-<format>.gguf, in the order they run
+
+
 def bench_model(mdir: Path, args, emit) -> list[dict]:
-    from shapes import CONFIGS
-    hf_dir, gguf = mdir / "hf", mdir / "model-bf16.gguf"
-    cfg = json.loads((hf_dir / "config.json").read_text())
+    """Every GGUF file of the model directory that --formats asks for, one
+    after another, each in its own interleaved rounds."""
     info = json.loads((mdir / "bench-model.json").read_text())
+    hf_cfg = mdir / "hf" / "config.json"
+    cfg = json.loads(hf_cfg.read_text()) if hf_cfg.exists() else info["config"]
+    formats = [f for f in FORMATS if (mdir / f"model-{f}.gguf").exists() and f in args.formats]
+    if not formats:
+        raise SystemExit(f"{mdir}: none of model-{{{','.join(sorted(args.formats))}}}.gguf")
+    rng = np.random.default_rng(PROMPT_SEED)
+    prompt = [int(x) for x in rng.integers(256, cfg["vocab_size"], size=args.prompt_len)]
+    out = []
+    for fmt in formats:
+        out += bench_format(mdir, cfg, info, fmt, prompt, args, emit)
+    return out
+
+
+def bench_format(mdir: Path, cfg: dict, info: dict, fmt: str, prompt: list[int], args, emit) -> list[dict]:
+    from shapes import CONFIGS
+    gguf = mdir / f"model-{fmt}.gguf"
+    hf_dir = mdir / "hf" if fmt == "bf16" and (mdir / "hf" / "config.json").exists() else None
     name = f"{info['model']}-{info['layers']}l"
     n, P, T = args.decode, args.prompt_len, args.threads
     ctx = ((P + n + 255) // 256) * 256
-    rng = np.random.default_rng(PROMPT_SEED)
-    prompt = [int(x) for x in rng.integers(256, cfg["vocab_size"], size=P)]
     tools = args.tools
-
-    print(f"\n## {name}  ({mdir})", flush=True)
-    files = sorted(p for p in mdir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".gguf"))
+    mem = meminfo()
+    fsize = gguf.stat().st_size
+    print(f"\n## {name} {fmt.upper()}  ({gguf}, {fsize / 1e9:.2f} GB)", flush=True)
+    if fsize + (2 << 30) > mem["MemTotal"]:
+        note = (f"skipped: the file ({fsize / 1e9:.1f} GB) does not fit in memory ({mem['MemTotal'] / 1e9:.1f} GB) "
+                "with 2 GiB to spare; decode would measure the disk")
+        print(f"  {note}", flush=True)
+        emit({"kind": "skipped", "model": name, "format": fmt, "file": str(gguf), "reason": note})
+        return []
+    # llama.cpp copies the weights it repacks into memory of its own: where that
+    # copy and the file's page cache do not fit together, llama.cpp runs in a
+    # fresh process per run and moe-run's file is read back before each of its runs.
+    tight = args.fresh == "on" or (args.fresh == "auto" and 2 * fsize + (2 << 30) > mem["MemTotal"])
+    hf_systems = {"hf-bf16", "hf-bf16+moerun", "hf-f32", "moerun-hf"} & args.systems
+    files = [gguf]
+    if hf_dir is not None and (hf_systems or "moerun" in args.systems):
+        files += sorted(hf_dir.glob("*.safetensors"))
     nb, ws = warm_page_cache(files)
-    print(f"  page cache: read {nb / 1e9:.2f} GB in {ws:.1f} s", flush=True)
+    print(f"  page cache: read {nb / 1e9:.2f} GB in {ws:.1f} s{'; tight: llama.cpp fresh per run' if tight else ''}",
+          flush=True)
     bw = []
     for _ in range(3):
         wait_quiet(args.quiet_limit, args.quiet_wait)
@@ -533,83 +747,93 @@ def bench_model(mdir: Path, args, emit) -> list[dict]:
     print(f"  DRAM read bandwidth (moe-profile --quick, 3 times): {', '.join(f'{x:.1f}' for x in bw)} GB/s",
           flush=True)
 
-    roof = active_decode_bytes(cfg)
-    full_cfg = CONFIGS[info["model"]]
-    roof_full = active_decode_bytes(cfg, layers=full_cfg["num_hidden_layers"])
+    roof = gguf_decode_bytes(gguf, cfg)
+    L_full = CONFIGS[info["model"]]["num_hidden_layers"]
+    roof_full_total = full_depth_decode_bytes(info["model"], fmt)["total"]
+    kv = kv_read_bytes(cfg, P + n // 2)
 
-    # phase 1: moerun (both formats), llama.cpp, transformers bf16
-    systems: list = [MoeRun("moerun-hf", tools / "moe-run", hf_dir, T, ctx),
-                     MoeRun("moerun-gguf", tools / "moe-run", gguf, T, ctx)]
+    systems: list = []
     loads = {}
+    if "moerun" in args.systems:
+        systems.append(MoeRun("moerun-gguf", tools / "moe-run", gguf, T, ctx, rewarm=[gguf] if tight else None))
+        if hf_dir is not None:
+            systems.append(MoeRun("moerun-hf", tools / "moe-run", hf_dir, T, ctx))
     if "llama.cpp" in args.systems:
-        lc = Remote("LlamaCpp", gguf=gguf, threads=T, ctx=ctx)
-        loads["llama.cpp"] = lc.load_s
-        systems.append(lc)
-    hf_bf16 = None
-    if "hf-bf16" in args.systems:
+        if args.llama_cpp == "bench":
+            systems.append(LlamaBench("llama.cpp", args.llama_bin / "llama-bench", gguf, T))
+        elif tight:
+            systems.append(FreshRemote("LlamaCpp", "llama.cpp", gguf=gguf, threads=T, ctx=ctx))
+        else:
+            lc = Remote("LlamaCpp", gguf=gguf, threads=T, ctx=ctx)
+            loads["llama.cpp"] = lc.load_s
+            systems.append(lc)
+    hf_bf16 = hf_patched = None
+    if hf_dir is not None and "hf-bf16" in args.systems:
         hf_bf16 = Remote("HF", hf_dir=hf_dir, dtype_name="bf16", threads=T)
         loads["hf-bf16"] = hf_bf16.load_s
         systems.append(hf_bf16)
-    hf_patched = None
-    if "hf-bf16+moerun" in args.systems:  # the Python plugin path (docs/plugin.md)
+    if hf_dir is not None and "hf-bf16+moerun" in args.systems:  # the Python plugin path (docs/plugin.md)
         hf_patched = Remote("HF", hf_dir=hf_dir, dtype_name="bf16", threads=T,
                             moerun_lib=str(args.build / "libmoerun.so"))
         loads["hf-bf16+moerun"] = hf_patched.load_s
         systems.append(hf_patched)
-    print(f"  loaded: {', '.join(f'{k} {v:.1f} s' for k, v in loads.items())}", flush=True)
+    if not systems:
+        raise SystemExit("no system to run (--systems)")
+    if loads:
+        print(f"  loaded: {', '.join(f'{k} {v:.1f} s' for k, v in loads.items())}", flush=True)
     quiet = (args.quiet_limit, args.quiet_wait)
 
     def probe() -> float:
         return dram_read_gbps(tools, Path(args.tmp))
 
-    results = measure_phase(systems, prompt, n, args.repeats, emit, 1, name, quiet, probe)
+    results = measure_phase(systems, prompt, n, args.repeats, emit, fmt, f"{name} {fmt}", quiet, probe)
     ref_phase = {s: 1 for s in results}
-    for hf in (hf_bf16, hf_patched):
-        if hf is not None:
-            hf.close()
-            systems.remove(hf)
+    for s in systems:
+        if s is hf_bf16 or s is hf_patched or isinstance(s, (Remote, FreshRemote)):
+            s.close()
+    systems = [s for s in systems if isinstance(s, MoeRun)]
 
-    # phase 2: transformers f32 if it fits beside the page cache of both formats
-    mem = meminfo()
+    # transformers f32 (bf16 directory only) if it fits beside the page cache
     params = info["params"]
     file_bytes = sum(p.stat().st_size for p in files)
     need = params * 4 + file_bytes + (2 << 30)
     want_f32 = args.hf_f32 == "on" or (args.hf_f32 == "auto" and need < mem["MemTotal"])
     f32_note = None
-    if "hf-f32" in args.systems and want_f32:
+    gguf_run = next((s for s in systems if s.name == "moerun-gguf"), None)
+    if hf_dir is not None and "hf-f32" in args.systems and want_f32 and gguf_run is not None:
         hf32 = Remote("HF", hf_dir=hf_dir, dtype_name="f32", threads=T)
         loads["hf-f32"] = hf32.load_s
-        r2 = measure_phase([systems[1], hf32], prompt, n, args.repeats, emit, 2, name, quiet, probe)
+        r2 = measure_phase([gguf_run, hf32], prompt, n, args.repeats, emit, f"{fmt}-f32", f"{name} {fmt}", quiet,
+                           probe)
         results["hf-f32"] = r2["hf-f32"]
         results["moerun-gguf@2"] = r2["moerun-gguf"]
         ref_phase["hf-f32"] = 2
         hf32.close()
-    elif "hf-f32" in args.systems:
+    elif hf_dir is not None and "hf-f32" in args.systems:
         f32_note = (f"skipped: f32 weights {params * 4 / 1e9:.1f} GB + page cache {file_bytes / 1e9:.1f} GB "
                     f"+ 2 GiB > memory {mem['MemTotal'] / 1e9:.1f} GB")
         print(f"  hf-f32 {f32_note}", flush=True)
-    for s in systems:
-        if isinstance(s, Remote):
-            s.close()
     gc.collect()
 
     for _ in range(3):
         wait_quiet(args.quiet_limit, args.quiet_wait)
         bw.append(dram_read_gbps(tools, Path(args.tmp)))
-    bw_med = max(bw)   # the best: the quiet host's figure, the conservative roofline
+    bw_best = max(bw)   # the best: the quiet host's figure, the conservative roofline
     print(f"  DRAM read bandwidth after: {', '.join(f'{x:.1f}' for x in bw[3:])} GB/s (used: the best, "
-          f"{bw_med:.1f})", flush=True)
-    roof_tok_s = bw_med * 1e9 / roof["total"]
-    roof_full_tok_s = bw_med * 1e9 / roof_full["total"]
+          f"{bw_best:.1f})", flush=True)
+    roof_tok_s = bw_best * 1e9 / roof["total"]
+    roof_full_tok_s = bw_best * 1e9 / roof_full_total
 
-    # agreement with the reference (f32 transformers when it ran)
-    ref_name = "hf-f32" if "hf-f32" in results else ("hf-bf16" if "hf-bf16" in results else "moerun-gguf")
-    ref_toks = results[ref_name][0]["tokens"]
+    # agreement with the reference (f32 transformers when it ran); llama-bench gives no ids
+    ref_name = next((r for r in ("hf-f32", "hf-bf16", "moerun-gguf", "llama.cpp")
+                     if r in results and results[r] and results[r][0]["tokens"]), None)
+    ref_toks = results[ref_name][0]["tokens"] if ref_name else []
+    base_name = "moerun-gguf" if "moerun-gguf" in results else next(iter(results))
 
     summaries = []
-    base = {1: med([m["decode_tok_s"] for m in results["moerun-gguf"]]),
+    base = {1: med([m["decode_tok_s"] for m in results[base_name]]),
             2: med([m["decode_tok_s"] for m in results.get("moerun-gguf@2", [])])}
-    base_pf = {1: med([m["prefill_tok_s"] for m in results["moerun-gguf"]]),
+    base_pf = {1: med([m["prefill_tok_s"] for m in results[base_name]]),
                2: med([m["prefill_tok_s"] for m in results.get("moerun-gguf@2", [])])}
     for sname, ms in results.items():
         if sname == "moerun-gguf@2":
@@ -618,11 +842,12 @@ def bench_model(mdir: Path, args, emit) -> list[dict]:
         dec = med([m["decode_tok_s"] for m in ms])
         pf = med([m["prefill_tok_s"] for m in ms])
         toks = ms[0]["tokens"]
-        s = {"kind": "summary", "model": name, "system": sname, "phase": ph,
+        s = {"kind": "summary", "model": name, "format": fmt, "file": gguf.name, "system": sname, "phase": ph,
              "runs": len(ms), "prompt_tokens": P, "decode_tokens": n, "threads": T,
              "prefill_tok_s": pf, "decode_tok_s": dec,
              "prefill_runs": [m["prefill_tok_s"] for m in ms],
              "decode_runs": [m["decode_tok_s"] for m in ms],
+             "base": base_name,
              "prefill_x_moerun": pf / base_pf[ph], "decode_x_moerun": dec / base[ph],
              "decode_x_roofline": dec / roof_tok_s,
              # each run against the bandwidth measured beside it (mean of before and after)
@@ -631,7 +856,7 @@ def bench_model(mdir: Path, args, emit) -> list[dict]:
                                                           m["quiet"]["dram_gbps_after"])) for m in ms]),
              "dram_gbps_adjacent": [round(0.5 * (m["quiet"]["dram_gbps_before"] + m["quiet"]["dram_gbps_after"]), 1)
                                     for m in ms],
-             "agree_prefix": common_prefix(toks, ref_toks), "agree_ref": ref_name,
+             "agree_prefix": common_prefix(toks, ref_toks) if toks and ref_toks else None, "agree_ref": ref_name,
              "tokens_stable": all(m["tokens"] == toks for m in ms),
              "others_during_max": max(m["quiet"]["others_during"] for m in ms),
              "load_s": loads.get(sname)}
@@ -643,14 +868,20 @@ def bench_model(mdir: Path, args, emit) -> list[dict]:
                       "cpu_s": med([e["cpu_s"] for e in ex]),
                       "dense_s": pf_s + dc_s - med([e["moe_s"] for e in ex]),
                       "peak_rss_bytes": ex[0].get("peak_rss_bytes"), "profile": ex[0].get("profile")})
+        if sname == "llama.cpp" and ms[0]["extra"].get("llama_bench"):
+            s["llama_bench"] = ms[0]["extra"]["llama_bench"]
         summaries.append(s)
         emit(s)
-    mrow = {"kind": "model", "model": name, "dir": str(mdir), "layers": info["layers"],
-            "full_layers": full_cfg["num_hidden_layers"], "params": params, "seed": info["seed"],
+    mrow = {"kind": "model", "model": name, "format": fmt, "file": str(gguf), "file_bytes": fsize,
+            "dir": str(mdir), "layers": info["layers"],
+            "full_layers": L_full, "params": params, "seed": info["seed"],
+            "expert_pool": (info.get("gguf", {}).get(fmt) or {}).get("expert_pool"),
             "prompt_seed": PROMPT_SEED, "prompt_tokens": P, "decode_tokens": n, "ctx": ctx,
-            "threads": T, "dram_read_gbps": bw, "dram_read_gbps_used": bw_med,
+            "threads": T, "dram_read_gbps": bw, "dram_read_gbps_used": bw_best,
             "active_decode_bytes": roof, "roofline_decode_tok_s": roof_tok_s,
-            "active_decode_bytes_full_depth": roof_full, "roofline_decode_tok_s_full_depth": roof_full_tok_s,
+            "active_decode_bytes_full_depth": roof_full_total, "roofline_decode_tok_s_full_depth": roof_full_tok_s,
+            "kv_read_bytes_mid_decode": kv, "tight_memory": tight,
+            "llama_cpp_method": args.llama_cpp, "cpu": args.cpu, "cpu_flags": args.cpu_flags,
             "load_s": loads, "hf_f32": f32_note or ("ran" if "hf-f32" in results else "not requested"),
             "page_cache_warm_gb": nb / 1e9, "reference_tokens": ref_toks, "reference": ref_name}
     emit(mrow)
@@ -660,22 +891,33 @@ def bench_model(mdir: Path, args, emit) -> list[dict]:
 
 def print_table(mrow: dict, summaries: list[dict]) -> None:
     rb = mrow["active_decode_bytes"]
-    print(f"\n### {mrow['model']}: prompt {mrow['prompt_tokens']} tokens, decode {mrow['decode_tokens']} tokens, "
-          f"{mrow['threads']} threads, median of {summaries[0]['runs']} rounds, page cache warm\n")
-    print(f"roofline: {rb['total'] / 1e6:.1f} MB of bf16 weights per decode token "
+    base = summaries[0]["base"]
+    print(f"\n### {mrow['model']} {mrow['format'].upper()}: prompt {mrow['prompt_tokens']} tokens, decode "
+          f"{mrow['decode_tokens']} tokens, {mrow['threads']} threads, median of {summaries[0]['runs']} rounds, "
+          f"page cache warm; {mrow['cpu']} ({' '.join(mrow['cpu_flags'])})\n")
+    print(f"roofline: {rb['total'] / 1e6:.1f} MB of weights per decode token in the file's formats "
           f"(experts {rb['experts'] / 1e6:.1f}, attention {rb['attention'] / 1e6:.1f}, "
-          f"LM head {rb['lm_head_embed_norm'] / 1e6:.1f}) / DRAM {mrow['dram_read_gbps_used']:.1f} GB/s "
-          f"= {mrow['roofline_decode_tok_s']:.1f} tok/s "
+          f"LM head and embedding row {rb['lm_head_embed_norm'] / 1e6:.1f}; "
+          f"KV cache mid-decode {mrow['kv_read_bytes_mid_decode'] / 1e6:.1f} MB not counted) / DRAM "
+          f"{mrow['dram_read_gbps_used']:.1f} GB/s = {mrow['roofline_decode_tok_s']:.1f} tok/s "
           f"(full {mrow['full_layers']}-layer model: {mrow['roofline_decode_tok_s_full_depth']:.1f} tok/s)\n")
-    print("| system | prefill tok/s | decode tok/s | prefill / moerun | decode / moerun | decode / roofline "
+    print(f"| system | prefill tok/s | decode tok/s | prefill / {base} | decode / {base} | decode / roofline "
           "(best DRAM) | decode / roofline (DRAM beside each run) | greedy prefix vs "
           f"{mrow['reference']} |")
     print("|---|---|---|---|---|---|---|---|")
     for s in summaries:
+        agree = f"{s['agree_prefix']}/{s['decode_tokens']}" if s["agree_prefix"] is not None else ""
         print(f"| {s['system']} | {s['prefill_tok_s']:.1f} | {s['decode_tok_s']:.2f} | "
               f"{s['prefill_x_moerun']:.2f} | {s['decode_x_moerun']:.2f} | {s['decode_x_roofline']:.2f} | "
               f"{s['decode_x_roofline_adjacent']:.2f} ({min(s['dram_gbps_adjacent']):.0f}-{max(s['dram_gbps_adjacent']):.0f} GB/s) | "
-              f"{s['agree_prefix']}/{s['decode_tokens']} |")
+              f"{agree} |")
+    by = {s["system"]: s for s in summaries}
+    if "moerun-gguf" in by and "llama.cpp" in by:
+        m, lc = by["moerun-gguf"], by["llama.cpp"]
+        print(f"\nmoerun-gguf against llama.cpp on {mrow['format'].upper()}: decode "
+              f"{m['decode_tok_s'] / lc['decode_tok_s']:.2f}x (target >= 1.5), prefill "
+              f"{m['prefill_tok_s'] / lc['prefill_tok_s']:.2f}x (target >= 2); decode / roofline beside each run "
+              f"{m['decode_x_roofline_adjacent']:.2f} (target >= 0.85)", end="")
     for s in summaries:
         if "moe_s" in s:
             tot = s["prefill_s"] + s["decode_s"]
@@ -685,7 +927,7 @@ def print_table(mrow: dict, summaries: list[dict]) -> None:
     print("\n", flush=True)
 
 
-def versions(tools: Path) -> dict:
+def versions(tools: Path, llama_bin: Path | None = None) -> dict:
     v = {"python": sys.version.split()[0]}
     for mod in ("numpy", "torch", "transformers", "llama_cpp", "gguf", "safetensors"):
         try:
@@ -705,8 +947,12 @@ def versions(tools: Path) -> dict:
     try:
         import llama_cpp
         v["llama_cpp_system_info"] = llama_cpp.llama_print_system_info().decode()
+        v["llama_cpp_lib_path"] = os.environ.get("LLAMA_CPP_LIB_PATH")
     except Exception:
         pass
+    if llama_bin is not None and (llama_bin / "llama-bench").exists():
+        p = subprocess.run([str(llama_bin / "llama-bench"), "--version"], capture_output=True, text=True)
+        v["llama_bench"] = (p.stdout + p.stderr).strip()[-300:]
     return v
 
 
@@ -718,9 +964,21 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--systems", default="moerun,llama.cpp,hf-bf16,hf-f32",
-                    help="comma-separated, of moerun, llama.cpp, hf-bf16, hf-f32, hf-bf16+moerun "
-                         "(transformers with moerun.patch); moerun (both formats) always runs")
+                    help="comma-separated, of moerun (moe-run on the GGUF, and on hf/ for bf16), llama.cpp, "
+                         "hf-bf16, hf-f32, hf-bf16+moerun (transformers with moerun.patch; the hf systems run "
+                         "on the bf16 directory's hf/ only)")
+    ap.add_argument("--formats", default=",".join(FORMATS),
+                    help="which model-<format>.gguf files of each directory to run, of " + ", ".join(FORMATS))
+    ap.add_argument("--llama-cpp", choices=("auto", "python", "bench"), default="auto",
+                    help="llama.cpp through llama-cpp-python (prefill = one eval of the prompt ids, decode = "
+                         "eval per token, greedy ids compared) or through its llama-bench (-p P / -n N-1 -d P); "
+                         "auto: python if llama_cpp imports, else bench")
+    ap.add_argument("--llama-bin", type=Path, default=Path(os.environ.get("LLAMA_CPP_BIN", ".")),
+                    help="llama.cpp's build/bin, for --llama-cpp bench (default: $LLAMA_CPP_BIN)")
     ap.add_argument("--hf-f32", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--fresh", choices=("auto", "on", "off"), default="auto",
+                    help="llama.cpp in a fresh process per run and moe-run's file read back into the page cache "
+                         "before each of its runs; auto: where twice the file plus 2 GiB exceeds memory")
     ap.add_argument("--machine", default=None, help="results file name prefix (default: from the CPU)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "models" / "results")
     ap.add_argument("--tmp", default="/tmp")
@@ -732,6 +990,18 @@ def main() -> int:
     ap.add_argument("--quiet-wait", type=float, default=120.0, help="... for at most this many seconds")
     args = ap.parse_args()
     args.systems = set(args.systems.split(","))
+    args.formats = {f.strip().lower() for f in args.formats.split(",") if f.strip()}
+    if args.formats - set(FORMATS):
+        ap.error(f"--formats: unknown {sorted(args.formats - set(FORMATS))} (of {', '.join(FORMATS)})")
+    if args.llama_cpp == "auto":
+        try:
+            import llama_cpp  # noqa: F401
+            args.llama_cpp = "python"
+        except ImportError:
+            args.llama_cpp = "bench"
+    if "llama.cpp" in args.systems and args.llama_cpp == "bench" and not (args.llama_bin / "llama-bench").exists():
+        ap.error(f"--llama-cpp bench: no llama-bench in {args.llama_bin} (--llama-bin or $LLAMA_CPP_BIN)")
+    args.cpu, args.cpu_flags = lscpu_model(), cpu_flags()
     args.tools = Path(args.tmp) / f"moe-bench-bin-{os.getpid()}"
     args.tools.mkdir(parents=True, exist_ok=True)
     for tool in ("moe-run", "moe-profile"):
@@ -751,10 +1021,11 @@ def main() -> int:
     mem = meminfo()
     mrow = {"kind": "machine", "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "host": socket.gethostname(), "cpu": cpu, "nproc": os.cpu_count(), "flags": cpu_flags(),
+            "flags_all": cpu_flags(all_flags=True),
             "mem_total_bytes": mem["MemTotal"], "kernel": platform.release(),
             "args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
                      for k, v in vars(args).items()},
-            "versions": versions(args.tools)}
+            "versions": versions(args.tools, args.llama_bin)}
     emit(mrow)
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, {mem['MemTotal'] / 2**30:.1f} GiB; results -> {path}")
     for mdir in args.models:
