@@ -164,8 +164,8 @@ static moe_status load_kv_b(moe_llm *m, uint32_t l, layer *L) {
                 else L->vb_own[((size_t)hh * vd + (r - nope)) * kvl + k] = row[k];
         }
     free(row);
-    L->k_b = (moe_mat){MOE_WT_F32, L->kb_own, H * kvl, nope};
-    L->v_b = (moe_mat){MOE_WT_F32, L->vb_own, H * vd, kvl};
+    L->k_b = (moe_mat){MOE_DTYPE_F32, L->kb_own, H * kvl, nope};
+    L->v_b = (moe_mat){MOE_DTYPE_F32, L->vb_own, H * vd, kvl};
     return MOE_OK;
 }
 
@@ -206,13 +206,13 @@ static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
 
 static moe_status expert_dtype(const moe_llm *m, const moe_mat *w, const char *name, moe_dtype *out) {
     switch (w->type) {
-    case MOE_WT_F32: *out = MOE_DTYPE_F32; return MOE_OK;
-    case MOE_WT_BF16: *out = MOE_DTYPE_BF16; return MOE_OK;
-    case MOE_WT_F16: *out = MOE_DTYPE_F16; return MOE_OK;
-    case MOE_WT_Q8_0: *out = MOE_DTYPE_I8; return MOE_OK;
+    case MOE_DTYPE_F32: *out = MOE_DTYPE_F32; return MOE_OK;
+    case MOE_DTYPE_BF16: *out = MOE_DTYPE_BF16; return MOE_OK;
+    case MOE_DTYPE_F16: *out = MOE_DTYPE_F16; return MOE_OK;
+    case MOE_DTYPE_Q8_0: *out = MOE_DTYPE_I8; return MOE_OK;
     default:
         return moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s; routed experts must be f32, bf16, f16 "
-                        "or q8_0", m->dir, name, moe_wtype_name(w->type));
+                        "or q8_0", m->dir, name, moe_dtype_name(w->type));
     }
 }
 
@@ -230,7 +230,7 @@ static moe_status get_expert(moe_llm *m, uint32_t l, uint32_t e, int k, moe_mat 
         m->weight_bytes = before;
         if (s) return s;
         uint64_t per = 0;
-        moe_wtype_bytes(out->type, (uint64_t)rows * cols, cols, &per);
+        moe_tensor_bytes(out->type, (uint64_t)rows * cols, cols, &per);
         *out = (moe_mat){out->type, (const uint8_t *)out->data + e * per, rows, cols};
         return MOE_OK;
     }
@@ -294,7 +294,7 @@ static moe_status load_experts(moe_llm *m, uint32_t l, layer *L) {
             if ((s = get_expert(m, l, e, k, &w[k], n, sizeof n)) || (s = expert_dtype(m, &w[k], n, &t))) break;
             if (dt != MOE_DTYPE_COUNT_ && t != dt)
                 s = moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s, unlike the layer's other experts",
-                             m->dir, n, moe_wtype_name(w[k].type));
+                             m->dir, n, moe_dtype_name(w[k].type));
             dt = t;
         }
         if (s) break;

@@ -1,4 +1,4 @@
-/* tensor.c - weight element types and read-only file maps. */
+/* tensor.c - tensor sizes and read-only file maps. */
 #define _POSIX_C_SOURCE 200809L
 #include "tensor.h"
 
@@ -12,25 +12,11 @@
 
 #include "common.h"
 
-static const struct {
-    const char *name;
-    uint32_t block, bytes;
-} wtypes[MOE_WT_COUNT_] = {
-    [MOE_WT_F32] = {"f32", 1, 4},
-    [MOE_WT_F16] = {"f16", 1, 2},
-    [MOE_WT_BF16] = {"bf16", 1, 2},
-    [MOE_WT_Q8_0] = {"q8_0", 32, 34},
-};
-
-const char *moe_wtype_name(moe_wtype t) { return (unsigned)t < MOE_WT_COUNT_ ? wtypes[t].name : NULL; }
-uint32_t moe_wtype_block(moe_wtype t) { return (unsigned)t < MOE_WT_COUNT_ ? wtypes[t].block : 0; }
-uint32_t moe_wtype_block_bytes(moe_wtype t) { return (unsigned)t < MOE_WT_COUNT_ ? wtypes[t].bytes : 0; }
-
-bool moe_wtype_bytes(moe_wtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes) {
-    if ((unsigned)t >= MOE_WT_COUNT_ || !bytes) return false;
-    const uint64_t b = wtypes[t].block;
+bool moe_tensor_bytes(moe_dtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes) {
+    const uint64_t b = moe_dtype_block(t), bb = moe_dtype_block_bytes(t);
+    if (!b || t == MOE_DTYPE_I8 || !bytes) return false;
     if (row % b || n_elems % b) return false;
-    return !__builtin_mul_overflow(n_elems / b, (uint64_t)wtypes[t].bytes, bytes);
+    return !__builtin_mul_overflow(n_elems / b, bb, bytes);
 }
 
 moe_status moe_map_file(moe_mapped_file *m, const char *path) {
