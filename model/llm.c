@@ -22,8 +22,6 @@ typedef struct layer {
     moe_mat k_b, v_b;       /* MLA: [H*kv_lora, nope] (W_uk transposed per head) and [H*v, kv_lora] */
     float *kv_a_norm;
     float *kb_own, *vb_own; /* k_b and v_b when repacked from kv_b */
-    int8_t *q8_own;         /* routed experts requantised from q8_0, and their row scales */
-    float *q8_scales;
     bool moe;
     uint32_t moe_index;
     moe_mat router;
@@ -94,7 +92,10 @@ static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t 
     if (!t && !required) return MOE_OK;
     moe_status s = tensor_of(m, name, &t);
     if (s) return s;
-    if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols) return bad_shape(t, rows, cols);
+    /* llama-quantize writes a [1, cols] matrix as a vector (ggml drops
+     * trailing dimensions of 1): Qwen2-MoE's shared expert gate. */
+    const bool vec = rows == 1 && t->n_dims == 1 && t->shape[0] == cols;
+    if (!vec && (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)) return bad_shape(t, rows, cols);
     *out = (moe_mat){t->type, t->data, rows, cols};
     m->weight_bytes += t->bytes;
     return MOE_OK;
@@ -204,36 +205,11 @@ static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
     return MOE_OK;
 }
 
-static moe_status expert_dtype(const moe_llm *m, const moe_mat *w, const char *name, moe_dtype *out) {
-    switch (w->type) {
-    case MOE_DTYPE_F32: *out = MOE_DTYPE_F32; return MOE_OK;
-    case MOE_DTYPE_BF16: *out = MOE_DTYPE_BF16; return MOE_OK;
-    case MOE_DTYPE_F16: *out = MOE_DTYPE_F16; return MOE_OK;
-    case MOE_DTYPE_Q8_0: *out = MOE_DTYPE_I8; return MOE_OK;
-    default:
-        return moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s; routed experts must be f32, bf16, f16 "
-                        "or q8_0", m->dir, name, moe_dtype_name(w->type));
-    }
-}
-
-/* Matrix k (gate, up, down) of expert e of layer l: its own tensor in
- * safetensors, a slice of the layer's merged [experts, rows, cols] in GGUF.
- * Not counted in weight_bytes: the model's expert bytes are. */
+/* Matrix k (gate, up, down) of expert e of layer l from its own tensor
+ * (safetensors). Not counted in weight_bytes: the model's expert bytes are. */
 static moe_status get_expert(moe_llm *m, uint32_t l, uint32_t e, int k, moe_mat *out, char *name, size_t cap) {
     const moe_hf_config *c = &m->cfg;
     const uint32_t rows = k == 2 ? c->hidden_size : c->moe_inter, cols = k == 2 ? c->moe_inter : c->hidden_size;
-    if (m->gguf) {
-        static const char *const g[3] = {"gate", "up", "down"};
-        snprintf(name, cap, "blk.%u.ffn_%s_exps.weight", l, g[k]);
-        const uint64_t before = m->weight_bytes;
-        moe_status s = get_mat3(m, name, c->n_routed_experts, rows, cols, out);
-        m->weight_bytes = before;
-        if (s) return s;
-        uint64_t per = 0;
-        moe_tensor_bytes(out->type, (uint64_t)rows * cols, cols, &per);
-        *out = (moe_mat){out->type, (const uint8_t *)out->data + e * per, rows, cols};
-        return MOE_OK;
-    }
     static const char *const hf[3] = {"mlp.experts.%u.gate_proj.weight", "mlp.experts.%u.up_proj.weight",
                                       "mlp.experts.%u.down_proj.weight"};
     static const char *const mx[3] = {"block_sparse_moe.experts.%u.w1.weight", "block_sparse_moe.experts.%u.w3.weight",
@@ -247,63 +223,56 @@ static moe_status get_expert(moe_llm *m, uint32_t l, uint32_t e, int k, moe_mat 
     return s;
 }
 
-/* q8_0 experts (32-element blocks, an f16 scale each) become the CPU
- * engine's int8 with one scale per row, requantised once at load: the same
- * memory, a coarser scale (see docs/models.md). */
-static moe_status requantise(moe_llm *m, layer *L, uint32_t e, const moe_mat w[3], moe_expert_weights *ew) {
-    const moe_hf_config *c = &m->cfg;
-    const size_t per = 3 * (size_t)c->hidden_size * c->moe_inter, rows = 2 * (size_t)c->moe_inter + c->hidden_size;
-    if (!L->q8_own) {
-        L->q8_own = malloc(per * c->n_routed_experts);
-        L->q8_scales = malloc(rows * c->n_routed_experts * sizeof(float));
-        if (!L->q8_own || !L->q8_scales)
-            return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for int8 experts", m->dir);
-    }
-    int8_t *q = L->q8_own + per * e;
-    float *sc = L->q8_scales + rows * e;
-    const int8_t *base[3];
-    const float *scales[3];
-    float *row = malloc((size_t)(c->hidden_size > c->moe_inter ? c->hidden_size : c->moe_inter) * sizeof *row);
-    if (!row) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", m->dir);
-    for (int k = 0; k < 3; k++) {
-        base[k] = q, scales[k] = sc;
-        for (uint32_t r = 0; r < w[k].rows; r++, q += w[k].cols) {
-            moe_mat_row(&w[k], r, row);
-            float amax = 0;
-            for (uint32_t i = 0; i < w[k].cols; i++) amax = fmaxf(amax, fabsf(row[i]));
-            const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
-            *sc++ = d;
-            for (uint32_t i = 0; i < w[k].cols; i++) q[i] = (int8_t)lrintf(row[i] * inv);
-        }
-    }
-    free(row);
-    *ew = (moe_expert_weights){base[0], base[1], base[2], scales[0], scales[1], scales[2]};
-    return MOE_OK;
-}
-
-/* Registers layer l's routed experts (all of one type) with the runtime's model. */
+/* Registers layer l's routed experts with the runtime's model, in the
+ * file's formats as they are (GGUF: expert e is a slice of the layer's
+ * merged [experts, rows, cols] tensors).
+ * Gate and up share a dtype; down may have its own (llama.cpp's Q4_K_M
+ * keeps some layers' ffn_down_exps in q6_K, and down rows that are not
+ * whole 256-blocks fall back to a 32-block format). */
 static moe_status load_experts(moe_llm *m, uint32_t l, layer *L) {
     const moe_hf_config *c = &m->cfg;
-    moe_dtype dt = MOE_DTYPE_COUNT_;
+    const uint32_t E = c->n_routed_experts;
+    static const char *const g[3] = {"gate", "up", "down"};
+    moe_mat merged[3];
+    char names[3][256];
     moe_status s = MOE_OK;
-    for (uint32_t e = 0; e < c->n_routed_experts && s == MOE_OK; e++) {
+    for (int k = 0; m->gguf && k < 3 && s == MOE_OK; k++) {
+        const uint32_t rows = k == 2 ? c->hidden_size : c->moe_inter, cols = k == 2 ? c->moe_inter : c->hidden_size;
+        snprintf(names[k], sizeof names[k], "blk.%u.ffn_%s_exps.weight", l, g[k]);
+        const uint64_t before = m->weight_bytes;
+        s = get_mat3(m, names[k], E, rows, cols, &merged[k]);
+        m->weight_bytes = before;
+    }
+    moe_dtype dt[3] = {MOE_DTYPE_COUNT_, MOE_DTYPE_COUNT_, MOE_DTYPE_COUNT_};
+    for (uint32_t e = 0; e < E && s == MOE_OK; e++) {
         moe_mat w[3];
         char n[256];
         for (int k = 0; k < 3 && s == MOE_OK; k++) {
-            moe_dtype t = MOE_DTYPE_COUNT_;
-            if ((s = get_expert(m, l, e, k, &w[k], n, sizeof n)) || (s = expert_dtype(m, &w[k], n, &t))) break;
-            if (dt != MOE_DTYPE_COUNT_ && t != dt)
-                s = moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s, unlike the layer's other experts",
-                             m->dir, n, moe_dtype_name(w[k].type));
-            dt = t;
+            if (m->gguf) {
+                const uint32_t rows = merged[k].rows / E;
+                w[k] = (moe_mat){merged[k].type,
+                                 (const uint8_t *)merged[k].data + (size_t)e * rows * moe_mat_row_bytes(&merged[k]),
+                                 rows, merged[k].cols};
+                snprintf(n, sizeof n, "%s", names[k]);
+            } else if ((s = get_expert(m, l, e, k, &w[k], n, sizeof n))) {
+                break;
+            }
+            if (e == 0) dt[k] = w[k].type;
+            else if (w[k].type != dt[k])
+                s = moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s, unlike expert 0's (%s)", m->dir, n,
+                             moe_dtype_name(w[k].type), moe_dtype_name(dt[k]));
         }
         if (s) break;
         if (e == 0) {
-            const moe_layer_desc desc = moe_layer_desc_init(c->n_routed_experts, c->hidden_size, c->moe_inter, dt);
+            if (dt[0] != dt[1])
+                return moe_fail(MOE_ERR_UNSUPPORTED, "%s: layer %u's gate experts are %s and its up experts %s; moerun "
+                                "runs gate and up in one format", m->dir, l, moe_dtype_name(dt[0]),
+                                moe_dtype_name(dt[1]));
+            const moe_layer_desc desc = moe_layer_desc_init(E, c->hidden_size, c->moe_inter, dt[0]);
             if ((s = moe_model_set_layer(m->model, L->moe_index, &desc))) break;
+            if (dt[2] != dt[0] && (s = moe_model_set_down_dtype(m->model, L->moe_index, dt[2]))) break;
         }
-        moe_expert_weights ew = {.gate = w[0].data, .up = w[1].data, .down = w[2].data};
-        if (dt == MOE_DTYPE_I8 && (s = requantise(m, L, e, w, &ew))) break;
+        const moe_expert_weights ew = {.gate = w[0].data, .up = w[1].data, .down = w[2].data};
         s = moe_model_set_expert(m->model, L->moe_index, e, &ew);
     }
     return s;
@@ -411,7 +380,7 @@ static moe_status check_config(moe_llm *m) {
 static void free_layer(layer *L) {
     free(L->attn_norm), free(L->ffn_norm), free(L->bq), free(L->bk), free(L->bv);
     free(L->q_norm), free(L->k_norm), free(L->kv_a_norm), free(L->k_cache), free(L->v_cache);
-    free(L->kb_own), free(L->vb_own), free(L->q8_own), free(L->q8_scales);
+    free(L->kb_own), free(L->vb_own);
 }
 
 void moe_llm_free(moe_llm **pm) {

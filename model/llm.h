@@ -1,5 +1,6 @@
 /* llm.h - a Mixture-of-Experts language model run end to end: weights
- * mapped from a Hugging Face model directory (config.json and safetensors),
+ * mapped from a Hugging Face model directory (config.json and safetensors)
+ * or a GGUF file (its block formats used as they are stored),
  * the dense parts (embeddings, attention with a KV cache, norms, shared
  * experts, dense MLPs, LM head) computed here on the CPU, and every routed
  * expert run by a moerun runtime through the public API
@@ -48,7 +49,8 @@ typedef struct moe_llm_params {
 } moe_llm_params;
 
 /* Loads the model in directory `path` (config.json + model.safetensors or
- * its sharded index). Weights stay in the files' memory maps. */
+ * its sharded index) or GGUF file `path`. Weights stay in the files'
+ * memory maps. */
 moe_status moe_llm_load(moe_llm **out, const char *path, const moe_llm_params *params);
 void moe_llm_free(moe_llm **m);
 

@@ -179,9 +179,10 @@ static void models_match_transformers(void) {
     }
 }
 
-/* Qwen3-MoE in three shards with an index, and quantised to q8_0 (whose
- * experts moerun requantises to int8 rows): the same reference, the
- * quantised one within a quantisation's error, not token for token. */
+/* Qwen3-MoE in three shards with an index, and quantised to q8_0 (its
+ * blocks used as stored, activations in int8 blocks as llama.cpp computes
+ * them): the same reference, the quantised one within a quantisation's
+ * error, not token for token. */
 static void sharded_and_q8_0(void) {
     char dir[512], q8[600];
     snprintf(dir, sizeof dir, "%s/models/qwen3_moe-sharded", MOE_TEST_DATA_DIR);

@@ -26,8 +26,10 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: moe-run [MODEL] [options]\n"
             "Runs MODEL, a Hugging Face model directory (config.json, model.safetensors or its\n"
-            "sharded index, tokenizer.json) or a GGUF file (f32, f16, bf16, q8_0) of a Mixtral,\n"
-            "Qwen2-MoE, Qwen3-MoE, OLMoE or DeepSeek-V2 model. Without MODEL it runs the\n"
+            "sharded index, tokenizer.json) or a GGUF file (f32, f16, bf16 and the block formats\n"
+            "q4_0, q4_1, q5_0, q5_1, q8_0, q2_K..q6_K, iq4_nl, iq4_xs, mxfp4, mixed per tensor as\n"
+            "llama-quantize writes them) of a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE or DeepSeek-V2\n"
+            "model. Without MODEL it runs the\n"
             "built-in demo model: MoE layers with\n"
             "random weights generated from a seed (no attention; its tokens are not text).\n"
             "\n"
@@ -478,6 +480,25 @@ static void show_progress(uint64_t done, uint64_t total, void *user) {
             (double)total / 1e9, done >= total ? "\n" : "");
 }
 
+/* The experts' formats over all layers, e.g. "q4_K, q5_0 (down), q8_0 (down)". */
+static void expert_formats(const moe_model_t *model, char *out, size_t cap) {
+    bool seen[MOE_DTYPE_COUNT_][2] = {{false}};
+    for (uint32_t l = 0; l < moe_model_n_layers(model); l++) {
+        moe_layer_desc d = moe_layer_desc_init(0, 0, 0, MOE_DTYPE_F32);
+        const moe_dtype down = moe_model_down_dtype(model, l);
+        if (moe_model_get_layer(model, l, &d) || (unsigned)d.weight_dtype >= MOE_DTYPE_COUNT_) continue;
+        seen[d.weight_dtype][0] = true;
+        if ((unsigned)down < MOE_DTYPE_COUNT_ && down != d.weight_dtype) seen[down][1] = true;
+    }
+    size_t n = 0;
+    out[0] = '\0';
+    for (int k = 0; k < 2; k++)
+        for (int t = 0; t < MOE_DTYPE_COUNT_ && n < cap; t++)
+            if (seen[t][k])
+                n += (size_t)snprintf(out + n, cap - n, "%s%s%s", n ? ", " : "", moe_dtype_name((moe_dtype)t),
+                                      k ? " (down)" : "");
+}
+
 static int run_model(options *o) {
     moe_llm *m = NULL;
     moe_tokenizer *tok = NULL;
@@ -514,8 +535,10 @@ static int run_model(options *o) {
     const moe_hf_config *c = moe_llm_config(m);
     if (!o->quiet) {
         const double mb = (double)moe_llm_weight_bytes(m) / 1e6;
-        printf("moe-run: %s (%s): %u layers, %u experts (top-%u), %.*f %s of weights; device %s, policy %s\n",
-               o->model, moe_llm_arch_name(m), c->n_layers, c->n_routed_experts, c->top_k, mb < 1e3 ? 1 : 2,
+        char fmts[160];
+        expert_formats(moe_llm_model(m), fmts, sizeof fmts);
+        printf("moe-run: %s (%s): %u layers, %u experts (top-%u, %s), %.*f %s of weights; device %s, policy %s\n",
+               o->model, moe_llm_arch_name(m), c->n_layers, c->n_routed_experts, c->top_k, fmts, mb < 1e3 ? 1 : 2,
                mb < 1e3 ? mb : mb / 1e3, mb < 1e3 ? "MB" : "GB", moe_device_name(moe_runtime_device(rt)),
                moe_runtime_policy(rt));
         fflush(stdout);
