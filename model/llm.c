@@ -46,6 +46,7 @@ struct moe_llm {
     float *out_norm;
     layer *layers;
     uint64_t weight_bytes;
+    bool check_scales;    /* read every block's scales at load */
 };
 
 static const struct {
@@ -85,6 +86,20 @@ static moe_status bad_shape(const moe_tensor *t, uint64_t rows, uint64_t cols) {
                     (unsigned long long)rows);
 }
 
+/* A block tensor's scales, read once when the loader takes the tensor
+ * (unless the caller asked not to: moe-run --lazy), so that a damaged
+ * file is refused by name instead of giving NaN logits. */
+static moe_status check_blocks(const moe_llm *m, const moe_tensor *t) {
+    if (!m->check_scales || !moe_dtype_is_block(t->type) || !t->bytes) return MOE_OK;
+    const uint64_t n = t->bytes / moe_dtype_block_bytes(t->type), bad = moe_blocks_bad_scale(t->type, t->data, n);
+    if (bad == n) return MOE_OK;
+    const uint64_t block = moe_dtype_block(t->type), per_row = t->shape[t->n_dims - 1] / block;
+    return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\": block %llu (row %llu, elements %llu..%llu) has a NaN or "
+                    "infinite scale: the file is damaged", t->file, t->name, (unsigned long long)bad,
+                    (unsigned long long)(bad / per_row), (unsigned long long)(bad % per_row * block),
+                    (unsigned long long)((bad % per_row + 1) * block - 1));
+}
+
 /* A [rows, cols] matrix; absent and not required leaves *out empty. */
 static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required, moe_mat *out) {
     memset(out, 0, sizeof *out);
@@ -96,6 +111,7 @@ static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t 
      * trailing dimensions of 1): Qwen2-MoE's shared expert gate. */
     const bool vec = rows == 1 && t->n_dims == 1 && t->shape[0] == cols;
     if (!vec && (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)) return bad_shape(t, rows, cols);
+    if ((s = check_blocks(m, t))) return s;
     *out = (moe_mat){t->type, t->data, rows, cols};
     m->weight_bytes += t->bytes;
     return MOE_OK;
@@ -109,6 +125,7 @@ static moe_status get_vec(moe_llm *m, const char *name, uint32_t len, bool requi
     moe_status s = tensor_of(m, name, &t);
     if (s) return s;
     if (t->n_elems != len || (t->n_dims != 1 && !(t->n_dims == 2 && t->shape[0] == 1))) return bad_shape(t, len, 0);
+    if ((s = check_blocks(m, t))) return s;
     if (!(*out = malloc((size_t)len * sizeof **out))) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", name);
     const moe_mat row = {t->type, t->data, 1, len};
     moe_mat_row(&row, 0, *out);
@@ -129,6 +146,8 @@ static moe_status get_mat3(moe_llm *m, const char *name, uint32_t d0, uint32_t d
         return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\" has shape [%llu, %llu, %llu], expected [%u, %u, %u]", m->dir,
                         name, (unsigned long long)t->shape[0], (unsigned long long)t->shape[1],
                         (unsigned long long)t->shape[2], d0, d1, d2);
+    moe_status s = check_blocks(m, t);
+    if (s) return s;
     *out = (moe_mat){t->type, t->data, d0 * d1, d2};
     m->weight_bytes += t->bytes;
     return MOE_OK;
@@ -435,6 +454,7 @@ static void prefault(const moe_llm *m, const moe_llm_params *p) {
 
 static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
     moe_status s;
+    m->check_scales = !(p && p->skip_scale_check);
     if ((s = open_files(m, path))) return s;
     const moe_hf_config *c = &m->cfg;
     m->ctx = p && p->ctx ? p->ctx : (c->max_position < 4096 ? c->max_position : 4096);

@@ -46,11 +46,17 @@ typedef struct moe_llm_params {
     bool prefault;
     void (*progress)(uint64_t done, uint64_t total, void *user);
     void *progress_user;
+    /* Leave out the load-time check of every block's scales for NaN and
+     * Inf (moe-run --lazy: it would read the whole file). */
+    bool skip_scale_check;
 } moe_llm_params;
 
 /* Loads the model in directory `path` (config.json + model.safetensors or
  * its sharded index) or GGUF file `path`. Weights stay in the files'
- * memory maps. */
+ * memory maps. A
+ * GGUF's block tensors are checked for NaN or infinite scales as they are
+ * taken (MOE_ERR_PARSE "file: tensor \"name\": block N ... has a NaN or
+ * infinite scale"), unless params->skip_scale_check. */
 moe_status moe_llm_load(moe_llm **out, const char *path, const moe_llm_params *params);
 void moe_llm_free(moe_llm **m);
 

@@ -28,6 +28,13 @@
  * MOE_DTYPE_I8 or an invalid dtype, or on overflow. */
 bool moe_tensor_bytes(moe_dtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes);
 
+/* The first of the n blocks of format t at `blocks` whose scale is NaN
+ * or infinite (an f16 scale or min with every exponent bit set; mxfp4's
+ * e8m0 exponent 255, its NaN), or n if none (and for the element types).
+ * Such a block would spoil every dot product it enters. Reads only the
+ * bytes of each block's scales, on the calling thread's OpenMP team. */
+uint64_t moe_blocks_bad_scale(moe_dtype t, const void *blocks, uint64_t n);
+
 #define MOE_TENSOR_MAX_DIMS 4
 
 typedef struct moe_tensor {

@@ -1,7 +1,7 @@
 /* test_gguf.c - the GGUF reader on files written here: every value type,
  * every supported tensor type (GGUF's block formats included), each
  * refusal, random damage, and a file written by llama.cpp's gguf-py
- * (tests/gen/make_gguf_sample.py). */
+ * (tests/gen/make_gguf_sample.py); the block scales' NaN/Inf check. */
 #define _POSIX_C_SOURCE 200809L
 #include "gguf.h"
 
@@ -665,6 +665,34 @@ static void every_block_format(void) {
     wfree(&b);
 }
 
+/* moe_blocks_bad_scale: f16 scales (and mins) with every exponent bit set,
+ * mxfp4's exponent 255; finite extremes pass. */
+static void bad_scales(void) {
+    static const struct { moe_dtype t; size_t at; uint16_t bits; bool bad; } cases[] = {
+        {MOE_DTYPE_Q4_0, 0, 0x7e00, true},  {MOE_DTYPE_Q4_0, 0, 0x7c00, true},  {MOE_DTYPE_Q4_0, 0, 0xfc00, true},
+        {MOE_DTYPE_Q4_0, 0, 0x7bff, false}, {MOE_DTYPE_Q4_0, 0, 0xfbff, false}, {MOE_DTYPE_Q4_0, 0, 0x0001, false},
+        {MOE_DTYPE_Q4_1, 2, 0x7c01, true},  {MOE_DTYPE_Q5_1, 2, 0xfe00, true},  {MOE_DTYPE_Q8_0, 0, 0x7c00, true},
+        {MOE_DTYPE_Q2_K, 80, 0x7c00, true}, {MOE_DTYPE_Q2_K, 82, 0x7c00, true}, {MOE_DTYPE_Q2_K, 0, 0xffff, false},
+        {MOE_DTYPE_Q3_K, 108, 0x7e00, true}, {MOE_DTYPE_Q4_K, 2, 0x7c00, true}, {MOE_DTYPE_Q5_K, 0, 0xfc00, true},
+        {MOE_DTYPE_Q6_K, 208, 0x7c00, true}, {MOE_DTYPE_Q6_K, 0, 0xffff, false}, {MOE_DTYPE_IQ4_NL, 0, 0x7c00, true},
+        {MOE_DTYPE_IQ4_XS, 0, 0x7e00, true}, {MOE_DTYPE_IQ4_XS, 2, 0xffff, false}, {MOE_DTYPE_Q5_0, 0, 0x7c00, true},
+        {MOE_DTYPE_MXFP4, 0, 0x00ff, true}, {MOE_DTYPE_MXFP4, 0, 0x00fe, false}, {MOE_DTYPE_MXFP4, 1, 0xffff, false},
+    };
+    uint8_t blocks[5 * 210];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const size_t bb = moe_dtype_block_bytes(cases[i].t);
+        memset(blocks, 0, sizeof blocks);
+        CHECK_EQ(moe_blocks_bad_scale(cases[i].t, blocks, 5), 5);
+        uint8_t *at = blocks + 3 * bb + cases[i].at;
+        at[0] = (uint8_t)cases[i].bits;
+        if (cases[i].t != MOE_DTYPE_MXFP4 || cases[i].at == 1) at[1] = (uint8_t)(cases[i].bits >> 8);
+        CHECK_EQ(moe_blocks_bad_scale(cases[i].t, blocks, 5), cases[i].bad ? 3u : 5u);
+        CHECK_EQ(moe_blocks_bad_scale(cases[i].t, blocks, 3), 3);
+    }
+    float f[64] = {1};
+    CHECK_EQ(moe_blocks_bad_scale(MOE_DTYPE_F32, f, 64), 64);
+}
+
 static void five_dims(void) {
     wbuf b = {0};
     w_raw(&b, "GGUF", 4), w_le(&b, 3, 4), w_le(&b, 1, 8), w_le(&b, 0, 8);
@@ -827,5 +855,5 @@ static void pygguf_sample(void) {
 
 TEST_MAIN("gguf", TEST_CASE(valid_v3), TEST_CASE(valid_v2_and_alignment), TEST_CASE(empty_files),
           TEST_CASE(header_refusals), TEST_CASE(kv_refusals), TEST_CASE(tensor_refusals),
-          TEST_CASE(every_block_format), TEST_CASE(five_dims),
+          TEST_CASE(every_block_format), TEST_CASE(bad_scales), TEST_CASE(five_dims),
           TEST_CASE(misaligned_data), TEST_CASE(fuzz), TEST_CASE(pygguf_sample))

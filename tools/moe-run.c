@@ -48,7 +48,8 @@ static void usage(FILE *f) {
             "  --stop TEXT           stop when the output contains TEXT (up to %d times)\n"
             "  --ignore-eos          keep generating after an end-of-sequence token\n"
             "  --lazy                read weights from the files on first use, not all at load\n"
-            "                        (loading shows a progress bar on a terminal)\n"
+            "                        (loading shows a progress bar on a terminal); this also skips\n"
+            "                        the load-time check of every quantized block's scale\n"
             "  --seed N              sampling seed; for the demo, the seed of its weights (default 42)\n"
             "  --device auto|cpu|sim|cuda  where experts run (default auto: the CPU). sim: a GPU simulated\n"
             "                        from the profile's [gpu] and [link] figures, the scheduler splitting\n"
@@ -394,6 +395,18 @@ static bool is_eos(const moe_llm *m, const moe_tokenizer *tok, int32_t id) {
            id == moe_tokenizer_token_id(tok, "<|endoftext|>");
 }
 
+/* NaN or Inf logits mean a weight is damaged (the load-time scale check
+ * catches quantized blocks unless --lazy skipped it) or the arithmetic
+ * overflowed: refused rather than sampled from. */
+static moe_status check_logits(const options *o, const float *logits, uint32_t V, uint32_t pos) {
+    for (uint32_t v = 0; v < V; v++)
+        if (!isfinite(logits[v]))
+            return moe_fail(MOE_ERR_PARSE, "%s: the logits at position %u are not finite (logit %u is %g): a "
+                            "weight of the model holds a NaN or Inf%s", o->model, pos, v, (double)logits[v],
+                            o->lazy ? " (--lazy skipped the load-time check of quantized blocks' scales)" : "");
+    return MOE_OK;
+}
+
 static int generate(options *o, moe_llm *m, moe_runtime_t *rt, const moe_tokenizer *tok, int32_t *prompt,
                     uint32_t n_prompt) {
     const uint32_t V = moe_llm_vocab(m);
@@ -414,6 +427,7 @@ static int generate(options *o, moe_llm *m, moe_runtime_t *rt, const moe_tokeniz
     const double t0 = moe_now();
     st = moe_llm_forward(m, rt, prompt, n_prompt, 0, false, logits);
     const double t1 = moe_now();
+    if (st == MOE_OK) st = check_logits(o, logits, V, n_prompt - 1);
     while (st == MOE_OK && r.n_gen < o->n_gen) {
         const int32_t next = moe_sample(&smp, logits, hist, n_prompt + r.n_gen);
         hist[n_prompt + r.n_gen++] = next;
@@ -429,6 +443,7 @@ static int generate(options *o, moe_llm *m, moe_runtime_t *rt, const moe_tokeniz
             break;
         }
         st = moe_llm_forward(m, rt, &next, 1, n_prompt + r.n_gen - 1, false, logits);
+        if (st == MOE_OK) st = check_logits(o, logits, V, n_prompt + r.n_gen - 1);
     }
     r.prefill_s = t1 - t0, r.decode_s = moe_now() - t1;
     stream_flush(&out, o);
@@ -507,7 +522,8 @@ static int run_model(options *o) {
     uint32_t n_prompt = 0;
     int rc = 1;
     const bool tty = isatty(STDERR_FILENO) && !o->quiet;
-    const moe_llm_params lp = {.ctx = o->ctx, .prefault = !o->lazy, .progress = tty ? show_progress : NULL};
+    const moe_llm_params lp = {.ctx = o->ctx, .prefault = !o->lazy, .progress = tty ? show_progress : NULL,
+                               .skip_scale_check = o->lazy};
     moe_status st = moe_llm_load(&m, o->model, &lp);
     char path[1100], cfg_path[1100];
     tokenizer_paths(o, path, sizeof path, cfg_path, sizeof cfg_path);
