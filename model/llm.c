@@ -46,7 +46,10 @@ struct moe_llm {
     float *out_norm;
     layer *layers;
     uint64_t weight_bytes;
+    moe_dtype quantize;   /* --quantize: a block format, or MOE_DTYPE_COUNT_ for none */
     bool check_scales;    /* read every block's scales at load */
+    void **owned;         /* buffers of matrices quantized at load */
+    size_t n_owned, cap_owned;
 };
 
 static const struct {
@@ -100,8 +103,78 @@ static moe_status check_blocks(const moe_llm *m, const moe_tensor *t) {
                     (unsigned long long)((bad % per_row + 1) * block - 1));
 }
 
-/* A [rows, cols] matrix; absent and not required leaves *out empty. */
-static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required, moe_mat *out) {
+/* Keeps a buffer until the model is freed. */
+static moe_status own(moe_llm *m, void *p) {
+    if (m->n_owned == m->cap_owned) {
+        const size_t cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **o = realloc(m->owned, cap * sizeof *o);
+        if (!o) {
+            free(p);
+            return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", m->dir);
+        }
+        m->owned = o, m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return MOE_OK;
+}
+
+/* The format --quantize puts a matrix whose rows are `cols` long into:
+ * the one asked for; where a row is not a whole number of its blocks,
+ * llama-quantize's fallback (q2_K, q3_K -> q4_0, q4_K -> q5_0, q5_K ->
+ * q5_1, q6_K -> q8_0, iq4_xs -> iq4_nl); where that does not fit either,
+ * or the matrix is in a block format already (never requantized), the
+ * matrix's own type. */
+moe_dtype moe_llm_quantized_type(moe_dtype want, moe_dtype have, uint32_t cols) {
+    if (!moe_dtype_is_block(want) || moe_dtype_is_block(have) || have == MOE_DTYPE_I8) return have;
+    if (cols % moe_dtype_block(want) == 0) return want;
+    switch (want) {
+    case MOE_DTYPE_Q2_K:
+    case MOE_DTYPE_Q3_K: want = MOE_DTYPE_Q4_0; break;
+    case MOE_DTYPE_Q4_K: want = MOE_DTYPE_Q5_0; break;
+    case MOE_DTYPE_Q5_K: want = MOE_DTYPE_Q5_1; break;
+    case MOE_DTYPE_Q6_K: want = MOE_DTYPE_Q8_0; break;
+    case MOE_DTYPE_IQ4_XS: want = MOE_DTYPE_IQ4_NL; break;
+    default: return have;
+    }
+    return cols % moe_dtype_block(want) == 0 ? want : have;
+}
+
+/* *w quantized (--quantize) into an owned buffer, row by row on all
+ * threads, from its own type without an f32 copy of the whole matrix;
+ * unchanged where moe_llm_quantized_type keeps its type. */
+static moe_status quantize_mat(moe_llm *m, const char *name, moe_mat *w) {
+    const moe_dtype t = moe_llm_quantized_type(m->quantize, w->type, w->cols);
+    if (t == w->type || !w->data) return MOE_OK;
+    const size_t rb = moe_dtype_row_bytes(t, w->cols);
+    uint8_t *q = malloc(w->rows ? rb * w->rows : 1);
+    if (!q) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory to quantize \"%s\" to %s", m->dir, name,
+                            moe_dtype_name(t));
+    bool oom = false;
+#pragma omp parallel reduction(|| : oom)
+    {
+        float *row = malloc((size_t)w->cols * sizeof *row);
+        oom = !row;
+#pragma omp for schedule(dynamic, 16)
+        for (uint32_t r = 0; r < w->rows; r++) {
+            if (!row) continue;
+            moe_mat_row(w, r, row);
+            (void)moe_quantize(t, row, q + (size_t)r * rb, w->cols);
+        }
+        free(row);
+    }
+    if (oom) {
+        free(q);
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory to quantize \"%s\"", m->dir, name);
+    }
+    *w = (moe_mat){t, q, w->rows, w->cols};
+    return own(m, q);
+}
+
+/* A [rows, cols] matrix; absent and not required leaves *out empty. A
+ * dense projection (`dense`) is quantized with --quantize; routers, gates
+ * and MLA's up-projections are not. */
+static moe_status get_mat_of(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required, bool dense,
+                             moe_mat *out) {
     memset(out, 0, sizeof *out);
     const moe_tensor *t = find(m, name);
     if (!t && !required) return MOE_OK;
@@ -113,8 +186,18 @@ static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t 
     if (!vec && (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)) return bad_shape(t, rows, cols);
     if ((s = check_blocks(m, t))) return s;
     *out = (moe_mat){t->type, t->data, rows, cols};
-    m->weight_bytes += t->bytes;
+    if (dense && (s = quantize_mat(m, t->name, out))) return s;
+    m->weight_bytes += moe_mat_row_bytes(out) * rows;
     return MOE_OK;
+}
+
+static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required, moe_mat *out) {
+    return get_mat_of(m, name, rows, cols, required, false, out);
+}
+
+static moe_status get_dense(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required,
+                            moe_mat *out) {
+    return get_mat_of(m, name, rows, cols, required, true, out);
 }
 
 /* A vector of len, converted to f32 (owned); absent and not required: NULL. */
@@ -196,19 +279,19 @@ static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
     moe_status s;
     if (c->mla) {
         const uint32_t kvl = c->kv_lora_rank, rope = c->qk_rope_head_dim;
-        if ((s = get_mat(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
-            (s = get_mat(m, lname(n, sizeof n, l, "self_attn.kv_a_proj_with_mqa.weight"), kvl + rope, h, true,
+        if ((s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
+            (s = get_dense(m, lname(n, sizeof n, l, "self_attn.kv_a_proj_with_mqa.weight"), kvl + rope, h, true,
                          &L->wkv_a)) ||
             (s = get_vec(m, lname(n, sizeof n, l, "self_attn.kv_a_layernorm.weight"), kvl, true, &L->kv_a_norm)) ||
-            (s = get_mat(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * c->v_head_dim, true, &L->wo)))
+            (s = get_dense(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * c->v_head_dim, true, &L->wo)))
             return s;
         return load_kv_b(m, l, L);
     }
     const bool bias = m->arch == MOE_ARCH_QWEN2_MOE;
-    if ((s = get_mat(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
-        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.k_proj.weight"), K * d, h, true, &L->wk)) ||
-        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.v_proj.weight"), K * d, h, true, &L->wv)) ||
-        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * d, true, &L->wo)) ||
+    if ((s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
+        (s = get_dense(m, lname(n, sizeof n, l, "self_attn.k_proj.weight"), K * d, h, true, &L->wk)) ||
+        (s = get_dense(m, lname(n, sizeof n, l, "self_attn.v_proj.weight"), K * d, h, true, &L->wv)) ||
+        (s = get_dense(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * d, true, &L->wo)) ||
         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.q_proj.bias"), H * d, bias, &L->bq)) ||
         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.k_proj.bias"), K * d, bias, &L->bk)) ||
         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.v_proj.bias"), K * d, bias, &L->bv)))
@@ -244,7 +327,7 @@ static moe_status get_expert(moe_llm *m, uint32_t l, uint32_t e, int k, moe_mat 
 
 /* Registers layer l's routed experts with the runtime's model, in the
  * file's formats as they are (GGUF: expert e is a slice of the layer's
- * merged [experts, rows, cols] tensors).
+ * merged [experts, rows, cols] tensors), or quantized with --quantize.
  * Gate and up share a dtype; down may have its own (llama.cpp's Q4_K_M
  * keeps some layers' ffn_down_exps in q6_K, and down rows that are not
  * whole 256-blocks fall back to a 32-block format). */
@@ -276,6 +359,7 @@ static moe_status load_experts(moe_llm *m, uint32_t l, layer *L) {
             } else if ((s = get_expert(m, l, e, k, &w[k], n, sizeof n))) {
                 break;
             }
+            if ((s = quantize_mat(m, n, &w[k]))) break;
             if (e == 0) dt[k] = w[k].type;
             else if (w[k].type != dt[k])
                 s = moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s, unlike expert 0's (%s)", m->dir, n,
@@ -303,9 +387,9 @@ static moe_status load_ffn(moe_llm *m, uint32_t l, layer *L) {
     char n[256];
     moe_status s;
     if (!L->moe) {
-        if ((s = get_mat(m, lname(n, sizeof n, l, "mlp.gate_proj.weight"), c->dense_inter, h, true, &L->mlp_gate)) ||
-            (s = get_mat(m, lname(n, sizeof n, l, "mlp.up_proj.weight"), c->dense_inter, h, true, &L->mlp_up)) ||
-            (s = get_mat(m, lname(n, sizeof n, l, "mlp.down_proj.weight"), h, c->dense_inter, true, &L->mlp_down)))
+        if ((s = get_dense(m, lname(n, sizeof n, l, "mlp.gate_proj.weight"), c->dense_inter, h, true, &L->mlp_gate)) ||
+            (s = get_dense(m, lname(n, sizeof n, l, "mlp.up_proj.weight"), c->dense_inter, h, true, &L->mlp_up)) ||
+            (s = get_dense(m, lname(n, sizeof n, l, "mlp.down_proj.weight"), h, c->dense_inter, true, &L->mlp_down)))
             return s;
         return MOE_OK;
     }
@@ -316,11 +400,11 @@ static moe_status load_ffn(moe_llm *m, uint32_t l, layer *L) {
         const uint32_t si = c->shared_inter;
         char what[96];
         snprintf(what, sizeof what, "mlp.%s.gate_proj.weight", sh);
-        if ((s = get_mat(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_gate))) return s;
+        if ((s = get_dense(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_gate))) return s;
         snprintf(what, sizeof what, "mlp.%s.up_proj.weight", sh);
-        if ((s = get_mat(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_up))) return s;
+        if ((s = get_dense(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_up))) return s;
         snprintf(what, sizeof what, "mlp.%s.down_proj.weight", sh);
-        if ((s = get_mat(m, lname(n, sizeof n, l, what), h, si, true, &L->mlp_down))) return s;
+        if ((s = get_dense(m, lname(n, sizeof n, l, what), h, si, true, &L->mlp_down))) return s;
         if (m->arch == MOE_ARCH_QWEN2_MOE &&
             (s = get_mat(m, lname(n, sizeof n, l, "mlp.shared_expert_gate.weight"), 1, h, true, &L->shared_gate)))
             return s;
@@ -410,6 +494,8 @@ void moe_llm_free(moe_llm **pm) {
     free(m->layers);
     free(m->out_norm);
     moe_model_free(&m->model);
+    for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
     moe_st_dir_close(&m->st);
     moe_gguf_close(&m->gg);
     free(m);
@@ -454,6 +540,7 @@ static void prefault(const moe_llm *m, const moe_llm_params *p) {
 
 static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
     moe_status s;
+    m->quantize = p && moe_dtype_is_block(p->quantize) ? p->quantize : MOE_DTYPE_COUNT_;
     m->check_scales = !(p && p->skip_scale_check);
     if ((s = open_files(m, path))) return s;
     const moe_hf_config *c = &m->cfg;
@@ -468,11 +555,11 @@ static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
     if (!(m->layers = calloc(c->n_layers, sizeof *m->layers)))
         return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
     const uint32_t h = c->hidden_size, V = c->vocab_size;
-    if ((s = get_mat(m, "model.embed_tokens.weight", V, h, true, &m->embed)) ||
+    if ((s = get_dense(m, "model.embed_tokens.weight", V, h, true, &m->embed)) ||
         (s = get_vec(m, "model.norm.weight", h, true, &m->out_norm)))
         return s;
     if (c->tie_embeddings) m->lm_head = m->embed;
-    else if ((s = get_mat(m, "lm_head.weight", V, h, true, &m->lm_head)))
+    else if ((s = get_dense(m, "lm_head.weight", V, h, true, &m->lm_head)))
         return s;
     uint32_t moe_index = 0;
     for (uint32_t l = 0; l < c->n_layers; l++) {

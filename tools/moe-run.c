@@ -50,6 +50,13 @@ static void usage(FILE *f) {
             "  --lazy                read weights from the files on first use, not all at load\n"
             "                        (loading shows a progress bar on a terminal); this also skips\n"
             "                        the load-time check of every quantized block's scale\n"
+            "  --quantize TYPE       quantize the weights held in f32/f16/bf16 at load (routed and\n"
+            "                        shared experts, attention, dense MLPs, embeddings, LM head; not\n"
+            "                        routers or norms) to TYPE: q4_0, q4_1, q5_0, q5_1, q8_0, q2_K,\n"
+            "                        q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs, mxfp4. Rows that are not\n"
+            "                        whole blocks fall back as llama-quantize does (q4_K -> q5_0,\n"
+            "                        q5_K -> q5_1, q6_K -> q8_0, q2_K/q3_K -> q4_0, iq4_xs -> iq4_nl),\n"
+            "                        else stay as they are; tensors already quantized are kept\n"
             "  --seed N              sampling seed; for the demo, the seed of its weights (default 42)\n"
             "  --device auto|cpu|sim|cuda  where experts run (default auto: the CPU). sim: a GPU simulated\n"
             "                        from the profile's [gpu] and [link] figures, the scheduler splitting\n"
@@ -128,6 +135,7 @@ typedef struct options {
     const char *stops[MAX_STOPS];
     uint32_t n_stops, n_gen, ctx, top_k;
     bool json, quiet, chat, ignore_eos, seed_set, lazy;
+    moe_dtype quantize; /* a block format, or MOE_DTYPE_COUNT_ */
     uint64_t seed;
     moe_sampler_params sp;
     moe_demo_config demo;
@@ -523,7 +531,7 @@ static int run_model(options *o) {
     int rc = 1;
     const bool tty = isatty(STDERR_FILENO) && !o->quiet;
     const moe_llm_params lp = {.ctx = o->ctx, .prefault = !o->lazy, .progress = tty ? show_progress : NULL,
-                               .skip_scale_check = o->lazy};
+                               .quantize = o->quantize, .skip_scale_check = o->lazy};
     moe_status st = moe_llm_load(&m, o->model, &lp);
     char path[1100], cfg_path[1100];
     tokenizer_paths(o, path, sizeof path, cfg_path, sizeof cfg_path);
@@ -619,6 +627,15 @@ static int parse(options *o, int argc, char **argv, bool *exit_now) {
             else if (!strcmp(a, "--policy")) o->rp.policy = v;
             else if (!strcmp(a, "--profile")) o->rp.profile_path = strcmp(v, "none") ? v : "";
             else if (!strcmp(a, "--record-trace")) o->rp.record_trace_path = v;
+            else if (!strcmp(a, "--quantize")) {
+                o->quantize = MOE_DTYPE_COUNT_;
+                for (int t = 0; t < MOE_DTYPE_COUNT_; t++)
+                    if (moe_dtype_is_block((moe_dtype)t) && !strcmp(v, moe_dtype_name((moe_dtype)t)))
+                        o->quantize = (moe_dtype)t;
+                if (o->quantize == MOE_DTYPE_COUNT_)
+                    return bad("--quantize: \"%s\" is not one of q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, "
+                               "q5_K, q6_K, iq4_nl, iq4_xs, mxfp4", v);
+            }
             else if (!strcmp(a, "--stop")) {
                 if (o->n_stops == MAX_STOPS) return bad("--stop: at most %d stop strings", MAX_STOPS);
                 if (!*v) return bad("--stop: an empty stop string");
@@ -670,7 +687,7 @@ static int parse(options *o, int argc, char **argv, bool *exit_now) {
 }
 
 int main(int argc, char **argv) {
-    options o = {.prompt = "Hello, MoE", .n_gen = 16, .demo = moe_demo_default_config(),
+    options o = {.prompt = "Hello, MoE", .n_gen = 16, .demo = moe_demo_default_config(), .quantize = MOE_DTYPE_COUNT_,
                  .rp = moe_runtime_default_params(), .sp = moe_sampler_default_params(), .top_k = UINT32_MAX};
     bool exit_now = false;
     const int rc = parse(&o, argc, argv, &exit_now);
@@ -687,6 +704,7 @@ int main(int argc, char **argv) {
         o.demo.top_k = o.top_k;
     }
     if (o.seed_set) o.demo.seed = o.seed;
-    if (o.prompt_ids || o.chat) return bad("--prompt-ids and --chat need a MODEL");
+    if (o.prompt_ids || o.chat || o.quantize != MOE_DTYPE_COUNT_)
+        return bad("--prompt-ids, --chat and --quantize need a MODEL");
     return run_demo(&o);
 }
