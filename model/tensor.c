@@ -57,7 +57,8 @@ uint64_t moe_blocks_bad_scale(moe_dtype t, const void *blocks, uint64_t n) {
     for (uint64_t i = 0; i < n; i++) {
         const uint8_t *b = p + i * bb;
         bool bad = s.e8m0 && b[0] == 0xff;
-        for (unsigned k = 0; k < s.n; k++) bad |= (b[s.at[k] + 1] & 0x7c) == 0x7c; /* little-endian f16: exponent in the high byte */
+        /* little-endian f16: its exponent is bits 2..6 of the high byte */
+        for (unsigned k = 0; k < s.n; k++) bad |= (b[s.at[k] + 1] & 0x7c) == 0x7c;
         if (bad && i < first) first = i;
     }
     return first;

@@ -390,7 +390,8 @@ static void stream_add(stream *s, const options *o, const char *p, size_t n) {
 }
 
 static void stream_flush(stream *s, const options *o) {
-    if (!s->stopped && !o->quiet) fwrite(s->buf + s->printed, 1, s->len - s->printed, stdout);
+    /* buf is NULL while nothing was generated (a failure at the prompt) */
+    if (!s->stopped && !o->quiet && s->len > s->printed) fwrite(s->buf + s->printed, 1, s->len - s->printed, stdout);
     s->printed = s->len;
 }
 
