@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "quant.h"
 
 enum {
     DEFAULT_ALIGNMENT = 32,
@@ -355,21 +356,38 @@ static moe_status rd_dims(reader *r, moe_tensor *t, uint64_t *row) {
     return MOE_OK;
 }
 
+/* The ggml types moerun reads: the element types and every block format
+ * of common/quant.h (moe_quant_from_ggml), int8 excepted. */
+static moe_dtype readable(uint32_t type) {
+    const moe_dtype t = type <= INT32_MAX ? moe_quant_from_ggml((int32_t)type) : MOE_DTYPE_COUNT_;
+    return t == MOE_DTYPE_I8 ? MOE_DTYPE_COUNT_ : t;
+}
+
 static moe_status rd_ggml_type(reader *r, moe_tensor *t) {
     const uint64_t at = r->at;
     uint32_t type;
     moe_status s = rd_u32(r, "the ggml type", &type);
     if (s) return s;
-    switch (type) {
-    case 0: t->type = MOE_WT_F32; return MOE_OK;
-    case 1: t->type = MOE_WT_F16; return MOE_OK;
-    case 8: t->type = MOE_WT_Q8_0; return MOE_OK;
-    case 30: t->type = MOE_WT_BF16; return MOE_OK;
-    default: break;
+    const moe_dtype dt = readable(type);
+    if (dt != MOE_DTYPE_COUNT_) {
+        t->type = dt;
+        return MOE_OK;
     }
     const char *name = type < sizeof ggml_types / sizeof ggml_types[0] ? ggml_types[type] : NULL;
     if (!name) return fail(r, at, MOE_ERR_PARSE, "unknown ggml type %u", type);
-    return fail(r, at, MOE_ERR_UNSUPPORTED, "ggml type %s is not supported (supported: f32, f16, bf16, q8_0)", name);
+    char list[256] = "";
+    size_t len = 0;
+    for (uint32_t k = 0; k < sizeof ggml_types / sizeof ggml_types[0] && len < sizeof list; k++)
+        if (readable(k) != MOE_DTYPE_COUNT_)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "", ggml_types[k]);
+    return fail(r, at, MOE_ERR_UNSUPPORTED, "ggml type %s is not supported (supported: %s)", name, list);
+}
+
+/* Bytes a tensor's data must be aligned to: its widest field (f32 4; f16,
+ * bf16 and the blocks' f16 scales 2; mxfp4's bytes 1). */
+static uint32_t data_alignment(moe_dtype t) {
+    if (t == MOE_DTYPE_F32) return 4;
+    return t == MOE_DTYPE_MXFP4 ? 1 : 2;
 }
 
 static moe_status rd_tensor(moe_gguf *g, reader *r, span *sp) {
@@ -382,11 +400,11 @@ static moe_status rd_tensor(moe_gguf *g, reader *r, span *sp) {
     uint64_t row = 0;
     if ((s = rd_dims(r, t, &row)) || (s = rd_ggml_type(r, t)) || (s = rd_u64(r, "the data offset", &sp->begin)))
         return s;
-    const uint32_t block = moe_wtype_block(t->type);
+    const uint64_t block = moe_dtype_block(t->type);
     if (row % block)
-        return fail(r, sp->at, MOE_ERR_PARSE, "rows of %llu elements are not a whole number of %s blocks (%u)",
-                    (unsigned long long)row, moe_wtype_name(t->type), block);
-    if (!moe_wtype_bytes(t->type, t->n_elems, row, &t->bytes))
+        return fail(r, sp->at, MOE_ERR_PARSE, "rows of %llu elements are not a whole number of %s blocks (%llu)",
+                    (unsigned long long)row, moe_dtype_name(t->type), (unsigned long long)block);
+    if (!moe_tensor_bytes(t->type, t->n_elems, row, &t->bytes))
         return fail(r, sp->at, MOE_ERR_PARSE, "the size in bytes overflows");
     sp->name = t->name;
     g->n_tensors++;
@@ -408,9 +426,9 @@ static moe_status place(moe_gguf *g, reader *r, span *sp) {
             return fail(r, sp[i].at, MOE_ERR_PARSE, "%llu bytes of data at offset %llu of the data section run past "
                         "the end of the file (%llu bytes; truncated?)", (unsigned long long)t->bytes,
                         (unsigned long long)b, (unsigned long long)size);
-        if (at % (moe_wtype_block_bytes(t->type) % 4 ? 2 : 4))
+        if (at % data_alignment(t->type))
             return fail(r, sp[i].at, MOE_ERR_PARSE, "%s data at file offset %llu is misaligned",
-                        moe_wtype_name(t->type), (unsigned long long)at);
+                        moe_dtype_name(t->type), (unsigned long long)at);
         sp[i].end = b + t->bytes;
         t->data = g->file.data + at;
     }
@@ -430,7 +448,8 @@ static moe_status check_names(const moe_gguf *g, reader *r, span *sp) {
     return MOE_OK;
 }
 
-static moe_status check_overlap(const moe_gguf *g, reader *r, span *sp) {
+/* Tensors must neither overlap nor leave gaps (see below). */
+static moe_status check_layout(const moe_gguf *g, reader *r, span *sp) {
     qsort(sp, g->n_tensors, sizeof *sp, span_by_begin);
     const span *last = NULL; /* of those before, the one that ends last */
     for (uint64_t i = 0; i < g->n_tensors; i++) {
@@ -440,6 +459,23 @@ static moe_status check_overlap(const moe_gguf *g, reader *r, span *sp) {
             return fail(r, sp[i].at, MOE_ERR_PARSE, "data (bytes %llu..%llu of the data section) overlaps tensor "
                         "\"%.200s\" (bytes %llu..%llu)", (unsigned long long)sp[i].begin,
                         (unsigned long long)sp[i].end, last->name, (unsigned long long)last->begin,
+                        (unsigned long long)last->end);
+        }
+        /* Writers put tensors back to back, each padded to the alignment
+         * (llama.cpp refuses anything else): a larger gap means a tensor
+         * holds more bytes than its type and shape say, which would be
+         * read as another type's data. */
+        const uint64_t slack = g->alignment > 4 ? g->alignment : 4, end = last ? last->end : 0;
+        if (sp[i].begin - end >= slack) {
+            in(r, "tensor", sp[i].name);
+            if (!last)
+                return fail(r, sp[i].at, MOE_ERR_PARSE, "data begins at byte %llu of the data section, not at its "
+                            "start: the first tensor's size disagrees with its type and shape, or the file is damaged",
+                            (unsigned long long)sp[i].begin);
+            return fail(r, sp[i].at, MOE_ERR_PARSE, "data begins at byte %llu of the data section, %llu bytes after "
+                        "the end of tensor \"%.200s\" (bytes %llu..%llu by its type and shape): that tensor's size "
+                        "disagrees with its type and shape, or the file is damaged", (unsigned long long)sp[i].begin,
+                        (unsigned long long)(sp[i].begin - end), last->name, (unsigned long long)last->begin,
                         (unsigned long long)last->end);
         }
         if (!last || sp[i].end > last->end) last = &sp[i];
@@ -466,7 +502,7 @@ static moe_status rd_tensors(moe_gguf *g, reader *r, uint64_t n, span **sp) {
                     "bytes; truncated?)", (unsigned long long)g->data_offset, (unsigned long long)g->file.size);
     moe_status st = place(g, r, *sp);
     if (!st) st = check_names(g, r, *sp);
-    if (!st) st = check_overlap(g, r, *sp);
+    if (!st) st = check_layout(g, r, *sp);
     if (!st) qsort(g->tensors, g->n_tensors, sizeof *g->tensors, tensor_by_name);
     return st;
 }
@@ -498,6 +534,7 @@ static moe_status rd_file(moe_gguf *g, reader *r, span **sp) {
     uint64_t n_tensors = 0, n_kv = 0, cap = 0;
     moe_status s = rd_header(r, &g->version, &n_tensors, &n_kv);
     for (uint64_t i = 0; i < n_kv && !s; i++) s = rd_kv(g, r, &cap);
+    g->infos_offset = r->at;
     if (!s) s = index_keys(g, r);
     if (!s) s = rd_alignment(g, r);
     if (!s) s = rd_tensors(g, r, n_tensors, sp);

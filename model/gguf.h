@@ -11,8 +11,11 @@
  * Metadata values may be of every GGUF type, and arrays of every type but
  * arrays (arrays of arrays are refused as MOE_ERR_UNSUPPORTED). String
  * values and numeric arrays stay in the map; keys and tensor names are
- * copied. Tensors may be f32, f16, bf16 and q8_0; other ggml types are
- * refused as MOE_ERR_UNSUPPORTED, naming the type and the tensor. Anything
+ * copied. Tensors may be f32, f16, bf16 and GGUF's block formats that
+ * common/quant.h defines (q4_0, q4_1, q5_0, q5_1, q8_0, q2_K .. q6_K,
+ * iq4_nl, iq4_xs, mxfp4), read as they are stored; other ggml types (the
+ * IQ1/IQ2/IQ3 codebooks, TQ, NVFP4, ...) are refused as
+ * MOE_ERR_UNSUPPORTED, naming the type and the tensor. Anything
  * else wrong is MOE_ERR_PARSE, "path: offset N: what", naming the key or
  * the tensor: a read past the end of the file, a count larger than the rest
  * of the file could hold, an unknown value or ggml type, a key or tensor
@@ -21,7 +24,9 @@
  * not a u32 power of two, 0 or over 4 dimensions, a row that is not a whole
  * number of blocks, an offset that is not a multiple of the alignment, data
  * not aligned for its type (possible only with an alignment under 4), data
- * past the end of the file, tensors whose data overlap. Tensors of 0
+ * past the end of the file, tensors whose data overlap or leave a gap of
+ * the alignment or more between them (a tensor whose bytes in the file
+ * disagree with its type and shape, as llama.cpp also refuses). Tensors of 0
  * elements are accepted. Memory allocated while reading grows with what was
  * read, never with a count the file claims. */
 #ifndef MOE_MODEL_GGUF_H
@@ -81,7 +86,8 @@ typedef struct moe_gguf {
     uint32_t version;   /* 2 or 3 */
     uint32_t alignment; /* general.alignment, or 32 */
     uint64_t n_kv;
-    moe_gguf_kv *kvs; /* in file order */
+    moe_gguf_kv *kvs; /* in file order, from byte 24 */
+    uint64_t infos_offset; /* where the key-value pairs end and the tensor infos begin */
     uint64_t n_tensors;
     moe_tensor *tensors;  /* sorted by name */
     uint64_t data_offset; /* where the data section begins in the file */

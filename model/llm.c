@@ -22,8 +22,6 @@ typedef struct layer {
     moe_mat k_b, v_b;       /* MLA: [H*kv_lora, nope] (W_uk transposed per head) and [H*v, kv_lora] */
     float *kv_a_norm;
     float *kb_own, *vb_own; /* k_b and v_b when repacked from kv_b */
-    int8_t *q8_own;         /* routed experts requantised from q8_0, and their row scales */
-    float *q8_scales;
     bool moe;
     uint32_t moe_index;
     moe_mat router;
@@ -48,6 +46,10 @@ struct moe_llm {
     float *out_norm;
     layer *layers;
     uint64_t weight_bytes;
+    moe_dtype quantize;   /* --quantize: a block format, or MOE_DTYPE_COUNT_ for none */
+    bool check_scales;    /* read every block's scales at load */
+    void **owned;         /* buffers of matrices quantized at load */
+    size_t n_owned, cap_owned;
 };
 
 static const struct {
@@ -87,17 +89,115 @@ static moe_status bad_shape(const moe_tensor *t, uint64_t rows, uint64_t cols) {
                     (unsigned long long)rows);
 }
 
-/* A [rows, cols] matrix; absent and not required leaves *out empty. */
-static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required, moe_mat *out) {
+/* A block tensor's scales, read once when the loader takes the tensor
+ * (unless the caller asked not to: moe-run --lazy), so that a damaged
+ * file is refused by name instead of giving NaN logits. */
+static moe_status check_blocks(const moe_llm *m, const moe_tensor *t) {
+    if (!m->check_scales || !moe_dtype_is_block(t->type) || !t->bytes) return MOE_OK;
+    const uint64_t n = t->bytes / moe_dtype_block_bytes(t->type), bad = moe_blocks_bad_scale(t->type, t->data, n);
+    if (bad == n) return MOE_OK;
+    const uint64_t block = moe_dtype_block(t->type), per_row = t->shape[t->n_dims - 1] / block;
+    return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\": block %llu (row %llu, elements %llu..%llu) has a NaN or "
+                    "infinite scale: the file is damaged", t->file, t->name, (unsigned long long)bad,
+                    (unsigned long long)(bad / per_row), (unsigned long long)(bad % per_row * block),
+                    (unsigned long long)((bad % per_row + 1) * block - 1));
+}
+
+/* Keeps a buffer until the model is freed. */
+static moe_status own(moe_llm *m, void *p) {
+    if (m->n_owned == m->cap_owned) {
+        const size_t cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **o = realloc(m->owned, cap * sizeof *o);
+        if (!o) {
+            free(p);
+            return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", m->dir);
+        }
+        m->owned = o, m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return MOE_OK;
+}
+
+/* The format --quantize puts a matrix whose rows are `cols` long into:
+ * the one asked for; where a row is not a whole number of its blocks,
+ * llama-quantize's fallback (q2_K, q3_K -> q4_0, q4_K -> q5_0, q5_K ->
+ * q5_1, q6_K -> q8_0, iq4_xs -> iq4_nl); where that does not fit either,
+ * or the matrix is in a block format already (never requantized), the
+ * matrix's own type. */
+moe_dtype moe_llm_quantized_type(moe_dtype want, moe_dtype have, uint32_t cols) {
+    if (!moe_dtype_is_block(want) || moe_dtype_is_block(have) || have == MOE_DTYPE_I8) return have;
+    if (cols % moe_dtype_block(want) == 0) return want;
+    switch (want) {
+    case MOE_DTYPE_Q2_K:
+    case MOE_DTYPE_Q3_K: want = MOE_DTYPE_Q4_0; break;
+    case MOE_DTYPE_Q4_K: want = MOE_DTYPE_Q5_0; break;
+    case MOE_DTYPE_Q5_K: want = MOE_DTYPE_Q5_1; break;
+    case MOE_DTYPE_Q6_K: want = MOE_DTYPE_Q8_0; break;
+    case MOE_DTYPE_IQ4_XS: want = MOE_DTYPE_IQ4_NL; break;
+    default: return have;
+    }
+    return cols % moe_dtype_block(want) == 0 ? want : have;
+}
+
+/* *w quantized (--quantize) into an owned buffer, row by row on all
+ * threads, from its own type without an f32 copy of the whole matrix;
+ * unchanged where moe_llm_quantized_type keeps its type. */
+static moe_status quantize_mat(moe_llm *m, const char *name, moe_mat *w) {
+    const moe_dtype t = moe_llm_quantized_type(m->quantize, w->type, w->cols);
+    if (t == w->type || !w->data) return MOE_OK;
+    const size_t rb = moe_dtype_row_bytes(t, w->cols);
+    uint8_t *q = malloc(w->rows ? rb * w->rows : 1);
+    if (!q) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory to quantize \"%s\" to %s", m->dir, name,
+                            moe_dtype_name(t));
+    bool oom = false;
+#pragma omp parallel reduction(|| : oom)
+    {
+        float *row = malloc((size_t)w->cols * sizeof *row);
+        oom = !row;
+#pragma omp for schedule(dynamic, 16)
+        for (uint32_t r = 0; r < w->rows; r++) {
+            if (!row) continue;
+            moe_mat_row(w, r, row);
+            (void)moe_quantize(t, row, q + (size_t)r * rb, w->cols);
+        }
+        free(row);
+    }
+    if (oom) {
+        free(q);
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory to quantize \"%s\"", m->dir, name);
+    }
+    *w = (moe_mat){t, q, w->rows, w->cols};
+    return own(m, q);
+}
+
+/* A [rows, cols] matrix; absent and not required leaves *out empty. A
+ * dense projection (`dense`) is quantized with --quantize; routers, gates
+ * and MLA's up-projections are not. */
+static moe_status get_mat_of(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required, bool dense,
+                             moe_mat *out) {
     memset(out, 0, sizeof *out);
     const moe_tensor *t = find(m, name);
     if (!t && !required) return MOE_OK;
     moe_status s = tensor_of(m, name, &t);
     if (s) return s;
-    if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols) return bad_shape(t, rows, cols);
+    /* llama-quantize writes a [1, cols] matrix as a vector (ggml drops
+     * trailing dimensions of 1): Qwen2-MoE's shared expert gate. */
+    const bool vec = rows == 1 && t->n_dims == 1 && t->shape[0] == cols;
+    if (!vec && (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)) return bad_shape(t, rows, cols);
+    if ((s = check_blocks(m, t))) return s;
     *out = (moe_mat){t->type, t->data, rows, cols};
-    m->weight_bytes += t->bytes;
+    if (dense && (s = quantize_mat(m, t->name, out))) return s;
+    m->weight_bytes += moe_mat_row_bytes(out) * rows;
     return MOE_OK;
+}
+
+static moe_status get_mat(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required, moe_mat *out) {
+    return get_mat_of(m, name, rows, cols, required, false, out);
+}
+
+static moe_status get_dense(moe_llm *m, const char *name, uint32_t rows, uint32_t cols, bool required,
+                            moe_mat *out) {
+    return get_mat_of(m, name, rows, cols, required, true, out);
 }
 
 /* A vector of len, converted to f32 (owned); absent and not required: NULL. */
@@ -108,6 +208,7 @@ static moe_status get_vec(moe_llm *m, const char *name, uint32_t len, bool requi
     moe_status s = tensor_of(m, name, &t);
     if (s) return s;
     if (t->n_elems != len || (t->n_dims != 1 && !(t->n_dims == 2 && t->shape[0] == 1))) return bad_shape(t, len, 0);
+    if ((s = check_blocks(m, t))) return s;
     if (!(*out = malloc((size_t)len * sizeof **out))) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", name);
     const moe_mat row = {t->type, t->data, 1, len};
     moe_mat_row(&row, 0, *out);
@@ -128,6 +229,8 @@ static moe_status get_mat3(moe_llm *m, const char *name, uint32_t d0, uint32_t d
         return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\" has shape [%llu, %llu, %llu], expected [%u, %u, %u]", m->dir,
                         name, (unsigned long long)t->shape[0], (unsigned long long)t->shape[1],
                         (unsigned long long)t->shape[2], d0, d1, d2);
+    moe_status s = check_blocks(m, t);
+    if (s) return s;
     *out = (moe_mat){t->type, t->data, d0 * d1, d2};
     m->weight_bytes += t->bytes;
     return MOE_OK;
@@ -164,8 +267,8 @@ static moe_status load_kv_b(moe_llm *m, uint32_t l, layer *L) {
                 else L->vb_own[((size_t)hh * vd + (r - nope)) * kvl + k] = row[k];
         }
     free(row);
-    L->k_b = (moe_mat){MOE_WT_F32, L->kb_own, H * kvl, nope};
-    L->v_b = (moe_mat){MOE_WT_F32, L->vb_own, H * vd, kvl};
+    L->k_b = (moe_mat){MOE_DTYPE_F32, L->kb_own, H * kvl, nope};
+    L->v_b = (moe_mat){MOE_DTYPE_F32, L->vb_own, H * vd, kvl};
     return MOE_OK;
 }
 
@@ -176,19 +279,19 @@ static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
     moe_status s;
     if (c->mla) {
         const uint32_t kvl = c->kv_lora_rank, rope = c->qk_rope_head_dim;
-        if ((s = get_mat(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
-            (s = get_mat(m, lname(n, sizeof n, l, "self_attn.kv_a_proj_with_mqa.weight"), kvl + rope, h, true,
+        if ((s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
+            (s = get_dense(m, lname(n, sizeof n, l, "self_attn.kv_a_proj_with_mqa.weight"), kvl + rope, h, true,
                          &L->wkv_a)) ||
             (s = get_vec(m, lname(n, sizeof n, l, "self_attn.kv_a_layernorm.weight"), kvl, true, &L->kv_a_norm)) ||
-            (s = get_mat(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * c->v_head_dim, true, &L->wo)))
+            (s = get_dense(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * c->v_head_dim, true, &L->wo)))
             return s;
         return load_kv_b(m, l, L);
     }
     const bool bias = m->arch == MOE_ARCH_QWEN2_MOE;
-    if ((s = get_mat(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
-        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.k_proj.weight"), K * d, h, true, &L->wk)) ||
-        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.v_proj.weight"), K * d, h, true, &L->wv)) ||
-        (s = get_mat(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * d, true, &L->wo)) ||
+    if ((s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
+        (s = get_dense(m, lname(n, sizeof n, l, "self_attn.k_proj.weight"), K * d, h, true, &L->wk)) ||
+        (s = get_dense(m, lname(n, sizeof n, l, "self_attn.v_proj.weight"), K * d, h, true, &L->wv)) ||
+        (s = get_dense(m, lname(n, sizeof n, l, "self_attn.o_proj.weight"), h, H * d, true, &L->wo)) ||
         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.q_proj.bias"), H * d, bias, &L->bq)) ||
         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.k_proj.bias"), K * d, bias, &L->bk)) ||
         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.v_proj.bias"), K * d, bias, &L->bv)))
@@ -204,36 +307,11 @@ static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
     return MOE_OK;
 }
 
-static moe_status expert_dtype(const moe_llm *m, const moe_mat *w, const char *name, moe_dtype *out) {
-    switch (w->type) {
-    case MOE_WT_F32: *out = MOE_DTYPE_F32; return MOE_OK;
-    case MOE_WT_BF16: *out = MOE_DTYPE_BF16; return MOE_OK;
-    case MOE_WT_F16: *out = MOE_DTYPE_F16; return MOE_OK;
-    case MOE_WT_Q8_0: *out = MOE_DTYPE_I8; return MOE_OK;
-    default:
-        return moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s; routed experts must be f32, bf16, f16 "
-                        "or q8_0", m->dir, name, moe_wtype_name(w->type));
-    }
-}
-
-/* Matrix k (gate, up, down) of expert e of layer l: its own tensor in
- * safetensors, a slice of the layer's merged [experts, rows, cols] in GGUF.
- * Not counted in weight_bytes: the model's expert bytes are. */
+/* Matrix k (gate, up, down) of expert e of layer l from its own tensor
+ * (safetensors). Not counted in weight_bytes: the model's expert bytes are. */
 static moe_status get_expert(moe_llm *m, uint32_t l, uint32_t e, int k, moe_mat *out, char *name, size_t cap) {
     const moe_hf_config *c = &m->cfg;
     const uint32_t rows = k == 2 ? c->hidden_size : c->moe_inter, cols = k == 2 ? c->moe_inter : c->hidden_size;
-    if (m->gguf) {
-        static const char *const g[3] = {"gate", "up", "down"};
-        snprintf(name, cap, "blk.%u.ffn_%s_exps.weight", l, g[k]);
-        const uint64_t before = m->weight_bytes;
-        moe_status s = get_mat3(m, name, c->n_routed_experts, rows, cols, out);
-        m->weight_bytes = before;
-        if (s) return s;
-        uint64_t per = 0;
-        moe_wtype_bytes(out->type, (uint64_t)rows * cols, cols, &per);
-        *out = (moe_mat){out->type, (const uint8_t *)out->data + e * per, rows, cols};
-        return MOE_OK;
-    }
     static const char *const hf[3] = {"mlp.experts.%u.gate_proj.weight", "mlp.experts.%u.up_proj.weight",
                                       "mlp.experts.%u.down_proj.weight"};
     static const char *const mx[3] = {"block_sparse_moe.experts.%u.w1.weight", "block_sparse_moe.experts.%u.w3.weight",
@@ -247,63 +325,57 @@ static moe_status get_expert(moe_llm *m, uint32_t l, uint32_t e, int k, moe_mat 
     return s;
 }
 
-/* q8_0 experts (32-element blocks, an f16 scale each) become the CPU
- * engine's int8 with one scale per row, requantised once at load: the same
- * memory, a coarser scale (see docs/models.md). */
-static moe_status requantise(moe_llm *m, layer *L, uint32_t e, const moe_mat w[3], moe_expert_weights *ew) {
-    const moe_hf_config *c = &m->cfg;
-    const size_t per = 3 * (size_t)c->hidden_size * c->moe_inter, rows = 2 * (size_t)c->moe_inter + c->hidden_size;
-    if (!L->q8_own) {
-        L->q8_own = malloc(per * c->n_routed_experts);
-        L->q8_scales = malloc(rows * c->n_routed_experts * sizeof(float));
-        if (!L->q8_own || !L->q8_scales)
-            return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for int8 experts", m->dir);
-    }
-    int8_t *q = L->q8_own + per * e;
-    float *sc = L->q8_scales + rows * e;
-    const int8_t *base[3];
-    const float *scales[3];
-    float *row = malloc((size_t)(c->hidden_size > c->moe_inter ? c->hidden_size : c->moe_inter) * sizeof *row);
-    if (!row) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", m->dir);
-    for (int k = 0; k < 3; k++) {
-        base[k] = q, scales[k] = sc;
-        for (uint32_t r = 0; r < w[k].rows; r++, q += w[k].cols) {
-            moe_mat_row(&w[k], r, row);
-            float amax = 0;
-            for (uint32_t i = 0; i < w[k].cols; i++) amax = fmaxf(amax, fabsf(row[i]));
-            const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
-            *sc++ = d;
-            for (uint32_t i = 0; i < w[k].cols; i++) q[i] = (int8_t)lrintf(row[i] * inv);
-        }
-    }
-    free(row);
-    *ew = (moe_expert_weights){base[0], base[1], base[2], scales[0], scales[1], scales[2]};
-    return MOE_OK;
-}
-
-/* Registers layer l's routed experts (all of one type) with the runtime's model. */
+/* Registers layer l's routed experts with the runtime's model, in the
+ * file's formats as they are (GGUF: expert e is a slice of the layer's
+ * merged [experts, rows, cols] tensors), or quantized with --quantize.
+ * Gate and up share a dtype; down may have its own (llama.cpp's Q4_K_M
+ * keeps some layers' ffn_down_exps in q6_K, and down rows that are not
+ * whole 256-blocks fall back to a 32-block format). */
 static moe_status load_experts(moe_llm *m, uint32_t l, layer *L) {
     const moe_hf_config *c = &m->cfg;
-    moe_dtype dt = MOE_DTYPE_COUNT_;
+    const uint32_t E = c->n_routed_experts;
+    static const char *const g[3] = {"gate", "up", "down"};
+    moe_mat merged[3];
+    char names[3][256];
     moe_status s = MOE_OK;
-    for (uint32_t e = 0; e < c->n_routed_experts && s == MOE_OK; e++) {
+    for (int k = 0; m->gguf && k < 3 && s == MOE_OK; k++) {
+        const uint32_t rows = k == 2 ? c->hidden_size : c->moe_inter, cols = k == 2 ? c->moe_inter : c->hidden_size;
+        snprintf(names[k], sizeof names[k], "blk.%u.ffn_%s_exps.weight", l, g[k]);
+        const uint64_t before = m->weight_bytes;
+        s = get_mat3(m, names[k], E, rows, cols, &merged[k]);
+        m->weight_bytes = before;
+    }
+    moe_dtype dt[3] = {MOE_DTYPE_COUNT_, MOE_DTYPE_COUNT_, MOE_DTYPE_COUNT_};
+    for (uint32_t e = 0; e < E && s == MOE_OK; e++) {
         moe_mat w[3];
         char n[256];
         for (int k = 0; k < 3 && s == MOE_OK; k++) {
-            moe_dtype t = MOE_DTYPE_COUNT_;
-            if ((s = get_expert(m, l, e, k, &w[k], n, sizeof n)) || (s = expert_dtype(m, &w[k], n, &t))) break;
-            if (dt != MOE_DTYPE_COUNT_ && t != dt)
-                s = moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s, unlike the layer's other experts",
-                             m->dir, n, moe_wtype_name(w[k].type));
-            dt = t;
+            if (m->gguf) {
+                const uint32_t rows = merged[k].rows / E;
+                w[k] = (moe_mat){merged[k].type,
+                                 (const uint8_t *)merged[k].data + (size_t)e * rows * moe_mat_row_bytes(&merged[k]),
+                                 rows, merged[k].cols};
+                snprintf(n, sizeof n, "%s", names[k]);
+            } else if ((s = get_expert(m, l, e, k, &w[k], n, sizeof n))) {
+                break;
+            }
+            if ((s = quantize_mat(m, n, &w[k]))) break;
+            if (e == 0) dt[k] = w[k].type;
+            else if (w[k].type != dt[k])
+                s = moe_fail(MOE_ERR_UNSUPPORTED, "%s: expert tensor \"%s\" is %s, unlike expert 0's (%s)", m->dir, n,
+                             moe_dtype_name(w[k].type), moe_dtype_name(dt[k]));
         }
         if (s) break;
         if (e == 0) {
-            const moe_layer_desc desc = moe_layer_desc_init(c->n_routed_experts, c->hidden_size, c->moe_inter, dt);
+            if (dt[0] != dt[1])
+                return moe_fail(MOE_ERR_UNSUPPORTED, "%s: layer %u's gate experts are %s and its up experts %s; moerun "
+                                "runs gate and up in one format", m->dir, l, moe_dtype_name(dt[0]),
+                                moe_dtype_name(dt[1]));
+            const moe_layer_desc desc = moe_layer_desc_init(E, c->hidden_size, c->moe_inter, dt[0]);
             if ((s = moe_model_set_layer(m->model, L->moe_index, &desc))) break;
+            if (dt[2] != dt[0] && (s = moe_model_set_down_dtype(m->model, L->moe_index, dt[2]))) break;
         }
-        moe_expert_weights ew = {.gate = w[0].data, .up = w[1].data, .down = w[2].data};
-        if (dt == MOE_DTYPE_I8 && (s = requantise(m, L, e, w, &ew))) break;
+        const moe_expert_weights ew = {.gate = w[0].data, .up = w[1].data, .down = w[2].data};
         s = moe_model_set_expert(m->model, L->moe_index, e, &ew);
     }
     return s;
@@ -315,9 +387,9 @@ static moe_status load_ffn(moe_llm *m, uint32_t l, layer *L) {
     char n[256];
     moe_status s;
     if (!L->moe) {
-        if ((s = get_mat(m, lname(n, sizeof n, l, "mlp.gate_proj.weight"), c->dense_inter, h, true, &L->mlp_gate)) ||
-            (s = get_mat(m, lname(n, sizeof n, l, "mlp.up_proj.weight"), c->dense_inter, h, true, &L->mlp_up)) ||
-            (s = get_mat(m, lname(n, sizeof n, l, "mlp.down_proj.weight"), h, c->dense_inter, true, &L->mlp_down)))
+        if ((s = get_dense(m, lname(n, sizeof n, l, "mlp.gate_proj.weight"), c->dense_inter, h, true, &L->mlp_gate)) ||
+            (s = get_dense(m, lname(n, sizeof n, l, "mlp.up_proj.weight"), c->dense_inter, h, true, &L->mlp_up)) ||
+            (s = get_dense(m, lname(n, sizeof n, l, "mlp.down_proj.weight"), h, c->dense_inter, true, &L->mlp_down)))
             return s;
         return MOE_OK;
     }
@@ -328,11 +400,11 @@ static moe_status load_ffn(moe_llm *m, uint32_t l, layer *L) {
         const uint32_t si = c->shared_inter;
         char what[96];
         snprintf(what, sizeof what, "mlp.%s.gate_proj.weight", sh);
-        if ((s = get_mat(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_gate))) return s;
+        if ((s = get_dense(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_gate))) return s;
         snprintf(what, sizeof what, "mlp.%s.up_proj.weight", sh);
-        if ((s = get_mat(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_up))) return s;
+        if ((s = get_dense(m, lname(n, sizeof n, l, what), si, h, true, &L->mlp_up))) return s;
         snprintf(what, sizeof what, "mlp.%s.down_proj.weight", sh);
-        if ((s = get_mat(m, lname(n, sizeof n, l, what), h, si, true, &L->mlp_down))) return s;
+        if ((s = get_dense(m, lname(n, sizeof n, l, what), h, si, true, &L->mlp_down))) return s;
         if (m->arch == MOE_ARCH_QWEN2_MOE &&
             (s = get_mat(m, lname(n, sizeof n, l, "mlp.shared_expert_gate.weight"), 1, h, true, &L->shared_gate)))
             return s;
@@ -411,7 +483,7 @@ static moe_status check_config(moe_llm *m) {
 static void free_layer(layer *L) {
     free(L->attn_norm), free(L->ffn_norm), free(L->bq), free(L->bk), free(L->bv);
     free(L->q_norm), free(L->k_norm), free(L->kv_a_norm), free(L->k_cache), free(L->v_cache);
-    free(L->kb_own), free(L->vb_own), free(L->q8_own), free(L->q8_scales);
+    free(L->kb_own), free(L->vb_own);
 }
 
 void moe_llm_free(moe_llm **pm) {
@@ -422,6 +494,8 @@ void moe_llm_free(moe_llm **pm) {
     free(m->layers);
     free(m->out_norm);
     moe_model_free(&m->model);
+    for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
     moe_st_dir_close(&m->st);
     moe_gguf_close(&m->gg);
     free(m);
@@ -466,6 +540,8 @@ static void prefault(const moe_llm *m, const moe_llm_params *p) {
 
 static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
     moe_status s;
+    m->quantize = p && moe_dtype_is_block(p->quantize) ? p->quantize : MOE_DTYPE_COUNT_;
+    m->check_scales = !(p && p->skip_scale_check);
     if ((s = open_files(m, path))) return s;
     const moe_hf_config *c = &m->cfg;
     m->ctx = p && p->ctx ? p->ctx : (c->max_position < 4096 ? c->max_position : 4096);
@@ -479,11 +555,11 @@ static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
     if (!(m->layers = calloc(c->n_layers, sizeof *m->layers)))
         return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
     const uint32_t h = c->hidden_size, V = c->vocab_size;
-    if ((s = get_mat(m, "model.embed_tokens.weight", V, h, true, &m->embed)) ||
+    if ((s = get_dense(m, "model.embed_tokens.weight", V, h, true, &m->embed)) ||
         (s = get_vec(m, "model.norm.weight", h, true, &m->out_norm)))
         return s;
     if (c->tie_embeddings) m->lm_head = m->embed;
-    else if ((s = get_mat(m, "lm_head.weight", V, h, true, &m->lm_head)))
+    else if ((s = get_dense(m, "lm_head.weight", V, h, true, &m->lm_head)))
         return s;
     uint32_t moe_index = 0;
     for (uint32_t l = 0; l < c->n_layers; l++) {

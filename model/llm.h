@@ -1,5 +1,6 @@
 /* llm.h - a Mixture-of-Experts language model run end to end: weights
- * mapped from a Hugging Face model directory (config.json and safetensors),
+ * mapped from a Hugging Face model directory (config.json and safetensors)
+ * or a GGUF file (its block formats used as they are stored),
  * the dense parts (embeddings, attention with a KV cache, norms, shared
  * experts, dense MLPs, LM head) computed here on the CPU, and every routed
  * expert run by a moerun runtime through the public API
@@ -45,10 +46,32 @@ typedef struct moe_llm_params {
     bool prefault;
     void (*progress)(uint64_t done, uint64_t total, void *user);
     void *progress_user;
+    /* A block format (moe-run --quantize): routed experts and dense
+     * projections (attention, shared experts, dense MLPs, embeddings, LM
+     * head) held in f32, f16 or bf16 are quantized to it at load, one
+     * matrix at a time, into buffers the model owns; rows that are not
+     * whole blocks of it fall back as moe_llm_quantized_type says. Routers,
+     * norms, biases and tensors already in a block format stay as they
+     * are. Anything else (0, f32): nothing is quantized. */
+    moe_dtype quantize;
+    /* Leave out the load-time check of every block's scales for NaN and
+     * Inf (moe-run --lazy: it would read the whole file). */
+    bool skip_scale_check;
 } moe_llm_params;
 
+/* What --quantize makes of a matrix in `have` whose rows are `cols` long
+ * when asked for `want`: want; where a row is not a whole number of its
+ * blocks, llama-quantize's fallback (q2_K and q3_K -> q4_0, q4_K -> q5_0,
+ * q5_K -> q5_1, q6_K -> q8_0, iq4_xs -> iq4_nl) if that fits; otherwise,
+ * or if `have` is a block format already, `have`. */
+moe_dtype moe_llm_quantized_type(moe_dtype want, moe_dtype have, uint32_t cols);
+
 /* Loads the model in directory `path` (config.json + model.safetensors or
- * its sharded index). Weights stay in the files' memory maps. */
+ * its sharded index) or GGUF file `path`. Weights stay in the files'
+ * memory maps, except those quantized at load (params->quantize). A GGUF's
+ * block tensors are checked for NaN or infinite scales as they are taken
+ * (MOE_ERR_PARSE "file: tensor \"name\": block N ... has a NaN or
+ * infinite scale"), unless params->skip_scale_check. */
 moe_status moe_llm_load(moe_llm **out, const char *path, const moe_llm_params *params);
 void moe_llm_free(moe_llm **m);
 
@@ -63,7 +86,8 @@ const char *moe_llm_arch_name(const moe_llm *m);
  * tokenizer), or NULL for a safetensors directory. */
 const moe_gguf *moe_llm_gguf(const moe_llm *m);
 
-/* Bytes of weights the model maps (all tensors it uses). */
+/* Bytes of weights the model uses (all tensors, as mapped or as
+ * quantized at load). */
 uint64_t moe_llm_weight_bytes(const moe_llm *m);
 
 /* Runs n tokens at positions pos0 .. pos0+n-1 (after the pos0 already in

@@ -7,31 +7,29 @@
 #include <string.h>
 
 #include "common.h"
+#include "quant.h"
+
+size_t moe_mat_row_bytes(const moe_mat *w) { return moe_dtype_row_bytes(w->type, w->cols); }
 
 void moe_mat_row(const moe_mat *w, uint32_t r, float *out) {
     const size_t c = w->cols;
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * moe_mat_row_bytes(w);
     switch (w->type) {
-    case MOE_WT_F32: memcpy(out, (const float *)w->data + (size_t)r * c, c * sizeof *out); break;
-    case MOE_WT_BF16: {
-        const uint16_t *p = (const uint16_t *)w->data + (size_t)r * c;
+    case MOE_DTYPE_F32: memcpy(out, row, c * sizeof *out); break;
+    case MOE_DTYPE_BF16: {
+        const uint16_t *p = (const uint16_t *)(const void *)row;
         for (size_t i = 0; i < c; i++) out[i] = moe_bf16_to_f32(p[i]);
         break;
     }
-    case MOE_WT_F16: {
-        const uint16_t *p = (const uint16_t *)w->data + (size_t)r * c;
+    case MOE_DTYPE_F16: {
+        const uint16_t *p = (const uint16_t *)(const void *)row;
         for (size_t i = 0; i < c; i++) out[i] = moe_f16_to_f32(p[i]);
         break;
     }
-    case MOE_WT_Q8_0: {
-        /* Blocks of 32: an f16 scale, then 32 int8. */
-        const uint8_t *p = (const uint8_t *)w->data + (size_t)r * (c / 32) * 34;
-        for (size_t b = 0; b < c / 32; b++, p += 34) {
-            const float d = moe_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
-            for (size_t i = 0; i < 32; i++) out[b * 32 + i] = d * (float)(int8_t)p[2 + i];
-        }
+    default:
+        if (!moe_dtype_is_block(w->type) || moe_quant_dequantize(w->type, row, out, c) != MOE_OK)
+            memset(out, 0, c * sizeof *out);
         break;
-    }
-    default: memset(out, 0, c * sizeof *out); break;
     }
 }
 
@@ -42,32 +40,25 @@ static float dot(const float *a, const float *b, uint32_t n) {
     return s;
 }
 
-static bool engine_type(moe_wtype t, moe_dtype *out) {
-    switch (t) {
-    case MOE_WT_F32: *out = MOE_DTYPE_F32; return true;
-    case MOE_WT_BF16: *out = MOE_DTYPE_BF16; return true;
-    case MOE_WT_F16: *out = MOE_DTYPE_F16; return true;
-    default: return false;
-    }
-}
-
 moe_status moe_matmul(moe_runtime_t *rt, const moe_mat *w, const float *x, uint32_t n, const float *bias, float *y) {
     const uint32_t rows = w->rows, cols = w->cols;
     if (!n || !rows) return MOE_OK;
-    moe_dtype dt;
-    if (rt && engine_type(w->type, &dt)) {
-        moe_status s = moe_dense_matmul(rt, w->data, dt, NULL, rows, cols, n, x, y);
+    if (rt) {
+        moe_status s = moe_dense_matmul(rt, w->data, w->type, NULL, rows, cols, n, x, y);
         if (s || !bias) return s;
         for (uint32_t t = 0; t < n; t++)
             for (uint32_t r = 0; r < rows; r++) y[(size_t)t * rows + r] += bias[r];
         return MOE_OK;
     }
     /* Each thread converts a row of W once and uses it for every token. */
-#pragma omp parallel
+    bool oom = false;
+#pragma omp parallel reduction(|| : oom)
     {
-        float *row = w->type == MOE_WT_F32 ? NULL : malloc((size_t)cols * sizeof *row);
+        float *row = w->type == MOE_DTYPE_F32 ? NULL : malloc((size_t)cols * sizeof *row);
+        oom = w->type != MOE_DTYPE_F32 && !row;
 #pragma omp for schedule(static)
         for (uint32_t r = 0; r < rows; r++) {
+            if (oom) continue;
             const float *wr = (const float *)w->data + (size_t)r * cols;
             if (row) {
                 moe_mat_row(w, r, row);
@@ -78,7 +69,7 @@ moe_status moe_matmul(moe_runtime_t *rt, const moe_mat *w, const float *x, uint3
         }
         free(row);
     }
-    return MOE_OK;
+    return oom ? moe_fail(MOE_ERR_OUT_OF_MEMORY, "matmul: out of memory for a row of %u", cols) : MOE_OK;
 }
 
 void moe_rmsnorm(const float *x, const float *weight, uint32_t len, float eps, float *y) {

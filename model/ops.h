@@ -1,5 +1,6 @@
 /* ops.h - the dense parts of a transformer on the CPU, in f32 activations:
- * matrix products with weights in any weight-file type (tensor.h), RMSNorm,
+ * matrix products with weights in any file's dtype (tensor.h: f32, f16,
+ * bf16 and GGUF's block formats), RMSNorm,
  * rotary embeddings (NeoX halves, interleaved pairs, YaRN frequencies) and
  * softmax. Plain C with OpenMP over output rows; every routine is checked
  * against a double-precision loop in tests/test_llm.c. */
@@ -10,19 +11,24 @@
 
 /* A weight matrix of `rows` x `cols`, row-major, y = W x. */
 typedef struct moe_mat {
-    moe_wtype type;
+    moe_dtype type;   /* f32, f16, bf16 or a block format (rows of whole blocks) */
     const void *data; /* NULL: absent */
     uint32_t rows, cols;
 } moe_mat;
 
 /* y[t, r] = sum_c W[r, c] x[t, c] (+ bias[r] if bias), for n tokens; x is
- * [n, W.cols], y [n, W.rows]; y must not overlap x. With a runtime, f32,
- * f16 and bf16 weights run on its CPU engine (moe_dense_matmul: AVX-512
- * and AMX kernels); q8_0 weights, and every type without a runtime, run on
- * the plain loop here. */
+ * [n, W.cols], y [n, W.rows]; y must not overlap x. With a runtime, every
+ * type runs on its CPU engine (moe_dense_matmul: AVX-512 and AMX kernels
+ * for the element types; block formats take activations quantized to
+ * their int8 blocks, as llama.cpp does); without one, on the plain f32
+ * loop here (block rows dequantized). */
 moe_status moe_matmul(moe_runtime_t *rt, const moe_mat *w, const float *x, uint32_t n, const float *bias, float *y);
 
-/* Row r of W into out[W.cols] as f32. */
+/* Bytes of one row of W. */
+size_t moe_mat_row_bytes(const moe_mat *w);
+
+/* Row r of W into out[W.cols] as f32 (block rows dequantized as gguf-py
+ * does). */
 void moe_mat_row(const moe_mat *w, uint32_t r, float *out);
 
 /* y = x / sqrt(mean(x^2) + eps) * weight, over len elements (in place

@@ -15,9 +15,9 @@
  * known but refused as unsupported (anything else is not safetensors). */
 static const struct {
     const char *name;
-    int wtype; /* -1: known, not supported */
+    int wtype; /* a moe_dtype; -1: known, not supported */
 } dtypes[] = {
-    {"F32", MOE_WT_F32}, {"F16", MOE_WT_F16}, {"BF16", MOE_WT_BF16}, {"F64", -1},    {"I64", -1},
+    {"F32", MOE_DTYPE_F32}, {"F16", MOE_DTYPE_F16}, {"BF16", MOE_DTYPE_BF16}, {"F64", -1},    {"I64", -1},
     {"I32", -1},         {"I16", -1},         {"I8", -1},            {"U64", -1},    {"U32", -1},
     {"U16", -1},         {"U8", -1},          {"BOOL", -1},          {"F8_E4M3", -1}, {"F8_E5M2", -1},
     {"F8_E8M0", -1},     {"F6_E2M3", -1},     {"F6_E3M2", -1},       {"F4", -1},     {"C64", -1},
@@ -41,7 +41,7 @@ static int by_begin(const void *a, const void *b) {
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
-static moe_status read_dtype(const moe_json_doc *doc, const char *tname, const moe_json *v, moe_wtype *out) {
+static moe_status read_dtype(const moe_json_doc *doc, const char *tname, const moe_json *v, moe_dtype *out) {
     if (!v || v->type != MOE_JSON_STRING)
         return moe_fail_at(MOE_ERR_PARSE, doc->name, v ? v->line : 1, "tensor \"%s\": \"dtype\" must be a string",
                            tname);
@@ -52,7 +52,7 @@ static moe_status read_dtype(const moe_json_doc *doc, const char *tname, const m
                                "tensor \"%s\": dtype %s is not supported (supported: F32, "
                                "F16, BF16)",
                                tname, dtypes[i].name);
-        *out = (moe_wtype)dtypes[i].wtype;
+        *out = (moe_dtype)dtypes[i].wtype;
         return MOE_OK;
     }
     return moe_fail_at(MOE_ERR_PARSE, doc->name, v->line, "tensor \"%s\": unknown dtype \"%.32s\"", tname,
@@ -110,11 +110,11 @@ static moe_status read_entry(const moe_json_doc *doc, const moe_json_member *m, 
                            "(truncated file?)",
                            t->name, (long long)e, (unsigned long long)data_size);
     uint64_t bytes;
-    if (!moe_wtype_bytes(t->type, t->n_elems, t->n_dims ? t->shape[t->n_dims - 1] : 1, &bytes) ||
+    if (!moe_tensor_bytes(t->type, t->n_elems, t->n_dims ? t->shape[t->n_dims - 1] : 1, &bytes) ||
         bytes != (uint64_t)(e - b))
         return moe_fail_at(MOE_ERR_PARSE, doc->name, off->line,
                            "tensor \"%s\": %lld bytes of data for %llu %s elements", t->name, (long long)(e - b),
-                           (unsigned long long)t->n_elems, moe_wtype_name(t->type));
+                           (unsigned long long)t->n_elems, moe_dtype_name(t->type));
     t->bytes = bytes;
     *r = (range){(uint64_t)b, (uint64_t)e, 0};
     return MOE_OK;

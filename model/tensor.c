@@ -1,9 +1,10 @@
-/* tensor.c - weight element types and read-only file maps. */
+/* tensor.c - tensor sizes and read-only file maps. */
 #define _POSIX_C_SOURCE 200809L
 #include "tensor.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -11,26 +12,56 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "quant.h"
 
-static const struct {
-    const char *name;
-    uint32_t block, bytes;
-} wtypes[MOE_WT_COUNT_] = {
-    [MOE_WT_F32] = {"f32", 1, 4},
-    [MOE_WT_F16] = {"f16", 1, 2},
-    [MOE_WT_BF16] = {"bf16", 1, 2},
-    [MOE_WT_Q8_0] = {"q8_0", 32, 34},
-};
-
-const char *moe_wtype_name(moe_wtype t) { return (unsigned)t < MOE_WT_COUNT_ ? wtypes[t].name : NULL; }
-uint32_t moe_wtype_block(moe_wtype t) { return (unsigned)t < MOE_WT_COUNT_ ? wtypes[t].block : 0; }
-uint32_t moe_wtype_block_bytes(moe_wtype t) { return (unsigned)t < MOE_WT_COUNT_ ? wtypes[t].bytes : 0; }
-
-bool moe_wtype_bytes(moe_wtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes) {
-    if ((unsigned)t >= MOE_WT_COUNT_ || !bytes) return false;
-    const uint64_t b = wtypes[t].block;
+bool moe_tensor_bytes(moe_dtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes) {
+    const uint64_t b = moe_dtype_block(t), bb = moe_dtype_block_bytes(t);
+    if (!b || t == MOE_DTYPE_I8 || !bytes) return false;
     if (row % b || n_elems % b) return false;
-    return !__builtin_mul_overflow(n_elems / b, (uint64_t)wtypes[t].bytes, bytes);
+    return !__builtin_mul_overflow(n_elems / b, bb, bytes);
+}
+
+/* Where a block's f16 scales lie (0 to 2 of them) and whether it has an
+ * e8m0 exponent at byte 0 instead. */
+typedef struct scale_at {
+    uint8_t n, at[2];
+    bool e8m0;
+} scale_at;
+
+static scale_at scales_of(moe_dtype t) {
+    switch (t) {
+    case MOE_DTYPE_Q4_0: return (scale_at){1, {offsetof(moe_block_q4_0, d)}, false};
+    case MOE_DTYPE_Q4_1: return (scale_at){2, {offsetof(moe_block_q4_1, d), offsetof(moe_block_q4_1, m)}, false};
+    case MOE_DTYPE_Q5_0: return (scale_at){1, {offsetof(moe_block_q5_0, d)}, false};
+    case MOE_DTYPE_Q5_1: return (scale_at){2, {offsetof(moe_block_q5_1, d), offsetof(moe_block_q5_1, m)}, false};
+    case MOE_DTYPE_Q8_0: return (scale_at){1, {offsetof(moe_block_q8_0, d)}, false};
+    case MOE_DTYPE_Q2_K: return (scale_at){2, {offsetof(moe_block_q2_K, d), offsetof(moe_block_q2_K, dmin)}, false};
+    case MOE_DTYPE_Q3_K: return (scale_at){1, {offsetof(moe_block_q3_K, d)}, false};
+    case MOE_DTYPE_Q4_K: return (scale_at){2, {offsetof(moe_block_q4_K, d), offsetof(moe_block_q4_K, dmin)}, false};
+    case MOE_DTYPE_Q5_K: return (scale_at){2, {offsetof(moe_block_q5_K, d), offsetof(moe_block_q5_K, dmin)}, false};
+    case MOE_DTYPE_Q6_K: return (scale_at){1, {offsetof(moe_block_q6_K, d)}, false};
+    case MOE_DTYPE_IQ4_NL: return (scale_at){1, {offsetof(moe_block_iq4_nl, d)}, false};
+    case MOE_DTYPE_IQ4_XS: return (scale_at){1, {offsetof(moe_block_iq4_xs, d)}, false};
+    case MOE_DTYPE_MXFP4: return (scale_at){0, {0}, true};
+    default: return (scale_at){0, {0}, false};
+    }
+}
+
+uint64_t moe_blocks_bad_scale(moe_dtype t, const void *blocks, uint64_t n) {
+    const scale_at s = scales_of(t);
+    if (!s.n && !s.e8m0) return n;
+    const uint8_t *p = blocks;
+    const uint64_t bb = moe_dtype_block_bytes(t);
+    uint64_t first = n;
+#pragma omp parallel for reduction(min : first) schedule(static)
+    for (uint64_t i = 0; i < n; i++) {
+        const uint8_t *b = p + i * bb;
+        bool bad = s.e8m0 && b[0] == 0xff;
+        /* little-endian f16: its exponent is bits 2..6 of the high byte */
+        for (unsigned k = 0; k < s.n; k++) bad |= (b[s.at[k] + 1] & 0x7c) == 0x7c;
+        if (bad && i < first) first = i;
+    }
+    return first;
 }
 
 moe_status moe_map_file(moe_mapped_file *m, const char *path) {

@@ -16,30 +16,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Element types of weight files. Block types store a row as blocks of
- * moe_wtype_block() elements in moe_wtype_block_bytes() bytes. */
-typedef enum moe_wtype {
-    MOE_WT_F32 = 0,
-    MOE_WT_F16,
-    MOE_WT_BF16,
-    MOE_WT_Q8_0, /* GGUF: blocks of 32 int8 with one f16 scale (34 bytes) */
-    MOE_WT_COUNT_
-} moe_wtype;
+/* Weights are in the public moe_dtype (include/moerun.h): the element
+ * types f32, f16 and bf16, and GGUF's block formats (q4_0 .. mxfp4,
+ * common/quant.h), a row of which is a whole number of blocks of
+ * moe_dtype_block() elements in moe_dtype_block_bytes() bytes. The loader
+ * and the CPU engine share that one type. MOE_DTYPE_I8 (moerun's int8 with
+ * row scales) is no file's type.
+ *
+ * Bytes of a tensor of `n_elems` elements whose innermost dimension is
+ * `row` elements; false if `row` is not a whole number of blocks, for
+ * MOE_DTYPE_I8 or an invalid dtype, or on overflow. */
+bool moe_tensor_bytes(moe_dtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes);
 
-const char *moe_wtype_name(moe_wtype t);  /* "f32", "f16", "bf16", "q8_0"; NULL out of range */
-uint32_t moe_wtype_block(moe_wtype t);        /* elements per block: 1, or 32 for q8_0 */
-uint32_t moe_wtype_block_bytes(moe_wtype t);  /* bytes per block: 4, 2, 2, 34 */
-
-/* Bytes of a tensor of `n_elems` elements whose innermost dimension is
- * `row` elements; false if `row` is not a whole number of blocks or on
- * overflow. */
-bool moe_wtype_bytes(moe_wtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes);
+/* The first of the n blocks of format t at `blocks` whose scale is NaN
+ * or infinite (an f16 scale or min with every exponent bit set; mxfp4's
+ * e8m0 exponent 255, its NaN), or n if none (and for the element types).
+ * Such a block would spoil every dot product it enters. Reads only the
+ * bytes of each block's scales, on the calling thread's OpenMP team. */
+uint64_t moe_blocks_bad_scale(moe_dtype t, const void *blocks, uint64_t n);
 
 #define MOE_TENSOR_MAX_DIMS 4
 
 typedef struct moe_tensor {
     const char *name; /* NUL-terminated, owned by the file it came from */
-    moe_wtype type;
+    moe_dtype type;
     uint32_t n_dims;                     /* 1..MOE_TENSOR_MAX_DIMS */
     uint64_t shape[MOE_TENSOR_MAX_DIMS]; /* row-major, outermost first; unused dims 1 */
     uint64_t n_elems;

@@ -1,6 +1,7 @@
 /* test_gguf.c - the GGUF reader on files written here: every value type,
- * every supported tensor type, each refusal, random damage, and a file
- * written by llama.cpp's gguf-py (tests/gen/make_gguf_sample.py). */
+ * every supported tensor type (GGUF's block formats included), each
+ * refusal, random damage, and a file written by llama.cpp's gguf-py
+ * (tests/gen/make_gguf_sample.py); the block scales' NaN/Inf check. */
 #define _POSIX_C_SOURCE 200809L
 #include "gguf.h"
 
@@ -11,6 +12,7 @@
 
 #include "common.h"
 #include "harness.h"
+#include "quant.h"
 
 #ifndef MOE_TEST_DATA_DIR
 #define MOE_TEST_DATA_DIR "tests/data"
@@ -125,13 +127,9 @@ typedef struct tdesc {
 static uint64_t tbytes(const tdesc *t) {
     uint64_t n = 1;
     for (uint32_t k = 0; k < t->n_dims; k++) n *= t->ne[k];
-    switch (t->type) {
-    case GT_F32: return n * 4;
-    case GT_F16:
-    case GT_BF16: return n * 2;
-    case GT_Q8_0: return n / 32 * 34;
-    default: return n;
-    }
+    const moe_dtype d = moe_quant_from_ggml((int32_t)t->type);
+    if (d == MOE_DTYPE_COUNT_ || d == MOE_DTYPE_I8) return n; /* refused before its size matters */
+    return n / moe_dtype_block(d) * moe_dtype_block_bytes(d);
 }
 
 /* Offsets back to back, each rounded up to the alignment. */
@@ -271,10 +269,10 @@ static void check_tensors(const moe_gguf *g, size_t data) {
         for (uint64_t k = 0; k < t->bytes; k++) same &= ((const uint8_t *)t->data)[k] == pattern(i, k);
         CHECK(same);
     }
-    CHECK_EQ(moe_gguf_find(g, "token_embd.weight")->type, MOE_WT_F32);
-    CHECK_EQ(moe_gguf_find(g, "output.weight")->type, MOE_WT_F16);
-    CHECK_EQ(moe_gguf_find(g, "blk.0.ffn_down_exps.weight")->type, MOE_WT_BF16);
-    CHECK_EQ(moe_gguf_find(g, "blk.0.ffn_gate_exps.weight")->type, MOE_WT_Q8_0);
+    CHECK_EQ(moe_gguf_find(g, "token_embd.weight")->type, MOE_DTYPE_F32);
+    CHECK_EQ(moe_gguf_find(g, "output.weight")->type, MOE_DTYPE_F16);
+    CHECK_EQ(moe_gguf_find(g, "blk.0.ffn_down_exps.weight")->type, MOE_DTYPE_BF16);
+    CHECK_EQ(moe_gguf_find(g, "blk.0.ffn_gate_exps.weight")->type, MOE_DTYPE_Q8_0);
     CHECK_EQ(moe_gguf_find(g, "blk.1.four_d")->n_elems, 120);
     CHECK(moe_gguf_find(g, "nope") == NULL);
     CHECK(moe_gguf_find(g, "") == NULL);
@@ -567,13 +565,19 @@ static void tensors_file(wbuf *b, tdesc *t, size_t n, bool keep) {
 
 static void tensor_refusals(void) {
     wbuf b = {0};
-    tdesc t[2] = {{"blk.0.ffn_gate_exps.weight", GT_Q4_K, 3, {256, 4, 2}, 0}, {"b", GT_F32, 1, {8}, 0}};
+    tdesc t[2] = {{"blk.0.ffn_gate_exps.weight", 16, 3, {256, 4, 2}, 0}, {"b", GT_F32, 1, {8}, 0}};
     tensors_file(&b, t, 1, false);
-    REFUSED(&b, MOE_ERR_UNSUPPORTED, "offset 86: tensor \"blk.0.ffn_gate_exps.weight\": ggml type q4_K is not "
-            "supported (supported: f32, f16, bf16, q8_0)", NULL);
+    REFUSED(&b, MOE_ERR_UNSUPPORTED, "offset 86: tensor \"blk.0.ffn_gate_exps.weight\": ggml type iq2_xxs is not "
+            "supported (supported: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl, "
+            "iq4_xs, bf16, mxfp4)", NULL);
+    /* The IQ1/IQ2/IQ3 codebooks, TQ, NVFP4, ggml's activation blocks and
+     * integer types are named; ids ggml never had or removed are unknown. */
     static const struct { uint32_t type; const char *want; } types[] = {
-        {2, "type q4_0 is not"}, {28, "type f64 is not"}, {24, "type i8 is not"}, {35, "type tq2_0 is not"},
-        {39, "type mxfp4 is not"}, {4, "unknown ggml type 4"}, {31, "unknown ggml type 31"},
+        {17, "type iq2_xs is not"}, {18, "type iq3_xxs is not"}, {19, "type iq1_s is not"},
+        {21, "type iq3_s is not"},  {22, "type iq2_s is not"},   {29, "type iq1_m is not"},
+        {34, "type tq1_0 is not"},  {35, "type tq2_0 is not"},   {40, "type nvfp4 is not"},
+        {9, "type q8_1 is not"},    {15, "type q8_K is not"},    {28, "type f64 is not"},
+        {24, "type i8 is not"},     {4, "unknown ggml type 4"},  {31, "unknown ggml type 31"},
         {1000, "unknown ggml type 1000"}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         t[0].type = types[i].type;
@@ -581,6 +585,21 @@ static void tensor_refusals(void) {
         REFUSED(&b, types[i].want[0] == 'u' ? MOE_ERR_PARSE : MOE_ERR_UNSUPPORTED, types[i].want,
                 "tensor \"blk.0.ffn_gate_exps.weight\"");
     }
+    t[0] = (tdesc){"k", GT_Q4_K, 2, {128, 2}, 0};
+    tensors_file(&b, t, 1, false);
+    REFUSED(&b, MOE_ERR_PARSE, "tensor \"k\": rows of 128 elements are not a whole number of q4_K blocks (256)", NULL);
+    /* A tensor whose bytes in the file disagree with its type and shape:
+     * q4_0 [64] is 36 bytes, and the next tensor begins 128 bytes in. */
+    t[0] = (tdesc){"a", 2, 1, {64}, 0};
+    t[1] = (tdesc){"b", GT_F32, 1, {8}, 128};
+    tensors_file(&b, t, 2, true);
+    REFUSED(&b, MOE_ERR_PARSE, "tensor \"b\": data begins at byte 128 of the data section, 92 bytes after the end of "
+            "tensor \"a\" (bytes 0..36 by its type and shape): that tensor's size disagrees", NULL);
+    t[0].offset = 64;
+    t[1].offset = 128;
+    tensors_file(&b, t, 2, true);
+    REFUSED(&b, MOE_ERR_PARSE, "tensor \"a\": data begins at byte 64 of the data section, not at its start", NULL);
+    t[1] = (tdesc){"b", GT_F32, 1, {8}, 0};
     t[0] = (tdesc){"q", GT_Q8_0, 2, {48, 2}, 0};
     tensors_file(&b, t, 1, false);
     REFUSED(&b, MOE_ERR_PARSE, "tensor \"q\": rows of 48 elements are not a whole number of q8_0 blocks (32)", NULL);
@@ -617,6 +636,61 @@ static void tensor_refusals(void) {
     REFUSED(&b, MOE_ERR_PARSE, "offset 57: the data section would begin at 64, past the end of the file (57 bytes",
             NULL);
     wfree(&b);
+}
+
+/* One tensor of each format common/quant.h defines, read with its size. */
+static void every_block_format(void) {
+    wbuf b = {0};
+    tdesc t[MOE_DTYPE_COUNT_];
+    char names[MOE_DTYPE_COUNT_][16];
+    size_t n = 0;
+    for (int d = 0; d < MOE_DTYPE_COUNT_; d++) {
+        const moe_quant_format *f = moe_quant_format_of((moe_dtype)d);
+        if (f->ggml_type < 0) continue;
+        snprintf(names[n], sizeof names[n], "t.%s", f->name);
+        t[n] = (tdesc){names[n], (uint32_t)f->ggml_type, 2, {f->block * 2, 3}, 0};
+        n++;
+    }
+    tensors_file(&b, t, n, false);
+    moe_gguf g;
+    CHECK_OK(open_buf(&b, &g));
+    CHECK_EQ(g.n_tensors, n);
+    for (size_t i = 0; i < n; i++) {
+        const moe_tensor *x = moe_gguf_find(&g, names[i]);
+        const moe_dtype d = moe_quant_from_ggml((int32_t)t[i].type);
+        CHECK(x && x->type == d && x->shape[0] == 3 && x->shape[1] == 2 * moe_dtype_block(d) &&
+              x->bytes == 6 * moe_dtype_block_bytes(d));
+    }
+    moe_gguf_close(&g);
+    wfree(&b);
+}
+
+/* moe_blocks_bad_scale: f16 scales (and mins) with every exponent bit set,
+ * mxfp4's exponent 255; finite extremes pass. */
+static void bad_scales(void) {
+    static const struct { moe_dtype t; size_t at; uint16_t bits; bool bad; } cases[] = {
+        {MOE_DTYPE_Q4_0, 0, 0x7e00, true},  {MOE_DTYPE_Q4_0, 0, 0x7c00, true},  {MOE_DTYPE_Q4_0, 0, 0xfc00, true},
+        {MOE_DTYPE_Q4_0, 0, 0x7bff, false}, {MOE_DTYPE_Q4_0, 0, 0xfbff, false}, {MOE_DTYPE_Q4_0, 0, 0x0001, false},
+        {MOE_DTYPE_Q4_1, 2, 0x7c01, true},  {MOE_DTYPE_Q5_1, 2, 0xfe00, true},  {MOE_DTYPE_Q8_0, 0, 0x7c00, true},
+        {MOE_DTYPE_Q2_K, 80, 0x7c00, true}, {MOE_DTYPE_Q2_K, 82, 0x7c00, true}, {MOE_DTYPE_Q2_K, 0, 0xffff, false},
+        {MOE_DTYPE_Q3_K, 108, 0x7e00, true}, {MOE_DTYPE_Q4_K, 2, 0x7c00, true}, {MOE_DTYPE_Q5_K, 0, 0xfc00, true},
+        {MOE_DTYPE_Q6_K, 208, 0x7c00, true}, {MOE_DTYPE_Q6_K, 0, 0xffff, false}, {MOE_DTYPE_IQ4_NL, 0, 0x7c00, true},
+        {MOE_DTYPE_IQ4_XS, 0, 0x7e00, true}, {MOE_DTYPE_IQ4_XS, 2, 0xffff, false}, {MOE_DTYPE_Q5_0, 0, 0x7c00, true},
+        {MOE_DTYPE_MXFP4, 0, 0x00ff, true}, {MOE_DTYPE_MXFP4, 0, 0x00fe, false}, {MOE_DTYPE_MXFP4, 1, 0xffff, false},
+    };
+    uint8_t blocks[5 * 210];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const size_t bb = moe_dtype_block_bytes(cases[i].t);
+        memset(blocks, 0, sizeof blocks);
+        CHECK_EQ(moe_blocks_bad_scale(cases[i].t, blocks, 5), 5);
+        uint8_t *at = blocks + 3 * bb + cases[i].at;
+        at[0] = (uint8_t)cases[i].bits;
+        if (cases[i].t != MOE_DTYPE_MXFP4 || cases[i].at == 1) at[1] = (uint8_t)(cases[i].bits >> 8);
+        CHECK_EQ(moe_blocks_bad_scale(cases[i].t, blocks, 5), cases[i].bad ? 3u : 5u);
+        CHECK_EQ(moe_blocks_bad_scale(cases[i].t, blocks, 3), 3);
+    }
+    float f[64] = {1};
+    CHECK_EQ(moe_blocks_bad_scale(MOE_DTYPE_F32, f, 64), 64);
 }
 
 static void five_dims(void) {
@@ -727,18 +801,18 @@ static float sample_value(uint64_t i) { return (float)((int)(i * 7 % 17) - 8) / 
 
 static void check_sample_tensors(const moe_gguf *g) {
     const moe_tensor *t = moe_gguf_find(g, "blk.0.attn_norm.weight");
-    CHECK(t && t->type == MOE_WT_F32 && t->n_dims == 1 && t->shape[0] == 64);
+    CHECK(t && t->type == MOE_DTYPE_F32 && t->n_dims == 1 && t->shape[0] == 64);
     for (uint64_t i = 0; t && i < 64; i++) CHECK_EQ(((const float *)t->data)[i], sample_value(i));
     t = moe_gguf_find(g, "token_embd.weight");
-    CHECK(t && t->type == MOE_WT_F16 && t->n_dims == 2 && t->shape[0] == 6 && t->shape[1] == 32);
+    CHECK(t && t->type == MOE_DTYPE_F16 && t->n_dims == 2 && t->shape[0] == 6 && t->shape[1] == 32);
     for (uint64_t i = 0; t && i < t->n_elems; i++)
         CHECK_EQ(moe_f16_to_f32(((const uint16_t *)t->data)[i]), sample_value(i));
     t = moe_gguf_find(g, "output.weight");
-    CHECK(t && t->type == MOE_WT_BF16 && t->shape[0] == 3 && t->shape[1] == 32);
+    CHECK(t && t->type == MOE_DTYPE_BF16 && t->shape[0] == 3 && t->shape[1] == 32);
     for (uint64_t i = 0; t && i < t->n_elems; i++)
         CHECK_EQ(moe_bf16_to_f32(((const uint16_t *)t->data)[i]), sample_value(i));
     t = moe_gguf_find(g, "blk.0.ffn_gate_exps.weight");
-    CHECK(t && t->type == MOE_WT_Q8_0 && t->n_dims == 3 && t->shape[0] == 2 && t->shape[1] == 4 &&
+    CHECK(t && t->type == MOE_DTYPE_Q8_0 && t->n_dims == 3 && t->shape[0] == 2 && t->shape[1] == 4 &&
           t->shape[2] == 64 && t->bytes == 512 / 32 * 34);
     for (uint64_t blk = 0; t && blk < t->n_elems / 32; blk++) {
         const uint8_t *p = (const uint8_t *)t->data + blk * 34;
@@ -780,5 +854,6 @@ static void pygguf_sample(void) {
 }
 
 TEST_MAIN("gguf", TEST_CASE(valid_v3), TEST_CASE(valid_v2_and_alignment), TEST_CASE(empty_files),
-          TEST_CASE(header_refusals), TEST_CASE(kv_refusals), TEST_CASE(tensor_refusals), TEST_CASE(five_dims),
+          TEST_CASE(header_refusals), TEST_CASE(kv_refusals), TEST_CASE(tensor_refusals),
+          TEST_CASE(every_block_format), TEST_CASE(bad_scales), TEST_CASE(five_dims),
           TEST_CASE(misaligned_data), TEST_CASE(fuzz), TEST_CASE(pygguf_sample))

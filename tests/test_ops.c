@@ -1,6 +1,6 @@
 /* test_ops.c - the model's dense operations and the sampler against plain
- * double-precision loops: matrix products in every weight type (q8_0
- * blocks included), RMSNorm, rotary embeddings (both layouts, YaRN's
+ * double-precision loops: matrix products in every file dtype (GGUF's
+ * block formats included, on the plain loop and on the engine), RMSNorm, rotary embeddings (both layouts, YaRN's
  * frequencies worked out by hand), softmax; greedy, top-k, top-p,
  * temperature and repetition penalty. */
 #define _POSIX_C_SOURCE 200809L
@@ -15,63 +15,85 @@ static void fill(float *x, size_t n, moe_rng *r) {
     for (size_t i = 0; i < n; i++) x[i] = moe_rng_range(r, -1, 1);
 }
 
-/* W in `type` from f32 values w (q8_0: blocks quantised here); wq receives
- * the values as the type holds them. */
-static void *encode(moe_wtype type, const float *w, size_t rows, size_t cols, float *wq) {
+/* W in `type` from f32 values w (block formats: quantized with
+ * moe_quantize); wq receives the values as the type holds them. */
+static void *encode(moe_dtype type, const float *w, size_t rows, size_t cols, float *wq) {
     uint64_t bytes = 0;
-    CHECK(moe_wtype_bytes(type, rows * cols, cols, &bytes));
+    CHECK(moe_tensor_bytes(type, rows * cols, cols, &bytes));
     uint8_t *p = malloc(bytes);
     for (size_t i = 0; i < rows * cols; i++) {
         switch (type) {
-        case MOE_WT_F32: ((float *)p)[i] = wq[i] = w[i]; break;
-        case MOE_WT_BF16: wq[i] = moe_bf16_to_f32(((uint16_t *)p)[i] = moe_f32_to_bf16(w[i])); break;
-        case MOE_WT_F16: wq[i] = moe_f16_to_f32(((uint16_t *)p)[i] = moe_f32_to_f16(w[i])); break;
+        case MOE_DTYPE_F32: ((float *)p)[i] = wq[i] = w[i]; break;
+        case MOE_DTYPE_BF16: wq[i] = moe_bf16_to_f32(((uint16_t *)p)[i] = moe_f32_to_bf16(w[i])); break;
+        case MOE_DTYPE_F16: wq[i] = moe_f16_to_f32(((uint16_t *)p)[i] = moe_f32_to_f16(w[i])); break;
         default: break;
         }
     }
-    if (type == MOE_WT_Q8_0)
-        for (size_t b = 0; b < rows * cols / 32; b++) {
-            float amax = 0;
-            for (size_t i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(w[b * 32 + i]));
-            const uint16_t dh = moe_f32_to_f16(amax / 127);
-            const float d = moe_f16_to_f32(dh);
-            uint8_t *blk = p + b * 34;
-            blk[0] = (uint8_t)dh, blk[1] = (uint8_t)(dh >> 8);
-            for (size_t i = 0; i < 32; i++) {
-                const int8_t q = (int8_t)lrintf(d > 0 ? w[b * 32 + i] / d : 0);
-                blk[2 + i] = (uint8_t)q;
-                wq[b * 32 + i] = d * q;
-            }
-        }
+    if (moe_dtype_is_block(type)) {
+        CHECK_OK(moe_quantize(type, w, p, rows * cols));
+        CHECK_OK(moe_dequantize(type, p, wq, rows * cols));
+    }
     return p;
 }
 
+/* Every file dtype (int8 is no file's), on the plain loop (no runtime)
+ * against the dequantized weights in double; then on a runtime's engine
+ * (moe_dense_matmul), whose block formats quantize the activations to
+ * int8 blocks: within that rounding, sum |w| * max|x| / 254 per output. */
 static void matmul_every_type(void) {
     moe_rng r = {7};
-    static const uint32_t shapes[][3] = {{1, 1, 32}, {3, 5, 64}, {17, 4, 96}, {64, 1, 160}, {33, 9, 32}};
-    for (int type = 0; type < MOE_WT_COUNT_; type++)
+    static const uint32_t shapes[][3] = {{1, 1, 32}, {3, 5, 64}, {17, 4, 96}, {64, 1, 160}, {33, 9, 32},
+                                         {5, 3, 256}, {9, 6, 512}};
+    moe_model_t *model = NULL;
+    moe_runtime_t *rt = NULL;
+    CHECK_OK(moe_model_create(&model, 1));
+    moe_layer_desc d = moe_layer_desc_init(1, 32, 32, MOE_DTYPE_F32);
+    CHECK_OK(moe_model_set_layer(model, 0, &d));
+    static float zero[32 * 32];
+    CHECK_OK(moe_model_set_expert(model, 0, 0, &(moe_expert_weights){zero, zero, zero, NULL, NULL, NULL}));
+    moe_runtime_params rp = moe_runtime_default_params();
+    rp.device = MOE_DEVICE_CPU;
+    rp.profile_path = "";
+    rp.n_threads = 2;
+    CHECK_OK(moe_runtime_create(&rt, model, &rp));
+    for (int type = 0; type < MOE_DTYPE_COUNT_; type++)
         for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
             const uint32_t rows = shapes[k][0], n = shapes[k][1], cols = shapes[k][2];
+            if (type == MOE_DTYPE_I8 || cols % moe_dtype_block((moe_dtype)type)) continue;
             float *w = malloc((size_t)rows * cols * 4), *wq = malloc((size_t)rows * cols * 4);
             float *x = malloc((size_t)n * cols * 4), *y = malloc((size_t)n * rows * 4), *bias = malloc(rows * 4);
             fill(w, (size_t)rows * cols, &r);
             fill(x, (size_t)n * cols, &r);
             fill(bias, rows, &r);
-            void *p = encode((moe_wtype)type, w, rows, cols, wq);
-            const moe_mat m = {(moe_wtype)type, p, rows, cols};
-            CHECK_OK(moe_matmul(NULL, &m, x, n, k % 2 ? bias : NULL, y));
-            double worst = 0;
-            for (uint32_t t = 0; t < n; t++)
-                for (uint32_t o = 0; o < rows; o++) {
-                    double want = k % 2 ? bias[o] : 0;
-                    for (uint32_t c = 0; c < cols; c++) want += (double)wq[(size_t)o * cols + c] * x[(size_t)t * cols + c];
-                    worst = fmax(worst, fabs(want - y[(size_t)t * rows + o]));
+            void *p = encode((moe_dtype)type, w, rows, cols, wq);
+            const moe_mat m = {(moe_dtype)type, p, rows, cols};
+            for (int engine = 0; engine < 2; engine++) {
+                CHECK_OK(moe_matmul(engine ? rt : NULL, &m, x, n, k % 2 ? bias : NULL, y));
+                double worst = 0;
+                for (uint32_t t = 0; t < n; t++) {
+                    double amax = 0;
+                    for (uint32_t c = 0; c < cols; c++) amax = fmax(amax, fabs(x[(size_t)t * cols + c]));
+                    for (uint32_t o = 0; o < rows; o++) {
+                        double want = k % 2 ? bias[o] : 0, wabs = 0;
+                        for (uint32_t c = 0; c < cols; c++) {
+                            want += (double)wq[(size_t)o * cols + c] * x[(size_t)t * cols + c];
+                            wabs += fabs(wq[(size_t)o * cols + c]);
+                        }
+                        /* bf16 rounds activations on the engine (AVX512-BF16), as the block formats quantize them */
+                        const double tol = engine && type != MOE_DTYPE_F32 && type != MOE_DTYPE_F16
+                                               ? wabs * amax / (type == MOE_DTYPE_BF16 ? 256 : 254) + 1e-4
+                                               : 1e-4;
+                        worst = fmax(worst, fabs(want - y[(size_t)t * rows + o]) / tol);
+                    }
                 }
-            if (worst > 1e-4) fprintf(stderr, "  %s %ux%u n=%u: off by %g\n", moe_wtype_name((moe_wtype)type), rows,
-                                      cols, n, worst);
-            CHECK(worst <= 1e-4);
+                if (worst > 1) fprintf(stderr, "  %s %ux%u n=%u %s: off by %g of the tolerance\n",
+                                       moe_dtype_name((moe_dtype)type), rows, cols, n, engine ? "engine" : "plain", worst);
+                CHECK(worst <= 1);
+            }
             free(p), free(w), free(wq), free(x), free(y), free(bias);
         }
+    moe_runtime_free(&rt);
+    moe_model_free(&model);
 }
 
 static void rmsnorm_and_softmax(void) {

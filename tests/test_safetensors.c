@@ -76,11 +76,11 @@ static void reads_every_dtype_and_shape(void) {
     for (uint64_t i = 1; i < st.n_tensors; i++) CHECK(strcmp(st.tensors[i - 1].name, st.tensors[i].name) < 0);
     const uint8_t *data = st.file.data + st.data_offset;
     const moe_tensor *t = moe_safetensors_find(&st, "w.up");
-    CHECK(t && t->type == MOE_WT_BF16 && t->n_dims == 2 && t->shape[0] == 3 && t->shape[1] == 4);
+    CHECK(t && t->type == MOE_DTYPE_BF16 && t->n_dims == 2 && t->shape[0] == 3 && t->shape[1] == 4);
     CHECK(t && t->n_elems == 12 && t->bytes == 24 && t->data == data + 24 && ((const uint8_t *)t->data)[0] == 24);
     CHECK(t && !strcmp(t->file, p));
     t = moe_safetensors_find(&st, "a.bias");
-    CHECK(t && t->type == MOE_WT_F32 && t->n_dims == 1 && t->shape[0] == 4 && t->bytes == 16 && t->data == data);
+    CHECK(t && t->type == MOE_DTYPE_F32 && t->n_dims == 1 && t->shape[0] == 4 && t->bytes == 16 && t->data == data);
     t = moe_safetensors_find(&st, "m.scalar");
     CHECK(t && t->n_dims == 0 && t->n_elems == 1 && t->bytes == 2);
     t = moe_safetensors_find(&st, "z.empty");
@@ -187,7 +187,7 @@ static void random_damage_is_refused_or_consistent(void) {
         for (uint64_t i = 0; i < st.n_tensors; i++) {
             const moe_tensor *t = &st.tensors[i];
             uint64_t want = 0;
-            CHECK(moe_wtype_bytes(t->type, t->n_elems, t->n_dims ? t->shape[t->n_dims - 1] : 1, &want));
+            CHECK(moe_tensor_bytes(t->type, t->n_elems, t->n_dims ? t->shape[t->n_dims - 1] : 1, &want));
             CHECK(want == t->bytes);
             CHECK((const uint8_t *)t->data >= st.file.data + st.data_offset);
             CHECK((const uint8_t *)t->data + t->bytes <= st.file.data + st.file.size);
@@ -231,7 +231,7 @@ static void dir_of_one_file(void) {
     CHECK_EQ(d.n_files, 1);
     CHECK_EQ(d.n_tensors, 2);
     const moe_tensor *c = moe_st_dir_find(&d, "c");
-    CHECK(c && c->type == MOE_WT_BF16 && c->bytes == 4);
+    CHECK(c && c->type == MOE_DTYPE_BF16 && c->bytes == 4);
     CHECK(moe_st_dir_find(&d, "b") == NULL);
     moe_st_dir_close(&d);
     CHECK_STATUS(moe_st_dir_open(&d, tmp_path("nowhere")), MOE_ERR_IO);
@@ -249,7 +249,7 @@ static void dir_of_shards(void) {
     CHECK_EQ(d.n_tensors, 3);
     for (uint64_t i = 1; i < d.n_tensors; i++) CHECK(strcmp(d.tensors[i - 1]->name, d.tensors[i]->name) < 0);
     const moe_tensor *b = moe_st_dir_find(&d, "b");
-    CHECK(b && b->type == MOE_WT_F16 && b->n_elems == 3 && strstr(b->file, "s-2.safetensors"));
+    CHECK(b && b->type == MOE_DTYPE_F16 && b->n_elems == 3 && strstr(b->file, "s-2.safetensors"));
     CHECK(moe_st_dir_find(&d, "a") && strstr(moe_st_dir_find(&d, "a")->file, "s-1.safetensors"));
     moe_st_dir_close(&d);
     moe_st_dir_close(&d);

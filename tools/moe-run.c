@@ -26,8 +26,10 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: moe-run [MODEL] [options]\n"
             "Runs MODEL, a Hugging Face model directory (config.json, model.safetensors or its\n"
-            "sharded index, tokenizer.json) or a GGUF file (f32, f16, bf16, q8_0) of a Mixtral,\n"
-            "Qwen2-MoE, Qwen3-MoE, OLMoE or DeepSeek-V2 model. Without MODEL it runs the\n"
+            "sharded index, tokenizer.json) or a GGUF file (f32, f16, bf16 and the block formats\n"
+            "q4_0, q4_1, q5_0, q5_1, q8_0, q2_K..q6_K, iq4_nl, iq4_xs, mxfp4, mixed per tensor as\n"
+            "llama-quantize writes them) of a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE or DeepSeek-V2\n"
+            "model. Without MODEL it runs the\n"
             "built-in demo model: MoE layers with\n"
             "random weights generated from a seed (no attention; its tokens are not text).\n"
             "\n"
@@ -46,7 +48,15 @@ static void usage(FILE *f) {
             "  --stop TEXT           stop when the output contains TEXT (up to %d times)\n"
             "  --ignore-eos          keep generating after an end-of-sequence token\n"
             "  --lazy                read weights from the files on first use, not all at load\n"
-            "                        (loading shows a progress bar on a terminal)\n"
+            "                        (loading shows a progress bar on a terminal); this also skips\n"
+            "                        the load-time check of every quantized block's scale\n"
+            "  --quantize TYPE       quantize the weights held in f32/f16/bf16 at load (routed and\n"
+            "                        shared experts, attention, dense MLPs, embeddings, LM head; not\n"
+            "                        routers or norms) to TYPE: q4_0, q4_1, q5_0, q5_1, q8_0, q2_K,\n"
+            "                        q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs, mxfp4. Rows that are not\n"
+            "                        whole blocks fall back as llama-quantize does (q4_K -> q5_0,\n"
+            "                        q5_K -> q5_1, q6_K -> q8_0, q2_K/q3_K -> q4_0, iq4_xs -> iq4_nl),\n"
+            "                        else stay as they are; tensors already quantized are kept\n"
             "  --seed N              sampling seed; for the demo, the seed of its weights (default 42)\n"
             "  --device auto|cpu|sim|cuda  where experts run (default auto: the CPU). sim: a GPU simulated\n"
             "                        from the profile's [gpu] and [link] figures, the scheduler splitting\n"
@@ -125,6 +135,7 @@ typedef struct options {
     const char *stops[MAX_STOPS];
     uint32_t n_stops, n_gen, ctx, top_k;
     bool json, quiet, chat, ignore_eos, seed_set, lazy;
+    moe_dtype quantize; /* a block format, or MOE_DTYPE_COUNT_ */
     uint64_t seed;
     moe_sampler_params sp;
     moe_demo_config demo;
@@ -379,7 +390,8 @@ static void stream_add(stream *s, const options *o, const char *p, size_t n) {
 }
 
 static void stream_flush(stream *s, const options *o) {
-    if (!s->stopped && !o->quiet) fwrite(s->buf + s->printed, 1, s->len - s->printed, stdout);
+    /* buf is NULL while nothing was generated (a failure at the prompt) */
+    if (!s->stopped && !o->quiet && s->len > s->printed) fwrite(s->buf + s->printed, 1, s->len - s->printed, stdout);
     s->printed = s->len;
 }
 
@@ -390,6 +402,18 @@ static bool is_eos(const moe_llm *m, const moe_tokenizer *tok, int32_t id) {
     moe_tokenizer_get_info(tok, &ti);
     return id == ti.eos_id || id == moe_tokenizer_token_id(tok, "<|im_end|>") ||
            id == moe_tokenizer_token_id(tok, "<|endoftext|>");
+}
+
+/* NaN or Inf logits mean a weight is damaged (the load-time scale check
+ * catches quantized blocks unless --lazy skipped it) or the arithmetic
+ * overflowed: refused rather than sampled from. */
+static moe_status check_logits(const options *o, const float *logits, uint32_t V, uint32_t pos) {
+    for (uint32_t v = 0; v < V; v++)
+        if (!isfinite(logits[v]))
+            return moe_fail(MOE_ERR_PARSE, "%s: the logits at position %u are not finite (logit %u is %g): a "
+                            "weight of the model holds a NaN or Inf%s", o->model, pos, v, (double)logits[v],
+                            o->lazy ? " (--lazy skipped the load-time check of quantized blocks' scales)" : "");
+    return MOE_OK;
 }
 
 static int generate(options *o, moe_llm *m, moe_runtime_t *rt, const moe_tokenizer *tok, int32_t *prompt,
@@ -412,6 +436,7 @@ static int generate(options *o, moe_llm *m, moe_runtime_t *rt, const moe_tokeniz
     const double t0 = moe_now();
     st = moe_llm_forward(m, rt, prompt, n_prompt, 0, false, logits);
     const double t1 = moe_now();
+    if (st == MOE_OK) st = check_logits(o, logits, V, n_prompt - 1);
     while (st == MOE_OK && r.n_gen < o->n_gen) {
         const int32_t next = moe_sample(&smp, logits, hist, n_prompt + r.n_gen);
         hist[n_prompt + r.n_gen++] = next;
@@ -427,6 +452,7 @@ static int generate(options *o, moe_llm *m, moe_runtime_t *rt, const moe_tokeniz
             break;
         }
         st = moe_llm_forward(m, rt, &next, 1, n_prompt + r.n_gen - 1, false, logits);
+        if (st == MOE_OK) st = check_logits(o, logits, V, n_prompt + r.n_gen - 1);
     }
     r.prefill_s = t1 - t0, r.decode_s = moe_now() - t1;
     stream_flush(&out, o);
@@ -478,6 +504,25 @@ static void show_progress(uint64_t done, uint64_t total, void *user) {
             (double)total / 1e9, done >= total ? "\n" : "");
 }
 
+/* The experts' formats over all layers, e.g. "q4_K, q5_0 (down), q8_0 (down)". */
+static void expert_formats(const moe_model_t *model, char *out, size_t cap) {
+    bool seen[MOE_DTYPE_COUNT_][2] = {{false}};
+    for (uint32_t l = 0; l < moe_model_n_layers(model); l++) {
+        moe_layer_desc d = moe_layer_desc_init(0, 0, 0, MOE_DTYPE_F32);
+        const moe_dtype down = moe_model_down_dtype(model, l);
+        if (moe_model_get_layer(model, l, &d) || (unsigned)d.weight_dtype >= MOE_DTYPE_COUNT_) continue;
+        seen[d.weight_dtype][0] = true;
+        if ((unsigned)down < MOE_DTYPE_COUNT_ && down != d.weight_dtype) seen[down][1] = true;
+    }
+    size_t n = 0;
+    out[0] = '\0';
+    for (int k = 0; k < 2; k++)
+        for (int t = 0; t < MOE_DTYPE_COUNT_ && n < cap; t++)
+            if (seen[t][k])
+                n += (size_t)snprintf(out + n, cap - n, "%s%s%s", n ? ", " : "", moe_dtype_name((moe_dtype)t),
+                                      k ? " (down)" : "");
+}
+
 static int run_model(options *o) {
     moe_llm *m = NULL;
     moe_tokenizer *tok = NULL;
@@ -486,7 +531,8 @@ static int run_model(options *o) {
     uint32_t n_prompt = 0;
     int rc = 1;
     const bool tty = isatty(STDERR_FILENO) && !o->quiet;
-    const moe_llm_params lp = {.ctx = o->ctx, .prefault = !o->lazy, .progress = tty ? show_progress : NULL};
+    const moe_llm_params lp = {.ctx = o->ctx, .prefault = !o->lazy, .progress = tty ? show_progress : NULL,
+                               .quantize = o->quantize, .skip_scale_check = o->lazy};
     moe_status st = moe_llm_load(&m, o->model, &lp);
     char path[1100], cfg_path[1100];
     tokenizer_paths(o, path, sizeof path, cfg_path, sizeof cfg_path);
@@ -514,8 +560,10 @@ static int run_model(options *o) {
     const moe_hf_config *c = moe_llm_config(m);
     if (!o->quiet) {
         const double mb = (double)moe_llm_weight_bytes(m) / 1e6;
-        printf("moe-run: %s (%s): %u layers, %u experts (top-%u), %.*f %s of weights; device %s, policy %s\n",
-               o->model, moe_llm_arch_name(m), c->n_layers, c->n_routed_experts, c->top_k, mb < 1e3 ? 1 : 2,
+        char fmts[160];
+        expert_formats(moe_llm_model(m), fmts, sizeof fmts);
+        printf("moe-run: %s (%s): %u layers, %u experts (top-%u, %s), %.*f %s of weights; device %s, policy %s\n",
+               o->model, moe_llm_arch_name(m), c->n_layers, c->n_routed_experts, c->top_k, fmts, mb < 1e3 ? 1 : 2,
                mb < 1e3 ? mb : mb / 1e3, mb < 1e3 ? "MB" : "GB", moe_device_name(moe_runtime_device(rt)),
                moe_runtime_policy(rt));
         fflush(stdout);
@@ -580,6 +628,15 @@ static int parse(options *o, int argc, char **argv, bool *exit_now) {
             else if (!strcmp(a, "--policy")) o->rp.policy = v;
             else if (!strcmp(a, "--profile")) o->rp.profile_path = strcmp(v, "none") ? v : "";
             else if (!strcmp(a, "--record-trace")) o->rp.record_trace_path = v;
+            else if (!strcmp(a, "--quantize")) {
+                o->quantize = MOE_DTYPE_COUNT_;
+                for (int t = 0; t < MOE_DTYPE_COUNT_; t++)
+                    if (moe_dtype_is_block((moe_dtype)t) && !strcmp(v, moe_dtype_name((moe_dtype)t)))
+                        o->quantize = (moe_dtype)t;
+                if (o->quantize == MOE_DTYPE_COUNT_)
+                    return bad("--quantize: \"%s\" is not one of q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, "
+                               "q5_K, q6_K, iq4_nl, iq4_xs, mxfp4", v);
+            }
             else if (!strcmp(a, "--stop")) {
                 if (o->n_stops == MAX_STOPS) return bad("--stop: at most %d stop strings", MAX_STOPS);
                 if (!*v) return bad("--stop: an empty stop string");
@@ -631,7 +688,7 @@ static int parse(options *o, int argc, char **argv, bool *exit_now) {
 }
 
 int main(int argc, char **argv) {
-    options o = {.prompt = "Hello, MoE", .n_gen = 16, .demo = moe_demo_default_config(),
+    options o = {.prompt = "Hello, MoE", .n_gen = 16, .demo = moe_demo_default_config(), .quantize = MOE_DTYPE_COUNT_,
                  .rp = moe_runtime_default_params(), .sp = moe_sampler_default_params(), .top_k = UINT32_MAX};
     bool exit_now = false;
     const int rc = parse(&o, argc, argv, &exit_now);
@@ -648,6 +705,7 @@ int main(int argc, char **argv) {
         o.demo.top_k = o.top_k;
     }
     if (o.seed_set) o.demo.seed = o.seed;
-    if (o.prompt_ids || o.chat) return bad("--prompt-ids and --chat need a MODEL");
+    if (o.prompt_ids || o.chat || o.quantize != MOE_DTYPE_COUNT_)
+        return bad("--prompt-ids, --chat and --quantize need a MODEL");
     return run_demo(&o);
 }
