@@ -350,6 +350,129 @@ T_512Q INLINE __m128i iq4xs_scales(const moe_block_iq4_xs *b) {
 #define DPW_VNNI(s, p, c) _mm512_dpwssd_epi32((s), (p), (c))
 #define DPW_BW(s, p, c) _mm512_add_epi32((s), _mm512_madd_epi16((p), (c)))
 
+/* ---- many tokens: tiles ----------------------------------------------------
+ * With many tokens (prefill), a tile of rows is unpacked once into a
+ * scratch of the calling thread (codes and scale lanes, in the
+ * activations' natural order, and the mins as f32), and every token meets
+ * it there: 2 rows x 4 tokens per register block, 8 integer accumulators
+ * per super-block. The mins (and code offsets) of every super-block are
+ * one f32 dot product per (row, token) at the end: the rows' dm * mn
+ * against the tokens' d_x * (sums of 16). */
+
+enum { TILE_ROWS = 8, TILE_MIN_M = 8 };
+
+/* q4_K / q5_K codes come in two sub-blocks' halves: into natural order. */
+#define NAT_QK(TGT, name)                                                                                  \
+    TGT INLINE void name(sbw *u) {                                                                         \
+        __m512i c0 = u->c[0], c1 = u->c[1], c2 = u->c[2], c3 = u->c[3];                                    \
+        u->c[0] = _mm512_shuffle_i64x2(c0, c1, 0x44), u->c[1] = _mm512_shuffle_i64x2(c0, c1, 0xEE);        \
+        u->c[2] = _mm512_shuffle_i64x2(c2, c3, 0x44), u->c[3] = _mm512_shuffle_i64x2(c2, c3, 0xEE);        \
+        c0 = u->s[0], c1 = u->s[1], c2 = u->s[2], c3 = u->s[3];                                            \
+        u->s[0] = _mm512_shuffle_i64x2(c0, c1, 0x44), u->s[1] = _mm512_shuffle_i64x2(c0, c1, 0xEE);        \
+        u->s[2] = _mm512_shuffle_i64x2(c2, c3, 0x44), u->s[3] = _mm512_shuffle_i64x2(c2, c3, 0xEE);        \
+    }
+#define NAT_ID(TGT, name) TGT INLINE void name(sbw *u) { (void)u; }
+
+/* A thread's tile scratch, grown as needed and kept (one per thread of
+ * the engine's team, a few hundred KB at most). */
+static _Thread_local void *tile_buf;
+static _Thread_local size_t tile_cap;
+
+static void *tile_scratch(size_t bytes) {
+    if (bytes <= tile_cap) return tile_buf;
+    free(tile_buf);
+    tile_cap = 0;
+    if (posix_memalign(&tile_buf, 64, bytes)) return tile_buf = NULL;
+    tile_cap = bytes;
+    return tile_buf;
+}
+
+/* sum a[i] b[i], i < n (n a multiple of 16). */
+T_512Q INLINE float dot16(const float *a, const float *b, uint32_t n) {
+    __m512 s = _mm512_setzero_ps();
+    for (uint32_t i = 0; i < n; i += 16) s = _mm512_fmadd_ps(_mm512_load_ps(a + i), _mm512_load_ps(b + i), s);
+    return _mm512_reduce_add_ps(s);
+}
+
+#define GEMM_SB(TGT, name, BLK, UNPACK, NAT, DPW)                                                          \
+    /* nr rows (1, 2) of unpacked super-blocks against nt tokens (1..4). */                                \
+    TGT INLINE void name##_blk(const sbw *u0, const sbw *u1, const moe_qact_q8_K *const *a, uint32_t nb, uint32_t nt, \
+                               __m512 acc[2][4]) {                                                         \
+        for (uint32_t t = 0; t < 4; t++) acc[0][t] = acc[1][t] = _mm512_setzero_ps();                      \
+        for (uint32_t i = 0; i < nb; i++) {                                                                \
+            __m512i s0[4], s1[4];                                                                          \
+            for (uint32_t t = 0; t < 4; t++) s0[t] = s1[t] = _mm512_setzero_si512();                       \
+            for (int k = 0; k < 4; k++) {                                                                  \
+                const __m512i c0 = _mm512_load_si512(&u0[i].c[k]), c1 = _mm512_load_si512(&u1[i].c[k]);     \
+                const __m512i w0 = _mm512_load_si512(&u0[i].s[k]), w1 = _mm512_load_si512(&u1[i].s[k]);     \
+                for (uint32_t t = 0; t < nt; t++) {                                                        \
+                    const __m512i x = _mm512_loadu_si512(a[t][i].qs + 64 * k);                             \
+                    s0[t] = DPW(s0[t], _mm512_maddubs_epi16(c0, x), w0);                                   \
+                    s1[t] = DPW(s1[t], _mm512_maddubs_epi16(c1, x), w1);                                   \
+                }                                                                                          \
+            }                                                                                              \
+            for (uint32_t t = 0; t < nt; t++) {                                                            \
+                acc[0][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[t]), _mm512_set1_ps(u0[i].d * a[t][i].d), acc[0][t]); \
+                acc[1][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[t]), _mm512_set1_ps(u1[i].d * a[t][i].d), acc[1][t]); \
+            }                                                                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+    TGT static void name##_tiles(const void *w, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x,     \
+                                 float *out, size_t ldo) {                                                 \
+        const uint32_t nb = k / MOE_QK_K, nm = nb * 16;                                                    \
+        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_K);             \
+        const size_t ub = (size_t)TILE_ROWS * nb * sizeof(sbw), mb = (size_t)TILE_ROWS * nm * 4, bb = (size_t)x->m * nm * 4; \
+        char *scr = tile_scratch(ub + mb + bb);                                                            \
+        if (!scr) { /* no memory: the row-pair path, slower but needing none */                            \
+            name##_rows(w, NULL, k, n0, n1, x, out, ldo);                                                  \
+            return;                                                                                        \
+        }                                                                                                  \
+        sbw *U = (sbw *)(void *)scr;                                                                       \
+        float *mnf = (float *)(void *)(scr + ub), *bsf = (float *)(void *)(scr + ub + mb);                 \
+        for (uint32_t t = 0; t < x->m; t++) { /* the tokens' d_x * (sums of 16) */                         \
+            const moe_qact_q8_K *xa = (const moe_qact_q8_K *)(const void *)((const char *)x->data + t * arb);   \
+            for (uint32_t i = 0; i < nb; i++) {                                                            \
+                const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)xa[i].bsums))); \
+                _mm512_store_ps(bsf + (size_t)t * nm + 16 * i, _mm512_mul_ps(v, _mm512_set1_ps(xa[i].d)));   \
+            }                                                                                              \
+        }                                                                                                  \
+        for (uint32_t r0 = n0; r0 < n1; r0 += TILE_ROWS) {                                                 \
+            const uint32_t nr = n1 - r0 < TILE_ROWS ? n1 - r0 : TILE_ROWS;                                 \
+            for (uint32_t r = 0; r < nr; r++) { /* unpack the tile's rows */                               \
+                const BLK *b = (const BLK *)(const void *)((const char *)w + (size_t)(r0 + r) * wrb);      \
+                for (uint32_t i = 0; i < nb; i++) {                                                        \
+                    sbw u;                                                                                 \
+                    UNPACK(b + i, &u);                                                                     \
+                    NAT(&u);                                                                               \
+                    U[(size_t)r * nb + i] = u;                                                             \
+                    _mm512_store_ps(mnf + (size_t)r * nm + 16 * i,                                         \
+                                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(u.mn)), _mm512_set1_ps(u.dm))); \
+                }                                                                                          \
+            }                                                                                              \
+            for (uint32_t t0 = 0; t0 < x->m; t0 += 4) {                                                    \
+                const uint32_t nt = x->m - t0 < 4 ? x->m - t0 : 4;                                         \
+                const moe_qact_q8_K *a[4];                                                                 \
+                for (uint32_t t = 0; t < 4; t++)                                                           \
+                    a[t] = (const moe_qact_q8_K *)(const void *)((const char *)x->data + (t0 + (t < nt ? t : nt - 1)) * arb); \
+                for (uint32_t r = 0; r < nr; r += 2) {                                                     \
+                    const sbw *u0 = U + (size_t)r * nb, *u1 = r + 1 < nr ? u0 + nb : u0;                   \
+                    __m512 acc[2][4];                                                                      \
+                    switch (nt) {                                                                          \
+                    case 1: name##_blk(u0, u1, a, nb, 1, acc); break;                                      \
+                    case 2: name##_blk(u0, u1, a, nb, 2, acc); break;                                      \
+                    case 3: name##_blk(u0, u1, a, nb, 3, acc); break;                                      \
+                    default: name##_blk(u0, u1, a, nb, 4, acc); break;                                     \
+                    }                                                                                      \
+                    for (uint32_t q = 0; q < 2 && r + q < nr; q++)                                         \
+                        for (uint32_t t = 0; t < nt; t++)                                                  \
+                            out[(size_t)(t0 + t) * ldo + (r0 + r + q - n0)] =                              \
+                                _mm512_reduce_add_ps(acc[q][t]) -                                          \
+                                dot16(mnf + (size_t)(r + q) * nm, bsf + (size_t)(t0 + t) * nm, nm);        \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
 /* The driver: rows two at a time against TQ tokens at a time. */
 #define GEMV_SB(TGT, name, BLK, UNPACK, ACT, DOT)                                                          \
     TGT INLINE void name##_pair(const BLK *b0, const BLK *b1, const moe_qact_q8_K *const *a, uint32_t nb,   \
@@ -383,8 +506,8 @@ T_512Q INLINE __m128i iq4xs_scales(const moe_block_iq4_xs *b) {
                 res[r][t] = _mm512_reduce_add_ps(acc[r][t]) - _mm_cvtss_f32(_mm_add_ss(m1, _mm_shuffle_ps(m1, m1, 1))); \
             }                                                                                              \
     }                                                                                                      \
-    TGT static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
-                         float *out, size_t ldo) {                                                         \
+    TGT static void name##_rows(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,       \
+                                const moe_acts *x, float *out, size_t ldo) {                               \
         (void)ws;                                                                                          \
         const uint32_t nb = k / MOE_QK_K;                                                                  \
         const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_K);             \
@@ -412,6 +535,25 @@ T_512Q INLINE __m128i iq4xs_scales(const moe_block_iq4_xs *b) {
         }                                                                                                  \
     }
 
+/* The entry: tiles with many tokens, row pairs with few. */
+#define GEMV_TILED(TGT, name)                                                                              \
+    TGT static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
+                         float *out, size_t ldo) {                                                         \
+        if (x->m >= TILE_MIN_M) name##_tiles(w, k, n0, n1, x, out, ldo);                                   \
+        else name##_rows(w, ws, k, n0, n1, x, out, ldo);                                                   \
+    }
+#define GEMV_ROWS(TGT, name)                                                                               \
+    TGT static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
+                         float *out, size_t ldo) {                                                         \
+        name##_rows(w, ws, k, n0, n1, x, out, ldo);                                                        \
+    }
+
+/* A k-quant with its row-pair path, its tiles and the entry choosing. */
+#define KQ_FORMAT(LVL, TGT, DPW, F, BLK, ACT, NAT)                                                         \
+    GEMV_SB(TGT, gemv_##LVL##_##F, BLK, unpack_##F##_##LVL, ACT, dot_sb_##LVL)                             \
+    GEMM_SB(TGT, gemv_##LVL##_##F, BLK, unpack_##F##_##LVL, NAT, DPW)                                      \
+    GEMV_TILED(TGT, gemv_##LVL##_##F)
+
 /* Each format at two levels: VNNI and plain AVX-512 (F/BW/VL/DQ). */
 #define KQUANT_512(LVL, TGT, DPW)                                                                          \
     UNPACK_QK(TGT, unpack_q4_K_##LVL, moe_block_q4_K, (void)0)                                            \
@@ -421,15 +563,18 @@ T_512Q INLINE __m128i iq4xs_scales(const moe_block_iq4_xs *b) {
     ACT_NAT(TGT, act_nat_##LVL)                                                                            \
     DOT_SB(TGT, dot_sb_##LVL, DPW)                                                                         \
     DOT_SB32(TGT, dot_sb32_##LVL, DPB_##LVL)                                                               \
-    GEMV_SB(TGT, gemv_##LVL##_q4_K, moe_block_q4_K, unpack_q4_K_##LVL, act_qk_##LVL, dot_sb_##LVL)         \
-    GEMV_SB(TGT, gemv_##LVL##_q5_K, moe_block_q5_K, unpack_q5_K_##LVL, act_qk_##LVL, dot_sb_##LVL)         \
-    GEMV_SB(TGT, gemv_##LVL##_q6_K, moe_block_q6_K, unpack_q6_K_##LVL, act_nat_##LVL, dot_sb_##LVL)         \
+    NAT_QK(TGT, nat_qk_##LVL)                                                                              \
+    NAT_ID(TGT, nat_id_##LVL)                                                                              \
     UNPACK_Q2K(TGT, unpack_q2_K_##LVL)                                                                     \
     UNPACK_Q3K(TGT, unpack_q3_K_##LVL)                                                                     \
     UNPACK_IQ4XS(TGT, unpack_iq4_xs_##LVL)                                                                 \
-    GEMV_SB(TGT, gemv_##LVL##_q2_K, moe_block_q2_K, unpack_q2_K_##LVL, act_nat_##LVL, dot_sb_##LVL)         \
-    GEMV_SB(TGT, gemv_##LVL##_q3_K, moe_block_q3_K, unpack_q3_K_##LVL, act_nat_##LVL, dot_sb_##LVL)         \
-    GEMV_SB(TGT, gemv_##LVL##_iq4_xs, moe_block_iq4_xs, unpack_iq4_xs_##LVL, act_nat_##LVL, dot_sb32_##LVL)
+    KQ_FORMAT(LVL, TGT, DPW, q4_K, moe_block_q4_K, act_qk_##LVL, nat_qk_##LVL)                            \
+    KQ_FORMAT(LVL, TGT, DPW, q5_K, moe_block_q5_K, act_qk_##LVL, nat_qk_##LVL)                            \
+    KQ_FORMAT(LVL, TGT, DPW, q6_K, moe_block_q6_K, act_nat_##LVL, nat_id_##LVL)                           \
+    KQ_FORMAT(LVL, TGT, DPW, q2_K, moe_block_q2_K, act_nat_##LVL, nat_id_##LVL)                           \
+    KQ_FORMAT(LVL, TGT, DPW, q3_K, moe_block_q3_K, act_nat_##LVL, nat_id_##LVL)                           \
+    GEMV_SB(TGT, gemv_##LVL##_iq4_xs, moe_block_iq4_xs, unpack_iq4_xs_##LVL, act_nat_##LVL, dot_sb32_##LVL) \
+    GEMV_ROWS(TGT, gemv_##LVL##_iq4_xs)
 
 #define DPB_vnni DPB_VNNI
 #define DPB_bw DPB_BW

@@ -108,7 +108,9 @@ static void block_kernels_match_dot_products(void) {
             const moe_kernel kern = moe_kernel_select(t, portable);
             CHECK(kern.gemv != NULL && kern.act == moe_act_of_block(t));
             for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
-                const uint32_t k = ks[ki], n = 1 + moe_rng_below(&r, 13), m = 1 + moe_rng_below(&r, 9);
+                /* few tokens (the row-pair path) and many (tiles), odd counts of both */
+                const uint32_t k = ks[ki], n = 1 + moe_rng_below(&r, 21);
+                const uint32_t m = ki % 2 ? 1 + moe_rng_below(&r, 7) : 8 + moe_rng_below(&r, 30);
                 float *scale = NULL;
                 void *w = matrix_make(n, k, t, &r, &scale);
                 float *x = malloc((size_t)m * k * sizeof *x), *out = malloc((size_t)m * n * sizeof *out);
