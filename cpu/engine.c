@@ -298,6 +298,29 @@ static inline void trace_block(moe_cpu *c, uint32_t tid, uint32_t n, uint32_t i)
     if (c->trace && (size_t)tid * n + i < c->trace_cap) c->trace[(size_t)tid * n + i]++;
 }
 
+/* Activations of m rows of k (row stride k) in kind a, prepared by the
+ * team: rows in chunks of at least 8, one chunk per work item (*cnt
+ * counts the team's items; this thread takes those with cnt % tsize ==
+ * rank). Kinds whose rows are independent split; AMX's packed tiles do
+ * not. Every thread gets the same description of the result. */
+static moe_acts acts_chunks(moe_act_kind a, uint32_t m, uint32_t k, const float *x, void *buf, float *scale,
+                            uint32_t tsize, uint32_t rank, uint64_t *cnt) {
+    const bool split = a != MOE_ACT_BF16_VNNI && a != MOE_ACT_S8_VNNI;
+    if (a == MOE_ACT_F32 || !split) { /* in place, or one piece */
+        moe_acts r = moe_acts_describe(a, m, k, x, k, buf, scale);
+        if ((*cnt)++ % tsize == rank && a != MOE_ACT_F32) r = moe_acts_prepare(a, m, k, x, k, buf, scale);
+        return r;
+    }
+    const uint32_t chunk = m / tsize > 8 ? (m + tsize - 1) / tsize : 8;
+    const size_t rb = moe_acts_bytes(a, 1, k);
+    for (uint32_t r0 = 0; r0 < m; r0 += chunk) {
+        if ((*cnt)++ % tsize != rank) continue;
+        const uint32_t nr = m - r0 < chunk ? m - r0 : chunk;
+        moe_acts_prepare(a, nr, k, x + (size_t)r0 * k, k, (char *)buf + r0 * rb, scale ? scale + r0 : NULL);
+    }
+    return moe_acts_describe(a, m, k, x, k, buf, scale);
+}
+
 static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, small_ws *ws, float *tmp,
                       size_t tmp_stride) {
     bool amx = false;
@@ -317,11 +340,12 @@ static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, small_w
         const uint32_t blk1 = block_rows(rows1, tsize), blk2 = block_rows(rows2, tsize);
         uint64_t cnt = 0;
 
-        /* Phase 0: activations of x in the kernels' kind. */
+        /* Phase 0: activations of x in the kernels' kind, each task's
+         * rows in chunks across the team. */
         for (uint32_t i = 0; i < n; i++) {
             const moe_cpu_task *t = &tasks[i];
-            if (!ours(&ws[i], t, teams, team) || cnt++ % tsize != rank) continue;
-            ws[i].x = moe_acts_prepare(ws[i].k->act, t->m, t->w.hidden, t->x, t->w.hidden, ws[i].xa, ws[i].xs);
+            if (ours(&ws[i], t, teams, team))
+                ws[i].x = acts_chunks(ws[i].k->act, t->m, t->w.hidden, t->x, ws[i].xa, ws[i].xs, tsize, rank, &cnt);
         }
 #pragma omp barrier
         /* Phase 1: blocks of gate and up rows, then SiLU-multiply. */
@@ -346,8 +370,8 @@ static void run_small(moe_cpu *c, const moe_cpu_task *tasks, uint32_t n, small_w
         cnt = 0;
         for (uint32_t i = 0; i < n; i++) {
             const moe_cpu_task *t = &tasks[i];
-            if (!ours(&ws[i], t, teams, team) || cnt++ % tsize != rank) continue;
-            ws[i].hx = moe_acts_prepare(ws[i].kd->act, t->m, t->w.inter, ws[i].h, t->w.inter, ws[i].ha, ws[i].hs);
+            if (ours(&ws[i], t, teams, team))
+                ws[i].hx = acts_chunks(ws[i].kd->act, t->m, t->w.inter, ws[i].h, ws[i].ha, ws[i].hs, tsize, rank, &cnt);
         }
 #pragma omp barrier
         /* Phase 2: blocks of down rows, straight into y. */

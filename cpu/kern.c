@@ -639,6 +639,15 @@ static float amax_c(const float *x, uint32_t k) {
     return m;
 }
 
+moe_acts moe_acts_describe(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf,
+                           float *scale) {
+    moe_acts r = {.kind = a, .m = m, .k = k, .ld = k, .data = buf, .scale = NULL};
+    if (a == MOE_ACT_F32) r.data = x, r.ld = ldx;
+    if (a == MOE_ACT_BF16_VNNI || a == MOE_ACT_S8_VNNI) r.ld = 0;
+    if (a == MOE_ACT_S8_VNNI || a == MOE_ACT_U8 || a == MOE_ACT_S8) r.scale = scale;
+    return r;
+}
+
 moe_acts moe_acts_prepare(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf,
                           float *scale) {
     moe_acts r = {.kind = a, .m = m, .k = k, .ld = k, .data = buf, .scale = NULL};

@@ -94,6 +94,11 @@ void moe_amx_end(void);
 moe_acts moe_acts_prepare(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf,
                           float *scale);
 
+/* The moe_acts that moe_acts_prepare() returns for these arguments,
+ * without preparing anything (for callers that prepare rows in pieces). */
+moe_acts moe_acts_describe(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf,
+                           float *scale);
+
 /* h[i] = silu(g[i]) * u[i] for i < n (h may alias g or u). */
 void moe_silu_mul(float *h, const float *g, const float *u, size_t n);
 

@@ -9,6 +9,9 @@
  * tested against, and the path of a CPU without them. */
 #include "kern.h"
 
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "isa.h"
@@ -24,9 +27,19 @@ moe_act_kind moe_act_of_block(moe_dtype t) {
     return f->act == MOE_QACT_Q8_1 ? MOE_ACT_Q8_1 : f->act == MOE_QACT_Q8_K ? MOE_ACT_Q8_K : MOE_ACT_Q8_0;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+static void qact_512(moe_act_kind a, uint32_t k, const float *x, void *buf);
+#endif
+
 void moe_acts_quantize_blocks(moe_act_kind a, uint32_t m, uint32_t k, const float *x, size_t ldx, void *buf) {
     const moe_qact q = qact_of(a);
     const size_t rb = moe_qact_row_bytes(q, k);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (moe_cpu_isa()->avx512) {
+        for (uint32_t r = 0; r < m; r++) qact_512(a, k, x + (size_t)r * ldx, (char *)buf + (size_t)r * rb);
+        return;
+    }
+#endif
     for (uint32_t r = 0; r < m; r++) (void)moe_qact_quantize(q, x + (size_t)r * ldx, (char *)buf + (size_t)r * rb, k);
 }
 
@@ -722,6 +735,55 @@ GEMV_B32(gemv_vnni_q5_1, moe_block_q5_1, moe_qact_q8_1, u_q5_1, 0, 1)
 GEMV_B32(gemv_vnni_q8_0, moe_block_q8_0, moe_qact_q8_0, u_q8_0, 128, 0)
 GEMV_B32(gemv_vnni_iq4_nl, moe_block_iq4_nl, moe_qact_q8_0, u_iq4_nl, 128, 0)
 GEMV_B32(gemv_vnni_mxfp4, moe_block_mxfp4, moe_qact_q8_0, u_mxfp4, 128, 0)
+
+/* ---- activation blocks ------------------------------------------------------
+ * The same blocks as common/quant.c's quantizers, bit for bit (d =
+ * max|x| / 127, codes x * (127 / max|x|) rounded to nearest even; a block
+ * with NaN or Inf gets d = NaN and zero codes), 16 values per vector. */
+
+/* n (a multiple of 16) values at x into codes at q; returns d, and the
+ * 16-sums in sums (when not NULL). */
+T_512Q INLINE float qblock_512(const float *x, uint32_t n, int8_t *q, int16_t *sums) {
+    __m512 amax = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (uint32_t i = 0; i < n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        bad |= _mm512_fpclass_ps_mask(v, 0x99); /* QNaN, +Inf, -Inf, SNaN */
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    }
+    const float m = _mm512_reduce_max_ps(amax), id = m > 0.0f ? 127.0f / m : 0.0f;
+    if (bad || !(id <= FLT_MAX) || id == 0.0f) {
+        memset(q, 0, n);
+        if (sums) memset(sums, 0, n / 16 * sizeof *sums);
+        return bad ? NAN : 0.0f;
+    }
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    for (uint32_t i = 0; i < n; i += 16) {
+        __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vid));
+        c = _mm512_max_epi32(_mm512_min_epi32(c, hi), lo);
+        _mm_storeu_si128((__m128i *)(void *)(q + i), _mm512_cvtepi32_epi8(c));
+        if (sums) sums[i / 16] = (int16_t)_mm512_reduce_add_epi32(c);
+    }
+    return m / 127.0f;
+}
+
+T_512Q static void qact_512(moe_act_kind a, uint32_t k, const float *x, void *buf) {
+    if (a == MOE_ACT_Q8_K) {
+        moe_qact_q8_K *b = buf;
+        for (uint32_t i = 0; i < k / MOE_QK_K; i++) b[i].d = qblock_512(x + MOE_QK_K * i, MOE_QK_K, b[i].qs, b[i].bsums);
+    } else if (a == MOE_ACT_Q8_1) {
+        moe_qact_q8_1 *b = buf;
+        for (uint32_t i = 0; i < k / 32; i++) {
+            int16_t s[2];
+            b[i].d = qblock_512(x + 32 * i, 32, b[i].qs, s);
+            b[i].sum = s[0] + s[1];
+        }
+    } else {
+        moe_qact_q8_0 *b = buf;
+        for (uint32_t i = 0; i < k / 32; i++) b[i].d = qblock_512(x + 32 * i, 32, b[i].qs, NULL);
+    }
+}
 
 typedef struct kern512 {
     moe_dtype t;

@@ -152,6 +152,39 @@ static void block_kernels_match_dot_products(void) {
     }
 }
 
+/* The engine's activation blocks (vectorized where the CPU allows) are
+ * common/quant.c's, bit for bit: random rows, and blocks with NaN, Inf,
+ * zeros and values too small to scale. */
+static void block_activations_match_reference(void) {
+    static const moe_act_kind kinds[3] = {MOE_ACT_Q8_0, MOE_ACT_Q8_1, MOE_ACT_Q8_K};
+    static const moe_qact qs[3] = {MOE_QACT_Q8_0, MOE_QACT_Q8_1, MOE_QACT_Q8_K};
+    moe_rng r = {29};
+    const uint32_t m = 5, k = 768;
+    float *x = malloc((size_t)m * k * sizeof *x);
+    test_fill(&r, x, (size_t)m * k);
+    x[k + 3] = NAN, x[2 * k + 300] = INFINITY, x[2 * k + 600] = -INFINITY;
+    for (uint32_t i = 0; i < 256; i++) x[3 * k + i] = 0.0f, x[4 * k + i] = 1e-39f * (float)i;
+    for (int a = 0; a < 3; a++) {
+        const size_t rb = moe_qact_row_bytes(qs[a], k);
+        char *got = calloc(m, rb), *want = calloc(m, rb);
+        moe_acts_prepare(kinds[a], m, k, x, k, got, NULL);
+        for (uint32_t row = 0; row < m; row++) CHECK_OK(moe_qact_quantize(qs[a], x + (size_t)row * k, want + row * rb, k));
+        const size_t bb = moe_qact_block_bytes(qs[a]);
+        for (size_t b = 0; b < m * rb / bb; b++) {
+            const char *g = got + b * bb, *w = want + b * bb;
+            if (qs[a] == MOE_QACT_Q8_K) { /* all but the padding */
+                const moe_qact_q8_K *gk = (const void *)g, *wk = (const void *)w;
+                CHECK(memcmp(&gk->d, &wk->d, 4) == 0 && memcmp(gk->bsums, wk->bsums, sizeof gk->bsums) == 0 &&
+                      memcmp(gk->qs, wk->qs, sizeof gk->qs) == 0);
+            } else {
+                CHECK(memcmp(g, w, bb) == 0);
+            }
+        }
+        free(got), free(want);
+    }
+    free(x);
+}
+
 /* The engine on experts in block formats, and in mixes of a gate/up
  * format with another for down (as llama.cpp's Q4_K_M, Q5_K_M and its
  * fallbacks for rows that are not whole 256-element blocks write them),
@@ -608,7 +641,8 @@ static void bad_tasks_are_refused(void) {
 }
 
 TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(block_kernels_match_dot_products),
-          TEST_CASE(block_experts_match_reference), TEST_CASE(amx_kernel_matches_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
+          TEST_CASE(block_experts_match_reference),
+          TEST_CASE(block_activations_match_reference), TEST_CASE(amx_kernel_matches_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
           TEST_CASE(engine_matches_reference), TEST_CASE(large_groups_use_onednn),
           TEST_CASE(numa_teams_run_their_own_experts), TEST_CASE(runtime_on_two_nodes),
           TEST_CASE(binding_restores_the_callers_cpus), TEST_CASE(paths_respect_kernel_limits),
