@@ -8,8 +8,17 @@
 #include "profile.h"
 #include "quant.h"
 
+/* Bytes of an expert's three matrices in dtype d, as elements times d's
+ * bytes per element (fractional for block formats: a cost model needs no
+ * whole rows, and a layer whose down rows take another format still has
+ * a cost for each); 0 for an invalid dtype. */
+static double expert_bytes(uint32_t hidden, uint32_t inter, moe_dtype d) {
+    const size_t b = moe_dtype_block(d);
+    return b ? 3.0 * hidden * inter * (double)moe_dtype_block_bytes(d) / (double)b : 0.0;
+}
+
 static double roofline(const moe_cost_table *t, uint32_t hidden, uint32_t inter, moe_dtype d, uint32_t m) {
-    const double bytes = (double)moe_expert_weight_bytes(hidden, inter, d, d);
+    const double bytes = expert_bytes(hidden, inter, d);
     if (!(t->read_gbps > 0) || bytes == 0) return -1.0;
     const double eff = t->decode_eff[d] > 0 ? t->decode_eff[d] : 1.0;
     double us = bytes / (t->read_gbps * eff * 1e3);
@@ -67,7 +76,7 @@ moe_status moe_profile_finish(moe_profile *p) {
  * roofline from the device's own measurements for shapes not measured. */
 static double device_cost(const moe_profile *p, int32_t gpu, uint32_t node, uint32_t hidden, uint32_t inter,
                           moe_dtype t, uint32_t m) {
-    if (!p || !moe_expert_weight_bytes(hidden, inter, t, t)) return -1.0;
+    if (!p || !expert_bytes(hidden, inter, t)) return -1.0;
     if (m == 0) return 0.0;
     /* A measured curve of this shape answers directly. */
     uint32_t off = 0;
@@ -89,7 +98,7 @@ static double device_cost(const moe_profile *p, int32_t gpu, uint32_t node, uint
         const moe_curve *c = &p->curves[i];
         if (c->gpu != gpu || (gpu < 0 && c->node != node) || !c->n_points) continue;
         const moe_curve_point *lo = &c->points[0], *hi = &c->points[c->n_points - 1];
-        const double bytes = (double)moe_expert_weight_bytes(c->hidden, c->inter, c->dtype, c->dtype);
+        const double bytes = expert_bytes(c->hidden, c->inter, c->dtype);
         const double ulo = moe_stat_mean(&lo->us), uhi = moe_stat_mean(&hi->us);
         if (lo->m <= 4 && tab.read_gbps > 0 && ulo > 0 && (!best_small[c->dtype] || lo->m < best_small[c->dtype])) {
             best_small[c->dtype] = lo->m;
@@ -114,9 +123,7 @@ double moe_profile_gpu_us(const moe_profile *p, int32_t gpu, uint32_t hidden, ui
     return device_cost(p, gpu, 0, hidden, inter, t, m);
 }
 
-static double weight_bytes(uint32_t hidden, uint32_t inter, moe_dtype t) {
-    return (double)moe_expert_weight_bytes(hidden, inter, t, t);
-}
+static double weight_bytes(uint32_t hidden, uint32_t inter, moe_dtype t) { return expert_bytes(hidden, inter, t); }
 
 double moe_profile_gpu_run_us(const moe_profile *p, int32_t gpu, uint32_t hidden, uint32_t inter, moe_dtype t,
                               uint32_t m) {
