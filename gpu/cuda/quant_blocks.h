@@ -25,9 +25,12 @@
 
 #ifdef __CUDACC__
 #define MOE_QB_FN static __host__ __device__ __forceinline__
-#define MOE_QB_UNROLL _Pragma("unroll")
 #else
 #define MOE_QB_FN static inline
+#endif
+#ifdef __CUDA_ARCH__ /* nvcc's device pass; the host compiler knows no such pragma */
+#define MOE_QB_UNROLL _Pragma("unroll")
+#else
 #define MOE_QB_UNROLL
 #endif
 
