@@ -17,7 +17,7 @@ run() { # run NAME CMD...: its output into $out/NAME.txt and the log; its status
     say "$1: ${*:2}"
     "${@:2}" >"$out/$1.txt" 2>&1
     local rc=$?
-    tail -n 40 "$out/$1.txt" | tee -a "$log"
+    tail -n "${TAIL:-40}" "$out/$1.txt" | tee -a "$log"
     say "$1: exit $rc"
     return 0
 }
@@ -41,7 +41,14 @@ fi
 [ -x "$build/moe-run" ] || { say "no $build/moe-run: the build failed (see $out/build.txt)"; exit 1; }
 
 run test_cuda_measure "$build/tests/test_cuda_measure"
+# The block-format decoders on the host first (no GPU needed: if this
+# fails, the GPU cases below will too), then the conformance suite.
+run test_cuda_quant "$build/tests/test_cuda_quant"
 run test_device "$build/tests/test_device"
+# Its block-format cases again, alone: their NMSE per format and token
+# count, the bit-exact decoding and the speed figures, whole in the log.
+TAIL=200 run test_device_blocks "$build/tests/test_device" cuda_decodes_every_format_bit_exactly \
+    cuda_block_formats_on_both_paths cuda_down_in_its_own_dtype cuda_runtime_runs_block_formats cuda_block_formats_speed
 run test_forward "$build/tests/test_forward"
 run profile "$build/moe-profile" --quick -o "$out/profile.txt"
 if [ -s "$out/profile.txt" ]; then

@@ -10,7 +10,8 @@
  *   - the runtime on the device against the CPU-only runtime
  * then each device's own cases: the simulated GPU's modeled clock,
  * hazards and injected faults; CUDA's stream order on a reused slot, the
- * overlap of a copy with a run and its pinned memory. A new device or
+ * overlap of a copy with a run, its pinned memory, and its block formats
+ * (bit-exact decoding, both paths, down in a dtype of its own). A new device or
  * dtype is tested by adding a row, not a file. Nothing here is timed: the
  * modeled clock is checked with time_scale 0, and the one real-time case
  * only checks that completion does not come before its modeled end. A
@@ -601,14 +602,34 @@ static const test_case sim_cases[] = {
 
 #ifdef MOE_HAVE_CUDA
 /* A GPU rounds activations to the weights' 16-bit type (the CPU keeps f16
- * activations in f32) and computes int8 experts as bf16. */
+ * activations in f32) and computes int8 experts as bf16. Block formats
+ * above MOE_CUDADEV_GEMV_MAX_M tokens are computed as bf16 too: their
+ * weights' exact f32 values rounded once more, beside the bf16 path's
+ * roundings of x and h; a host replay of that path
+ * (tests/test_cuda_quant.c, bf16_path_error) gives NMSE 1.4e-5 to 1.8e-5
+ * against the reference, mxfp4 (whose values bf16 holds exactly) 6.9e-6,
+ * so 1e-4. At or below it the decode GEMV computes in f32 from the exact
+ * values: f32's bound (cuda_bound). */
 static double cuda_tolerance(moe_dtype t) {
     switch (t) {
     case MOE_DTYPE_F32: return 1e-9;
     case MOE_DTYPE_F16: return 1e-5;
     case MOE_DTYPE_BF16: return 3e-4;
-    default: return 3e-3;
+    case MOE_DTYPE_I8: return 3e-3;
+    default: return moe_dtype_is_block(t) ? 1e-4 : 3e-3;
     }
+}
+
+/* The bound for an expert with gate and up in t and down in td on m
+ * tokens: each matrix's path's own, added. A block-format matrix at
+ * decode (the GEMV, f32 sums of the exact values) has f32's. */
+static double cuda_bound(moe_dtype t, moe_dtype td, uint32_t m) {
+    const moe_dtype ts[2] = {t, td};
+    double b = 0;
+    for (int i = 0; i < 2; i++)
+        b += moe_dtype_is_block(ts[i]) && m <= MOE_CUDADEV_GEMV_MAX_M ? cuda_tolerance(MOE_DTYPE_F32)
+                                                                      : cuda_tolerance(ts[i]);
+    return b;
 }
 
 static moe_dev *cudadev(uint64_t memory) {
@@ -721,11 +742,251 @@ static void cuda_memory_limit(void) {
     moe_dev_free(&d);
 }
 
+/* Every block format the device supports, decoded on the GPU by the
+ * kernels its runs use, bit for bit as common/quant.c (the f32 values the
+ * GEMV multiplies) and those values rounded to nearest even (the bf16 the
+ * dequantize kernel gives cuBLAS). Random bytes: every code and sub-block
+ * scale, f16 fields of every kind (subnormal, Inf, NaN), mxfp4's every
+ * exponent. A wrong index, a fused multiply-add or flushed subnormals
+ * show here before any NMSE does. */
+static void cuda_decodes_every_format_bit_exactly(void) {
+    moe_dev *d = cudadev(0);
+    if (!d) return;
+    moe_rng r = {41};
+    int formats = 0;
+    for (int ti = 0; ti < MOE_DTYPE_COUNT_; ti++) {
+        const moe_dtype t = (moe_dtype)ti;
+        if (!moe_dtype_is_block(t) || !moe_dev_supports(d, t)) continue;
+        formats++;
+        const uint32_t block = (uint32_t)moe_dtype_block(t), rows = 64, cols = 9 * block;
+        const size_t n = (size_t)rows * cols, nb = n / block, bytes = moe_matrix_bytes(t, rows, cols);
+        uint8_t *b = malloc(bytes);
+        for (size_t i = 0; i < bytes; i++) b[i] = (uint8_t)moe_rng_next(&r);
+        if (t == MOE_DTYPE_MXFP4)
+            for (size_t i = 0; i < nb; i++) b[i * moe_dtype_block_bytes(t)] = (uint8_t)i;
+        float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+        uint16_t *got16 = malloc(n * sizeof *got16);
+        CHECK_OK(moe_quant_dequantize(t, b, want, n));
+        CHECK_OK(moe_cudadev_decode(0, t, b, rows, cols, got, got16));
+        size_t bad = 0, bad16 = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t gu, wu;
+            memcpy(&gu, &got[i], sizeof gu), memcpy(&wu, &want[i], sizeof wu);
+            const bool ok = gu == wu || (isnan(got[i]) && isnan(want[i]));
+            const bool ok16 = got16[i] == moe_f32_to_bf16(want[i]);
+            if ((!ok && bad++ == 0) || (!ok16 && bad16++ == 0))
+                fprintf(stderr, "%s element %zu (block %zu): f32 0x%08x bf16 0x%04x, reference 0x%08x bf16 0x%04x\n",
+                        moe_dtype_name(t), i, i / block, gu, got16[i], wu, moe_f32_to_bf16(want[i]));
+        }
+        if (bad || bad16) fprintf(stderr, "%s: %zu f32 and %zu bf16 of %zu elements differ\n", moe_dtype_name(t), bad, bad16, n);
+        CHECK(bad == 0 && bad16 == 0);
+        free(b), free(want), free(got), free(got16);
+    }
+    CHECK_EQ(formats, 13);
+    float f;
+    CHECK_STATUS(moe_cudadev_decode(0, MOE_DTYPE_BF16, &f, 1, 1, &f, NULL), MOE_ERR_UNSUPPORTED);
+    moe_dev_free(&d);
+}
+
+/* One expert on m tokens against the reference within cuda_bound. */
+static void check_expert_run(moe_dev *d, uint32_t slot, const expert_buf *e, uint32_t m, moe_dev_event after, moe_rng *r) {
+    const uint32_t H = e->v.hidden;
+    float *x = randv((size_t)m * H, r), *y = randv((size_t)m * H, r), *want = randv((size_t)m * H, r);
+    float *scratch = malloc(e->v.inter * sizeof *scratch);
+    moe_dev_event ev = 0;
+    CHECK_OK(moe_dev_run(d, slot, m, x, y, after, &ev));
+    CHECK_OK(moe_dev_wait(d, ev));
+    moe_ref_expert(&e->v, m, x, want, scratch);
+    const moe_dtype td = moe_view_down(&e->v);
+    const double err = test_nmse(y, want, (size_t)m * H), bound = cuda_bound(e->v.dtype, td, m);
+    printf("# cuda %ux%u %s, down %s, m=%u (%s): NMSE %.3g (bound %.3g)\n", H, e->v.inter, moe_dtype_name(e->v.dtype),
+           moe_dtype_name(td), m, m <= MOE_CUDADEV_GEMV_MAX_M ? "GEMV" : "GEMM", err, bound);
+    CHECK(err <= bound);
+    free(x), free(y), free(want), free(scratch);
+}
+
+/* Every block format at 1 token and at the last and first token counts on
+ * either side of the decode GEMV's threshold, and at 40: the GEMV within
+ * f32's bound, the dequantize-then-cuBLAS path within bf16's. 32-blocks
+ * on 160x96 (rows of 5 and 3 blocks: the warps' lanes do unequal work). */
+static void cuda_block_formats_on_both_paths(void) {
+    moe_dev *d = cudadev(0);
+    if (!d) return;
+    moe_rng r = {43};
+    const uint32_t ms[4] = {1, MOE_CUDADEV_GEMV_MAX_M, MOE_CUDADEV_GEMV_MAX_M + 1, 40};
+    CHECK_OK(moe_dev_alloc_slots(d, 1, moe_dev_expert_bytes(512, 256, MOE_DTYPE_F32, MOE_DTYPE_F32)));
+    for (int ti = 0; ti < MOE_DTYPE_COUNT_; ti++) {
+        const moe_dtype t = (moe_dtype)ti;
+        if (!moe_dtype_is_block(t) || !moe_dev_supports(d, t)) continue;
+        const bool k = moe_dtype_block(t) == 256;
+        expert_buf e;
+        expert_make(&e, k ? 512 : 160, k ? 256 : 96, t, &r);
+        moe_dev_event up = 0;
+        CHECK_OK(moe_dev_upload(d, 0, &e.v, &up));
+        for (int mi = 0; mi < 4; mi++) check_expert_run(d, 0, &e, ms[mi], up, &r);
+        CHECK_OK(moe_dev_wait(d, up)); /* the runs waited for it; its slot is reused next */
+        expert_free(&e);
+    }
+    moe_dev_free(&d);
+}
+
+/* Down in a dtype of its own, each in a slot of exactly its bytes: as
+ * llama.cpp's Q4_K_M (q6_K down), a 1408-element down row that only
+ * 32-blocks fit (DeepSeek-V2-Lite's shape, q8_0 down), iq4_xs with iq4_nl,
+ * and the element types beside block formats either way, int8's row
+ * scales included (gate and up's, or down's alone). */
+static void cuda_down_in_its_own_dtype(void) {
+    const struct {
+        moe_dtype t, td;
+        uint32_t H, I;
+    } cases[] = {
+        {MOE_DTYPE_Q4_K, MOE_DTYPE_Q6_K, 1024, 512},  {MOE_DTYPE_Q4_K, MOE_DTYPE_Q8_0, 2048, 1408},
+        {MOE_DTYPE_IQ4_XS, MOE_DTYPE_IQ4_NL, 512, 288}, {MOE_DTYPE_BF16, MOE_DTYPE_Q8_0, 256, 96},
+        {MOE_DTYPE_Q8_0, MOE_DTYPE_F32, 96, 160},     {MOE_DTYPE_Q5_0, MOE_DTYPE_F16, 160, 64},
+        {MOE_DTYPE_I8, MOE_DTYPE_Q6_K, 256, 512},     {MOE_DTYPE_Q6_K, MOE_DTYPE_I8, 512, 256},
+    };
+    const uint32_t ms[4] = {1, MOE_CUDADEV_GEMV_MAX_M, MOE_CUDADEV_GEMV_MAX_M + 1, 17};
+    moe_rng r = {47};
+    moe_dev *d = cudadev(0);
+    if (!d) return;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        CHECK(moe_dev_supports(d, cases[c].t) && moe_dev_supports(d, cases[c].td));
+        expert_buf e;
+        expert_make2(&e, cases[c].H, cases[c].I, cases[c].t, cases[c].td, &r);
+        const size_t bytes = moe_dev_view_bytes(&e.v);
+        CHECK_OK(moe_dev_alloc_slots(d, 1, bytes));
+        moe_dev_stats before, after;
+        moe_dev_get_stats(d, &before);
+        moe_dev_event up = 0;
+        CHECK_OK(moe_dev_upload(d, 0, &e.v, &up));
+        for (int mi = 0; mi < 4; mi++) check_expert_run(d, 0, &e, ms[mi], up, &r);
+        moe_dev_get_stats(d, &after);
+        CHECK_EQ(after.bytes_uploaded - before.bytes_uploaded, bytes);
+        expert_free(&e);
+    }
+    /* Rows of partial blocks are refused, naming the shape. */
+    expert_buf e;
+    expert_make2(&e, 256, 96, MOE_DTYPE_Q4_K, MOE_DTYPE_Q8_0, &r);
+    e.v.down_dtype = MOE_DTYPE_Q6_K; /* 96-element rows */
+    moe_dev_event up = 0;
+    CHECK_STATUS(moe_dev_upload(d, 0, &e.v, &up), MOE_ERR_INVALID_ARG);
+    CHECK_ERROR_MENTIONS("partial blocks");
+    e.v.down_dtype = MOE_DTYPE_Q8_0;
+    expert_free(&e);
+    moe_dev_free(&d);
+}
+
+/* moe_layer_forward on device cuda against the CPU-only runtime on a
+ * Q4_K_M-like model (q4_K, layer 1's down in q6_K), at decode and prefill
+ * sizes: the runtime sizes slots for the larger layer and the GPU runs
+ * experts of both. */
+static void cuda_runtime_runs_block_formats(void) {
+    enum { L = 2, E = 8 };
+    const uint32_t H = 512, I = 256, k = 2;
+    moe_rng r = {53};
+    expert_buf bufs[L * E];
+    moe_model_t *model = NULL;
+    CHECK_OK(moe_model_create(&model, L));
+    const moe_layer_desc desc = moe_layer_desc_init(E, H, I, MOE_DTYPE_Q4_K);
+    for (uint32_t l = 0; l < L; l++) {
+        const moe_dtype td = l == 1 ? MOE_DTYPE_Q6_K : MOE_DTYPE_Q4_K;
+        CHECK_OK(moe_model_set_layer(model, l, &desc));
+        if (l == 1) CHECK_OK(moe_model_set_down_dtype(model, l, td));
+        for (uint32_t e = 0; e < E; e++) {
+            expert_buf *b = &bufs[l * E + e];
+            expert_make2(b, H, I, MOE_DTYPE_Q4_K, td, &r);
+            const moe_expert_weights w = {.gate = b->v.gate, .up = b->v.up, .down = b->v.down};
+            CHECK_OK(moe_model_set_expert(model, l, e, &w));
+        }
+    }
+    moe_runtime_params p = moe_runtime_default_params();
+    p.n_threads = 2;
+    moe_runtime_t *cpu = NULL, *gpu = NULL;
+    p.policy = "static-cpu";
+    CHECK_OK(moe_runtime_create(&cpu, model, &p));
+    p.device = MOE_DEVICE_CUDA;
+    p.policy = "moerun";
+    p.gpu_budget_fraction = 0.5;
+    p.profile_path = MOE_PROFILES_DIR "/ref-h100-pcie5-2s-xeon8480.txt";
+    p.profile_any_host = 1;
+    CHECK_OK(moe_runtime_create(&gpu, model, &p));
+    if (cpu && gpu) {
+        CHECK_EQ(moe_runtime_device(gpu), MOE_DEVICE_CUDA);
+        const double bound = cuda_tolerance(MOE_DTYPE_Q4_K) + cuda_tolerance(MOE_DTYPE_Q6_K) +
+                             test_tolerance(MOE_DTYPE_Q4_K) + test_tolerance(MOE_DTYPE_Q6_K);
+        for (int pass = 0; pass < 4; pass++) {
+            const uint32_t n = pass % 2 ? 1 + moe_rng_below(&r, 3) : 40 + moe_rng_below(&r, 24);
+            const size_t act = (size_t)n * H;
+            float *x = malloc(act * sizeof *x), *ya = malloc(act * sizeof *x), *yb = malloc(act * sizeof *x);
+            float *w = malloc((size_t)n * k * sizeof *w);
+            int32_t *ids = malloc((size_t)n * k * sizeof *ids);
+            for (uint32_t l = 0; l < L; l++) {
+                test_fill(&r, x, act);
+                test_routing(&r, n, E, k, ids, w);
+                CHECK_OK(moe_layer_forward(cpu, l, n, x, k, ids, w, ya));
+                CHECK_OK(moe_layer_forward(gpu, l, n, x, k, ids, w, yb));
+                const double err = test_nmse(yb, ya, act);
+                if (!(err <= bound)) fprintf(stderr, "cuda q4_K pass %d layer %u: NMSE %.3g\n", pass, l, err);
+                CHECK(err <= bound);
+            }
+            free(x), free(ya), free(yb), free(w), free(ids);
+        }
+        moe_stats st;
+        CHECK_OK(moe_runtime_get_stats(gpu, &st));
+        CHECK(st.expert_calls_gpu > 0 && st.gpu_redone == 0);
+        printf("# cuda q4_K/q6_K model: %llu experts on the GPU, %llu on the CPU\n",
+               (unsigned long long)st.expert_calls_gpu, (unsigned long long)st.expert_calls_cpu);
+    }
+    moe_runtime_free(&gpu);
+    moe_runtime_free(&cpu);
+    moe_model_free(&model);
+    for (uint32_t i = 0; i < L * E; i++) expert_free(&bufs[i]);
+}
+
+/* Prints what the block-format paths take on a Qwen3-MoE-sized expert
+ * (2048x768, q4_K with q6_K down, resident): the decode GEMV at 1 and 8
+ * tokens, the dequantize-then-cuBLAS path at 9, 64 and 512, each run's
+ * device time (x in, kernels, y out) and the weight bytes it reads per
+ * second. Figures for docs/devices.md, not checked. */
+static void cuda_block_formats_speed(void) {
+    const uint32_t H = 2048, I = 768, ms[5] = {1, 8, 9, 64, 512}, reps = 20;
+    moe_rng r = {59};
+    moe_dev *d = cudadev(0);
+    if (!d) return;
+    expert_buf e;
+    expert_make2(&e, H, I, MOE_DTYPE_Q4_K, MOE_DTYPE_Q6_K, &r);
+    const size_t bytes = moe_dev_view_bytes(&e.v);
+    CHECK_OK(moe_dev_alloc_slots(d, 1, bytes));
+    moe_dev_event up = 0, ev[20];
+    CHECK_OK(moe_dev_upload(d, 0, &e.v, &up));
+    float *x = randv((size_t)512 * H, &r), *y = randv((size_t)512 * H, &r);
+    for (int mi = 0; mi < 5; mi++) {
+        for (uint32_t i = 0; i < 3; i++) CHECK_OK(moe_dev_run(d, 0, ms[mi], x, y, up, &ev[i])); /* warm */
+        CHECK_OK(moe_dev_wait(d, ev[2]));
+        for (uint32_t i = 0; i < reps; i++) CHECK_OK(moe_dev_run(d, 0, ms[mi], x, y, up, &ev[i]));
+        CHECK_OK(moe_dev_wait(d, ev[reps - 1]));
+        double sum = 0, s0, e0;
+        for (uint32_t i = 0; i < reps; i++)
+            if (moe_dev_times(d, ev[i], &s0, &e0) == MOE_OK) sum += e0 - s0;
+        const double us = sum / reps * 1e6;
+        printf("# speed %ux%u q4_K, down q6_K, m=%u (%s): %.1f us a run, %.0f GB/s of weights\n", H, I, ms[mi],
+               ms[mi] <= MOE_CUDADEV_GEMV_MAX_M ? "GEMV" : "dequantize + cuBLAS", us, (double)bytes / (us * 1e3));
+    }
+    free(x), free(y);
+    moe_dev_free(&d);
+    expert_free(&e);
+}
+
 static const test_case cuda_cases[] = {
     TEST_CASE(cuda_registers_host_memory),
     TEST_CASE(cuda_slot_reuse_keeps_stream_order),
     TEST_CASE(cuda_copy_overlaps_compute),
     TEST_CASE(cuda_memory_limit),
+    TEST_CASE(cuda_decodes_every_format_bit_exactly),
+    TEST_CASE(cuda_block_formats_on_both_paths),
+    TEST_CASE(cuda_down_in_its_own_dtype),
+    TEST_CASE(cuda_runtime_runs_block_formats),
+    TEST_CASE(cuda_block_formats_speed),
 };
 #endif
 

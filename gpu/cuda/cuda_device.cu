@@ -15,6 +15,7 @@
 #include "check.h"
 #include "cuda_device.h"
 #include "cuda_measure.h"
+#include "quant_kernels.h"
 
 namespace {
 
@@ -135,19 +136,33 @@ unsigned grid_for(size_t n) {
 
 // ---- slot layout ----------------------------------------------------------
 
+// Gate and up back to back (one GEMM, or one GEMV over 2 * inter rows,
+// computes both: they share a dtype), then down in its own dtype, then
+// the row scales of the int8 matrices. A block format's rows are
+// moe_dtype_row_bytes bytes, so the sizes are moe_matrix_bytes. Three
+// alignments pad less than the 4 * ALIGN each slot's stride adds.
 struct layout {
-    size_t gate_up, down, scales, down_scale, end; // offsets in the slot
+    size_t gate_bytes, down_bytes;           // one of gate and up; down
+    size_t down, scales, down_scale, end;    // offsets in the slot (gate at 0, up at gate_bytes)
 };
 
-layout layout_of(uint32_t hidden, uint32_t inter, moe_dtype t) {
-    const size_t mat = (size_t)hidden * inter * moe_dtype_size(t);
+layout layout_of(const moe_expert_view *w) {
+    const moe_dtype tg = w->dtype, td = moe_view_down(w);
     layout l;
-    l.gate_up = 0;
-    l.down = align_up(2 * mat, ALIGN);
-    l.scales = align_up(l.down + mat, ALIGN);
-    l.down_scale = t == MOE_DTYPE_I8 ? align_up(l.scales + 2 * (size_t)inter * sizeof(float), ALIGN) : l.scales;
-    l.end = t == MOE_DTYPE_I8 ? l.down_scale + (size_t)hidden * sizeof(float) : l.scales;
+    l.gate_bytes = moe_matrix_bytes(tg, w->inter, w->hidden);
+    l.down_bytes = moe_matrix_bytes(td, w->hidden, w->inter);
+    l.down = align_up(2 * l.gate_bytes, ALIGN);
+    l.scales = align_up(l.down + l.down_bytes, ALIGN);
+    l.down_scale = align_up(l.scales + (tg == MOE_DTYPE_I8 ? 2 * (size_t)w->inter * sizeof(float) : 0), ALIGN);
+    l.end = l.down_scale + (td == MOE_DTYPE_I8 ? (size_t)w->hidden * sizeof(float) : 0);
     return l;
+}
+
+// The weight dtypes a run computes: the element types through cuBLAS,
+// int8 and the block formats dequantized to bf16 ahead of it, the block
+// formats read in place by the GEMV at decode.
+bool computes(moe_dtype t) {
+    return t == MOE_DTYPE_F32 || t == MOE_DTYPE_BF16 || t == MOE_DTYPE_F16 || t == MOE_DTYPE_I8 || moe_cuq_supports(t);
 }
 
 // ---- operations and clock -------------------------------------------------
@@ -463,14 +478,20 @@ moe_status check_view(const cudadev *d, uint32_t s, const moe_expert_view *w) {
     if (s >= d->n_slots) return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: slot %u of %u", s, d->n_slots);
     if (!w || !w->gate || !w->up || !w->down || !w->hidden || !w->inter || w->hidden > INT_MAX / 2 ||
         w->inter > INT_MAX / 2 || (unsigned)w->dtype >= MOE_DTYPE_COUNT_ ||
-        (w->dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale || !w->down_scale)))
+        (unsigned)moe_view_down(w) >= MOE_DTYPE_COUNT_ ||
+        (w->dtype == MOE_DTYPE_I8 && (!w->gate_scale || !w->up_scale)) ||
+        (moe_view_down(w) == MOE_DTYPE_I8 && !w->down_scale))
         return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: an incomplete expert view");
-    if (w->dtype != MOE_DTYPE_F32 && w->dtype != MOE_DTYPE_BF16 && w->dtype != MOE_DTYPE_F16 && w->dtype != MOE_DTYPE_I8)
-        return moe_fail(MOE_ERR_UNSUPPORTED, "CUDA device: experts in %s", moe_dtype_name(w->dtype));
-    const layout l = layout_of(w->hidden, w->inter, w->dtype);
+    const moe_dtype td = moe_view_down(w);
+    if (!computes(w->dtype) || !computes(td))
+        return moe_fail(MOE_ERR_UNSUPPORTED, "CUDA device: experts in %s", moe_dtype_name(computes(td) ? w->dtype : td));
+    if (!moe_dev_view_bytes(w))
+        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: a %ux%u %s expert (down %s) has rows of partial blocks",
+                        w->hidden, w->inter, moe_dtype_name(w->dtype), moe_dtype_name(td));
+    const layout l = layout_of(w);
     if (moe_dev_view_bytes(w) > d->slot_bytes || l.end > d->stride)
-        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: a %ux%u %s expert does not fit a %zu-byte slot", w->hidden,
-                        w->inter, moe_dtype_name(w->dtype), d->slot_bytes);
+        return moe_fail(MOE_ERR_INVALID_ARG, "CUDA device: a %ux%u %s expert (down %s) does not fit a %zu-byte slot",
+                        w->hidden, w->inter, moe_dtype_name(w->dtype), moe_dtype_name(td), d->slot_bytes);
     return MOE_OK;
 }
 
@@ -485,16 +506,21 @@ moe_status cu_upload(moe_dev *dev, uint32_t s, const moe_expert_view *w, moe_dev
     slot *sl = &d->slots[s];
     sl->view.gate = NULL; // until this upload has been submitted whole
     if ((st = stream_wait(d, d->copy, sl->last_run)) != MOE_OK || (st = after_host(d, d->copy)) != MOE_OK) return st;
-    const layout l = layout_of(w->hidden, w->inter, w->dtype);
-    const size_t mat = (size_t)w->hidden * w->inter * moe_dtype_size(w->dtype);
+    const layout l = layout_of(w);
+    const bool gate_i8 = w->dtype == MOE_DTYPE_I8, down_i8 = moe_view_down(w) == MOE_DTYPE_I8;
     const size_t is = (size_t)w->inter * sizeof(float), hs = (size_t)w->hidden * sizeof(float);
     char *base = d->pool + (size_t)s * d->stride;
-    // The parts: registered first, so the copy's times hold only the copy.
-    const void *src[6] = {w->gate, w->up, w->down, w->gate_scale, w->up_scale, w->down_scale};
-    char *dst[6] = {base + l.gate_up, base + l.gate_up + mat, base + l.down, base + l.scales, base + l.scales + is,
-                    base + l.down_scale};
-    const size_t len[6] = {mat, mat, mat, is, is, hs};
-    const int parts = w->dtype == MOE_DTYPE_I8 ? 6 : 3;
+    // The parts: the three matrices, then the int8 ones' row scales.
+    const void *src[6] = {w->gate, w->up, w->down};
+    char *dst[6] = {base, base + l.gate_bytes, base + l.down};
+    size_t len[6] = {l.gate_bytes, l.gate_bytes, l.down_bytes};
+    int parts = 3;
+    if (gate_i8) {
+        src[parts] = w->gate_scale, dst[parts] = base + l.scales, len[parts++] = is;
+        src[parts] = w->up_scale, dst[parts] = base + l.scales + is, len[parts++] = is;
+    }
+    if (down_i8) src[parts] = w->down_scale, dst[parts] = base + l.down_scale, len[parts++] = hs;
+    // Registered first, so the copy's times hold only the copy.
     for (int i = 0; i < parts; i++) ensure_pinned(d, src[i], len[i]);
     op *o = new_op(d, OP_UPLOAD);
     cudaError_t e = cudaEventRecord(o->start, d->copy);
@@ -504,12 +530,12 @@ moe_status cu_upload(moe_dev *dev, uint32_t s, const moe_expert_view *w, moe_dev
     e = cudaEventRecord(o->end, d->copy);
     if (e != cudaSuccess) return o->seq = 0, CUDA_FAIL(cudaEventRecord, e);
     moe_expert_view v = *w;
-    v.gate = base + l.gate_up;
-    v.up = base + l.gate_up + mat;
+    v.gate = base;
+    v.up = base + l.gate_bytes;
     v.down = base + l.down;
-    v.gate_scale = w->dtype == MOE_DTYPE_I8 ? (const float *)(base + l.scales) : NULL;
-    v.up_scale = w->dtype == MOE_DTYPE_I8 ? (const float *)(base + l.scales) + w->inter : NULL;
-    v.down_scale = w->dtype == MOE_DTYPE_I8 ? (const float *)(base + l.down_scale) : NULL;
+    v.gate_scale = gate_i8 ? (const float *)(base + l.scales) : NULL;
+    v.up_scale = gate_i8 ? (const float *)(base + l.scales) + w->inter : NULL;
+    v.down_scale = down_i8 ? (const float *)(base + l.down_scale) : NULL;
     sl->view = v;
     sl->last_upload = o->seq;
     d->stats.uploads++;
@@ -518,19 +544,44 @@ moe_status cu_upload(moe_dev *dev, uint32_t s, const moe_expert_view *w, moe_dev
     return MOE_OK;
 }
 
-// The run scratch for m tokens of this shape: x, y (f32), x and h in the
-// GEMM type, gate|up outputs (f32), and for int8 the dequantized weights.
-moe_status scratch_for(cudadev *d, const moe_expert_view *w, uint32_t m, char **x, char **xt, char **gu, char **h,
-                       char **y, char **wq) {
+static_assert(MOE_CUDADEV_GEMV_MAX_M <= MOE_QB_MAX_M, "the GEMV's accumulators hold MOE_QB_MAX_M tokens");
+
+// How a run computes with one matrix of dtype t on m tokens.
+struct mat_plan {
+    bool gemv;       // a block format at decode: the GEMV reads its blocks in place
+    bool dequant;    // int8, or a block format above the GEMV's m: to bf16 in the scratch first
+    cudaDataType wt; // otherwise the GEMM's type, of the weights and of its input
+    size_t in_el;    // bytes per element of the input it reads (x or h)
+};
+
+mat_plan plan_of(moe_dtype t, uint32_t m) {
+    mat_plan p = {false, false, CUDA_R_16BF, 2};
+    if (t == MOE_DTYPE_F32) p.wt = CUDA_R_32F, p.in_el = 4;
+    else if (t == MOE_DTYPE_F16) p.wt = CUDA_R_16F;
+    else if (t == MOE_DTYPE_I8) p.dequant = true;
+    else if (moe_dtype_is_block(t) && m <= MOE_CUDADEV_GEMV_MAX_M) p.gemv = true, p.in_el = 4;
+    else if (moe_dtype_is_block(t)) p.dequant = true;
+    return p;
+}
+
+// A run's buffers in the device scratch: x and y (f32), x in the gate/up
+// GEMM's type, the gate|up outputs (f32), h in the type down reads, and
+// the dequantized bf16 weights of gate|up and of down where they need it.
+struct run_bufs {
+    char *x, *xt, *gu, *h, *y, *wgu, *wd;
+};
+
+moe_status scratch_for(cudadev *d, const moe_expert_view *w, uint32_t m, run_bufs *b) {
     const size_t H = w->hidden, I = w->inter;
-    const size_t el = w->dtype == MOE_DTYPE_F32 ? 4 : 2; // the GEMM's activation type
+    const mat_plan pg = plan_of(w->dtype, m), pd = plan_of(moe_view_down(w), m);
     size_t off = 0;
     const size_t ox = off; off = align_up(off + m * H * 4, ALIGN);
-    const size_t oxt = off; off = align_up(off + m * H * el, ALIGN);
+    const size_t oxt = off; off = align_up(off + m * H * pg.in_el, ALIGN);
     const size_t ogu = off; off = align_up(off + m * 2 * I * 4, ALIGN);
-    const size_t oh = off; off = align_up(off + m * I * el, ALIGN);
+    const size_t oh = off; off = align_up(off + m * I * pd.in_el, ALIGN);
     const size_t oy = off; off = align_up(off + m * H * 4, ALIGN);
-    const size_t owq = off; off = align_up(off + (w->dtype == MOE_DTYPE_I8 ? 3 * H * I * 2 : 0), ALIGN);
+    const size_t owgu = off; off = align_up(off + (pg.dequant ? 2 * H * I * 2 : 0), ALIGN);
+    const size_t owd = off; off = align_up(off + (pd.dequant ? H * I * 2 : 0), ALIGN);
     if (off > d->scratch_bytes) {
         CUDA_OK(cudaStreamSynchronize(d->compute)); // the old scratch may be in use
         if (d->scratch) cudaFree(d->scratch);
@@ -544,56 +595,78 @@ moe_status scratch_for(cudadev *d, const moe_expert_view *w, uint32_t m, char **
         }
         d->scratch_bytes = want;
     }
-    *x = d->scratch + ox, *xt = d->scratch + oxt, *gu = d->scratch + ogu, *h = d->scratch + oh, *y = d->scratch + oy;
-    *wq = d->scratch + owq;
+    char *s = d->scratch;
+    *b = run_bufs{s + ox, s + oxt, s + ogu, s + oh, s + oy, s + owgu, s + owd};
+    return MOE_OK;
+}
+
+// Enqueues out (bf16 [rows][cols]) = matrix w of dtype t (int8 with its
+// row scales, or a block format) on the compute stream.
+moe_status to_bf16(cudadev *d, moe_dtype t, const void *w, const float *scale, uint32_t rows, uint32_t cols, char *out) {
+    if (t == MOE_DTYPE_I8) {
+        const size_t n = (size_t)rows * cols;
+        dequant_kernel<<<grid_for(n), 256, 0, d->compute>>>((const int8_t *)w, scale, (__nv_bfloat16 *)out, cols, n);
+        CUDA_OK(cudaGetLastError());
+        return MOE_OK;
+    }
+    CUDA_OK(moe_cuq_dequant_bf16(t, w, rows, cols, out, d->compute));
+    return MOE_OK;
+}
+
+// Enqueues x (f32, n elements) in the GEMM type wt: into xt, or x itself for f32.
+moe_status gemm_input(cudadev *d, cudaDataType wt, const char *x, char *xt, size_t n, const void **in) {
+    if (wt == CUDA_R_16BF)
+        convert_kernel<__nv_bfloat16><<<grid_for(n), 256, 0, d->compute>>>((const float *)x, (__nv_bfloat16 *)xt, n);
+    else if (wt == CUDA_R_16F)
+        convert_kernel<__half><<<grid_for(n), 256, 0, d->compute>>>((const float *)x, (__half *)xt, n);
+    CUDA_OK(cudaGetLastError());
+    *in = wt == CUDA_R_32F ? (const void *)x : (const void *)xt;
     return MOE_OK;
 }
 
 // Enqueues y = expert(x) on the compute stream, all in device memory.
-moe_status expert(cudadev *d, const moe_expert_view *w, uint32_t m, char *x, char *xt, char *gu, char *h, char *y,
-                  char *wq) {
+// Each of gate|up and down goes its own way (mat_plan): the GEMV on its
+// blocks at decode, or cuBLAS in f32, f16 or bf16 (int8 and block formats
+// dequantized to bf16 first). The f32 output rows are the same either way.
+moe_status expert(cudadev *d, const moe_expert_view *w, uint32_t m, const run_bufs &b) {
     const uint32_t H = w->hidden, I = w->inter;
-    const void *wgu = w->gate, *wd = w->down;
-    cudaDataType wt = CUDA_R_32F;
-    const size_t nx = (size_t)m * H, nh = (size_t)m * I;
-    switch (w->dtype) {
-    case MOE_DTYPE_I8: {
-        __nv_bfloat16 *q = (__nv_bfloat16 *)wq;
-        const size_t mat = (size_t)H * I;
-        // gate and up are back to back in the slot, and so are their scales
-        dequant_kernel<<<grid_for(2 * mat), 256, 0, d->compute>>>((const int8_t *)w->gate, w->gate_scale, q, H, 2 * mat);
-        dequant_kernel<<<grid_for(mat), 256, 0, d->compute>>>((const int8_t *)w->down, w->down_scale, q + 2 * mat, I, mat);
-        CUDA_OK(cudaGetLastError());
-        wgu = q, wd = q + 2 * mat;
-        [[fallthrough]]; // bf16 from here
-    }
-    case MOE_DTYPE_BF16:
-        wt = CUDA_R_16BF;
-        convert_kernel<__nv_bfloat16><<<grid_for(nx), 256, 0, d->compute>>>((const float *)x, (__nv_bfloat16 *)xt, nx);
-        break;
-    case MOE_DTYPE_F16:
-        wt = CUDA_R_16F;
-        convert_kernel<__half><<<grid_for(nx), 256, 0, d->compute>>>((const float *)x, (__half *)xt, nx);
-        break;
-    default:
-        xt = x;
-        break;
-    }
-    CUDA_OK(cudaGetLastError());
+    const moe_dtype tg = w->dtype, td = moe_view_down(w);
+    const mat_plan pg = plan_of(tg, m), pd = plan_of(td, m);
+    const size_t nh = (size_t)m * I;
     const float one = 1.0f, zero = 0.0f;
-    // Row-major W[r][c] is column-major W^T: GU^T[2I, m] = Wgu[2I, H] * X^T[H, m].
-    CUBLAS_OK(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(2 * I), (int)m, (int)H, &one, wgu, wt, (int)H, xt, wt,
-                          (int)H, &zero, gu, CUDA_R_32F, (int)(2 * I), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (wt == CUDA_R_16BF)
-        silu_mul_kernel<__nv_bfloat16><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (__nv_bfloat16 *)h, I, nh);
-    else if (wt == CUDA_R_16F)
-        silu_mul_kernel<__half><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (__half *)h, I, nh);
+    moe_status st;
+    // gate and up are back to back in the slot: one matrix of 2I rows of H.
+    if (pg.gemv) {
+        CUDA_OK(moe_cuq_gemv(tg, w->gate, 2 * I, H, (const float *)b.x, m, (float *)b.gu, d->compute));
+    } else {
+        const void *wgu = w->gate, *in = NULL;
+        if (pg.dequant && (st = to_bf16(d, tg, w->gate, w->gate_scale, 2 * I, H, b.wgu)) != MOE_OK) return st;
+        if (pg.dequant) wgu = b.wgu;
+        if ((st = gemm_input(d, pg.wt, b.x, b.xt, (size_t)m * H, &in)) != MOE_OK) return st;
+        // Row-major W[r][c] is column-major W^T: GU^T[2I, m] = Wgu[2I, H] * X^T[H, m].
+        CUBLAS_OK(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(2 * I), (int)m, (int)H, &one, wgu, pg.wt,
+                              (int)H, in, pg.wt, (int)H, &zero, b.gu, CUDA_R_32F, (int)(2 * I), CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    }
+    // h = silu(gate) * up, in the type the down matrix's path reads.
+    if (pd.in_el == 4)
+        silu_mul_kernel<float><<<grid_for(nh), 256, 0, d->compute>>>((const float *)b.gu, (float *)b.h, I, nh);
+    else if (pd.wt == CUDA_R_16F)
+        silu_mul_kernel<__half><<<grid_for(nh), 256, 0, d->compute>>>((const float *)b.gu, (__half *)b.h, I, nh);
     else
-        silu_mul_kernel<float><<<grid_for(nh), 256, 0, d->compute>>>((const float *)gu, (float *)h, I, nh);
+        silu_mul_kernel<__nv_bfloat16><<<grid_for(nh), 256, 0, d->compute>>>((const float *)b.gu, (__nv_bfloat16 *)b.h,
+                                                                             I, nh);
     CUDA_OK(cudaGetLastError());
+    if (pd.gemv) {
+        CUDA_OK(moe_cuq_gemv(td, w->down, H, I, (const float *)b.h, m, (float *)b.y, d->compute));
+        return MOE_OK;
+    }
+    const void *wd = w->down;
+    if (pd.dequant && (st = to_bf16(d, td, w->down, w->down_scale, H, I, b.wd)) != MOE_OK) return st;
+    if (pd.dequant) wd = b.wd;
     // Y^T[H, m] = Wd[H, I] * H^T[I, m].
-    CUBLAS_OK(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)H, (int)m, (int)I, &one, wd, wt, (int)I, h, wt, (int)I,
-                          &zero, y, CUDA_R_32F, (int)H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CUBLAS_OK(cublasGemmEx(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)H, (int)m, (int)I, &one, wd, pd.wt, (int)I, b.h,
+                          pd.wt, (int)I, &zero, b.y, CUDA_R_32F, (int)H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return MOE_OK;
 }
 
@@ -617,20 +690,20 @@ moe_status cu_run(moe_dev *dev, uint32_t s, uint32_t m, const float *x, float *y
         return st;
     const size_t act = (size_t)m * sl->view.hidden * sizeof(float);
     size_t off = 0;
-    char *dx = NULL, *dxt = NULL, *dgu = NULL, *dh = NULL, *dy = NULL, *dwq = NULL;
+    run_bufs b = {};
     if (m && ((st = stage_take(d, 2 * align_up(act, ALIGN), &off)) != MOE_OK ||
-              (st = scratch_for(d, &sl->view, m, &dx, &dxt, &dgu, &dh, &dy, &dwq)) != MOE_OK))
+              (st = scratch_for(d, &sl->view, m, &b)) != MOE_OK))
         return st;
     op *o = new_op(d, OP_RUN);
     if (m) memcpy(d->stage + off, x, act);
     cudaError_t e = cudaEventRecord(o->start, d->compute);
-    if (e == cudaSuccess && m) e = cudaMemcpyAsync(dx, d->stage + off, act, cudaMemcpyHostToDevice, d->compute);
+    if (e == cudaSuccess && m) e = cudaMemcpyAsync(b.x, d->stage + off, act, cudaMemcpyHostToDevice, d->compute);
     if (e != cudaSuccess) return o->seq = 0, CUDA_FAIL(cudaMemcpyAsync, e);
-    if (m && (st = expert(d, &sl->view, m, dx, dxt, dgu, dh, dy, dwq)) != MOE_OK) return o->seq = 0, st;
+    if (m && (st = expert(d, &sl->view, m, b)) != MOE_OK) return o->seq = 0, st;
     const size_t yoff = off + align_up(act, ALIGN);
     o->y_host = y, o->y_src = d->stage + yoff, o->y_bytes = m ? act : 0;
     o->stage_gen = d->stage_gen, o->stage_off = off, o->stage_len = m ? 2 * align_up(act, ALIGN) : 0;
-    if (m) e = cudaMemcpyAsync(d->stage + yoff, dy, act, cudaMemcpyDeviceToHost, d->compute);
+    if (m) e = cudaMemcpyAsync(d->stage + yoff, b.y, act, cudaMemcpyDeviceToHost, d->compute);
     if (e == cudaSuccess && m) e = cudaLaunchHostFunc(d->compute, deliver_y, o);
     if (e == cudaSuccess) e = cudaEventRecord(o->end, d->compute);
     if (e != cudaSuccess) return o->seq = 0, CUDA_FAIL(cudaLaunchHostFunc, e);
@@ -718,9 +791,7 @@ void cu_destroy(moe_dev *dev) {
     free(d);
 }
 
-bool cu_supports(const moe_dev *, moe_dtype t) {
-    return t == MOE_DTYPE_F32 || t == MOE_DTYPE_BF16 || t == MOE_DTYPE_F16 || t == MOE_DTYPE_I8;
-}
+bool cu_supports(const moe_dev *, moe_dtype t) { return computes(t); }
 
 void cu_stats(moe_dev *dev, moe_dev_stats *out) {
     const moe_cudadev_stats &s = ((cudadev *)dev)->stats;
@@ -798,6 +869,42 @@ extern "C" void moe_cudadev_get_stats(moe_dev *dev, moe_cudadev_stats *out) {
     cudadev *d = as_cuda(dev);
     if (d) *out = d->stats;
     else memset(out, 0, sizeof *out);
+}
+
+namespace {
+
+// The body of moe_cudadev_decode on the current device; frees what it took.
+moe_status decode(moe_dtype t, const void *blocks, uint32_t rows, uint32_t cols, float *f32, uint16_t *bf16) {
+    const size_t in = moe_matrix_bytes(t, rows, cols), n = (size_t)rows * cols;
+    char *dw = NULL, *df = NULL, *db = NULL;
+    cudaError_t e = cudaMalloc((void **)&dw, in ? in : 1);
+    if (e == cudaSuccess) e = cudaMalloc((void **)&df, (n ? n : 1) * sizeof(float));
+    if (e == cudaSuccess) e = cudaMalloc((void **)&db, (n ? n : 1) * sizeof(uint16_t));
+    if (e == cudaSuccess) e = cudaMemcpy(dw, blocks, in, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess && f32) e = moe_cuq_dequant_f32(t, dw, rows, cols, (float *)df, 0);
+    if (e == cudaSuccess && bf16) e = moe_cuq_dequant_bf16(t, dw, rows, cols, db, 0);
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    if (e == cudaSuccess && f32) e = cudaMemcpy(f32, df, n * sizeof(float), cudaMemcpyDeviceToHost);
+    if (e == cudaSuccess && bf16) e = cudaMemcpy(bf16, db, n * sizeof(uint16_t), cudaMemcpyDeviceToHost);
+    const cudaError_t failed = e;
+    cudaFree(dw), cudaFree(df), cudaFree(db);
+    (void)cudaGetLastError();
+    if (failed != cudaSuccess) return CUDA_FAIL(moe_cudadev_decode, failed);
+    return MOE_OK;
+}
+
+} // namespace
+
+extern "C" moe_status moe_cudadev_decode(int device, moe_dtype t, const void *blocks, uint32_t rows, uint32_t cols,
+                                         float *f32, uint16_t *bf16) {
+    if (!moe_cuq_supports(t)) return moe_fail(MOE_ERR_UNSUPPORTED, "CUDA device: no kernels for %s", moe_dtype_name(t));
+    if (!blocks || rows > INT_MAX || cols > INT_MAX || (rows && !moe_matrix_bytes(t, rows, cols)))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_cudadev_decode: bad blocks or shape");
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) (void)cudaGetLastError(), n = 0;
+    if (device < 0 || device >= n) return moe_fail(MOE_ERR_NO_DEVICE, "no CUDA device %d (%d found)", device, n);
+    SWITCH_TO(device);
+    return decode(t, blocks, rows, cols, f32, bf16);
 }
 
 // ---- the registry's entry ---------------------------------------------

@@ -2,7 +2,9 @@
  *
  * Memory: one device allocation holds the slot pool; each slot holds an
  * expert's gate and up matrices back to back (so one GEMM computes both),
- * then down, then for int8 the row scales, each part 256-byte aligned.
+ * then down (in a dtype of its own where the view says so), then the row
+ * scales of the int8 matrices, each part 256-byte aligned. Block formats
+ * are stored as the host holds them (moe_dtype_row_bytes per row).
  *
  * Host weights: an upload copies from the expert's host memory as given
  * (a memory-mapped file, or the host's own buffers). The first upload of
@@ -36,7 +38,11 @@
  * Experts: f32 weights compute in f32 (cublasGemmEx, no TF32); bf16 and
  * f16 weights with activations rounded to the weights' type and f32
  * accumulation; int8 weights are dequantized with their row scales into
- * bf16 on the device, then as bf16. */
+ * bf16 on the device, then as bf16. GGUF's 13 block formats (common/quant.h)
+ * at m <= MOE_CUDADEV_GEMV_MAX_M tokens: a GEMV kernel reads the blocks in
+ * place and computes in f32 (gpu/cuda/quant_kernels.h); above it each
+ * matrix is dequantized into bf16 on the device, then as bf16. Gate|up and
+ * down each go their own way, so a down matrix in another dtype is fine. */
 #ifndef MOE_GPU_CUDA_DEVICE_H
 #define MOE_GPU_CUDA_DEVICE_H
 
@@ -58,6 +64,11 @@ typedef struct moe_cudadev_params {
     void *host_stream;
 } moe_cudadev_params;
 
+/* Runs of at most this many tokens compute block-format matrices with the
+ * decode GEMV (f32, from the blocks); larger ones dequantize to bf16 and
+ * use cuBLAS. */
+#define MOE_CUDADEV_GEMV_MAX_M 8
+
 /* MOE_ERR_NO_DEVICE without a driver or that device. */
 moe_status moe_cudadev_create(moe_dev **out, const moe_cudadev_params *p);
 
@@ -72,6 +83,16 @@ typedef struct moe_cudadev_stats {
 
 /* Zeros for a device that is not a CUDA device. */
 void moe_cudadev_get_stats(moe_dev *d, moe_cudadev_stats *out);
+
+/* For tests: rows x cols elements of block format t (rows of whole blocks,
+ * as a slot holds them) decoded on CUDA device `device` by the kernels
+ * runs use, synchronously, into host memory: f32, the values the decode
+ * GEMV multiplies, and bf16 bits, what the dequantize kernel gives cuBLAS
+ * (either may be NULL). Both must equal common/quant.c's dequantizer (and
+ * its values rounded to nearest even) bit for bit. MOE_ERR_NO_DEVICE
+ * without that device, MOE_ERR_UNSUPPORTED for a format not decoded. */
+moe_status moe_cudadev_decode(int device, moe_dtype t, const void *blocks, uint32_t rows, uint32_t cols, float *f32,
+                              uint16_t *bf16);
 
 /* Registered as device "cuda" (a build with CUDA only). */
 extern const moe_dev_reg moe_cuda_reg;
