@@ -805,6 +805,240 @@ static const kern512 k512[] = {
     {MOE_DTYPE_IQ4_NL, gemv_vnni_iq4_nl, NULL},
     {MOE_DTYPE_MXFP4, gemv_vnni_mxfp4, NULL},
 };
+
+/* ---- AVX2 -------------------------------------------------------------------
+ * The same scheme at 256 bits for CPUs without AVX-512 (most laptops and
+ * desktops): k-quant super-blocks unpacked once per row into 8 vectors of
+ * 32 codes in natural order with their scales as 16-bit lanes, two rows per
+ * pass sharing each token's activation loads; u8 codes x s8 activations in
+ * vpmaddubsw, the scales in vpmaddwd. The 32-element formats take signed
+ * codes with the classic sign trick (vpmaddubsw(|w|, sign(x, w))). */
+
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+T_AVX2 INLINE float f16_2(uint16_t h) { return _cvtsh_ss(h); }
+
+typedef struct sbw2 {
+    __m256i c[8], s[8];
+    __m256i mn;
+    float d, dm;
+} sbw2;
+
+/* Byte-shuffle pattern: word a (zero-extended byte a for PB) in every
+ * word of 128-bit lane 0, b in lane 1. */
+#define WD(i) ((short)((2 * (i) + 1) << 8 | 2 * (i)))
+#define PW2(a, b) _mm256_set_epi16(WD(b), WD(b), WD(b), WD(b), WD(b), WD(b), WD(b), WD(b), WD(a), WD(a), WD(a), WD(a), \
+                                   WD(a), WD(a), WD(a), WD(a))
+#define PB1(a) _mm256_set1_epi16((short)(0x8000 | (a)))
+
+T_AVX2 INLINE __m128i kscales_2(const uint8_t *s12) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)s12);
+    const __m128i a = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));
+    const __m128i b = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0));
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
+                                     _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
+    return _mm_or_si128(lo, hi);
+}
+
+/* q4_K / q5_K: qs[32c .. 32c+31]'s low nibbles are sub-block 2c, the high
+ * ones 2c + 1; q5_K's 5th bit of sub-block j is bit j of qh[l]. */
+T_AVX2 INLINE void unpack2_qk(const uint8_t *qs, const uint8_t *qh, const uint8_t *scales, uint16_t d, uint16_t dmin,
+                              sbw2 *u) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const __m128i sm = kscales_2(scales);
+    const __m256i sc = _mm256_broadcastsi128_si256(sm);
+    const __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)(const void *)qh) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
+        u->c[2 * c] = _mm256_and_si256(q, m4);
+        u->c[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (qh) {
+            u->c[2 * c] = _mm256_or_si256(u->c[2 * c], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one), 4));
+            u->c[2 * c + 1] = _mm256_or_si256(u->c[2 * c + 1],
+                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one), 4));
+        }
+    }
+    for (int j = 0; j < 8; j++) u->s[j] = _mm256_shuffle_epi8(sc, PB1(j));
+    const __m128i mn8 = _mm_srli_si128(sm, 8);
+    u->mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+    u->d = f16_2(d), u->dm = f16_2(dmin);
+}
+
+T_AVX2 INLINE void unpack2_q4_K(const moe_block_q4_K *b, sbw2 *u) { unpack2_qk(b->qs, NULL, b->scales, b->d, b->dmin, u); }
+T_AVX2 INLINE void unpack2_q5_K(const moe_block_q5_K *b, sbw2 *u) { unpack2_qk(b->qs, b->qh, b->scales, b->d, b->dmin, u); }
+
+/* q6_K: half H's ql[64H .. 64H+31] low nibbles are elements 128H + 0..31,
+ * ql[64H+32 ..] low 32..63, the high nibbles 64..95 and 96..127; the high
+ * bits of element 128H + 32s + l are bits 2s, 2s+1 of qh[32H + l]. */
+T_AVX2 INLINE void unpack2_q6_K(const moe_block_q6_K *b, sbw2 *u) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30);
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)b->scales));
+    const __m256i slo = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));
+    const __m256i shi = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1));
+    for (int h = 0; h < 2; h++) {
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)(const void *)(b->ql + 64 * h));
+        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(const void *)(b->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(b->qh + 32 * h));
+        __m256i *c = u->c + 4 * h;
+        c[0] = _mm256_or_si256(_mm256_and_si256(q0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
+        c[1] = _mm256_or_si256(_mm256_and_si256(q1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
+        c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), m4), _mm256_and_si256(qh, m3));
+        c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+    }
+    /* vector v holds sub-blocks 2v (low lane) and 2v + 1 (high lane) */
+    for (int v = 0; v < 8; v++) u->s[v] = _mm256_shuffle_epi8(v < 4 ? slo : shi, PW2(2 * v % 8, 2 * v % 8 + 1));
+    u->mn = sc16;
+    u->d = f16_2(b->d), u->dm = 32.0f * u->d;
+}
+
+T_AVX2 INLINE void dot2_sb(const sbw2 *u, const moe_qact_q8_K *x, __m256 *acc, __m256 *accm) {
+    __m256i s = _mm256_setzero_si256();
+    for (int v = 0; v < 8; v++) {
+        const __m256i p = _mm256_maddubs_epi16(u->c[v], _mm256_loadu_si256((const __m256i *)(const void *)(x->qs + 32 * v)));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, u->s[v]));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(u->d * x->d), *acc);
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)(const void *)x->bsums);
+    *accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, u->mn)), _mm256_set1_ps(u->dm * x->d), *accm);
+}
+
+T_AVX2 INLINE float hsum8(__m256 v) {
+    const __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
+}
+
+#define GEMV2_SB(name, BLK, UNPACK)                                                                        \
+    T_AVX2 INLINE void name##_pair(const BLK *b0, const BLK *b1, const moe_qact_q8_K *const *a, uint32_t nb,  \
+                                   uint32_t tb, float res[2][TQ]) {                                        \
+        __m256 acc[2][TQ], accm[2][TQ];                                                                    \
+        for (uint32_t t = 0; t < TQ; t++)                                                                  \
+            for (int r = 0; r < 2; r++) acc[r][t] = accm[r][t] = _mm256_setzero_ps();                      \
+        for (uint32_t i = 0; i < nb; i++) {                                                                \
+            _mm_prefetch((const char *)(b0 + i) + PFQ, _MM_HINT_T0);                                       \
+            _mm_prefetch((const char *)(b1 + i) + PFQ, _MM_HINT_T0);                                       \
+            sbw2 u0, u1;                                                                                   \
+            UNPACK(b0 + i, &u0);                                                                           \
+            UNPACK(b1 + i, &u1);                                                                           \
+            for (uint32_t t = 0; t < tb; t++) {                                                            \
+                dot2_sb(&u0, a[t] + i, &acc[0][t], &accm[0][t]);                                           \
+                dot2_sb(&u1, a[t] + i, &acc[1][t], &accm[1][t]);                                           \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int r = 0; r < 2; r++)                                                                        \
+            for (uint32_t t = 0; t < tb; t++) res[r][t] = hsum8(acc[r][t]) - hsum8(accm[r][t]);            \
+    }                                                                                                      \
+    T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
+                            float *out, size_t ldo) {                                                      \
+        (void)ws;                                                                                          \
+        const uint32_t nb = k / MOE_QK_K;                                                                  \
+        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_K);             \
+        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
+            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
+            const moe_qact_q8_K *a[TQ];                                                                    \
+            for (uint32_t t = 0; t < TQ; t++)                                                              \
+                a[t] = (const moe_qact_q8_K *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
+            for (uint32_t j = n0; j < n1; j += 2) {                                                        \
+                const BLK *b0 = (const BLK *)(const void *)((const char *)w + j * wrb);                    \
+                const BLK *b1 = j + 1 < n1 ? (const BLK *)(const void *)((const char *)b0 + wrb) : b0;     \
+                float r[2][TQ];                                                                            \
+                switch (tb) {                                                                              \
+                case 1: name##_pair(b0, b1, a, nb, 1, r); break;                                           \
+                case 2: name##_pair(b0, b1, a, nb, 2, r); break;                                           \
+                case 3: name##_pair(b0, b1, a, nb, 3, r); break;                                           \
+                default: name##_pair(b0, b1, a, nb, TQ, r); break;                                         \
+                }                                                                                          \
+                for (uint32_t t = 0; t < tb; t++) {                                                        \
+                    out[(size_t)(t0 + t) * ldo + (j - n0)] = r[0][t];                                      \
+                    if (j + 1 < n1) out[(size_t)(t0 + t) * ldo + (j + 1 - n0)] = r[1][t];                  \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+GEMV2_SB(gemv_avx2_q4_K, moe_block_q4_K, unpack2_q4_K)
+GEMV2_SB(gemv_avx2_q5_K, moe_block_q5_K, unpack2_q5_K)
+GEMV2_SB(gemv_avx2_q6_K, moe_block_q6_K, unpack2_q6_K)
+
+/* The 32-element formats with signed codes: a block per vector, 32 codes
+ * as s8; the dot product vpmaddubsw(|w|, sign(x, w)), pairs then vpmaddwd
+ * with ones; the block scale d_w d_x per lane. */
+T_AVX2 INLINE __m256i codes2_q4_0(const moe_block_q4_0 *b) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)b->qs);
+    const __m256i n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+    return _mm256_sub_epi8(n, _mm256_set1_epi8(8));
+}
+T_AVX2 INLINE __m256i codes2_q5_0(const moe_block_q5_0 *b) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)b->qs);
+    const __m256i n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+    uint32_t h;
+    memcpy(&h, b->qh, 4);
+    /* bit l of h to byte l: each byte picks its bit from a broadcast of h */
+    const __m256i hv = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
+                                           _mm256_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll,
+                                                             0x0101010101010101ll, 0));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i hi = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hv, bit), bit), _mm256_set1_epi8(16));
+    return _mm256_sub_epi8(_mm256_or_si256(n, hi), _mm256_set1_epi8(16));
+}
+T_AVX2 INLINE __m256i codes2_q8_0(const moe_block_q8_0 *b) { return _mm256_loadu_si256((const __m256i *)(const void *)b->qs); }
+T_AVX2 INLINE __m256i codes2_lut(const uint8_t *qs, const int8_t *lut) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)qs);
+    const __m256i n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)lut)), n);
+}
+T_AVX2 INLINE __m256i codes2_iq4_nl(const moe_block_iq4_nl *b) { return codes2_lut(b->qs, moe_iq4nl_values); }
+T_AVX2 INLINE __m256i codes2_mxfp4(const moe_block_mxfp4 *b) { return codes2_lut(b->qs, moe_mxfp4_values); }
+T_AVX2 INLINE float scale2_d(uint16_t d) { return f16_2(d); }
+
+#define GEMV2_B32(name, BLK, CODES, SCALE)                                                                 \
+    T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
+                            float *out, size_t ldo) {                                                      \
+        (void)ws;                                                                                          \
+        const uint32_t nb = k / 32;                                                                        \
+        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_0);             \
+        const __m256i ones = _mm256_set1_epi16(1);                                                         \
+        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
+            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
+            const moe_qact_q8_0 *a[TQ];                                                                    \
+            for (uint32_t t = 0; t < TQ; t++)                                                              \
+                a[t] = (const moe_qact_q8_0 *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
+            for (uint32_t j = n0; j < n1; j++) {                                                           \
+                const BLK *b = (const BLK *)(const void *)((const char *)w + j * wrb);                     \
+                __m256 acc[TQ];                                                                            \
+                for (uint32_t t = 0; t < TQ; t++) acc[t] = _mm256_setzero_ps();                            \
+                for (uint32_t i = 0; i < nb; i++) {                                                        \
+                    _mm_prefetch((const char *)(b + i) + PFQ, _MM_HINT_T0);                                \
+                    const __m256i c = CODES(b + i), ac = _mm256_sign_epi8(c, c);                           \
+                    const float d = SCALE(b + i);                                                          \
+                    for (uint32_t t = 0; t < tb; t++) {                                                    \
+                        const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(const void *)a[t][i].qs), c); \
+                        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ac, xs), ones);           \
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a[t][i].d), acc[t]); \
+                    }                                                                                      \
+                }                                                                                          \
+                for (uint32_t t = 0; t < tb; t++) out[(size_t)(t0 + t) * ldo + (j - n0)] = hsum8(acc[t]);  \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+#define SC2_D(b) f16_2((b)->d)
+#define SC2_E(b) e8m0h((b)->e)
+GEMV2_B32(gemv_avx2_q4_0, moe_block_q4_0, codes2_q4_0, SC2_D)
+GEMV2_B32(gemv_avx2_q5_0, moe_block_q5_0, codes2_q5_0, SC2_D)
+GEMV2_B32(gemv_avx2_q8_0, moe_block_q8_0, codes2_q8_0, SC2_D)
+GEMV2_B32(gemv_avx2_iq4_nl, moe_block_iq4_nl, codes2_iq4_nl, SC2_D)
+GEMV2_B32(gemv_avx2_mxfp4, moe_block_mxfp4, codes2_mxfp4, SC2_E)
+
+static const struct {
+    moe_dtype t;
+    moe_gemv_fn fn;
+} k256[] = {
+    {MOE_DTYPE_Q4_K, gemv_avx2_q4_K},   {MOE_DTYPE_Q5_K, gemv_avx2_q5_K}, {MOE_DTYPE_Q6_K, gemv_avx2_q6_K},
+    {MOE_DTYPE_Q4_0, gemv_avx2_q4_0},   {MOE_DTYPE_Q5_0, gemv_avx2_q5_0}, {MOE_DTYPE_Q8_0, gemv_avx2_q8_0},
+    {MOE_DTYPE_IQ4_NL, gemv_avx2_iq4_nl}, {MOE_DTYPE_MXFP4, gemv_avx2_mxfp4},
+};
 #endif
 
 /* ---- dispatch ---------------------------------------------------------- */
@@ -819,6 +1053,8 @@ moe_kernel moe_kernel_select_block(moe_dtype t, bool portable) {
             if (isa->avx512_vnni) return (moe_kernel){k.act, k512[i].vnni, "avx512_vnni"};
             if (k512[i].bw) return (moe_kernel){k.act, k512[i].bw, "avx512"};
         }
+    for (size_t i = 0; isa->avx2 && i < sizeof k256 / sizeof k256[0]; i++)
+        if (k256[i].t == t) return (moe_kernel){k.act, k256[i].fn, "avx2"};
 #endif
     return k;
 }
