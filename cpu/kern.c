@@ -64,11 +64,14 @@ GEMV_C(gemv_c_i8, MOE_DTYPE_I8)
 #define INLINE static inline __attribute__((always_inline))
 
 enum { RB = 4, TB = 4 }; /* weight rows and tokens per register block */
-/* Software prefetch distance on each weight row, measured (moe-bench, cold
- * weights, 2 threads): 4 rows x 2 threads are more streams than the
- * hardware prefetcher follows well across 4 KB pages. bf16: 0.85 -> 0.89 of
- * DRAM at M = 1 with 512 B ahead; int8: 0.75 -> 0.86 with 2 KB ahead. */
-enum { PF_BF16 = 512, PF_I8 = 2048 };
+/* Software prefetch distance on each weight row, into L2, measured
+ * (qbench-style cold A/B, 2 threads, AMD EPYC Zen 4): 4 rows x 2 threads are
+ * more streams than the hardware prefetcher follows across 4 KB pages, and
+ * a near (T0, 512 B - 2 KB) prefetch arrives too late. 12 KB ahead into L2,
+ * as the block formats' kernels (kern_quant.c) do, takes bf16 at M = 1 from
+ * 0.81-0.85 to 0.94-0.99 of DRAM bandwidth and int8 from 0.70 to 0.93. */
+enum { PF_FAR = 12288 };
+#define PREFETCH_FAR(p) _mm_prefetch((const char *)(p) + PF_FAR, _MM_HINT_T1)
 
 /* Weight loaders: 16 weights of row p from element i as f32; the masked
  * form reads only the first `n` (< 16). */
@@ -102,7 +105,7 @@ T_512 INLINE __m512 ldm_i8(const void *p, size_t i, uint32_t n) {
 /* One register block: rows w[0..RB) against tokens x[0..tb) with f32
  * activations, weights converted by LD/LDM. tb is a constant after
  * inlining, so each token count gets its own unrolled loop. */
-#define BLOCK_CVT(fn, LD, LDM)                                                                        \
+#define BLOCK_CVT(fn, LD, LDM, WS)                                                                     \
     T_512 INLINE void fn(const void *const *w, const float *const *x, uint32_t tb, uint32_t k,         \
                          float res[TB][RB]) {                                                          \
         __m512 acc[TB][RB];                                                                            \
@@ -111,6 +114,8 @@ T_512 INLINE __m512 ldm_i8(const void *p, size_t i, uint32_t n) {
         uint32_t i = 0;                                                                                \
         for (; i + 16 <= k; i += 16) {                                                                 \
             __m512 wv[RB];                                                                             \
+            if (!((i * (WS)) & 63))                                                                    \
+                for (uint32_t r = 0; r < RB; r++) PREFETCH_FAR((const char *)w[r] + i * (WS));         \
             for (uint32_t r = 0; r < RB; r++) wv[r] = LD(w[r], i);                                     \
             for (uint32_t t = 0; t < tb; t++) {                                                        \
                 __m512 xv = _mm512_loadu_ps(x[t] + i);                                                 \
@@ -130,10 +135,10 @@ T_512 INLINE __m512 ldm_i8(const void *p, size_t i, uint32_t n) {
             for (uint32_t r = 0; r < RB; r++) res[t][r] = _mm512_reduce_add_ps(acc[t][r]);             \
     }
 
-BLOCK_CVT(blk_f32, ld_f32, ldm_f32)
-BLOCK_CVT(blk_bf16c, ld_bf16, ldm_bf16)
-BLOCK_CVT(blk_f16, ld_f16, ldm_f16)
-BLOCK_CVT(blk_i8c, ld_i8, ldm_i8)
+BLOCK_CVT(blk_f32, ld_f32, ldm_f32, 4)
+BLOCK_CVT(blk_bf16c, ld_bf16, ldm_bf16, 2)
+BLOCK_CVT(blk_f16, ld_f16, ldm_f16, 2)
+BLOCK_CVT(blk_i8c, ld_i8, ldm_i8, 1)
 
 /* Row pointers for rows j..j+RB of W (rows past n1 repeat the last one, and
  * their results are dropped), and token pointers likewise. */
@@ -212,7 +217,7 @@ T_BF16 INLINE void blk_bf16dp(const void *const *w, const void *const *x, uint32
         const __mmask32 m = k - i >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (k - i)) - 1);
         __m512i wv[RB];
         for (uint32_t r = 0; r < RB; r++) {
-            _mm_prefetch((const char *)((const uint16_t *)w[r] + i) + PF_BF16, _MM_HINT_T0);
+            PREFETCH_FAR((const uint16_t *)w[r] + i);
             wv[r] = _mm512_maskz_loadu_epi16(m, (const uint16_t *)w[r] + i);
         }
         for (uint32_t t = 0; t < tb; t++) {
@@ -274,7 +279,7 @@ T_VNNI INLINE void blk_vnni(const void *const *w, const void *const *x, uint32_t
             const __mmask64 m = e - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (e - i)) - 1);
             __m512i wv[RB];
             for (uint32_t r = 0; r < RB; r++) {
-                _mm_prefetch((const char *)w[r] + i + PF_I8, _MM_HINT_T0);
+                PREFETCH_FAR((const char *)w[r] + i);
                 wv[r] = _mm512_maskz_loadu_epi8(m, (const int8_t *)w[r] + i);
                 sum[r] = _mm512_dpbusd_epi32(sum[r], ones, wv[r]);
             }
