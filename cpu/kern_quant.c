@@ -11,6 +11,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -277,7 +278,10 @@ typedef struct sba {
  * scales[j % 8] (its high nibble for j >= 8), high 2 bits of sub-block j
  * at bit 2 (j / 4) of scales[8 + j % 4]. */
 T_512Q INLINE __m128i q3_scales(const uint8_t *s) {
-    const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)s); /* 12 bytes, then the block's d */
+    uint64_t s0;
+    uint32_t s8; /* exactly the 12 bytes: a 16-byte load would read past the last block of a buffer */
+    memcpy(&s0, s, 8), memcpy(&s8, s + 8, 4);
+    const __m128i v = _mm_set_epi64x((long long)s8, (long long)s0);
     const __m128i lo8 = _mm_unpacklo_epi64(v, v);                         /* bytes 0..7 twice */
     const __m128i lo = _mm_and_si128(_mm_blend_epi16(lo8, _mm_srli_epi16(lo8, 4), 0xF0), _mm_set1_epi8(15));
     const __m128i hb = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 2, 2, 2));    /* bytes 8..11 in every word */
@@ -394,16 +398,24 @@ enum { TILE_ROWS = 8, TILE_MIN_M = 8 };
 #define NAT_ID(TGT, name) TGT INLINE void name(sbw *u) { (void)u; }
 
 /* A thread's tile scratch, grown as needed and kept (one per thread of
- * the engine's team, a few hundred KB at most). */
+ * the engine's team, a few hundred KB at most); freed when the thread
+ * exits, through a pthread key, so teams that come and go leak nothing. */
 static _Thread_local void *tile_buf;
 static _Thread_local size_t tile_cap;
+static pthread_once_t tile_once = PTHREAD_ONCE_INIT;
+static pthread_key_t tile_key;
+static bool tile_keyed; /* false only if the process ran out of keys: then kept until exit */
+
+static void tile_key_make(void) { tile_keyed = !pthread_key_create(&tile_key, free); }
 
 static void *tile_scratch(size_t bytes) {
     if (bytes <= tile_cap) return tile_buf;
+    pthread_once(&tile_once, tile_key_make);
     free(tile_buf);
     tile_cap = 0;
-    if (posix_memalign(&tile_buf, 64, bytes)) return tile_buf = NULL;
-    tile_cap = bytes;
+    if (posix_memalign(&tile_buf, 64, bytes)) tile_buf = NULL;
+    else tile_cap = bytes;
+    if (tile_keyed) pthread_setspecific(tile_key, tile_buf);
     return tile_buf;
 }
 
