@@ -340,6 +340,51 @@ static void deq_mxfp4(const void *vb, float *y, size_t n) {
     }
 }
 
+/* ---- FP8 e4m3fn in blocks of 128 with an f32 scale ---- */
+
+float moe_e4m3_to_f32(uint8_t code) {
+    const int e = code >> 3 & 15, m = code & 7;
+    if (e == 15 && m == 7) return NAN;
+    const float v = e ? ldexpf((float)(8 + m), e - 10) : ldexpf((float)m, -9);
+    return code & 0x80 ? -v : v;
+}
+
+uint8_t moe_f32_to_e4m3(float v) {
+    if (isnan(v)) return 0;
+    const uint8_t sign = signbit(v) ? 0x80 : 0;
+    const float a = fabsf(v);
+    if (a >= 448.0f) return sign | 0x7e;
+    int e2;
+    (void)frexpf(a, &e2); /* a = f * 2^e2, f in [0.5, 1): exponent e2 - 1 */
+    const int e = a == 0.0f || e2 - 1 < -6 ? -6 : e2 - 1; /* frexpf(0) gives 0 */
+    /* a / 2^(e - 3) in [8, 16) for normals, [0, 8) below: the code is
+     * (e + 6) * 8 plus it, rounded to even; a carry to 16 is the next
+     * exponent's code, as it should be. */
+    const int q = (int)nearbyintf(ldexpf(a, 3 - e));
+    const int code = (e + 6) * 8 + q;
+    return (uint8_t)(sign | (code > 0x7e ? 0x7e : code));
+}
+
+static void deq_fp8(const void *vb, float *y, size_t n) {
+    const moe_block_fp8 *b = vb;
+    for (size_t i = 0; i < n / MOE_FP8_BLOCK; i++, y += MOE_FP8_BLOCK)
+        for (int l = 0; l < MOE_FP8_BLOCK; l++) y[l] = b[i].d * moe_e4m3_to_f32(b[i].qs[l]);
+}
+
+/* As the FP8 checkpoints are made: scale max|x| / 448, each value the
+ * nearest e4m3 of x / scale. */
+static void qnt_fp8(const float *x, void *vb, size_t n) {
+    moe_block_fp8 *b = vb;
+    float buf[MOE_FP8_BLOCK];
+    for (size_t i = 0; i < n / MOE_FP8_BLOCK; i++) {
+        const float *xb = finite_block(x + MOE_FP8_BLOCK * i, MOE_FP8_BLOCK, buf);
+        float amax = 0.0f;
+        for (int l = 0; l < MOE_FP8_BLOCK; l++) amax = fmaxf(amax, fabsf(xb[l]));
+        b[i].d = amax / 448.0f;
+        for (int l = 0; l < MOE_FP8_BLOCK; l++) b[i].qs[l] = amax > 0.0f ? moe_f32_to_e4m3(xb[l] / b[i].d) : 0;
+    }
+}
+
 /* ======================================================================== */
 /* Quantizers bit-identical to gguf-py (Q4_0 .. Q8_0, MXFP4)                */
 /* ======================================================================== */
@@ -1214,6 +1259,9 @@ static const moe_quant_format formats[MOE_DTYPE_COUNT_] = {
     [MOE_DTYPE_IQ4_NL] = {"iq4_nl", 32, 18, 20, MOE_QACT_Q8_0, false, deq_iq4_nl, qnt_iq4_nl, dot_iq4_nl},
     [MOE_DTYPE_IQ4_XS] = {"iq4_xs", 256, 136, 23, MOE_QACT_Q8_K, false, deq_iq4_xs, qnt_iq4_xs, dot_iq4_xs},
     [MOE_DTYPE_MXFP4] = {"mxfp4", 32, 17, 39, MOE_QACT_Q8_0, true, deq_mxfp4, qnt_mxfp4, dot_mxfp4},
+    /* FP8 checkpoints: no GGML type; f32 activations, no int8 dot. */
+    [MOE_DTYPE_FP8_E4M3] = {"fp8_e4m3", MOE_FP8_BLOCK, sizeof(moe_block_fp8), -1, MOE_QACT_NONE, false, deq_fp8,
+                            qnt_fp8, NULL},
 };
 
 const moe_quant_format *moe_quant_format_of(moe_dtype t) {

@@ -133,6 +133,24 @@ typedef struct moe_block_mxfp4 {
     uint8_t qs[16];
 } moe_block_mxfp4;
 
+/* Not a GGUF type: FP8 checkpoints' e4m3fn weights (DeepSeek-V3, the
+ * Qwen3 "-FP8" releases) in row-wise blocks of 128, each with its f32
+ * scale; element l is d * e4m3(qs[l]). A checkpoint's 128 x 128 scale
+ * tiles (`weight_scale_inv`) become the scale of each row's block, so a
+ * block holds everything its dot product needs. e4m3fn: sign, 4 exponent
+ * bits (bias 7), 3 mantissa bits, no infinities; 0x7f and 0xff are NaN;
+ * largest 448. */
+#define MOE_FP8_BLOCK 128
+typedef struct moe_block_fp8 {
+    float d;
+    uint8_t qs[MOE_FP8_BLOCK];
+} moe_block_fp8;
+
+/* The e4m3fn value of a code (NaN for 0x7f, 0xff), and the code nearest
+ * to v (ties to even; beyond +-448 saturated, NaN to 0). */
+float moe_e4m3_to_f32(uint8_t code);
+uint8_t moe_f32_to_e4m3(float v);
+
 /* The codebooks: IQ4_NL / IQ4_XS values, and MXFP4's e2m1 values times 2. */
 extern const int8_t moe_iq4nl_values[16];
 extern const int8_t moe_mxfp4_values[16];

@@ -61,6 +61,10 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable);
  * that is not one. */
 moe_kernel moe_kernel_select_block(moe_dtype t, bool portable);
 
+/* The FP8 e4m3 kernels (kern_fp8.c): f32 activations, weights widened in
+ * registers; moe_kernel_select_block() hands MOE_DTYPE_FP8_E4M3 to it. */
+moe_kernel moe_kernel_select_fp8(bool portable);
+
 /* The activation kind a block format's kernels take (common/quant.h's
  * moe_qact of the format). */
 moe_act_kind moe_act_of_block(moe_dtype t);

@@ -25,6 +25,7 @@ static moe_qact qact_of(moe_act_kind a) {
 moe_act_kind moe_act_of_block(moe_dtype t) {
     const moe_quant_format *f = moe_quant_format_of(t);
     if (!f) return MOE_ACT_Q8_0;
+    if (t == MOE_DTYPE_FP8_E4M3) return MOE_ACT_F32;
     return f->act == MOE_QACT_Q8_1 ? MOE_ACT_Q8_1 : f->act == MOE_QACT_Q8_K ? MOE_ACT_Q8_K : MOE_ACT_Q8_0;
 }
 
@@ -1065,6 +1066,7 @@ static const struct {
 /* ---- dispatch ---------------------------------------------------------- */
 
 moe_kernel moe_kernel_select_block(moe_dtype t, bool portable) {
+    if (t == MOE_DTYPE_FP8_E4M3) return moe_kernel_select_fp8(portable);
     moe_kernel k = {moe_act_of_block(t), c_kernel(t), "c"};
     if (portable) return k;
 #ifdef MOE_X86

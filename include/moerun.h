@@ -85,7 +85,8 @@ extern "C" {
  *    moe_dtype_block_bytes(), moe_dtype_row_bytes(), moe_dtype_is_block(),
  *    moe_quantize(), moe_dequantize(); a layer's down matrices may take a
  *    dtype of their own (moe_model_set_down_dtype(), moe_model_down_dtype()). */
-#define MOE_API_VERSION 6
+/* 7: moe_dtype gains MOE_DTYPE_FP8_E4M3 (after MOE_DTYPE_MXFP4). */
+#define MOE_API_VERSION 7
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
 MOE_EXPORT const char *moe_version(void);
@@ -172,6 +173,10 @@ typedef enum moe_dtype {
     MOE_DTYPE_IQ4_NL, /* 16-value codebook, f16 scale; 18 bytes per 32 */
     MOE_DTYPE_IQ4_XS, /* the same codebook, 8 x 32, 6-bit scales; 136 bytes per 256 */
     MOE_DTYPE_MXFP4,  /* e2m1 values, shared power-of-two scale; 17 bytes per 32 */
+    /* FP8 checkpoints (API 7): e4m3fn values in row-wise blocks of 128, an
+     * f32 scale first; 132 bytes per 128. What the loader makes of an HF
+     * checkpoint's F8_E4M3 weights and their 128 x 128 weight_scale_inv. */
+    MOE_DTYPE_FP8_E4M3,
     MOE_DTYPE_COUNT_ /* not a dtype */
 } moe_dtype;
 

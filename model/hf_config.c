@@ -223,6 +223,32 @@ static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
     return read_rope(d, c);
 }
 
+/* quantization_config: the FP8 checkpoints' block-scaled e4m3 only. */
+static moe_status read_quant(const moe_json_doc *d, moe_hf_config *c) {
+    const moe_json *q = opt(d, "quantization_config");
+    if (!q) return MOE_OK;
+    if (q->type != MOE_JSON_OBJECT) return bad(d, q->line, "\"quantization_config\" must be an object");
+    const moe_json *method = moe_json_member_get(q, "quant_method"), *fmt = moe_json_member_get(q, "fmt"),
+                   *bs = moe_json_member_get(q, "weight_block_size");
+    if (!method || method->type != MOE_JSON_STRING || strcmp(method->u.str, "fp8"))
+        return moe_fail_at(MOE_ERR_UNSUPPORTED, d->name, method ? method->line : q->line,
+                           "quantization_config: quant_method %s%.32s%s is not supported (supported: \"fp8\", "
+                           "e4m3 with 128 x 128 blocks; GGUF files carry their own formats)",
+                           method && method->type == MOE_JSON_STRING ? "\"" : "",
+                           method && method->type == MOE_JSON_STRING ? method->u.str : "(none)",
+                           method && method->type == MOE_JSON_STRING ? "\"" : "");
+    if (fmt && fmt->type != MOE_JSON_NULL && (fmt->type != MOE_JSON_STRING || strcmp(fmt->u.str, "e4m3")))
+        return moe_fail_at(MOE_ERR_UNSUPPORTED, d->name, fmt->line,
+                           "quantization_config: fmt must be \"e4m3\" (the only FP8 format supported)");
+    if (!bs || bs->type != MOE_JSON_ARRAY || bs->len != 2 || bs->u.items[0].type != MOE_JSON_NUMBER ||
+        bs->u.items[1].type != MOE_JSON_NUMBER || bs->u.items[0].number != 128 || bs->u.items[1].number != 128)
+        return moe_fail_at(MOE_ERR_UNSUPPORTED, d->name, bs ? bs->line : q->line,
+                           "quantization_config: weight_block_size must be [128, 128] (per-tensor and per-channel "
+                           "FP8 scales are not supported)");
+    c->fp8 = true;
+    return MOE_OK;
+}
+
 static moe_status read_config(const moe_json_doc *d, moe_hf_config *c) {
     moe_status st;
     if (d->root.type != MOE_JSON_OBJECT) return bad(d, d->root.line, "expected a JSON object at the top level");
@@ -242,7 +268,7 @@ static moe_status read_config(const moe_json_doc *d, moe_hf_config *c) {
         (st = read_experts(d, c)) ||
         (st = req_u32(d, "num_experts_per_tok", 1, c->n_routed_experts, &c->top_k)) ||
         (st = read_shared(d, c)) || (st = read_attention(d, c)) || (st = read_moe_layers(d, c)) ||
-        (st = read_numerics(d, c)))
+        (st = read_numerics(d, c)) || (st = read_quant(d, c)))
         return st;
     return MOE_OK;
 }

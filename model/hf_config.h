@@ -22,6 +22,10 @@
  *     moe_intermediate_size (DeepSeek builds its shared experts as one MLP
  *     of that width), else 0
  *   torch_dtype: torch_dtype, else dtype (newer transformers), else ""
+ *   fp8: quantization_config is {"quant_method": "fp8", "fmt": "e4m3",
+ *     "weight_block_size": [128, 128], ...} (DeepSeek-V3, Qwen3 "-FP8");
+ *     any other quantization_config (another method, format or block) is
+ *     refused, naming the key
  *
  * MoE layers (0-based l), the union of both families' rules, whose defaults
  * make every layer an MoE layer:
@@ -87,6 +91,7 @@
 typedef struct moe_hf_config {
     char model_type[64];
     char torch_dtype[32];
+    bool fp8; /* quantization_config: FP8 e4m3 weights with 128 x 128 block scales */
     uint32_t hidden_size;
     uint32_t n_layers; /* num_hidden_layers */
     uint32_t vocab_size;

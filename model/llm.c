@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "gguf_model.h"
+#include "quant.h"
 #include "safetensors.h"
 
 typedef struct layer {
@@ -170,6 +171,75 @@ static moe_status quantize_mat(moe_llm *m, const char *name, moe_mat *w) {
     return own(m, q);
 }
 
+/* An FP8 checkpoint's [rows, cols] matrix t (F8_E4M3) and the scale of
+ * each of its 128 x 128 tiles (`<name>_scale_inv`, [ceil(rows / 128),
+ * ceil(cols / 128)] in f32, bf16 or f16) as MOE_DTYPE_FP8_E4M3 blocks,
+ * each row's block of 128 taking its tile's scale (owned; 132 bytes per
+ * 128 weights against the file's 128 and a bit). Rows that are not whole
+ * blocks of 128 are widened to f32, that matrix only. Missing or
+ * misshapen scales, a scale that is not finite, a NaN element: refused by
+ * name. */
+static moe_status fp8_mat(moe_llm *m, const moe_tensor *t, uint32_t rows, uint32_t cols, moe_mat *out) {
+    char sn[300];
+    snprintf(sn, sizeof sn, "%s_scale_inv", t->name);
+    const moe_tensor *st = find(m, sn);
+    if (!st)
+        return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\": F8_E4M3 weights without their scales (no tensor \"%s\")",
+                        t->file, t->name, sn);
+    const uint32_t tr = (rows + 127) / 128, tc = (cols + 127) / 128;
+    if (st->n_dims != 2 || st->shape[0] != tr || st->shape[1] != tc)
+        return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\" has %u dimensions [%llu, %llu], expected [%u, %u]: one "
+                        "scale per 128 x 128 tile of \"%s\"", st->file, st->name, st->n_dims,
+                        (unsigned long long)st->shape[0], (unsigned long long)st->shape[1], tr, tc, t->name);
+    if (st->type != MOE_DTYPE_F32 && st->type != MOE_DTYPE_BF16 && st->type != MOE_DTYPE_F16)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "%s: tensor \"%s\": scales must be F32, BF16 or F16", st->file,
+                        st->name);
+    float *sc = malloc((size_t)tr * tc * sizeof *sc);
+    if (!sc) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", m->dir);
+    const moe_mat smat = {st->type, st->data, tr, tc};
+    for (uint32_t i = 0; i < tr; i++) moe_mat_row(&smat, i, sc + (size_t)i * tc);
+    for (size_t i = 0; i < (size_t)tr * tc; i++)
+        if (!isfinite(sc[i])) {
+            free(sc);
+            return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\": the scale of tile (%zu, %zu) is NaN or infinite",
+                            st->file, st->name, i / tc, i % tc);
+        }
+    const bool blocks = cols % MOE_FP8_BLOCK == 0;
+    const size_t rb = blocks ? moe_dtype_row_bytes(MOE_DTYPE_FP8_E4M3, cols) : (size_t)cols * sizeof(float);
+    uint8_t *buf = malloc(rows ? rb * rows : 1);
+    if (!buf) {
+        free(sc);
+        return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for \"%s\"", m->dir, t->name);
+    }
+    const uint8_t *q = t->data;
+    uint64_t nan_at = UINT64_MAX;
+#pragma omp parallel for schedule(static) reduction(min : nan_at)
+    for (uint32_t r = 0; r < rows; r++) {
+        const uint8_t *qr = q + (size_t)r * cols;
+        const float *sr = sc + (size_t)(r / 128) * tc;
+        for (uint32_t c = 0; c < cols; c++)
+            if ((qr[c] & 0x7f) == 0x7f && (uint64_t)r * cols + c < nan_at) nan_at = (uint64_t)r * cols + c;
+        if (blocks) {
+            moe_block_fp8 *b = (moe_block_fp8 *)(void *)(buf + (size_t)r * rb);
+            for (uint32_t j = 0; j < cols / MOE_FP8_BLOCK; j++) {
+                b[j].d = sr[j];
+                memcpy(b[j].qs, qr + (size_t)j * MOE_FP8_BLOCK, MOE_FP8_BLOCK);
+            }
+        } else {
+            float *y = (float *)(void *)(buf + (size_t)r * rb);
+            for (uint32_t c = 0; c < cols; c++) y[c] = sr[c / 128] * moe_e4m3_to_f32(qr[c]);
+        }
+    }
+    free(sc);
+    if (nan_at != UINT64_MAX) {
+        free(buf);
+        return moe_fail(MOE_ERR_PARSE, "%s: tensor \"%s\": element (%llu, %llu) is NaN (e4m3 0x7f or 0xff)",
+                        t->file, t->name, (unsigned long long)(nan_at / cols), (unsigned long long)(nan_at % cols));
+    }
+    *out = (moe_mat){blocks ? MOE_DTYPE_FP8_E4M3 : MOE_DTYPE_F32, buf, rows, cols};
+    return own(m, buf);
+}
+
 /* A [rows, cols] matrix; absent and not required leaves *out empty. A
  * dense projection (`dense`) is quantized with --quantize; routers, gates
  * and MLA's up-projections are not. */
@@ -184,8 +254,12 @@ static moe_status get_mat_of(moe_llm *m, const char *name, uint32_t rows, uint32
      * trailing dimensions of 1): Qwen2-MoE's shared expert gate. */
     const bool vec = rows == 1 && t->n_dims == 1 && t->shape[0] == cols;
     if (!vec && (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)) return bad_shape(t, rows, cols);
-    if ((s = check_blocks(m, t))) return s;
-    *out = (moe_mat){t->type, t->data, rows, cols};
+    if (t->type == MOE_TENSOR_F8_E4M3) {
+        if ((s = fp8_mat(m, t, rows, cols, out))) return s;
+    } else {
+        if ((s = check_blocks(m, t))) return s;
+        *out = (moe_mat){t->type, t->data, rows, cols};
+    }
     if (dense && (s = quantize_mat(m, t->name, out))) return s;
     m->weight_bytes += moe_mat_row_bytes(out) * rows;
     return MOE_OK;
@@ -208,6 +282,9 @@ static moe_status get_vec(moe_llm *m, const char *name, uint32_t len, bool requi
     moe_status s = tensor_of(m, name, &t);
     if (s) return s;
     if (t->n_elems != len || (t->n_dims != 1 && !(t->n_dims == 2 && t->shape[0] == 1))) return bad_shape(t, len, 0);
+    if (t->type == MOE_TENSOR_F8_E4M3)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "%s: tensor \"%s\": F8_E4M3 is read for matrices only, not vectors",
+                        t->file, t->name);
     if ((s = check_blocks(m, t))) return s;
     if (!(*out = malloc((size_t)len * sizeof **out))) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", name);
     const moe_mat row = {t->type, t->data, 1, len};

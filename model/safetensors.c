@@ -19,7 +19,7 @@ static const struct {
 } dtypes[] = {
     {"F32", MOE_DTYPE_F32}, {"F16", MOE_DTYPE_F16}, {"BF16", MOE_DTYPE_BF16}, {"F64", -1},    {"I64", -1},
     {"I32", -1},         {"I16", -1},         {"I8", -1},            {"U64", -1},    {"U32", -1},
-    {"U16", -1},         {"U8", -1},          {"BOOL", -1},          {"F8_E4M3", -1}, {"F8_E5M2", -1},
+    {"U16", -1},         {"U8", -1},          {"BOOL", -1},          {"F8_E4M3", MOE_TENSOR_F8_E4M3}, {"F8_E5M2", -1},
     {"F8_E8M0", -1},     {"F6_E2M3", -1},     {"F6_E3M2", -1},       {"F4", -1},     {"C64", -1},
 };
 
@@ -50,7 +50,7 @@ static moe_status read_dtype(const moe_json_doc *doc, const char *tname, const m
         if (dtypes[i].wtype < 0)
             return moe_fail_at(MOE_ERR_UNSUPPORTED, doc->name, v->line,
                                "tensor \"%s\": dtype %s is not supported (supported: F32, "
-                               "F16, BF16)",
+                               "F16, BF16, and F8_E4M3 with its weight_scale_inv)",
                                tname, dtypes[i].name);
         *out = (moe_dtype)dtypes[i].wtype;
         return MOE_OK;

@@ -28,9 +28,15 @@
  * MOE_DTYPE_I8 or an invalid dtype, or on overflow. */
 bool moe_tensor_bytes(moe_dtype t, uint64_t n_elems, uint64_t row, uint64_t *bytes);
 
+/* A safetensors F8_E4M3 tensor: an FP8 checkpoint's e4m3fn bytes, one per
+ * element, whose scales are another tensor (`<name>_scale_inv`). No
+ * moe_dtype: only the loader reads it, making MOE_DTYPE_FP8_E4M3 blocks
+ * of it and its scales (moe_tensor_bytes: one byte per element). */
+#define MOE_TENSOR_F8_E4M3 ((moe_dtype)(MOE_DTYPE_COUNT_ + 1))
+
 /* The first of the n blocks of format t at `blocks` whose scale is NaN
- * or infinite (an f16 scale or min with every exponent bit set; mxfp4's
- * e8m0 exponent 255, its NaN), or n if none (and for the element types).
+ * or infinite (an f16 or f32 scale or min with every exponent bit set;
+ * mxfp4's e8m0 exponent 255, its NaN), or n if none (and for the element types).
  * Such a block would spoil every dot product it enters. Reads only the
  * bytes of each block's scales, on the calling thread's OpenMP team. */
 uint64_t moe_blocks_bad_scale(moe_dtype t, const void *blocks, uint64_t n);

@@ -123,7 +123,10 @@ static void block_kernels_match_dot_products(void) {
                 for (uint32_t row = 0; row < m; row++) {
                     const moe_qact q = kern.act == MOE_ACT_Q8_0 ? MOE_QACT_Q8_0 : kern.act == MOE_ACT_Q8_1
                                                                                     ? MOE_QACT_Q8_1 : MOE_QACT_Q8_K;
-                    CHECK_OK(moe_qact_dequantize(q, (char *)xa + row * arb, xq, k));
+                    if (kern.act == MOE_ACT_F32) /* fp8_e4m3: the activations as they are */
+                        memcpy(xq, x + (size_t)row * k, (size_t)k * sizeof *xq);
+                    else
+                        CHECK_OK(moe_qact_dequantize(q, (char *)xa + row * arb, xq, k));
                     for (uint32_t j = 0; j < n; j++) {
                         CHECK_OK(moe_quant_dequantize(t, (char *)w + j * wrb, wrow, k));
                         double acc = 0;
@@ -199,6 +202,7 @@ static void block_experts_match_reference(void) {
         {MOE_DTYPE_Q5_K, MOE_DTYPE_Q5_K},   {MOE_DTYPE_Q5_K, MOE_DTYPE_Q6_K},   {MOE_DTYPE_Q6_K, MOE_DTYPE_Q6_K},
         {MOE_DTYPE_IQ4_NL, MOE_DTYPE_IQ4_NL}, {MOE_DTYPE_IQ4_XS, MOE_DTYPE_IQ4_XS}, {MOE_DTYPE_MXFP4, MOE_DTYPE_MXFP4},
         {MOE_DTYPE_Q4_K, MOE_DTYPE_Q5_0},   {MOE_DTYPE_Q4_K, MOE_DTYPE_Q8_0},   {MOE_DTYPE_BF16, MOE_DTYPE_Q8_0},
+        {MOE_DTYPE_FP8_E4M3, MOE_DTYPE_FP8_E4M3}, {MOE_DTYPE_Q4_K, MOE_DTYPE_FP8_E4M3},
     };
     const uint32_t ms[] = {0, 1, 3, 5, 8, 17, 100};
     enum { NT = sizeof ms / sizeof ms[0] };
@@ -206,7 +210,7 @@ static void block_experts_match_reference(void) {
         for (int portable = 0; portable < 2; portable++) {
             const moe_dtype t = pairs[pi][0], td = pairs[pi][1];
             /* down rows of 320 elements take no 256-element blocks: its fallbacks' case */
-            const uint32_t H = 512, I = moe_dtype_block(td) == 256 ? 256 : 320;
+            const uint32_t H = 512, I = moe_dtype_block(td) >= 128 ? 256 : 320;
             moe_cpu *c = engine(2, 1, portable);
             CHECK_OK(moe_cpu_prepare(c, H, I, t));
             expert_buf b[NT];

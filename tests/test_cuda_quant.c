@@ -21,7 +21,7 @@
 
 static const moe_dtype formats[] = {MOE_DTYPE_Q4_0,   MOE_DTYPE_Q4_1,   MOE_DTYPE_Q5_0, MOE_DTYPE_Q5_1, MOE_DTYPE_Q8_0,
                                     MOE_DTYPE_Q2_K,   MOE_DTYPE_Q3_K,   MOE_DTYPE_Q4_K, MOE_DTYPE_Q5_K, MOE_DTYPE_Q6_K,
-                                    MOE_DTYPE_IQ4_NL, MOE_DTYPE_IQ4_XS, MOE_DTYPE_MXFP4};
+                                    MOE_DTYPE_IQ4_NL, MOE_DTYPE_IQ4_XS, MOE_DTYPE_MXFP4, MOE_DTYPE_FP8_E4M3};
 #define N_FORMATS (sizeof formats / sizeof formats[0])
 
 static uint32_t bits_of(float f) {

@@ -686,6 +686,118 @@ static void variant(const char *name, const char *from, const char *to, const ch
     fclose(g);
 }
 
+/* ---- FP8 checkpoints ---- */
+
+/* A copy of the FP8 fixture in tmpdir/name: config.json with `from`
+ * replaced by `to` (from NULL: as it is), and model.safetensors with the
+ * header text `hfrom` replaced by `hto` (same length), and `n` bytes at
+ * `at` of tensor `tensor`'s data set to `bytes` (tensor NULL: none). */
+static void fp8_variant(const char *name, const char *from, const char *to, const char *hfrom, const char *hto,
+                        const char *tensor, uint64_t at, const void *bytes, size_t n, char *dir, size_t cap) {
+    char src[600], path[800];
+    snprintf(dir, cap, "%s/%s", tmpdir, name);
+    snprintf(src, sizeof src, "%s/models/qwen3_moe-fp8", MOE_TEST_DATA_DIR);
+    CHECK(mkdir(dir, 0700) == 0);
+    static char text[1 << 14];
+    snprintf(path, sizeof path, "%s/config.json", src);
+    FILE *f = fopen(path, "rb");
+    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f) fclose(f);
+    text[len] = '\0';
+    if (from) replace(text, sizeof text, from, to);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (f) fputs(text, f), fclose(f);
+    moe_mapped_file mf;
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    CHECK_OK(moe_map_file(&mf, path));
+    uint8_t *data = malloc(mf.size);
+    memcpy(data, mf.data, mf.size);
+    uint64_t hlen;
+    memcpy(&hlen, data, 8);
+    char *hdr = (char *)data + 8, save = hdr[hlen];
+    hdr[hlen] = '\0';
+    if (hfrom) {
+        char *h = strstr(hdr, hfrom);
+        CHECK(h && strlen(hfrom) == strlen(hto));
+        if (h) memcpy(h, hto, strlen(hto));
+    }
+    if (tensor) { /* the tensor's data_offsets, from the header text */
+        char key[256];
+        snprintf(key, sizeof key, "\"%s\":", tensor);
+        const char *t = strstr(hdr, key), *o = t ? strstr(t, "\"data_offsets\":[") : NULL;
+        unsigned long long b = 0;
+        CHECK(o && sscanf(o + strlen("\"data_offsets\":["), "%llu", &b) == 1);
+        if (o) memcpy(data + 8 + hlen + b + at, bytes, n);
+    }
+    hdr[hlen] = save;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    f = fopen(path, "wb");
+    CHECK(f && fwrite(data, 1, mf.size, f) == mf.size);
+    if (f) fclose(f);
+    free(data);
+    moe_unmap_file(&mf);
+}
+
+/* A tiny Qwen3-MoE as the "-FP8" releases store it (F8_E4M3 matrices,
+ * f32 scales per 128 x 128 tile, quantization_config): its experts run in
+ * fp8_e4m3 blocks (down too), the output projection, whose 192-long rows
+ * are not whole blocks, widened to f32; the logits agree with
+ * transformers' on the dequantized weights as an f32 model's do. Then
+ * what is wrong with such a checkpoint, refused by name. */
+static void fp8_checkpoint(void) {
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/models/qwen3_moe-fp8", MOE_TEST_DATA_DIR);
+    reference r;
+    if (!load_reference(&r, dir)) return;
+    check_source("qwen3_moe", dir, &r, MAX_NMSE);
+    moe_json_free(&r.doc);
+    moe_llm *m = NULL;
+    CHECK_OK(moe_llm_load(&m, dir, NULL));
+    if (m) {
+        moe_layer_desc d;
+        CHECK_OK(moe_model_get_layer(moe_llm_model(m), 1, &d));
+        CHECK_EQ(d.weight_dtype, MOE_DTYPE_FP8_E4M3);
+        CHECK_EQ(moe_model_down_dtype(moe_llm_model(m), 1), MOE_DTYPE_FP8_E4M3);
+        moe_llm_free(&m);
+    }
+    const float nan = NAN;
+    const uint8_t nan8 = 0x7f;
+    static const struct {
+        const char *name, *from, *to, *hfrom, *hto, *tensor;
+        uint64_t at;
+        int what_bytes; /* 0: none, 1: an f32 NaN, 2: an e4m3 NaN */
+        moe_status want;
+        const char *what;
+    } cases[] = {
+        {"fp8-noscale", NULL, NULL, "layers.1.mlp.experts.2.up_proj.weight_scale_inv",
+         "layers.1.mlp.experts.2.up_proj.weight_scale_xxx", NULL, 0, 0, MOE_ERR_PARSE,
+         "tensor \"model.layers.1.mlp.experts.2.up_proj.weight\": F8_E4M3 weights without their scales (no tensor "
+         "\"model.layers.1.mlp.experts.2.up_proj.weight_scale_inv\")"},
+        {"fp8-nanscale", NULL, NULL, NULL, NULL, "model.layers.0.self_attn.q_proj.weight_scale_inv", 4, 1,
+         MOE_ERR_PARSE, "tensor \"model.layers.0.self_attn.q_proj.weight_scale_inv\": the scale of tile (0, 1) is "
+         "NaN or infinite"},
+        {"fp8-nancode", NULL, NULL, NULL, NULL, "model.layers.0.mlp.experts.3.down_proj.weight", 128 * 5 + 7, 2,
+         MOE_ERR_PARSE, "tensor \"model.layers.0.mlp.experts.3.down_proj.weight\": element (5, 7) is NaN"},
+        {"fp8-scaleshape", NULL, NULL, "\"shape\":[2,2]", "\"shape\":[4,1]", NULL, 0, 0, MOE_ERR_PARSE,
+         "expected [2, 2]: one scale per 128 x 128 tile of"},
+        {"fp8-method", "\"quant_method\": \"fp8\"", "\"quant_method\": \"awq\"", NULL, NULL, NULL, 0, 0,
+         MOE_ERR_UNSUPPORTED, "quantization_config: quant_method \"awq\" is not supported"},
+        {"fp8-block", "\"weight_block_size\": [\n      128,\n      128\n    ]", "\"weight_block_size\": [64, 64]",
+         NULL, NULL, NULL, 0, 0, MOE_ERR_UNSUPPORTED, "weight_block_size must be [128, 128]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char vdir[512];
+        const void *b = cases[i].what_bytes == 1 ? (const void *)&nan : (const void *)&nan8;
+        fp8_variant(cases[i].name, cases[i].from, cases[i].to, cases[i].hfrom, cases[i].hto, cases[i].tensor,
+                    cases[i].at, b, cases[i].what_bytes == 1 ? 4 : 1, vdir, sizeof vdir);
+        CHECK_STATUS(moe_llm_load(&m, vdir, NULL), cases[i].want);
+        CHECK_ERROR_MENTIONS(cases[i].what);
+        CHECK(m == NULL);
+    }
+}
+
 static void refuses_bad_models(void) {
     static const struct {
         const char *name, *from, *to, *what;
@@ -752,7 +864,7 @@ int main(int argc, char **argv) {
         TEST_CASE(models_match_transformers), TEST_CASE(simulated_device_matches_cpu),
         TEST_CASE(sharded_and_q8_0), TEST_CASE(quantized_gguf_match_llamacpp), TEST_CASE(quantize_at_load),
         TEST_CASE(refuses_bad_blocks),
-        TEST_CASE(refuses_bad_models),
+        TEST_CASE(fp8_checkpoint), TEST_CASE(refuses_bad_models),
     };
     const int rc = run_tests("llm", cases, sizeof cases / sizeof cases[0], argc, argv);
     char cmd[400];

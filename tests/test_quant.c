@@ -459,7 +459,7 @@ static void dot_products(void) {
 
 static void public_dtypes(void) {
     static const char *names[] = {"f32", "bf16", "f16", "int8", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0",
-                                  "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs", "mxfp4"};
+                                  "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs", "mxfp4", "fp8_e4m3"};
     CHECK_EQ(sizeof names / sizeof names[0], MOE_DTYPE_COUNT_);
     for (int t = 0; t < MOE_DTYPE_COUNT_; t++) {
         CHECK(strcmp(moe_dtype_name((moe_dtype)t), names[t]) == 0);
@@ -533,6 +533,65 @@ static void public_dtypes(void) {
     CHECK_ERROR_MENTIONS("not a whole number of 32-element blocks");
 }
 
+/* FP8 checkpoints' e4m3fn, which gguf-py does not know: every code's
+ * value from its bits (an independent formula in double), known values,
+ * the encoder's round-trip of every code, ties to even, saturation, NaN;
+ * then the blocks of 128 with their f32 scale. */
+static void fp8_e4m3_codes_and_blocks(void) {
+    for (int c = 0; c < 256; c++) {
+        const float v = moe_e4m3_to_f32((uint8_t)c);
+        const int e = c >> 3 & 15, mnt = c & 7;
+        if (e == 15 && mnt == 7) {
+            CHECK(isnan(v));
+            continue;
+        }
+        const double want = (c & 0x80 ? -1.0 : 1.0) * (e ? (1.0 + mnt / 8.0) * pow(2.0, e - 7) : mnt / 8.0 / 64.0);
+        CHECK((double)v == want);
+        CHECK_EQ(moe_f32_to_e4m3(v), c);
+        if ((c & 0x7f) && (c & 0x7f) < 0x7e) /* strictly increasing in magnitude */
+            CHECK(fabsf(moe_e4m3_to_f32((uint8_t)(c + 1))) > fabsf(v));
+    }
+    CHECK(moe_e4m3_to_f32(0x7e) == 448.0f && moe_e4m3_to_f32(0x38) == 1.0f && moe_e4m3_to_f32(0xb8) == -1.0f);
+    CHECK(moe_e4m3_to_f32(0x08) == 0x1p-6f && moe_e4m3_to_f32(0x01) == 0x1p-9f);
+    CHECK_EQ(moe_f32_to_e4m3(1.0625f), 0x38);  /* halfway 1 and 1.125: the even code */
+    CHECK_EQ(moe_f32_to_e4m3(1.1875f), 0x3a);  /* halfway 1.125 and 1.25 */
+    CHECK_EQ(moe_f32_to_e4m3(1.0626f), 0x39);
+    CHECK_EQ(moe_f32_to_e4m3(0x1p-10f), 0x00); /* halfway 0 and the smallest subnormal */
+    CHECK_EQ(moe_f32_to_e4m3(0x3p-10f), 0x02);
+    CHECK_EQ(moe_f32_to_e4m3(0x1.ep-7f), 0x08); /* 7.5 * 2^-10: rounds up into the smallest normal */
+    CHECK_EQ(moe_f32_to_e4m3(-0.0f), 0x80);
+    CHECK_EQ(moe_f32_to_e4m3(464.0f), 0x7e); /* past 448: saturated, never NaN */
+    CHECK_EQ(moe_f32_to_e4m3(-1e30f), 0xfe);
+    CHECK_EQ(moe_f32_to_e4m3(INFINITY), 0x7e);
+    CHECK_EQ(moe_f32_to_e4m3(NAN), 0x00);
+    CHECK_EQ(moe_f32_to_e4m3(1e-30f), 0x00);
+    /* Blocks: 132 bytes, scale max|x| / 448, the round trip within e4m3's
+     * 3 mantissa bits, a zero block all zeros. */
+    CHECK_EQ(moe_dtype_block(MOE_DTYPE_FP8_E4M3), 128);
+    CHECK_EQ(moe_dtype_block_bytes(MOE_DTYPE_FP8_E4M3), 132);
+    CHECK_EQ(moe_dtype_row_bytes(MOE_DTYPE_FP8_E4M3, 2048), 16 * 132);
+    CHECK_EQ(moe_dtype_row_bytes(MOE_DTYPE_FP8_E4M3, 64), 0);
+    enum { N = 4 * 128 };
+    moe_rng r = {88};
+    float x[N], y[N];
+    moe_block_fp8 b[N / 128];
+    for (int i = 0; i < N; i++) x[i] = moe_rng_range(&r, -3.0f, 3.0f) * (i < 128 ? 1e-3f : 1.0f);
+    for (int i = 256; i < 384; i++) x[i] = 0.0f;
+    x[400] = NAN; /* quantized as 0, as the GGUF formats do */
+    CHECK_OK(moe_quantize(MOE_DTYPE_FP8_E4M3, x, b, N));
+    CHECK_OK(moe_dequantize(MOE_DTYPE_FP8_E4M3, b, y, N));
+    for (int k = 0; k < N / 128; k++) {
+        float amax = 0.0f;
+        for (int i = 0; i < 128; i++) amax = fmaxf(amax, isfinite(x[128 * k + i]) ? fabsf(x[128 * k + i]) : 0.0f);
+        CHECK(b[k].d == amax / 448.0f);
+    }
+    for (int i = 256; i < 384; i++) CHECK(y[i] == 0.0f && b[2].qs[i - 256] == 0);
+    CHECK(y[400] == 0.0f);
+    x[400] = 0.0f;
+    for (int i = 0; i < N; i++) CHECK(fabsf(y[i] - x[i]) <= fabsf(x[i]) / 16.0f + b[i / 128].d * 0x1p-10f);
+}
+
 TEST_MAIN("test_quant", TEST_CASE(table_matches_gguf_py), TEST_CASE(dequantize_bit_exact),
           TEST_CASE(quantize_bit_exact), TEST_CASE(roundtrip_error), TEST_CASE(nonfinite_inputs),
-          TEST_CASE(activation_blocks), TEST_CASE(dot_products), TEST_CASE(public_dtypes))
+          TEST_CASE(activation_blocks), TEST_CASE(dot_products), TEST_CASE(public_dtypes),
+          TEST_CASE(fp8_e4m3_codes_and_blocks))

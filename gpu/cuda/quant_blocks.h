@@ -1,4 +1,5 @@
-/* quant_blocks.h - GGUF's block formats decoded eight elements at a time,
+/* quant_blocks.h - the block formats (GGUF's, and FP8 checkpoints' e4m3)
+ * decoded eight elements at a time,
  * for the CUDA kernels (gpu/cuda/quant_kernels.cu) and, compiled as plain
  * C, for the host test that checks them against common/quant.c
  * (tests/test_cuda_quant.c). The same text is both: a GPU session is not
@@ -14,7 +15,7 @@
  *
  * The layouts are common/quant.h's structs; a row of a block format is
  * moe_dtype_row_bytes(t, cols) bytes, its blocks back to back, and must be
- * 2-byte aligned (the slot pool aligns every matrix to 256). */
+ * 4-byte aligned (the slot pool aligns every matrix to 256). */
 #ifndef MOE_GPU_CUDA_QUANT_BLOCKS_H
 #define MOE_GPU_CUDA_QUANT_BLOCKS_H
 
@@ -308,12 +309,37 @@ MOE_QB_FN void moe_qb_deq8_mxfp4(const uint8_t *row, uint32_t c, float v[8]) {
     for (uint32_t i = 0; i < 8; i++) v[i] = moe_qb_mul(d, (float)moe_qb_mxfp4(MOE_QB_NIBBLE(b->qs, l0, i)));
 }
 
-/* Whether t is a block format decoded here (all 13 of common/quant.h). */
+/* An e4m3fn code as f32, exactly (quant.c's moe_e4m3_to_f32): normals
+ * by moving the exponent (bias 7 to 127) and mantissa into place,
+ * subnormals as m * 2^-9; NaN for 0x7f and 0xff. */
+MOE_QB_FN float moe_qb_e4m3(uint8_t q) {
+    const uint32_t e = (uint32_t)(q >> 3) & 15u, m = q & 7u, s = (uint32_t)(q & 0x80) << 24;
+    uint32_t bits;
+    if (e == 15 && m == 7) bits = 0x7fc00000u;
+    else if (e) bits = s | (e + 120u) << 23 | m << 20;
+    else {
+        const float v = (float)m * 0.001953125f; /* exact */
+        memcpy(&bits, &v, sizeof bits);
+        bits |= s;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+MOE_QB_FN void moe_qb_deq8_fp8(const uint8_t *row, uint32_t c, float v[8]) {
+    const moe_block_fp8 *b = (const moe_block_fp8 *)(const void *)(row + (size_t)(c / MOE_FP8_BLOCK) * sizeof *b);
+    const uint32_t l0 = c % MOE_FP8_BLOCK;
+    MOE_QB_UNROLL
+    for (uint32_t i = 0; i < 8; i++) v[i] = moe_qb_mul(b->d, moe_qb_e4m3(b->qs[l0 + i]));
+}
+
+/* Whether t is a block format decoded here (all 14 of common/quant.h). */
 MOE_QB_FN int moe_qb_decodes(moe_dtype t) {
     switch (t) {
     case MOE_DTYPE_Q4_0: case MOE_DTYPE_Q4_1: case MOE_DTYPE_Q5_0: case MOE_DTYPE_Q5_1: case MOE_DTYPE_Q8_0:
     case MOE_DTYPE_Q2_K: case MOE_DTYPE_Q3_K: case MOE_DTYPE_Q4_K: case MOE_DTYPE_Q5_K: case MOE_DTYPE_Q6_K:
-    case MOE_DTYPE_IQ4_NL: case MOE_DTYPE_IQ4_XS: case MOE_DTYPE_MXFP4: return 1;
+    case MOE_DTYPE_IQ4_NL: case MOE_DTYPE_IQ4_XS: case MOE_DTYPE_MXFP4: case MOE_DTYPE_FP8_E4M3: return 1;
     default: return 0;
     }
 }
@@ -335,6 +361,7 @@ MOE_QB_FN void moe_qb_deq8(moe_dtype t, const uint8_t *row, uint32_t c, float v[
     case MOE_DTYPE_IQ4_NL: moe_qb_deq8_iq4_nl(row, c, v); break;
     case MOE_DTYPE_IQ4_XS: moe_qb_deq8_iq4_xs(row, c, v); break;
     case MOE_DTYPE_MXFP4: moe_qb_deq8_mxfp4(row, c, v); break;
+    case MOE_DTYPE_FP8_E4M3: moe_qb_deq8_fp8(row, c, v); break;
     default:
         for (uint32_t i = 0; i < 8; i++) v[i] = 0.0f;
         break;

@@ -77,7 +77,7 @@ cudaError_t gemv(const void *w, uint32_t rows, uint32_t cols, const float *x, ui
 #define MOE_CUQ_FORMATS(X)                                                                                        \
     X(MOE_DTYPE_Q4_0) X(MOE_DTYPE_Q4_1) X(MOE_DTYPE_Q5_0) X(MOE_DTYPE_Q5_1) X(MOE_DTYPE_Q8_0) X(MOE_DTYPE_Q2_K)     \
     X(MOE_DTYPE_Q3_K) X(MOE_DTYPE_Q4_K) X(MOE_DTYPE_Q5_K) X(MOE_DTYPE_Q6_K) X(MOE_DTYPE_IQ4_NL) X(MOE_DTYPE_IQ4_XS) \
-    X(MOE_DTYPE_MXFP4)
+    X(MOE_DTYPE_MXFP4) X(MOE_DTYPE_FP8_E4M3)
 
 bool moe_cuq_supports(moe_dtype t) { return moe_qb_decodes(t) != 0; }
 

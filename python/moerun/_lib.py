@@ -15,14 +15,16 @@ import os
 import sys
 from pathlib import Path
 
-API_VERSION = 6  # include/moerun.h's MOE_API_VERSION this binding is written against: the one place to bump
+API_VERSION = 7  # include/moerun.h's MOE_API_VERSION this binding is written against: the one place to bump
 LIB_NAME = "libmoerun.so"
 
 # moe_dtype
 DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_I8 = 0, 1, 2, 3
-# GGUF's block formats (API 6), in moe_dtype's order after DTYPE_I8
+# Block formats, in moe_dtype's order after DTYPE_I8: GGUF's (API 6), then
+# FP8 checkpoints' e4m3 in blocks of 128 (API 7)
 DTYPE_BLOCK = {name: 4 + i for i, name in enumerate(
-    ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs", "mxfp4"])}
+    ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs", "mxfp4",
+     "fp8_e4m3"])}
 # moe_device_kind
 DEVICES = {"auto": 0, "cpu": 1, "sim": 2, "cuda": 3}
 
