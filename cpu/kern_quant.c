@@ -108,6 +108,7 @@ static moe_gemv_fn c_kernel(moe_dtype t) {
  * applied through the activations' sums of 16. */
 
 #define T_512Q __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define T_VNNIQ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx512vnni")))
 #define INLINE static inline __attribute__((always_inline))
 
@@ -278,7 +279,7 @@ typedef struct sba {
 /* q3_K's 16 scales of 6 bits, signed (code - 32), as int8: low 4 bits in
  * scales[j % 8] (its high nibble for j >= 8), high 2 bits of sub-block j
  * at bit 2 (j / 4) of scales[8 + j % 4]. */
-T_512Q INLINE __m128i q3_scales(const uint8_t *s) {
+T_AVX2 INLINE __m128i q3_scales(const uint8_t *s) { /* AVX2 only: the AVX2 kernel takes it too */
     uint64_t s0;
     uint32_t s8; /* exactly the 12 bytes: a 16-byte load would read past the last block of a buffer */
     memcpy(&s0, s, 8), memcpy(&s8, s + 8, 4);
@@ -834,8 +835,6 @@ static const kern512 k512[] = {
  * vpmaddubsw, the scales in vpmaddwd. The 32-element formats take signed
  * codes with the classic sign trick (vpmaddubsw(|w|, sign(x, w))). */
 
-#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
-
 T_AVX2 INLINE float f16_2(uint16_t h) { return _cvtsh_ss(h); }
 
 typedef struct sbw2 {
@@ -912,6 +911,62 @@ T_AVX2 INLINE void unpack2_q6_K(const moe_block_q6_K *b, sbw2 *u) {
     u->d = f16_2(b->d), u->dm = 32.0f * u->d;
 }
 
+/* q2_K: element 128h + 32s + l is the 2 bits qs[32h + l] >> 2s; sub-block
+ * j of 16 has scale d (sc[j] & 15) and min dmin (sc[j] >> 4). Vector v
+ * (elements 32v ..) holds sub-blocks 2v (low lane) and 2v + 1 (high). */
+T_AVX2 INLINE void scales2_16(__m256i sc16, sbw2 *u) {
+    const __m256i slo = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));
+    const __m256i shi = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1));
+    for (int v = 0; v < 8; v++) u->s[v] = _mm256_shuffle_epi8(v < 4 ? slo : shi, PW2(2 * v % 8, 2 * v % 8 + 1));
+}
+T_AVX2 INLINE void unpack2_q2_K(const moe_block_q2_K *b, sbw2 *u) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)b->scales), m4 = _mm_set1_epi8(15);
+    scales2_16(_mm256_cvtepu8_epi16(_mm_and_si128(raw, m4)), u);
+    u->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * h));
+        for (int sh = 0; sh < 4; sh++) u->c[4 * h + sh] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * sh), m3);
+    }
+    u->d = f16_2(b->d), u->dm = f16_2(b->dmin);
+}
+
+/* q3_K: 2-bit codes as q2_K's, the 3rd bit of element e is bit e / 32 of
+ * hmask[e % 32]; code' = low + 4 hbit (0..7), value d sc (code' - 4):
+ * the mins are 4 d sc. */
+T_AVX2 INLINE void unpack2_q3_K(const moe_block_q3_K *b, sbw2 *u) {
+    const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(b->scales));
+    scales2_16(sc16, u);
+    u->mn = sc16;
+    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    const __m256i hm = _mm256_loadu_si256((const __m256i *)(const void *)b->hmask);
+    for (int h = 0; h < 2; h++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * h));
+        for (int sh = 0; sh < 4; sh++) {
+            const int v = 4 * h + sh;
+            const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * sh), m3);
+            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, v), m1);
+            u->c[v] = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
+        }
+    }
+    u->d = f16_2(b->d), u->dm = 4.0f * u->d;
+}
+
+/* iq4_xs: sub-block j of 32 is codebook values of qs[16j ..]'s low
+ * nibbles then its high ones, signed (up to +-127: u8 x s8 pairs would
+ * saturate with a +128 offset, so dot2_sbs takes them with the sign
+ * trick); scale (6 bits - 32) from scales_l / scales_h; no mins. */
+T_AVX2 INLINE __m256i codes2_lut(const uint8_t *qs, const int8_t *lut);
+T_AVX2 INLINE void unpack2_iq4_xs(const moe_block_iq4_xs *b, sbw2 *u) {
+    for (int j = 0; j < 8; j++) {
+        const int sc = ((b->scales_l[j / 2] >> 4 * (j % 2)) & 15) | ((b->scales_h >> 2 * j) & 3) << 4;
+        u->s[j] = _mm256_set1_epi16((short)(sc - 32));
+        u->c[j] = codes2_lut(b->qs + 16 * j, moe_iq4nl_values);
+    }
+    u->mn = _mm256_setzero_si256();
+    u->d = f16_2(b->d), u->dm = 0.0f;
+}
+
 T_AVX2 INLINE void dot2_sb(const sbw2 *u, const moe_qact_q8_K *x, __m256 *acc, __m256 *accm) {
     __m256i s = _mm256_setzero_si256();
     for (int v = 0; v < 8; v++) {
@@ -923,13 +978,25 @@ T_AVX2 INLINE void dot2_sb(const sbw2 *u, const moe_qact_q8_K *x, __m256 *acc, _
     *accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, u->mn)), _mm256_set1_ps(u->dm * x->d), *accm);
 }
 
+/* The same with signed codes (iq4_xs): vpmaddubsw(|c|, sign(x, c)); no mins. */
+T_AVX2 INLINE void dot2_sbs(const sbw2 *u, const moe_qact_q8_K *x, __m256 *acc, __m256 *accm) {
+    (void)accm;
+    __m256i s = _mm256_setzero_si256();
+    for (int v = 0; v < 8; v++) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(x->qs + 32 * v));
+        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(u->c[v], u->c[v]), _mm256_sign_epi8(xv, u->c[v]));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, u->s[v]));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(u->d * x->d), *acc);
+}
+
 T_AVX2 INLINE float hsum8(__m256 v) {
     const __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
     return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
 }
 
-#define GEMV2_SB(name, BLK, UNPACK)                                                                        \
+#define GEMV2_SB(name, BLK, UNPACK, DOT)                                                                      \
     T_AVX2 INLINE void name##_pair(const BLK *b0, const BLK *b1, const moe_qact_q8_K *const *a, uint32_t nb,  \
                                    uint32_t tb, float res[2][TQ]) {                                        \
         __m256 acc[2][TQ], accm[2][TQ];                                                                    \
@@ -944,8 +1011,8 @@ T_AVX2 INLINE float hsum8(__m256 v) {
             UNPACK(b0 + i, &u0);                                                                           \
             UNPACK(b1 + i, &u1);                                                                           \
             for (uint32_t t = 0; t < tb; t++) {                                                            \
-                dot2_sb(&u0, a[t] + i, &acc[0][t], &accm[0][t]);                                           \
-                dot2_sb(&u1, a[t] + i, &acc[1][t], &accm[1][t]);                                           \
+                DOT(&u0, a[t] + i, &acc[0][t], &accm[0][t]);                                               \
+                DOT(&u1, a[t] + i, &acc[1][t], &accm[1][t]);                                               \
             }                                                                                              \
         }                                                                                                  \
         for (int r = 0; r < 2; r++)                                                                        \
@@ -979,9 +1046,12 @@ T_AVX2 INLINE float hsum8(__m256 v) {
         }                                                                                                  \
     }
 
-GEMV2_SB(gemv_avx2_q4_K, moe_block_q4_K, unpack2_q4_K)
-GEMV2_SB(gemv_avx2_q5_K, moe_block_q5_K, unpack2_q5_K)
-GEMV2_SB(gemv_avx2_q6_K, moe_block_q6_K, unpack2_q6_K)
+GEMV2_SB(gemv_avx2_q4_K, moe_block_q4_K, unpack2_q4_K, dot2_sb)
+GEMV2_SB(gemv_avx2_q5_K, moe_block_q5_K, unpack2_q5_K, dot2_sb)
+GEMV2_SB(gemv_avx2_q6_K, moe_block_q6_K, unpack2_q6_K, dot2_sb)
+GEMV2_SB(gemv_avx2_q2_K, moe_block_q2_K, unpack2_q2_K, dot2_sb)
+GEMV2_SB(gemv_avx2_q3_K, moe_block_q3_K, unpack2_q3_K, dot2_sb)
+GEMV2_SB(gemv_avx2_iq4_xs, moe_block_iq4_xs, unpack2_iq4_xs, dot2_sbs)
 
 /* The 32-element formats with signed codes: a block per vector, 32 codes
  * as s8; the dot product vpmaddubsw(|w|, sign(x, w)), pairs then vpmaddwd
@@ -991,19 +1061,29 @@ T_AVX2 INLINE __m256i codes2_q4_0(const moe_block_q4_0 *b) {
     const __m256i n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
     return _mm256_sub_epi8(n, _mm256_set1_epi8(8));
 }
-T_AVX2 INLINE __m256i codes2_q5_0(const moe_block_q5_0 *b) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)b->qs);
+/* q5_0 / q5_1's 5-bit codes, unsigned: nibbles as q4_0, bit l of qh
+ * (a little-endian uint32) is element l's 5th. */
+T_AVX2 INLINE __m256i codes2_q5(const uint8_t *qs, const uint8_t *qh) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)qs);
     const __m256i n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
     uint32_t h;
-    memcpy(&h, b->qh, 4);
+    memcpy(&h, qh, 4);
     /* bit l of h to byte l: each byte picks its bit from a broadcast of h */
     const __m256i hv = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
                                            _mm256_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll,
                                                              0x0101010101010101ll, 0));
     const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
     const __m256i hi = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hv, bit), bit), _mm256_set1_epi8(16));
-    return _mm256_sub_epi8(_mm256_or_si256(n, hi), _mm256_set1_epi8(16));
+    return _mm256_or_si256(n, hi);
 }
+T_AVX2 INLINE __m256i codes2_q5_0(const moe_block_q5_0 *b) {
+    return _mm256_sub_epi8(codes2_q5(b->qs, b->qh), _mm256_set1_epi8(16));
+}
+T_AVX2 INLINE __m256i codes2_q4_1(const moe_block_q4_1 *b) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)b->qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+}
+T_AVX2 INLINE __m256i codes2_q5_1(const moe_block_q5_1 *b) { return codes2_q5(b->qs, b->qh); }
 T_AVX2 INLINE __m256i codes2_q8_0(const moe_block_q8_0 *b) { return _mm256_loadu_si256((const __m256i *)(const void *)b->qs); }
 T_AVX2 INLINE __m256i codes2_lut(const uint8_t *qs, const int8_t *lut) {
     const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)qs);
@@ -1045,6 +1125,44 @@ T_AVX2 INLINE float scale2_d(uint16_t d) { return f16_2(d); }
         }                                                                                                  \
     }
 
+/* q4_1 / q5_1: unsigned codes and a min, against q8_1 blocks (their code
+ * sums): d_w d_x (c . x) + m_w d_x sum(x), the second term in f32. */
+#define GEMV2_B32M(name, BLK, CODES)                                                                                   \
+    T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x,   \
+                            float *out, size_t ldo) {                                                                  \
+        (void)ws;                                                                                                      \
+        const uint32_t nb = k / 32;                                                                                    \
+        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_1);                         \
+        const __m256i ones = _mm256_set1_epi16(1);                                                                     \
+        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                                   \
+            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                                       \
+            const moe_qact_q8_1 *a[TQ];                                                                                \
+            for (uint32_t t = 0; t < TQ; t++)                                                                          \
+                a[t] =                                                                                                 \
+                    (const moe_qact_q8_1 *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
+            for (uint32_t j = n0; j < n1; j++) {                                                                       \
+                const BLK *b = (const BLK *)(const void *)((const char *)w + j * wrb);                                 \
+                __m256 acc[TQ];                                                                                        \
+                float accm[TQ] = {0};                                                                                  \
+                for (uint32_t t = 0; t < TQ; t++) acc[t] = _mm256_setzero_ps();                                        \
+                for (uint32_t i = 0; i < nb; i++) {                                                                    \
+                    _mm_prefetch((const char *)(b + i) + PFQ, PF_HINT);                                                \
+                    const __m256i c = CODES(b + i);                                                                    \
+                    const float d = f16_2(b[i].d), mw = f16_2(b[i].m);                                                 \
+                    for (uint32_t t = 0; t < tb; t++) {                                                                \
+                        const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)a[t][i].qs);              \
+                        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), ones);                        \
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a[t][i].d), acc[t]);        \
+                        accm[t] += mw * a[t][i].d * (float)a[t][i].sum;                                                \
+                    }                                                                                                  \
+                }                                                                                                      \
+                for (uint32_t t = 0; t < tb; t++) out[(size_t)(t0 + t) * ldo + (j - n0)] = hsum8(acc[t]) + accm[t];    \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+GEMV2_B32M(gemv_avx2_q4_1, moe_block_q4_1, codes2_q4_1)
+GEMV2_B32M(gemv_avx2_q5_1, moe_block_q5_1, codes2_q5_1)
+
 #define SC2_D(b) f16_2((b)->d)
 #define SC2_E(b) e8m0h((b)->e)
 GEMV2_B32(gemv_avx2_q4_0, moe_block_q4_0, codes2_q4_0, SC2_D)
@@ -1059,7 +1177,9 @@ static const struct {
 } k256[] = {
     {MOE_DTYPE_Q4_K, gemv_avx2_q4_K},   {MOE_DTYPE_Q5_K, gemv_avx2_q5_K}, {MOE_DTYPE_Q6_K, gemv_avx2_q6_K},
     {MOE_DTYPE_Q4_0, gemv_avx2_q4_0},   {MOE_DTYPE_Q5_0, gemv_avx2_q5_0}, {MOE_DTYPE_Q8_0, gemv_avx2_q8_0},
-    {MOE_DTYPE_IQ4_NL, gemv_avx2_iq4_nl}, {MOE_DTYPE_MXFP4, gemv_avx2_mxfp4},
+    {MOE_DTYPE_IQ4_NL, gemv_avx2_iq4_nl}, {MOE_DTYPE_MXFP4, gemv_avx2_mxfp4}, {MOE_DTYPE_Q4_1, gemv_avx2_q4_1},
+    {MOE_DTYPE_Q5_1, gemv_avx2_q5_1},   {MOE_DTYPE_Q2_K, gemv_avx2_q2_K}, {MOE_DTYPE_Q3_K, gemv_avx2_q3_K},
+    {MOE_DTYPE_IQ4_XS, gemv_avx2_iq4_xs},
 };
 #endif
 
