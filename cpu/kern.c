@@ -588,8 +588,108 @@ T_AMX8 static void gemv_amx_i8(const void *w, const float *ws, uint32_t k, uint3
     }
 }
 
+/* ---- AVX2 (CPUs without AVX-512) ------------------------------------------
+ * The same GEMV as GEMV_CVT with 8 weights a step: 4 rows x 2 tokens per
+ * register block (8 accumulators, 4 weight vectors and a token's: 13 of
+ * the 16 registers), weights widened to f32 as loaded (f32, bf16, f16
+ * through F16C, int8 with its row scale at the end), f32 activations, the
+ * same 12 KB L2 prefetch per row and the same L2-sized row groups beyond
+ * one token pass. A row's last k % 8 elements are summed in scalar code. */
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+enum { TB2 = 2 };
+
+T_AVX2 INLINE __m256 ld2_f32(const void *p, size_t i) { return _mm256_loadu_ps((const float *)p + i); }
+T_AVX2 INLINE __m256 ld2_bf16(const void *p, size_t i) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)p + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+T_AVX2 INLINE __m256 ld2_f16(const void *p, size_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)p + i)));
+}
+T_AVX2 INLINE __m256 ld2_i8(const void *p, size_t i) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)((const int8_t *)p + i))));
+}
+static inline float ld1(const void *p, moe_dtype t, size_t i) {
+    return t == MOE_DTYPE_I8 ? (float)((const int8_t *)p)[i] : moe_load_f32(p, t, i);
+}
+T_AVX2 INLINE float hsum2(__m256 v) {
+    const __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
+}
+
+#define BLOCK2_CVT(fn, LD, DT, WS)                                                                     \
+    T_AVX2 INLINE void fn(const void *const *w, const float *const *x, uint32_t tb, uint32_t k,        \
+                          float res[TB2][RB]) {                                                        \
+        __m256 acc[TB2][RB];                                                                           \
+        for (uint32_t t = 0; t < tb; t++)                                                              \
+            for (uint32_t r = 0; r < RB; r++) acc[t][r] = _mm256_setzero_ps();                         \
+        uint32_t i = 0;                                                                                \
+        for (; i + 8 <= k; i += 8) {                                                                   \
+            __m256 wv[RB];                                                                             \
+            if (!((i * (WS)) & 63))                                                                    \
+                for (uint32_t r = 0; r < RB; r++) PREFETCH_FAR((const char *)w[r] + i * (WS));         \
+            for (uint32_t r = 0; r < RB; r++) wv[r] = LD(w[r], i);                                     \
+            for (uint32_t t = 0; t < tb; t++) {                                                        \
+                const __m256 xv = _mm256_loadu_ps(x[t] + i);                                           \
+                for (uint32_t r = 0; r < RB; r++) acc[t][r] = _mm256_fmadd_ps(wv[r], xv, acc[t][r]);   \
+            }                                                                                          \
+        }                                                                                              \
+        for (uint32_t t = 0; t < tb; t++)                                                              \
+            for (uint32_t r = 0; r < RB; r++) {                                                        \
+                float v = hsum2(acc[t][r]);                                                            \
+                for (uint32_t e = i; e < k; e++) v += ld1(w[r], DT, e) * x[t][e];                      \
+                res[t][r] = v;                                                                         \
+            }                                                                                          \
+    }
+
+BLOCK2_CVT(blk2_f32, ld2_f32, MOE_DTYPE_F32, 4)
+BLOCK2_CVT(blk2_bf16, ld2_bf16, MOE_DTYPE_BF16, 2)
+BLOCK2_CVT(blk2_f16, ld2_f16, MOE_DTYPE_F16, 2)
+BLOCK2_CVT(blk2_i8, ld2_i8, MOE_DTYPE_I8, 1)
+
+#define GEMV2_CVT(name, blk, wsize, scaled)                                                           \
+    T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,      \
+                            const moe_acts *x, float *out, size_t ldo) {                               \
+        const size_t rb = (size_t)k * (wsize);                                                         \
+        uint32_t sub = n1 - n0;                                                                        \
+        if (x->m > TB2) {                                                                              \
+            const size_t r = (size_t)(512 * 1024) / rb / RB * RB;                                      \
+            sub = r < RB ? RB : r > sub ? sub : (uint32_t)r;                                           \
+        }                                                                                              \
+        for (uint32_t jb = n0; jb < n1; jb += sub) {                                                   \
+            const uint32_t je = n1 - jb < sub ? n1 : jb + sub;                                         \
+            for (uint32_t r0 = 0; r0 < x->m; r0 += TB2) {                                              \
+                const uint32_t tb = x->m - r0 < TB2 ? x->m - r0 : TB2;                                 \
+                const float *xr[TB2];                                                                  \
+                for (uint32_t t = 0; t < TB2; t++)                                                     \
+                    xr[t] = (const float *)x->data + (size_t)(r0 + (t < tb ? t : tb - 1)) * x->ld;     \
+                for (uint32_t j = jb; j < je; j += RB) {                                               \
+                    const void *wr[RB];                                                                \
+                    const uint32_t nr = rows_at(w, rb, j, je, wr);                                     \
+                    float res[TB2][RB];                                                                \
+                    if (tb == 1) blk(wr, xr, 1, k, res);                                               \
+                    else blk(wr, xr, TB2, k, res);                                                     \
+                    for (uint32_t t = 0; t < tb; t++)                                                  \
+                        for (uint32_t r = 0; r < nr; r++)                                              \
+                            out[(size_t)(r0 + t) * ldo + (j - n0) + r] =                               \
+                                (scaled) ? res[t][r] * ws[j + r] : res[t][r];                          \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+    }
+
+GEMV2_CVT(gemv_avx2_f32, blk2_f32, 4, 0)
+GEMV2_CVT(gemv_avx2_bf16, blk2_bf16, 2, 0)
+GEMV2_CVT(gemv_avx2_f16, blk2_f16, 2, 0)
+GEMV2_CVT(gemv_avx2_i8, blk2_i8, 1, 1)
+
+static bool cpu_avx2(void) { return moe_cpu_isa()->avx2; }
+
 #else
 static bool cpu_512(void) { return false; }
+static bool cpu_avx2(void) { return false; }
 static bool cpu_bf16(void) { return false; }
 static bool cpu_vnni(void) { return false; }
 #endif
@@ -609,6 +709,13 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable) {
     if (portable) return k;
 #ifdef MOE_X86
     __builtin_cpu_init();
+    if (!cpu_512() && cpu_avx2()) switch (t) {
+        case MOE_DTYPE_F32: return (moe_kernel){MOE_ACT_F32, gemv_avx2_f32, "avx2"};
+        case MOE_DTYPE_F16: return (moe_kernel){MOE_ACT_F32, gemv_avx2_f16, "avx2"};
+        case MOE_DTYPE_BF16: return (moe_kernel){MOE_ACT_F32, gemv_avx2_bf16, "avx2"};
+        case MOE_DTYPE_I8: return (moe_kernel){MOE_ACT_F32, gemv_avx2_i8, "avx2"};
+        default: return k;
+        }
     if (!cpu_512()) return k;
     switch (t) {
     case MOE_DTYPE_F32: return (moe_kernel){MOE_ACT_F32, gemv_512_f32, "avx512"};

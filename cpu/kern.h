@@ -10,9 +10,10 @@
  * kernel asked for (f32, bf16 pairs, or u8 quantized per token).
  *
  * Each dtype has an AVX-512 kernel (AVX512-BF16 dot products for bf16,
- * VNNI u8 x s8 dot products for int8) chosen at run time from the CPU's
- * features, and a portable C kernel used everywhere else and as a second
- * implementation in tests. */
+ * VNNI u8 x s8 dot products for int8) and an AVX2 one (weights widened to
+ * f32, f32 activations) chosen at run time from the CPU's features, and a
+ * portable C kernel used everywhere else and as a second implementation
+ * in tests. */
 #ifndef MOE_CPU_KERN_H
 #define MOE_CPU_KERN_H
 
