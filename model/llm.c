@@ -770,34 +770,67 @@ static void attention_mla(moe_llm *m, layer *L, batch *b) {
         memcpy(L->k_cache + (size_t)(b->pos0 + t) * kw, kt, kw * sizeof(float));
     }
     const uint32_t span = b->pos0 + n;
+    /* The up-projections per head. In a block format (a quantized file's
+     * k_b and v_b), matrix products on the engine in that format: qa_h =
+     * q_nope,h k_b[h]^T [n, kvl] before the scores, o_h = lat_h v_b[h]^T
+     * [n, vd] after, never a row dequantized per token. In f32, f16 or
+     * bf16, rows converted in place and f32 dot products, as transformers
+     * computes them (the engine's bf16 kernels would round q and the
+     * latent to bf16). */
+    const bool kb_eng = moe_dtype_is_block(L->k_b.type), vb_eng = moe_dtype_is_block(L->v_b.type);
+    const size_t hn = (size_t)n * kvl;
+    float *qa = malloc((size_t)H * hn * sizeof *qa), *lat = malloc((size_t)H * hn * sizeof *lat);
+    float *qn = malloc((size_t)n * (nope > vd ? nope : vd) * sizeof *qn);
+    if (!qa || !lat || !qn) {
+        free(qa), free(lat), free(qn);
+        if (b->st == MOE_OK) b->st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "llm: out of memory for MLA of %u tokens", n);
+        return;
+    }
+    const size_t kb_rb = moe_mat_row_bytes(&L->k_b), vb_rb = moe_mat_row_bytes(&L->v_b);
+    for (uint32_t hh = 0; kb_eng && hh < H; hh++) {
+        for (uint32_t t = 0; t < n; t++) memcpy(qn + (size_t)t * nope, b->q + (size_t)t * H * qd + hh * qd, nope * 4);
+        const moe_mat kb = {L->k_b.type, (const uint8_t *)L->k_b.data + (size_t)hh * kvl * kb_rb, kvl, nope};
+        mm(b, &kb, qn, n, NULL, qa + hh * hn);
+    }
 #pragma omp parallel
     {
-        float *s = malloc((size_t)span * sizeof *s), *qa = malloc((size_t)kvl * sizeof *qa);
-        float *lat = malloc((size_t)kvl * sizeof *lat), *row = malloc((size_t)kvl * sizeof *row);
+        float *s = malloc((size_t)span * sizeof *s), *row = malloc((size_t)kvl * sizeof *row);
 #pragma omp for collapse(2) schedule(static)
         for (uint32_t t = 0; t < n; t++)
             for (uint32_t hh = 0; hh < H; hh++) {
+                if (!s || !row) continue;
                 const uint32_t p = b->pos0 + t;
                 const float *qv = b->q + (size_t)t * H * qd + hh * qd;
-                for (uint32_t k = 0; k < kvl; k++) {
+                float *qah = qa + hh * hn + (size_t)t * kvl, *lt = lat + hh * hn + (size_t)t * kvl;
+                for (uint32_t k = 0; !kb_eng && k < kvl; k++) {
                     moe_mat_row(&L->k_b, hh * kvl + k, row);
-                    qa[k] = dotf(row, qv, nope);
+                    qah[k] = dotf(row, qv, nope);
                 }
                 for (uint32_t j = 0; j <= p; j++) {
                     const float *cj = L->k_cache + (size_t)j * kw;
-                    s[j] = (dotf(qa, cj, kvl) + dotf(qv + nope, cj + kvl, rope)) * m->attn_scale;
+                    s[j] = (dotf(qah, cj, kvl) + dotf(qv + nope, cj + kvl, rope)) * m->attn_scale;
                 }
                 moe_softmax(s, p + 1);
-                memset(lat, 0, kvl * sizeof *lat);
-                for (uint32_t j = 0; j <= p; j++) axpy(lat, s[j], L->k_cache + (size_t)j * kw, kvl);
+                memset(lt, 0, kvl * sizeof *lt);
+                for (uint32_t j = 0; j <= p; j++) axpy(lt, s[j], L->k_cache + (size_t)j * kw, kvl);
                 float *o = b->att + (size_t)t * H * vd + hh * vd;
-                for (uint32_t i = 0; i < vd; i++) {
+                for (uint32_t i = 0; !vb_eng && i < vd; i++) {
                     moe_mat_row(&L->v_b, hh * vd + i, row);
-                    o[i] = dotf(row, lat, kvl);
+                    o[i] = dotf(row, lt, kvl);
                 }
             }
-        free(s), free(qa), free(lat), free(row);
+        if (!s || !row) {
+#pragma omp critical
+            if (b->st == MOE_OK) b->st = moe_fail(MOE_ERR_OUT_OF_MEMORY, "llm: out of memory for MLA");
+        }
+        free(s), free(row);
     }
+    for (uint32_t hh = 0; vb_eng && hh < H; hh++) {
+        const moe_mat vb = {L->v_b.type, (const uint8_t *)L->v_b.data + (size_t)hh * vd * vb_rb, vd, kvl};
+        mm(b, &vb, lat + hh * hn, n, NULL, qn);
+        for (uint32_t t = 0; t < n; t++) memcpy(b->att + (size_t)t * H * vd + hh * vd, qn + (size_t)t * vd, vd * 4);
+    }
+    free(qa), free(lat), free(qn);
     mm(b, &L->wo, b->att, n, NULL, b->out);
 }
 
