@@ -592,7 +592,7 @@ T_AMX8 static void gemv_amx_i8(const void *w, const float *ws, uint32_t k, uint3
  * The same GEMV as GEMV_CVT with 8 weights a step: 4 rows x 2 tokens per
  * register block (8 accumulators, 4 weight vectors and a token's: 13 of
  * the 16 registers), weights widened to f32 as loaded (f32, bf16, f16
- * through F16C, int8 with its row scale at the end), f32 activations, the
+ * through F16C; int8 has its own kernel below), f32 activations, the
  * same 12 KB L2 prefetch per row and the same L2-sized row groups beyond
  * one token pass. A row's last k % 8 elements are summed in scalar code. */
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -605,13 +605,6 @@ T_AVX2 INLINE __m256 ld2_bf16(const void *p, size_t i) {
 }
 T_AVX2 INLINE __m256 ld2_f16(const void *p, size_t i) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)p + i)));
-}
-T_AVX2 INLINE __m256 ld2_i8(const void *p, size_t i) {
-    return _mm256_cvtepi32_ps(
-        _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)((const int8_t *)p + i))));
-}
-static inline float ld1(const void *p, moe_dtype t, size_t i) {
-    return t == MOE_DTYPE_I8 ? (float)((const int8_t *)p)[i] : moe_load_f32(p, t, i);
 }
 T_AVX2 INLINE float hsum2(__m256 v) {
     const __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -639,7 +632,7 @@ T_AVX2 INLINE float hsum2(__m256 v) {
         for (uint32_t t = 0; t < tb; t++)                                                              \
             for (uint32_t r = 0; r < RB; r++) {                                                        \
                 float v = hsum2(acc[t][r]);                                                            \
-                for (uint32_t e = i; e < k; e++) v += ld1(w[r], DT, e) * x[t][e];                      \
+                for (uint32_t e = i; e < k; e++) v += moe_load_f32(w[r], DT, e) * x[t][e];                 \
                 res[t][r] = v;                                                                         \
             }                                                                                          \
     }
@@ -647,7 +640,6 @@ T_AVX2 INLINE float hsum2(__m256 v) {
 BLOCK2_CVT(blk2_f32, ld2_f32, MOE_DTYPE_F32, 4)
 BLOCK2_CVT(blk2_bf16, ld2_bf16, MOE_DTYPE_BF16, 2)
 BLOCK2_CVT(blk2_f16, ld2_f16, MOE_DTYPE_F16, 2)
-BLOCK2_CVT(blk2_i8, ld2_i8, MOE_DTYPE_I8, 1)
 
 #define GEMV2_CVT(name, blk, wsize, scaled)                                                           \
     T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,      \
@@ -683,7 +675,86 @@ BLOCK2_CVT(blk2_i8, ld2_i8, MOE_DTYPE_I8, 1)
 GEMV2_CVT(gemv_avx2_f32, blk2_f32, 4, 0)
 GEMV2_CVT(gemv_avx2_bf16, blk2_bf16, 2, 0)
 GEMV2_CVT(gemv_avx2_f16, blk2_f16, 2, 0)
-GEMV2_CVT(gemv_avx2_i8, blk2_i8, 1, 1)
+
+/* int8 weights against int8 activations without VNNI: the tokens are u8
+ * (q + 128, kind MOE_ACT_U8) made signed again, and each pair of products
+ * is taken as vpmaddubsw(|w|, sign(x, w)), which cannot saturate (|w|,
+ * |x| <= 127: 2 x 127 x 127 < 2^15), then widened with vpmaddwd; int32
+ * sums (exact up to rows of about a million), the token's and the row's
+ * scales at the end. 32 weights a step, 4 rows x 2 tokens. */
+/* One step of 32: rows w[r] + i against tokens x[t] + i. */
+T_AVX2 INLINE void step2_i8u(const int8_t *const *w, const uint8_t *const *x, size_t i, uint32_t tb,
+                             __m256i acc[TB2][RB]) {
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    __m256i xv[TB2];
+    for (uint32_t t = 0; t < tb; t++)
+        xv[t] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x[t] + i)), flip);
+    for (uint32_t r = 0; r < RB; r++) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(w[r] + i));
+        const __m256i aw = _mm256_sign_epi8(wv, wv);
+        for (uint32_t t = 0; t < tb; t++) {
+            const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[t], wv));
+            acc[t][r] = _mm256_add_epi32(acc[t][r], _mm256_madd_epi16(p, ones));
+        }
+    }
+}
+
+T_AVX2 INLINE void blk2_i8u(const int8_t *const *w, const uint8_t *const *x, uint32_t tb, uint32_t k,
+                            int32_t res[TB2][RB]) {
+    __m256i acc[TB2][RB];
+    for (uint32_t t = 0; t < tb; t++)
+        for (uint32_t r = 0; r < RB; r++) acc[t][r] = _mm256_setzero_si256();
+    uint32_t i = 0;
+    for (; i + 32 <= k; i += 32) {
+        if (!(i & 63))
+            for (uint32_t r = 0; r < RB; r++) PREFETCH_FAR(w[r] + i);
+        step2_i8u(w, x, i, tb, acc);
+    }
+    if (i < k) { /* the last k % 32: zero weights and zero (128) activations after them */
+        int8_t wt[RB][32] = {{0}};
+        uint8_t xt[TB2][32];
+        memset(xt, 128, sizeof xt);
+        const int8_t *wp[RB];
+        const uint8_t *xp[TB2];
+        for (uint32_t r = 0; r < RB; r++) memcpy(wt[r], w[r] + i, k - i), wp[r] = wt[r];
+        for (uint32_t t = 0; t < tb; t++) memcpy(xt[t], x[t] + i, k - i), xp[t] = xt[t];
+        step2_i8u(wp, xp, 0, tb, acc);
+    }
+    for (uint32_t t = 0; t < tb; t++)
+        for (uint32_t r = 0; r < RB; r++) {
+            const __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(acc[t][r]), _mm256_extracti128_si256(acc[t][r], 1));
+            const __m128i h = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, _MM_SHUFFLE(1, 0, 3, 2)));
+            res[t][r] = _mm_cvtsi128_si32(_mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1))));
+        }
+}
+
+T_AVX2 static void gemv_avx2_i8u(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
+                                 const moe_acts *x, float *out, size_t ldo) {
+    uint32_t sub = n1 - n0;
+    if (x->m > TB2) {
+        const size_t r = (size_t)(512 * 1024) / k / RB * RB;
+        sub = r < RB ? RB : r > sub ? sub : (uint32_t)r;
+    }
+    for (uint32_t jb = n0; jb < n1; jb += sub) {
+        const uint32_t je = n1 - jb < sub ? n1 : jb + sub;
+        for (uint32_t r0 = 0; r0 < x->m; r0 += TB2) {
+            const uint32_t tb = x->m - r0 < TB2 ? x->m - r0 : TB2;
+            const uint8_t *xr[TB2];
+            for (uint32_t t = 0; t < TB2; t++)
+                xr[t] = (const uint8_t *)x->data + (size_t)(r0 + (t < tb ? t : tb - 1)) * x->ld;
+            for (uint32_t j = jb; j < je; j += RB) {
+                const void *wr[RB];
+                const uint32_t nr = rows_at(w, k, j, je, wr);
+                int32_t res[TB2][RB];
+                if (tb == 1) blk2_i8u((const int8_t *const *)wr, xr, 1, k, res);
+                else blk2_i8u((const int8_t *const *)wr, xr, TB2, k, res);
+                for (uint32_t t = 0; t < tb; t++)
+                    for (uint32_t r = 0; r < nr; r++)
+                        out[(size_t)(r0 + t) * ldo + (j - n0) + r] = (float)res[t][r] * x->scale[r0 + t] * ws[j + r];
+            }
+        }
+    }
+}
 
 static bool cpu_avx2(void) { return moe_cpu_isa()->avx2; }
 
@@ -713,7 +784,7 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable) {
         case MOE_DTYPE_F32: return (moe_kernel){MOE_ACT_F32, gemv_avx2_f32, "avx2"};
         case MOE_DTYPE_F16: return (moe_kernel){MOE_ACT_F32, gemv_avx2_f16, "avx2"};
         case MOE_DTYPE_BF16: return (moe_kernel){MOE_ACT_F32, gemv_avx2_bf16, "avx2"};
-        case MOE_DTYPE_I8: return (moe_kernel){MOE_ACT_F32, gemv_avx2_i8, "avx2"};
+        case MOE_DTYPE_I8: return (moe_kernel){MOE_ACT_U8, gemv_avx2_i8u, "avx2"};
         default: return k;
         }
     if (!cpu_512()) return k;
