@@ -884,7 +884,6 @@ T_AVX2 INLINE void unpack2_qk(const uint8_t *qs, const uint8_t *qh, const uint8_
     u->d = f16_2(d), u->dm = f16_2(dmin);
 }
 
-T_AVX2 INLINE void unpack2_q4_K(const moe_block_q4_K *b, sbw2 *u) { unpack2_qk(b->qs, NULL, b->scales, b->d, b->dmin, u); }
 T_AVX2 INLINE void unpack2_q5_K(const moe_block_q5_K *b, sbw2 *u) { unpack2_qk(b->qs, b->qh, b->scales, b->d, b->dmin, u); }
 
 /* q6_K: half H's ql[64H .. 64H+31] low nibbles are elements 128H + 0..31,
@@ -1046,7 +1045,74 @@ T_AVX2 INLINE float hsum8(__m256 v) {
         }                                                                                                  \
     }
 
-GEMV2_SB(gemv_avx2_q4_K, moe_block_q4_K, unpack2_q4_K, dot2_sb)
+/* q4_K streamed: a row's super-block is not unpacked into 17 vectors
+ * first (two rows of that are more than AVX2's 16 registers, and the
+ * compiler spills them), but each 32-byte line of codes is split and
+ * used at once against every token. One row at a time. */
+T_AVX2 INLINE void sb2_q4_K(const moe_block_q4_K *b, const moe_qact_q8_K *const *a, uint32_t tb, __m256 *acc,
+                            __m256 *accm) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m128i sm = kscales_2(b->scales);
+    const __m256i sc = _mm256_broadcastsi128_si256(sm);
+    __m256i s[TQ];
+    for (uint32_t t = 0; t < tb; t++) s[t] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * c));
+        const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        const __m256i sl = _mm256_shuffle_epi8(sc, PB1(2 * c)), sh = _mm256_shuffle_epi8(sc, PB1(2 * c + 1));
+        for (uint32_t t = 0; t < tb; t++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)(a[t]->qs + 64 * c));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(a[t]->qs + 64 * c + 32));
+            s[t] = _mm256_add_epi32(s[t], _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), sl),
+                                                           _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), sh)));
+        }
+    }
+    const __m128i mn8 = _mm_srli_si128(sm, 8);
+    const __m256i mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+    const float d = f16_2(b->d), dm = f16_2(b->dmin);
+    for (uint32_t t = 0; t < tb; t++) {
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), _mm256_set1_ps(d * a[t]->d), acc[t]);
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)(const void *)a[t]->bsums);
+        accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mn)), _mm256_set1_ps(dm * a[t]->d), accm[t]);
+    }
+}
+
+T_AVX2 INLINE void row2_q4_K(const moe_block_q4_K *w, const moe_qact_q8_K *const *a, uint32_t nb, uint32_t tb,
+                             float res[TQ]) {
+    __m256 acc[TQ], accm[TQ];
+    for (uint32_t t = 0; t < TQ; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+    for (uint32_t i = 0; i < nb; i++) {
+        for (size_t l = 0; l < sizeof *w + 64; l += 64) _mm_prefetch((const char *)(w + i) + PFQ + l, PF_HINT);
+        const moe_qact_q8_K *ai[TQ];
+        for (uint32_t t = 0; t < tb; t++) ai[t] = a[t] + i;
+        sb2_q4_K(w + i, ai, tb, acc, accm);
+    }
+    for (uint32_t t = 0; t < tb; t++) res[t] = hsum8(acc[t]) - hsum8(accm[t]);
+}
+
+T_AVX2 static void gemv_avx2_q4_K(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
+                                  const moe_acts *x, float *out, size_t ldo) {
+    (void)ws;
+    const uint32_t nb = k / MOE_QK_K;
+    const size_t wrb = (size_t)nb * sizeof(moe_block_q4_K), arb = (size_t)nb * sizeof(moe_qact_q8_K);
+    for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {
+        const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;
+        const moe_qact_q8_K *a[TQ];
+        for (uint32_t t = 0; t < TQ; t++)
+            a[t] = (const moe_qact_q8_K *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb);
+        for (uint32_t j = n0; j < n1; j++) {
+            const moe_block_q4_K *b = (const moe_block_q4_K *)(const void *)((const char *)w + j * wrb);
+            float r[TQ];
+            switch (tb) {
+            case 1: row2_q4_K(b, a, nb, 1, r); break;
+            case 2: row2_q4_K(b, a, nb, 2, r); break;
+            case 3: row2_q4_K(b, a, nb, 3, r); break;
+            default: row2_q4_K(b, a, nb, TQ, r); break;
+            }
+            for (uint32_t t = 0; t < tb; t++) out[(size_t)(t0 + t) * ldo + (j - n0)] = r[t];
+        }
+    }
+}
 GEMV2_SB(gemv_avx2_q5_K, moe_block_q5_K, unpack2_q5_K, dot2_sb)
 GEMV2_SB(gemv_avx2_q6_K, moe_block_q6_K, unpack2_q6_K, dot2_sb)
 GEMV2_SB(gemv_avx2_q2_K, moe_block_q2_K, unpack2_q2_K, dot2_sb)
