@@ -162,17 +162,9 @@ static inline void store_block(float res[TB][RB], uint32_t tb, uint32_t nr, uint
             out[(size_t)(r0 + t) * ldo + col + r] = wscale ? res[t][r] * wscale[j + r] : res[t][r];
 }
 
-/* Rows per sub-block when there is more than one token block: token blocks
- * run outside, row blocks inside, over rows whose weights fit in 512 KB of
- * L2, so each token block's activations stay in L1 while the weights come
- * from L2 (from DRAM only for the first token block). Rows outside and
- * tokens inside would keep 4 weight rows plus every token row in L1 at
- * once: from 7 bf16 tokens of K = 2048 they no longer fit its 12 ways and
- * the kernel drops to a third of its speed. One token block: all rows. */
+/* Rows per group beyond one token pass (kern.h's moe_kern_group_rows). */
 static inline uint32_t sub_rows(uint32_t n, uint32_t m, size_t row_bytes) {
-    if (m <= TB) return n;
-    size_t r = (size_t)(512 * 1024) / row_bytes / RB * RB;
-    return r < RB ? RB : r > n ? n : (uint32_t)r;
+    return moe_kern_group_rows(n, m, TB, RB, row_bytes);
 }
 
 #define GEMV_CVT(name, blk, wsize, scaled)                                                            \
@@ -645,11 +637,7 @@ BLOCK2_CVT(blk2_f16, ld2_f16, MOE_DTYPE_F16, 2)
     T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,      \
                             const moe_acts *x, float *out, size_t ldo) {                               \
         const size_t rb = (size_t)k * (wsize);                                                         \
-        uint32_t sub = n1 - n0;                                                                        \
-        if (x->m > TB2) {                                                                              \
-            const size_t r = (size_t)(512 * 1024) / rb / RB * RB;                                      \
-            sub = r < RB ? RB : r > sub ? sub : (uint32_t)r;                                           \
-        }                                                                                              \
+        const uint32_t sub = moe_kern_group_rows(n1 - n0, x->m, TB2, RB, rb);                          \
         for (uint32_t jb = n0; jb < n1; jb += sub) {                                                   \
             const uint32_t je = n1 - jb < sub ? n1 : jb + sub;                                         \
             for (uint32_t r0 = 0; r0 < x->m; r0 += TB2) {                                              \
@@ -730,11 +718,7 @@ T_AVX2 INLINE void blk2_i8u(const int8_t *const *w, const uint8_t *const *x, uin
 
 T_AVX2 static void gemv_avx2_i8u(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
                                  const moe_acts *x, float *out, size_t ldo) {
-    uint32_t sub = n1 - n0;
-    if (x->m > TB2) {
-        const size_t r = (size_t)(512 * 1024) / k / RB * RB;
-        sub = r < RB ? RB : r > sub ? sub : (uint32_t)r;
-    }
+    const uint32_t sub = moe_kern_group_rows(n1 - n0, x->m, TB2, RB, k);
     for (uint32_t jb = n0; jb < n1; jb += sub) {
         const uint32_t je = n1 - jb < sub ? n1 : jb + sub;
         for (uint32_t r0 = 0; r0 < x->m; r0 += TB2) {

@@ -62,6 +62,20 @@ moe_kernel moe_kernel_select(moe_dtype t, bool portable);
  * that is not one. */
 moe_kernel moe_kernel_select_block(moe_dtype t, bool portable);
 
+/* Rows per group for a GEMV kernel that takes tb tokens per pass over
+ * register blocks of rb rows: with more than tb tokens, token passes run
+ * outside and row groups inside, over rows whose weights fit in 512 KB of
+ * L2, so each pass's activations stay in L1 while the weights come from
+ * L2 (from DRAM only for the first pass). Rows outside and tokens inside
+ * would keep rb weight rows plus every token row in L1 at once: from 7
+ * bf16 tokens of K = 2048 they no longer fit its 12 ways and the kernel
+ * drops to a third of its speed. One pass: all n rows. */
+static inline uint32_t moe_kern_group_rows(uint32_t n, uint32_t m, uint32_t tb, uint32_t rb, size_t row_bytes) {
+    if (m <= tb) return n;
+    const size_t r = (size_t)(512 * 1024) / row_bytes / rb * rb;
+    return r < rb ? rb : r > n ? n : (uint32_t)r;
+}
+
 /* The FP8 e4m3 kernels (kern_fp8.c): f32 activations, weights widened in
  * registers; moe_kernel_select_block() hands MOE_DTYPE_FP8_E4M3 to it. */
 moe_kernel moe_kernel_select_fp8(bool portable);

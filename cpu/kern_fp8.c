@@ -44,15 +44,6 @@ static void gemv_c_fp8(const void *w, const float *ws, uint32_t k, uint32_t n0, 
     }
 }
 
-/* Rows per sub-block when there are more tokens than one pass takes:
- * token passes outside, rows inside over rows whose weights fit in 512 KB
- * of L2 (as kern.c's sub_rows), so only the first pass reads DRAM. */
-static uint32_t fp8_sub_rows(uint32_t n, uint32_t m, uint32_t tb, uint32_t rb, size_t row_bytes) {
-    if (m <= tb) return n;
-    size_t r = (size_t)(512 * 1024) / row_bytes / rb * rb;
-    return r < rb ? rb : r > n ? n : (uint32_t)r;
-}
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
@@ -99,7 +90,7 @@ enum { PF8 = 12288 };
         (void)ws;                                                                                              \
         const uint32_t nb = k / MOE_FP8_BLOCK;                                                                 \
         const size_t row_bytes = (size_t)nb * sizeof(moe_block_fp8);                                           \
-        const uint32_t sub = fp8_sub_rows(n1 - n0, x->m, TB, RB, row_bytes);                                   \
+        const uint32_t sub = moe_kern_group_rows(n1 - n0, x->m, TB, RB, row_bytes);                                   \
         for (uint32_t jb = n0; jb < n1; jb += sub) {                                                           \
             const uint32_t je = n1 - jb < sub ? n1 : jb + sub;                                                 \
             for (uint32_t r0 = 0; r0 < x->m; r0 += TB) {                                                       \

@@ -508,6 +508,40 @@ T_512Q INLINE float dot16(const float *a, const float *b, uint32_t n) {
     }
 
 /* The driver: rows two at a time against TQ tokens at a time. */
+/* The driver of the row-pair kernels: rows two at a time (a last odd row
+ * paired with itself, its second result dropped) against TQ tokens at a
+ * time, `pair(b0, b1, a, nb, tb, res)` computing rows b0, b1 of nb blocks
+ * of QB elements against tokens a[0..tb); tb a constant in each call, so
+ * each token count gets its own unrolled copy. */
+#define ROW_PAIRS(TGT, fn, pair, BLK, ACT, QB)                                                             \
+    TGT static void fn(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
+                       float *out, size_t ldo) {                                                           \
+        (void)ws;                                                                                          \
+        const uint32_t nb = k / (QB);                                                                      \
+        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(ACT);                       \
+        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
+            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
+            const ACT *a[TQ];                                                                              \
+            for (uint32_t t = 0; t < TQ; t++)                                                              \
+                a[t] = (const ACT *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
+            for (uint32_t j = n0; j < n1; j += 2) {                                                        \
+                const BLK *b0 = (const BLK *)(const void *)((const char *)w + j * wrb);                    \
+                const BLK *b1 = j + 1 < n1 ? (const BLK *)(const void *)((const char *)b0 + wrb) : b0;     \
+                float r[2][TQ];                                                                            \
+                switch (tb) {                                                                              \
+                case 1: pair(b0, b1, a, nb, 1, r); break;                                                  \
+                case 2: pair(b0, b1, a, nb, 2, r); break;                                                  \
+                case 3: pair(b0, b1, a, nb, 3, r); break;                                                  \
+                default: pair(b0, b1, a, nb, TQ, r); break;                                                \
+                }                                                                                          \
+                for (uint32_t t = 0; t < tb; t++) {                                                        \
+                    out[(size_t)(t0 + t) * ldo + (j - n0)] = r[0][t];                                      \
+                    if (j + 1 < n1) out[(size_t)(t0 + t) * ldo + (j + 1 - n0)] = r[1][t];                  \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
 #define GEMV_SB(TGT, name, BLK, UNPACK, ACT, DOT)                                                          \
     TGT INLINE void name##_pair(const BLK *b0, const BLK *b1, const moe_qact_q8_K *const *a, uint32_t nb,   \
                                 uint32_t tb, float res[2][TQ]) {                                           \
@@ -538,34 +572,7 @@ T_512Q INLINE float dot16(const float *a, const float *b, uint32_t n) {
                 res[r][t] = _mm512_reduce_add_ps(acc[r][t]) - _mm_cvtss_f32(_mm_add_ss(m1, _mm_shuffle_ps(m1, m1, 1))); \
             }                                                                                              \
     }                                                                                                      \
-    TGT static void name##_rows(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,       \
-                                const moe_acts *x, float *out, size_t ldo) {                               \
-        (void)ws;                                                                                          \
-        const uint32_t nb = k / MOE_QK_K;                                                                  \
-        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_K);             \
-        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
-            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
-            const moe_qact_q8_K *a[TQ];                                                                    \
-            for (uint32_t t = 0; t < TQ; t++)                                                              \
-                a[t] = (const moe_qact_q8_K *)(const void *)((const char *)x->data +                       \
-                                                              (t0 + (t < tb ? t : tb - 1)) * arb);         \
-            for (uint32_t j = n0; j < n1; j += 2) {                                                        \
-                const BLK *b0 = (const BLK *)(const void *)((const char *)w + j * wrb);                    \
-                const BLK *b1 = j + 1 < n1 ? (const BLK *)(const void *)((const char *)b0 + wrb) : b0;     \
-                float r[2][TQ];                                                                            \
-                switch (tb) { /* a constant token count: unrolled */                                       \
-                case 1: name##_pair(b0, b1, a, nb, 1, r); break;                                           \
-                case 2: name##_pair(b0, b1, a, nb, 2, r); break;                                           \
-                case 3: name##_pair(b0, b1, a, nb, 3, r); break;                                           \
-                default: name##_pair(b0, b1, a, nb, TQ, r); break;                                         \
-                }                                                                                          \
-                for (uint32_t t = 0; t < tb; t++) {                                                        \
-                    out[(size_t)(t0 + t) * ldo + (j - n0)] = r[0][t];                                      \
-                    if (j + 1 < n1) out[(size_t)(t0 + t) * ldo + (j + 1 - n0)] = r[1][t];                  \
-                }                                                                                          \
-            }                                                                                              \
-        }                                                                                                  \
-    }
+    ROW_PAIRS(TGT, name##_rows, name##_pair, BLK, moe_qact_q8_K, MOE_QK_K)
 
 /* The entry: tiles with many tokens, row pairs with few. */
 #define GEMV_TILED(TGT, name)                                                                              \
@@ -721,33 +728,7 @@ typedef struct b32a {
         for (int r = 0; r < 2; r++)                                                                        \
             for (uint32_t t = 0; t < tb; t++) res[r][t] = _mm512_reduce_add_ps(acc[r][t]);                 \
     }                                                                                                      \
-    T_VNNIQ static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
-                             float *out, size_t ldo) {                                                     \
-        (void)ws;                                                                                          \
-        const uint32_t nb = k / 32;                                                                        \
-        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(ACT);                       \
-        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
-            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
-            const ACT *a[TQ];                                                                              \
-            for (uint32_t t = 0; t < TQ; t++)                                                              \
-                a[t] = (const ACT *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
-            for (uint32_t j = n0; j < n1; j += 2) {                                                        \
-                const BLK *b0 = (const BLK *)(const void *)((const char *)w + j * wrb);                    \
-                const BLK *b1 = j + 1 < n1 ? (const BLK *)(const void *)((const char *)b0 + wrb) : b0;     \
-                float r[2][TQ];                                                                            \
-                switch (tb) {                                                                              \
-                case 1: name##_pair(b0, b1, a, nb, 1, r); break;                                           \
-                case 2: name##_pair(b0, b1, a, nb, 2, r); break;                                           \
-                case 3: name##_pair(b0, b1, a, nb, 3, r); break;                                           \
-                default: name##_pair(b0, b1, a, nb, TQ, r); break;                                         \
-                }                                                                                          \
-                for (uint32_t t = 0; t < tb; t++) {                                                        \
-                    out[(size_t)(t0 + t) * ldo + (j - n0)] = r[0][t];                                      \
-                    if (j + 1 < n1) out[(size_t)(t0 + t) * ldo + (j + 1 - n0)] = r[1][t];                  \
-                }                                                                                          \
-            }                                                                                              \
-        }                                                                                                  \
-    }
+    ROW_PAIRS(T_VNNIQ, name, name##_pair, BLK, ACT, 32)
 
 GEMV_B32(gemv_vnni_q4_0, moe_block_q4_0, moe_qact_q8_0, u_q4_0, 8, 0)
 GEMV_B32(gemv_vnni_q4_1, moe_block_q4_1, moe_qact_q8_1, u_q4_1, 0, 1)
@@ -1017,33 +998,7 @@ T_AVX2 INLINE float hsum8(__m256 v) {
         for (int r = 0; r < 2; r++)                                                                        \
             for (uint32_t t = 0; t < tb; t++) res[r][t] = hsum8(acc[r][t]) - hsum8(accm[r][t]);            \
     }                                                                                                      \
-    T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
-                            float *out, size_t ldo) {                                                      \
-        (void)ws;                                                                                          \
-        const uint32_t nb = k / MOE_QK_K;                                                                  \
-        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_K);             \
-        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
-            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
-            const moe_qact_q8_K *a[TQ];                                                                    \
-            for (uint32_t t = 0; t < TQ; t++)                                                              \
-                a[t] = (const moe_qact_q8_K *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
-            for (uint32_t j = n0; j < n1; j += 2) {                                                        \
-                const BLK *b0 = (const BLK *)(const void *)((const char *)w + j * wrb);                    \
-                const BLK *b1 = j + 1 < n1 ? (const BLK *)(const void *)((const char *)b0 + wrb) : b0;     \
-                float r[2][TQ];                                                                            \
-                switch (tb) {                                                                              \
-                case 1: name##_pair(b0, b1, a, nb, 1, r); break;                                           \
-                case 2: name##_pair(b0, b1, a, nb, 2, r); break;                                           \
-                case 3: name##_pair(b0, b1, a, nb, 3, r); break;                                           \
-                default: name##_pair(b0, b1, a, nb, TQ, r); break;                                         \
-                }                                                                                          \
-                for (uint32_t t = 0; t < tb; t++) {                                                        \
-                    out[(size_t)(t0 + t) * ldo + (j - n0)] = r[0][t];                                      \
-                    if (j + 1 < n1) out[(size_t)(t0 + t) * ldo + (j + 1 - n0)] = r[1][t];                  \
-                }                                                                                          \
-            }                                                                                              \
-        }                                                                                                  \
-    }
+    ROW_PAIRS(T_AVX2, name, name##_pair, BLK, moe_qact_q8_K, MOE_QK_K)
 
 /* q4_K streamed: a row's super-block is not unpacked into 17 vectors
  * first (two rows of that are more than AVX2's 16 registers, and the

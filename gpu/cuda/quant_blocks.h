@@ -314,17 +314,9 @@ MOE_QB_FN void moe_qb_deq8_mxfp4(const uint8_t *row, uint32_t c, float v[8]) {
  * subnormals as m * 2^-9; NaN for 0x7f and 0xff. */
 MOE_QB_FN float moe_qb_e4m3(uint8_t q) {
     const uint32_t e = (uint32_t)(q >> 3) & 15u, m = q & 7u, s = (uint32_t)(q & 0x80) << 24;
-    uint32_t bits;
-    if (e == 15 && m == 7) bits = 0x7fc00000u;
-    else if (e) bits = s | (e + 120u) << 23 | m << 20;
-    else {
-        const float v = (float)m * 0.001953125f; /* exact */
-        memcpy(&bits, &v, sizeof bits);
-        bits |= s;
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    if (e == 15 && m == 7) return moe_qb_from_bits(0x7fc00000u);
+    if (e) return moe_qb_from_bits(s | (e + 120u) << 23 | m << 20);
+    return moe_qb_from_bits(s | moe_qb_to_bits((float)m * 0.001953125f)); /* m * 2^-9, exact */
 }
 
 MOE_QB_FN void moe_qb_deq8_fp8(const uint8_t *row, uint32_t c, float v[8]) {
