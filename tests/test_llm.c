@@ -659,20 +659,13 @@ static void replace(char *text, size_t cap, const char *from, const char *to) {
     memcpy(at, to, strlen(to));
 }
 
-/* A copy of the qwen3_moe fixture whose config.json has `from` replaced
- * by `to` (and from2 by to2), in tmpdir/name; its weights are linked. */
-static void variant(const char *name, const char *from, const char *to, const char *from2, const char *to2, char *dir,
-                    size_t cap) {
-    char src[600], cmd[2048];
-    snprintf(dir, cap, "%s/%s", tmpdir, name);
-    snprintf(src, sizeof src, "%s/models/qwen3_moe", MOE_TEST_DATA_DIR);
-    CHECK(mkdir(dir, 0700) == 0);
-    snprintf(cmd, sizeof cmd, "ln -s '%s/model.safetensors' '%s/model.safetensors'", src, dir);
-    CHECK(system(cmd) == 0);
-    char path[700];
+/* src's config.json with `from` replaced by `to` and from2 by to2 (NULL:
+ * nothing), written to dir. */
+static void write_config(const char *src, const char *dir, const char *from, const char *to, const char *from2,
+                         const char *to2) {
+    char path[800], text[1 << 14];
     snprintf(path, sizeof path, "%s/config.json", src);
     FILE *f = fopen(path, "rb");
-    char text[8192];
     const size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
     if (f) fclose(f);
     text[n] = '\0';
@@ -684,6 +677,19 @@ static void variant(const char *name, const char *from, const char *to, const ch
     if (!g) return;
     fputs(text, g);
     fclose(g);
+}
+
+/* A copy of the qwen3_moe fixture whose config.json has `from` replaced
+ * by `to` (and from2 by to2), in tmpdir/name; its weights are linked. */
+static void variant(const char *name, const char *from, const char *to, const char *from2, const char *to2, char *dir,
+                    size_t cap) {
+    char src[600], cmd[2048];
+    snprintf(dir, cap, "%s/%s", tmpdir, name);
+    snprintf(src, sizeof src, "%s/models/qwen3_moe", MOE_TEST_DATA_DIR);
+    CHECK(mkdir(dir, 0700) == 0);
+    snprintf(cmd, sizeof cmd, "ln -s '%s/model.safetensors' '%s/model.safetensors'", src, dir);
+    CHECK(system(cmd) == 0);
+    write_config(src, dir, from, to, from2, to2);
 }
 
 /* ---- FP8 checkpoints ---- */
@@ -698,17 +704,7 @@ static void fp8_variant(const char *name, const char *from, const char *to, cons
     snprintf(dir, cap, "%s/%s", tmpdir, name);
     snprintf(src, sizeof src, "%s/models/qwen3_moe-fp8", MOE_TEST_DATA_DIR);
     CHECK(mkdir(dir, 0700) == 0);
-    static char text[1 << 14];
-    snprintf(path, sizeof path, "%s/config.json", src);
-    FILE *f = fopen(path, "rb");
-    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    if (f) fclose(f);
-    text[len] = '\0';
-    if (from) replace(text, sizeof text, from, to);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    f = fopen(path, "wb");
-    CHECK(f != NULL);
-    if (f) fputs(text, f), fclose(f);
+    write_config(src, dir, from, to, NULL, NULL);
     moe_mapped_file mf;
     snprintf(path, sizeof path, "%s/model.safetensors", src);
     CHECK_OK(moe_map_file(&mf, path));
@@ -733,7 +729,7 @@ static void fp8_variant(const char *name, const char *from, const char *to, cons
     }
     hdr[hlen] = save;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    f = fopen(path, "wb");
+    FILE *f = fopen(path, "wb");
     CHECK(f && fwrite(data, 1, mf.size, f) == mf.size);
     if (f) fclose(f);
     free(data);
