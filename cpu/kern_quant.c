@@ -818,11 +818,16 @@ static const kern512 k512[] = {
 
 T_AVX2 INLINE float f16_2(uint16_t h) { return _cvtsh_ss(h); }
 
-typedef struct sbw2 {
-    __m256i c[8], s[8];
-    __m256i mn;
+/* A super-block's scales, mins and f32 factors, made once per block: sa
+ * and sb the sources of the 16-bit scale vectors, mn the mins (or code
+ * offsets) per 16 elements against the activations' sums of 16, d and dm
+ * the factors of the code sum and of the mins. */
+typedef struct kq2 {
+    __m256i sa, sb, mn;
     float d, dm;
-} sbw2;
+} kq2;
+
+T_AVX2 INLINE __m256i ld2(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)(const void *)p); }
 
 /* Byte-shuffle pattern: word a (zero-extended byte a for PB) in every
  * word of 128-bit lane 0, b in lane 1. */
@@ -842,132 +847,113 @@ T_AVX2 INLINE __m128i kscales_2(const uint8_t *s12) {
 }
 
 /* q4_K / q5_K: qs[32c .. 32c+31]'s low nibbles are sub-block 2c, the high
- * ones 2c + 1; q5_K's 5th bit of sub-block j is bit j of qh[l]. */
-T_AVX2 INLINE void unpack2_qk(const uint8_t *qs, const uint8_t *qh, const uint8_t *scales, uint16_t d, uint16_t dmin,
-                              sbw2 *u) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+ * ones 2c + 1 (vector v is sub-block v of 32, scale byte v); q5_K's 5th
+ * bit of sub-block j is bit j of qh[l]. */
+T_AVX2 INLINE void prep2_qk(const uint8_t *scales, uint16_t d, uint16_t dmin, kq2 *k) {
     const __m128i sm = kscales_2(scales);
-    const __m256i sc = _mm256_broadcastsi128_si256(sm);
-    const __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)(const void *)qh) : _mm256_setzero_si256();
-    for (int c = 0; c < 4; c++) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
-        u->c[2 * c] = _mm256_and_si256(q, m4);
-        u->c[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        if (qh) {
-            u->c[2 * c] = _mm256_or_si256(u->c[2 * c], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one), 4));
-            u->c[2 * c + 1] = _mm256_or_si256(u->c[2 * c + 1],
-                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one), 4));
-        }
-    }
-    for (int j = 0; j < 8; j++) u->s[j] = _mm256_shuffle_epi8(sc, PB1(j));
+    k->sa = k->sb = _mm256_broadcastsi128_si256(sm);
     const __m128i mn8 = _mm_srli_si128(sm, 8);
-    u->mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
-    u->d = f16_2(d), u->dm = f16_2(dmin);
+    k->mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+    k->d = f16_2(d), k->dm = f16_2(dmin);
+}
+T_AVX2 INLINE __m256i nibs2(const uint8_t *qs, int v) {
+    const __m256i q = ld2(qs + 32 * (v / 2));
+    return _mm256_and_si256(v & 1 ? _mm256_srli_epi16(q, 4) : q, _mm256_set1_epi8(0x0F));
+}
+T_AVX2 INLINE void prep2_q4_K(const moe_block_q4_K *b, kq2 *k) { prep2_qk(b->scales, b->d, b->dmin, k); }
+T_AVX2 INLINE void prep2_q5_K(const moe_block_q5_K *b, kq2 *k) { prep2_qk(b->scales, b->d, b->dmin, k); }
+T_AVX2 INLINE __m256i codes2_q4_K(const moe_block_q4_K *b, int v) { return nibs2(b->qs, v); }
+T_AVX2 INLINE __m256i codes2_q5_K(const moe_block_q5_K *b, int v) {
+    const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(ld2(b->qh), v), _mm256_set1_epi8(1));
+    return _mm256_or_si256(nibs2(b->qs, v), _mm256_slli_epi16(hb, 4));
+}
+T_AVX2 INLINE __m256i scale2_32(const void *b, const kq2 *k, int v) {
+    (void)b;
+    return _mm256_shuffle_epi8(k->sa, PB1(v));
 }
 
-T_AVX2 INLINE void unpack2_q5_K(const moe_block_q5_K *b, sbw2 *u) { unpack2_qk(b->qs, b->qh, b->scales, b->d, b->dmin, u); }
+/* The formats with sub-blocks of 16: vector v holds sub-blocks 2v (low
+ * lane) and 2v + 1 (high lane); sa the 16-bit scales 0..7, sb 8..15. */
+T_AVX2 INLINE void scales2_16(__m256i sc16, kq2 *k) {
+    k->sa = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));
+    k->sb = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1));
+}
+T_AVX2 INLINE __m256i scale2_16(const void *b, const kq2 *k, int v) {
+    (void)b;
+    return _mm256_shuffle_epi8(v < 4 ? k->sa : k->sb, PW2(2 * v % 8, 2 * v % 8 + 1));
+}
 
 /* q6_K: half H's ql[64H .. 64H+31] low nibbles are elements 128H + 0..31,
  * ql[64H+32 ..] low 32..63, the high nibbles 64..95 and 96..127; the high
- * bits of element 128H + 32s + l are bits 2s, 2s+1 of qh[32H + l]. */
-T_AVX2 INLINE void unpack2_q6_K(const moe_block_q6_K *b, sbw2 *u) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30);
+ * bits of element 128H + 32s + l are bits 2s, 2s+1 of qh[32H + l]; codes
+ * 0..63 stand for -32..31, the offset a min of 32 d sc. */
+T_AVX2 INLINE void prep2_q6_K(const moe_block_q6_K *b, kq2 *k) {
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)b->scales));
-    const __m256i slo = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));
-    const __m256i shi = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1));
-    for (int h = 0; h < 2; h++) {
-        const __m256i q0 = _mm256_loadu_si256((const __m256i *)(const void *)(b->ql + 64 * h));
-        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(const void *)(b->ql + 64 * h + 32));
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(b->qh + 32 * h));
-        __m256i *c = u->c + 4 * h;
-        c[0] = _mm256_or_si256(_mm256_and_si256(q0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
-        c[1] = _mm256_or_si256(_mm256_and_si256(q1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
-        c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), m4), _mm256_and_si256(qh, m3));
-        c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
-    }
-    /* vector v holds sub-blocks 2v (low lane) and 2v + 1 (high lane) */
-    for (int v = 0; v < 8; v++) u->s[v] = _mm256_shuffle_epi8(v < 4 ? slo : shi, PW2(2 * v % 8, 2 * v % 8 + 1));
-    u->mn = sc16;
-    u->d = f16_2(b->d), u->dm = 32.0f * u->d;
+    scales2_16(sc16, k);
+    k->mn = sc16;
+    k->d = f16_2(b->d), k->dm = 32.0f * k->d;
+}
+T_AVX2 INLINE __m256i codes2_q6_K(const moe_block_q6_K *b, int v) {
+    const int h = v / 4, s = v % 4;
+    const __m256i q = ld2(b->ql + 64 * h + 32 * (s & 1)), qh = ld2(b->qh + 32 * h);
+    const __m256i lo = _mm256_and_si256(s < 2 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+    const __m256i hi = s == 0 ? _mm256_slli_epi16(qh, 4)
+                     : s == 1 ? _mm256_slli_epi16(qh, 2)
+                     : s == 2 ? qh
+                              : _mm256_srli_epi16(qh, 2);
+    return _mm256_or_si256(lo, _mm256_and_si256(hi, _mm256_set1_epi8(0x30)));
 }
 
 /* q2_K: element 128h + 32s + l is the 2 bits qs[32h + l] >> 2s; sub-block
- * j of 16 has scale d (sc[j] & 15) and min dmin (sc[j] >> 4). Vector v
- * (elements 32v ..) holds sub-blocks 2v (low lane) and 2v + 1 (high). */
-T_AVX2 INLINE void scales2_16(__m256i sc16, sbw2 *u) {
-    const __m256i slo = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));
-    const __m256i shi = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1));
-    for (int v = 0; v < 8; v++) u->s[v] = _mm256_shuffle_epi8(v < 4 ? slo : shi, PW2(2 * v % 8, 2 * v % 8 + 1));
+ * j of 16 has scale d (sc[j] & 15) and min dmin (sc[j] >> 4). */
+T_AVX2 INLINE __m256i crumb2(const uint8_t *qs, int v) {
+    return _mm256_and_si256(_mm256_srli_epi16(ld2(qs + 32 * (v / 4)), 2 * (v % 4)), _mm256_set1_epi8(3));
 }
-T_AVX2 INLINE void unpack2_q2_K(const moe_block_q2_K *b, sbw2 *u) {
+T_AVX2 INLINE void prep2_q2_K(const moe_block_q2_K *b, kq2 *k) {
     const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)b->scales), m4 = _mm_set1_epi8(15);
-    scales2_16(_mm256_cvtepu8_epi16(_mm_and_si128(raw, m4)), u);
-    u->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
-    const __m256i m3 = _mm256_set1_epi8(3);
-    for (int h = 0; h < 2; h++) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * h));
-        for (int sh = 0; sh < 4; sh++) u->c[4 * h + sh] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * sh), m3);
-    }
-    u->d = f16_2(b->d), u->dm = f16_2(b->dmin);
+    scales2_16(_mm256_cvtepu8_epi16(_mm_and_si128(raw, m4)), k);
+    k->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+    k->d = f16_2(b->d), k->dm = f16_2(b->dmin);
 }
+T_AVX2 INLINE __m256i codes2_q2_K(const moe_block_q2_K *b, int v) { return crumb2(b->qs, v); }
 
 /* q3_K: 2-bit codes as q2_K's, the 3rd bit of element e is bit e / 32 of
  * hmask[e % 32]; code' = low + 4 hbit (0..7), value d sc (code' - 4):
  * the mins are 4 d sc. */
-T_AVX2 INLINE void unpack2_q3_K(const moe_block_q3_K *b, sbw2 *u) {
+T_AVX2 INLINE void prep2_q3_K(const moe_block_q3_K *b, kq2 *k) {
     const __m256i sc16 = _mm256_cvtepi8_epi16(q3_scales(b->scales));
-    scales2_16(sc16, u);
-    u->mn = sc16;
-    const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
-    const __m256i hm = _mm256_loadu_si256((const __m256i *)(const void *)b->hmask);
-    for (int h = 0; h < 2; h++) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * h));
-        for (int sh = 0; sh < 4; sh++) {
-            const int v = 4 * h + sh;
-            const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * sh), m3);
-            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, v), m1);
-            u->c[v] = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
-        }
-    }
-    u->d = f16_2(b->d), u->dm = 4.0f * u->d;
+    scales2_16(sc16, k);
+    k->mn = sc16;
+    k->d = f16_2(b->d), k->dm = 4.0f * k->d;
+}
+T_AVX2 INLINE __m256i codes2_q3_K(const moe_block_q3_K *b, int v) {
+    const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(ld2(b->hmask), v), _mm256_set1_epi8(1));
+    return _mm256_or_si256(crumb2(b->qs, v), _mm256_slli_epi16(hb, 2));
 }
 
 /* iq4_xs: sub-block j of 32 is codebook values of qs[16j ..]'s low
  * nibbles then its high ones, signed (up to +-127: u8 x s8 pairs would
- * saturate with a +128 offset, so dot2_sbs takes them with the sign
- * trick); scale (6 bits - 32) from scales_l / scales_h; no mins. */
+ * saturate with a +128 offset, so they take the sign trick); scale
+ * (6 bits - 32) from scales_l / scales_h; no mins. */
 T_AVX2 INLINE __m256i codes2_lut(const uint8_t *qs, const int8_t *lut);
-T_AVX2 INLINE void unpack2_iq4_xs(const moe_block_iq4_xs *b, sbw2 *u) {
-    for (int j = 0; j < 8; j++) {
-        const int sc = ((b->scales_l[j / 2] >> 4 * (j % 2)) & 15) | ((b->scales_h >> 2 * j) & 3) << 4;
-        u->s[j] = _mm256_set1_epi16((short)(sc - 32));
-        u->c[j] = codes2_lut(b->qs + 16 * j, moe_iq4nl_values);
-    }
-    u->mn = _mm256_setzero_si256();
-    u->d = f16_2(b->d), u->dm = 0.0f;
+T_AVX2 INLINE void prep2_iq4_xs(const moe_block_iq4_xs *b, kq2 *k) {
+    k->d = f16_2(b->d), k->dm = 0.0f;
+    k->sa = k->sb = k->mn = _mm256_setzero_si256();
+}
+T_AVX2 INLINE __m256i codes2_iq4_xs(const moe_block_iq4_xs *b, int v) {
+    return codes2_lut(b->qs + 16 * v, moe_iq4nl_values);
+}
+/* its scales in scalar code: the vector units are the kernel's limit */
+T_AVX2 INLINE __m256i scale2_iq4_xs(const moe_block_iq4_xs *b, const kq2 *k, int v) {
+    (void)k;
+    const int sc = ((b->scales_l[v / 2] >> 4 * (v % 2)) & 15) | ((b->scales_h >> 2 * v) & 3) << 4;
+    return _mm256_set1_epi16((short)(sc - 32));
 }
 
-T_AVX2 INLINE void dot2_sb(const sbw2 *u, const moe_qact_q8_K *x, __m256 *acc, __m256 *accm) {
-    __m256i s = _mm256_setzero_si256();
-    for (int v = 0; v < 8; v++) {
-        const __m256i p = _mm256_maddubs_epi16(u->c[v], _mm256_loadu_si256((const __m256i *)(const void *)(x->qs + 32 * v)));
-        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, u->s[v]));
-    }
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(u->d * x->d), *acc);
-    const __m256i bs = _mm256_loadu_si256((const __m256i *)(const void *)x->bsums);
-    *accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, u->mn)), _mm256_set1_ps(u->dm * x->d), *accm);
-}
-
-/* The same with signed codes (iq4_xs): vpmaddubsw(|c|, sign(x, c)); no mins. */
-T_AVX2 INLINE void dot2_sbs(const sbw2 *u, const moe_qact_q8_K *x, __m256 *acc, __m256 *accm) {
-    (void)accm;
-    __m256i s = _mm256_setzero_si256();
-    for (int v = 0; v < 8; v++) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(x->qs + 32 * v));
-        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(u->c[v], u->c[v]), _mm256_sign_epi8(xv, u->c[v]));
-        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, u->s[v]));
-    }
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(u->d * x->d), *acc);
+/* Unsigned codes against s8 activations; signed ones with the sign trick. */
+T_AVX2 INLINE __m256i mul2_u(__m256i c, __m256i x) { return _mm256_maddubs_epi16(c, x); }
+T_AVX2 INLINE __m256i mul2_s(__m256i c, __m256i x) {
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c));
 }
 
 T_AVX2 INLINE float hsum8(__m256 v) {
@@ -976,103 +962,88 @@ T_AVX2 INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
 }
 
-#define GEMV2_SB(name, BLK, UNPACK, DOT)                                                                      \
-    T_AVX2 INLINE void name##_pair(const BLK *b0, const BLK *b1, const moe_qact_q8_K *const *a, uint32_t nb,  \
-                                   uint32_t tb, float res[2][TQ]) {                                        \
-        __m256 acc[2][TQ], accm[2][TQ];                                                                    \
-        for (uint32_t t = 0; t < TQ; t++)                                                                  \
-            for (int r = 0; r < 2; r++) acc[r][t] = accm[r][t] = _mm256_setzero_ps();                      \
-        for (uint32_t i = 0; i < nb; i++) {                                                                \
-            for (size_t l = 0; l < sizeof(BLK) + 64; l += 64) {                                            \
-                _mm_prefetch((const char *)(b0 + i) + PFQ + l, PF_HINT);                                   \
-                _mm_prefetch((const char *)(b1 + i) + PFQ + l, PF_HINT);                                   \
-            }                                                                                              \
-            sbw2 u0, u1;                                                                                   \
-            UNPACK(b0 + i, &u0);                                                                           \
-            UNPACK(b1 + i, &u1);                                                                           \
-            for (uint32_t t = 0; t < tb; t++) {                                                            \
-                DOT(&u0, a[t] + i, &acc[0][t], &accm[0][t]);                                               \
-                DOT(&u1, a[t] + i, &acc[1][t], &accm[1][t]);                                               \
+/* The AVX2 driver: one row at a time against TQ tokens at a time (a
+ * pass's activations stay in L1 for every row), the token count a
+ * constant in each call of the row function so that its loops unroll and
+ * its accumulators stay in registers. STEP(b, a, i, tb, acc, accm, sm)
+ * adds block i of a row: to acc (the f32 sums), accm (sums subtracted at
+ * the end: k-quant mins) or sm (scalar sums added: q4_1's mins).
+ * With TWO, consecutive blocks go to two sets of acc, so that the FMA
+ * latency of one set does not bound a row of small blocks (the k-quants,
+ * with a super-block's work between FMAs, would spill the second set). */
+#define GEMV2_ROWS(F, BLK, ACT, QB, STEP, TWO)                                                                  \
+    T_AVX2 INLINE void row2_##F(const BLK *w, const ACT *const *a, uint32_t nb, uint32_t tb, float res[TQ]) { \
+        __m256 acc[TQ], acc2[TQ], accm[TQ];                                                                \
+        float sm[TQ];                                                                                      \
+        for (uint32_t t = 0; t < TQ; t++) acc[t] = acc2[t] = accm[t] = _mm256_setzero_ps(), sm[t] = 0.0f;  \
+        uint32_t i = 0;                                                                                    \
+        for (; i + 1 < nb; i += 2) {                                                                       \
+            for (size_t l = 0; l < 2 * sizeof *w + 63; l += 64) _mm_prefetch((const char *)(w + i) + PFQ + l, PF_HINT); \
+            STEP(w + i, a, i, tb, acc, accm, sm);                                                          \
+            STEP(w + i + 1, a, i + 1, tb, (TWO) ? acc2 : acc, accm, sm);                                                 \
+        }                                                                                                  \
+        if (i < nb) STEP(w + i, a, i, tb, acc, accm, sm);                                                  \
+        for (uint32_t t = 0; t < tb; t++) res[t] = hsum8(_mm256_add_ps(acc[t], acc2[t])) - hsum8(accm[t]) + sm[t]; \
+    }                                                                                                      \
+    T_AVX2 static void gemv_avx2_##F(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, \
+                                     const moe_acts *x, float *out, size_t ldo) {                          \
+        (void)ws;                                                                                          \
+        const uint32_t nb = k / (QB);                                                                      \
+        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(ACT);                       \
+        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
+            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
+            const ACT *a[TQ];                                                                              \
+            for (uint32_t t = 0; t < TQ; t++)                                                              \
+                a[t] = (const ACT *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
+            for (uint32_t j = n0; j < n1; j++) {                                                           \
+                const BLK *b = (const BLK *)(const void *)((const char *)w + j * wrb);                     \
+                float r[TQ];                                                                               \
+                switch (tb) {                                                                              \
+                case 1: row2_##F(b, a, nb, 1, r); break;                                                   \
+                case 2: row2_##F(b, a, nb, 2, r); break;                                                   \
+                case 3: row2_##F(b, a, nb, 3, r); break;                                                   \
+                default: row2_##F(b, a, nb, TQ, r); break;                                                 \
+                }                                                                                          \
+                for (uint32_t t = 0; t < tb; t++) out[(size_t)(t0 + t) * ldo + (j - n0)] = r[t];           \
             }                                                                                              \
         }                                                                                                  \
-        for (int r = 0; r < 2; r++)                                                                        \
-            for (uint32_t t = 0; t < tb; t++) res[r][t] = hsum8(acc[r][t]) - hsum8(accm[r][t]);            \
+    }
+
+/* The k-quants, streamed: each 32-code vector v of a super-block is made
+ * (CODES) and used at once against every token with its 16-bit scales
+ * (SCALE), rather than a row's super-block being unpacked into 17 vectors
+ * first (two rows of that are more than AVX2's 16 registers: the compiler
+ * spilled them, and the kernels read 0.53-0.57 of DRAM). PREP makes the
+ * block's kq2; MUL is mul2_u or mul2_s; MINS 0 for a format without mins. */
+#define GEMV2_KQ(F, PREP, CODES, SCALE, MUL, MINS)                                                         \
+    T_AVX2 INLINE void sb2_##F(const moe_block_##F *b, const moe_qact_q8_K *const *a, uint32_t i, uint32_t tb, \
+                               __m256 *acc, __m256 *accm, float *sm) {                                     \
+        (void)sm;                                                                                          \
+        kq2 k;                                                                                             \
+        PREP(b, &k);                                                                                       \
+        __m256i s[TQ];                                                                                     \
+        for (uint32_t t = 0; t < tb; t++) s[t] = _mm256_setzero_si256();                                   \
+        _Pragma("GCC unroll 8") for (int v = 0; v < 8; v++) {                                              \
+            const __m256i c = CODES(b, v), sc = SCALE(b, &k, v);                                           \
+            for (uint32_t t = 0; t < tb; t++)                                                              \
+                s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(MUL(c, ld2((const uint8_t *)a[t][i].qs + 32 * v)), sc)); \
+        }                                                                                                  \
+        for (uint32_t t = 0; t < tb; t++) {                                                                \
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), _mm256_set1_ps(k.d * a[t][i].d), acc[t]);   \
+            if (MINS) {                                                                                    \
+                const __m256i bs = _mm256_madd_epi16(ld2((const uint8_t *)a[t][i].bsums), k.mn);           \
+                accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bs), _mm256_set1_ps(k.dm * a[t][i].d), accm[t]); \
+            }                                                                                              \
+        }                                                                                                  \
     }                                                                                                      \
-    ROW_PAIRS(T_AVX2, name, name##_pair, BLK, moe_qact_q8_K, MOE_QK_K)
+    GEMV2_ROWS(F, moe_block_##F, moe_qact_q8_K, MOE_QK_K, sb2_##F, 0)
 
-/* q4_K streamed: a row's super-block is not unpacked into 17 vectors
- * first (two rows of that are more than AVX2's 16 registers, and the
- * compiler spills them), but each 32-byte line of codes is split and
- * used at once against every token. One row at a time. */
-T_AVX2 INLINE void sb2_q4_K(const moe_block_q4_K *b, const moe_qact_q8_K *const *a, uint32_t tb, __m256 *acc,
-                            __m256 *accm) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m128i sm = kscales_2(b->scales);
-    const __m256i sc = _mm256_broadcastsi128_si256(sm);
-    __m256i s[TQ];
-    for (uint32_t t = 0; t < tb; t++) s[t] = _mm256_setzero_si256();
-    for (int c = 0; c < 4; c++) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * c));
-        const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        const __m256i sl = _mm256_shuffle_epi8(sc, PB1(2 * c)), sh = _mm256_shuffle_epi8(sc, PB1(2 * c + 1));
-        for (uint32_t t = 0; t < tb; t++) {
-            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)(a[t]->qs + 64 * c));
-            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(a[t]->qs + 64 * c + 32));
-            s[t] = _mm256_add_epi32(s[t], _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), sl),
-                                                           _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), sh)));
-        }
-    }
-    const __m128i mn8 = _mm_srli_si128(sm, 8);
-    const __m256i mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
-    const float d = f16_2(b->d), dm = f16_2(b->dmin);
-    for (uint32_t t = 0; t < tb; t++) {
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), _mm256_set1_ps(d * a[t]->d), acc[t]);
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)(const void *)a[t]->bsums);
-        accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mn)), _mm256_set1_ps(dm * a[t]->d), accm[t]);
-    }
-}
-
-T_AVX2 INLINE void row2_q4_K(const moe_block_q4_K *w, const moe_qact_q8_K *const *a, uint32_t nb, uint32_t tb,
-                             float res[TQ]) {
-    __m256 acc[TQ], accm[TQ];
-    for (uint32_t t = 0; t < TQ; t++) acc[t] = accm[t] = _mm256_setzero_ps();
-    for (uint32_t i = 0; i < nb; i++) {
-        for (size_t l = 0; l < sizeof *w + 64; l += 64) _mm_prefetch((const char *)(w + i) + PFQ + l, PF_HINT);
-        const moe_qact_q8_K *ai[TQ];
-        for (uint32_t t = 0; t < tb; t++) ai[t] = a[t] + i;
-        sb2_q4_K(w + i, ai, tb, acc, accm);
-    }
-    for (uint32_t t = 0; t < tb; t++) res[t] = hsum8(acc[t]) - hsum8(accm[t]);
-}
-
-T_AVX2 static void gemv_avx2_q4_K(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
-                                  const moe_acts *x, float *out, size_t ldo) {
-    (void)ws;
-    const uint32_t nb = k / MOE_QK_K;
-    const size_t wrb = (size_t)nb * sizeof(moe_block_q4_K), arb = (size_t)nb * sizeof(moe_qact_q8_K);
-    for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {
-        const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;
-        const moe_qact_q8_K *a[TQ];
-        for (uint32_t t = 0; t < TQ; t++)
-            a[t] = (const moe_qact_q8_K *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb);
-        for (uint32_t j = n0; j < n1; j++) {
-            const moe_block_q4_K *b = (const moe_block_q4_K *)(const void *)((const char *)w + j * wrb);
-            float r[TQ];
-            switch (tb) {
-            case 1: row2_q4_K(b, a, nb, 1, r); break;
-            case 2: row2_q4_K(b, a, nb, 2, r); break;
-            case 3: row2_q4_K(b, a, nb, 3, r); break;
-            default: row2_q4_K(b, a, nb, TQ, r); break;
-            }
-            for (uint32_t t = 0; t < tb; t++) out[(size_t)(t0 + t) * ldo + (j - n0)] = r[t];
-        }
-    }
-}
-GEMV2_SB(gemv_avx2_q5_K, moe_block_q5_K, unpack2_q5_K, dot2_sb)
-GEMV2_SB(gemv_avx2_q6_K, moe_block_q6_K, unpack2_q6_K, dot2_sb)
-GEMV2_SB(gemv_avx2_q2_K, moe_block_q2_K, unpack2_q2_K, dot2_sb)
-GEMV2_SB(gemv_avx2_q3_K, moe_block_q3_K, unpack2_q3_K, dot2_sb)
-GEMV2_SB(gemv_avx2_iq4_xs, moe_block_iq4_xs, unpack2_iq4_xs, dot2_sbs)
+GEMV2_KQ(q4_K, prep2_q4_K, codes2_q4_K, scale2_32, mul2_u, 1)
+GEMV2_KQ(q5_K, prep2_q5_K, codes2_q5_K, scale2_32, mul2_u, 1)
+GEMV2_KQ(q6_K, prep2_q6_K, codes2_q6_K, scale2_16, mul2_u, 1)
+GEMV2_KQ(q2_K, prep2_q2_K, codes2_q2_K, scale2_16, mul2_u, 1)
+GEMV2_KQ(q3_K, prep2_q3_K, codes2_q3_K, scale2_16, mul2_u, 1)
+GEMV2_KQ(iq4_xs, prep2_iq4_xs, codes2_iq4_xs, scale2_iq4_xs, mul2_s, 0)
 
 /* The 32-element formats with signed codes: a block per vector, 32 codes
  * as s8; the dot product vpmaddubsw(|w|, sign(x, w)), pairs then vpmaddwd
@@ -1115,82 +1086,45 @@ T_AVX2 INLINE __m256i codes2_iq4_nl(const moe_block_iq4_nl *b) { return codes2_l
 T_AVX2 INLINE __m256i codes2_mxfp4(const moe_block_mxfp4 *b) { return codes2_lut(b->qs, moe_mxfp4_values); }
 T_AVX2 INLINE float scale2_d(uint16_t d) { return f16_2(d); }
 
-#define GEMV2_B32(name, BLK, CODES, SCALE)                                                                 \
-    T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x, \
-                            float *out, size_t ldo) {                                                      \
-        (void)ws;                                                                                          \
-        const uint32_t nb = k / 32;                                                                        \
-        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_0);             \
-        const __m256i ones = _mm256_set1_epi16(1);                                                         \
-        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
-            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
-            const moe_qact_q8_0 *a[TQ];                                                                    \
-            for (uint32_t t = 0; t < TQ; t++)                                                              \
-                a[t] = (const moe_qact_q8_0 *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
-            for (uint32_t j = n0; j < n1; j++) {                                                           \
-                const BLK *b = (const BLK *)(const void *)((const char *)w + j * wrb);                     \
-                __m256 acc[TQ];                                                                            \
-                for (uint32_t t = 0; t < TQ; t++) acc[t] = _mm256_setzero_ps();                            \
-                for (uint32_t i = 0; i < nb; i++) {                                                        \
-                    _mm_prefetch((const char *)(b + i) + PFQ, PF_HINT);                                \
-                    const __m256i c = CODES(b + i), ac = _mm256_sign_epi8(c, c);                           \
-                    const float d = SCALE(b + i);                                                          \
-                    for (uint32_t t = 0; t < tb; t++) {                                                    \
-                        const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(const void *)a[t][i].qs), c); \
-                        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ac, xs), ones);           \
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a[t][i].d), acc[t]); \
-                    }                                                                                      \
-                }                                                                                          \
-                for (uint32_t t = 0; t < tb; t++) out[(size_t)(t0 + t) * ldo + (j - n0)] = hsum8(acc[t]);  \
-            }                                                                                              \
+#define GEMV2_B32(F, CODES, SCALE)                                                                         \
+    T_AVX2 INLINE void b32_##F(const moe_block_##F *b, const moe_qact_q8_0 *const *a, uint32_t i, uint32_t tb, \
+                               __m256 *acc, __m256 *accm, float *sm) {                                     \
+        (void)accm, (void)sm;                                                                              \
+        const __m256i c = CODES(b), ac = _mm256_sign_epi8(c, c);                                           \
+        const float d = SCALE(b);                                                                          \
+        for (uint32_t t = 0; t < tb; t++) {                                                                \
+            const __m256i xs = _mm256_sign_epi8(ld2((const uint8_t *)a[t][i].qs), c);                      \
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ac, xs), _mm256_set1_epi16(1));       \
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a[t][i].d), acc[t]);        \
         }                                                                                                  \
-    }
+    }                                                                                                      \
+    GEMV2_ROWS(F, moe_block_##F, moe_qact_q8_0, 32, b32_##F, 1)
 
 /* q4_1 / q5_1: unsigned codes and a min, against q8_1 blocks (their code
  * sums): d_w d_x (c . x) + m_w d_x sum(x), the second term in f32. */
-#define GEMV2_B32M(name, BLK, CODES)                                                                                   \
-    T_AVX2 static void name(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1, const moe_acts *x,   \
-                            float *out, size_t ldo) {                                                                  \
-        (void)ws;                                                                                                      \
-        const uint32_t nb = k / 32;                                                                                    \
-        const size_t wrb = (size_t)nb * sizeof(BLK), arb = (size_t)nb * sizeof(moe_qact_q8_1);                         \
-        const __m256i ones = _mm256_set1_epi16(1);                                                                     \
-        for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                                   \
-            const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                                       \
-            const moe_qact_q8_1 *a[TQ];                                                                                \
-            for (uint32_t t = 0; t < TQ; t++)                                                                          \
-                a[t] =                                                                                                 \
-                    (const moe_qact_q8_1 *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
-            for (uint32_t j = n0; j < n1; j++) {                                                                       \
-                const BLK *b = (const BLK *)(const void *)((const char *)w + j * wrb);                                 \
-                __m256 acc[TQ];                                                                                        \
-                float accm[TQ] = {0};                                                                                  \
-                for (uint32_t t = 0; t < TQ; t++) acc[t] = _mm256_setzero_ps();                                        \
-                for (uint32_t i = 0; i < nb; i++) {                                                                    \
-                    _mm_prefetch((const char *)(b + i) + PFQ, PF_HINT);                                                \
-                    const __m256i c = CODES(b + i);                                                                    \
-                    const float d = f16_2(b[i].d), mw = f16_2(b[i].m);                                                 \
-                    for (uint32_t t = 0; t < tb; t++) {                                                                \
-                        const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)a[t][i].qs);              \
-                        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), ones);                        \
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a[t][i].d), acc[t]);        \
-                        accm[t] += mw * a[t][i].d * (float)a[t][i].sum;                                                \
-                    }                                                                                                  \
-                }                                                                                                      \
-                for (uint32_t t = 0; t < tb; t++) out[(size_t)(t0 + t) * ldo + (j - n0)] = hsum8(acc[t]) + accm[t];    \
-            }                                                                                                          \
-        }                                                                                                              \
-    }
-GEMV2_B32M(gemv_avx2_q4_1, moe_block_q4_1, codes2_q4_1)
-GEMV2_B32M(gemv_avx2_q5_1, moe_block_q5_1, codes2_q5_1)
+#define GEMV2_B32M(F, CODES)                                                                               \
+    T_AVX2 INLINE void b32_##F(const moe_block_##F *b, const moe_qact_q8_1 *const *a, uint32_t i, uint32_t tb, \
+                               __m256 *acc, __m256 *accm, float *sm) {                                     \
+        (void)accm;                                                                                        \
+        const __m256i c = CODES(b);                                                                        \
+        const float d = f16_2(b->d), mw = f16_2(b->m);                                                     \
+        for (uint32_t t = 0; t < tb; t++) {                                                                \
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(c, ld2((const uint8_t *)a[t][i].qs)), _mm256_set1_epi16(1)); \
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a[t][i].d), acc[t]);        \
+            sm[t] += mw * a[t][i].d * (float)a[t][i].sum;                                                  \
+        }                                                                                                  \
+    }                                                                                                      \
+    GEMV2_ROWS(F, moe_block_##F, moe_qact_q8_1, 32, b32_##F, 1)
+GEMV2_B32M(q4_1, codes2_q4_1)
+GEMV2_B32M(q5_1, codes2_q5_1)
 
 #define SC2_D(b) f16_2((b)->d)
 #define SC2_E(b) e8m0h((b)->e)
-GEMV2_B32(gemv_avx2_q4_0, moe_block_q4_0, codes2_q4_0, SC2_D)
-GEMV2_B32(gemv_avx2_q5_0, moe_block_q5_0, codes2_q5_0, SC2_D)
-GEMV2_B32(gemv_avx2_q8_0, moe_block_q8_0, codes2_q8_0, SC2_D)
-GEMV2_B32(gemv_avx2_iq4_nl, moe_block_iq4_nl, codes2_iq4_nl, SC2_D)
-GEMV2_B32(gemv_avx2_mxfp4, moe_block_mxfp4, codes2_mxfp4, SC2_E)
+GEMV2_B32(q4_0, codes2_q4_0, SC2_D)
+GEMV2_B32(q5_0, codes2_q5_0, SC2_D)
+GEMV2_B32(q8_0, codes2_q8_0, SC2_D)
+GEMV2_B32(iq4_nl, codes2_iq4_nl, SC2_D)
+GEMV2_B32(mxfp4, codes2_mxfp4, SC2_E)
 
 static const struct {
     moe_dtype t;
