@@ -85,8 +85,11 @@ extern "C" {
  *    moe_dtype_block_bytes(), moe_dtype_row_bytes(), moe_dtype_is_block(),
  *    moe_quantize(), moe_dequantize(); a layer's down matrices may take a
  *    dtype of their own (moe_model_set_down_dtype(), moe_model_down_dtype()). */
-/* 7: moe_dtype gains MOE_DTYPE_FP8_E4M3 (after MOE_DTYPE_MXFP4). */
-#define MOE_API_VERSION 7
+/* 7: moe_dtype gains MOE_DTYPE_FP8_E4M3 (after MOE_DTYPE_MXFP4).
+ * 8: moe_routing gains bias, n_group and topk_group (DeepSeek-V3's and
+ *    GLM-4.5's selection), after its earlier fields: a caller built
+ *    against API 5-7 passes the shorter struct_size and gets none of them. */
+#define MOE_API_VERSION 8
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
 MOE_EXPORT const char *moe_version(void);
@@ -329,12 +332,21 @@ MOE_EXPORT moe_dtype moe_model_down_dtype(const moe_model_t *m, uint32_t layer);
  * weights (moe_layer_forward_logits, moe_hint_next):
  *   probabilities  softmax over all experts' logits, or each logit's
  *                  sigmoid (scoring)
- *   experts        the top_k most probable, ties to the lower id
- *   weights        their probabilities, renormalised to sum to 1 if
- *                  norm_topk, then times scale
+ *   selection      each expert's probability plus bias[e] when bias is
+ *                  set (DeepSeek-V3's e_score_correction_bias), used to
+ *                  choose and never as a weight; with n_group > 1 the
+ *                  experts are n_group equal groups of consecutive ids,
+ *                  each group scored by the sum of its two best selection
+ *                  scores, and only the topk_group best groups compete
+ *                  (topk_method "noaux_tc")
+ *   experts        the top_k best selection scores among those, ties to
+ *                  the lower id
+ *   weights        their probabilities (without the bias), renormalised
+ *                  to sum to 1 if norm_topk, then times scale
  * Mixtral, Qwen3-MoE and OLMoE: softmax, norm_topk on; Qwen1.5/2-MoE:
  * softmax, norm_topk off; DeepSeek-V2: softmax, norm_topk off, scale =
- * routed_scaling_factor. */
+ * routed_scaling_factor; DeepSeek-V3, Kimi-K2: sigmoid, bias, 8 groups,
+ * topk_group 4, norm_topk on, scale = routed_scaling_factor. */
 typedef enum moe_scoring { MOE_SCORING_SOFTMAX = 0, MOE_SCORING_SIGMOID, MOE_SCORING_COUNT_ } moe_scoring;
 
 typedef struct moe_routing {
@@ -343,10 +355,21 @@ typedef struct moe_routing {
     moe_scoring scoring;  /* default softmax */
     int32_t norm_topk;    /* default 1 */
     float scale;          /* default 1 */
+    /* API 8 */
+    const float *bias;    /* [n_experts] selection bias, or NULL (default); borrowed like the router weights */
+    uint32_t n_group;     /* 0 or 1 (default): no groups; else divides the layer's experts, >= 2 experts each */
+    uint32_t topk_group;  /* groups kept, 1 .. n_group, with top_k <= topk_group experts per group x groups */
 } moe_routing;
 
 /* Softmax, top_k, renormalised, scale 1. */
 MOE_EXPORT moe_routing moe_routing_init(uint32_t top_k);
+
+/* Routes n_tokens tokens by rule r from their router logits [n_tokens,
+ * n_experts]: ids and weights [n_tokens, r->top_k] (API 8), for a host
+ * that computes routing itself; the rule is checked as by
+ * moe_model_set_router. */
+MOE_EXPORT moe_status moe_route(const moe_routing *r, uint32_t n_experts, uint32_t n_tokens, const float *logits,
+                                int32_t *ids, float *weights);
 
 /* Registers layer `layer`'s router (API 5): its routing rule and,
  * optionally, its weights [n_experts, hidden] row-major in `dtype` (f32,

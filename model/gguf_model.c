@@ -60,6 +60,7 @@ static int64_t token(const moe_gguf *g, const char *key) {
 static void read_mla(reader *r, moe_hf_config *c) {
     c->kv_lora_rank = u32(r, "attention.kv_lora_rank", true, 0);
     c->qk_rope_head_dim = u32(r, "rope.dimension_count", true, 0);
+    c->q_lora_rank = u32(r, "attention.q_lora_rank", false, 0);
     /* Since llama.cpp split kv_b into k_b and v_b, key_length is the
      * latent's and key_length_mla the head's. */
     const bool split = moe_gguf_get(r->g, "deepseek2.attention.key_length_mla") != NULL;
@@ -111,7 +112,8 @@ static void read_shared(reader *r, moe_hf_config *c, bool deepseek) {
 }
 
 static moe_status read_all(reader *r, moe_hf_config *c, uint64_t vocab) {
-    const bool mixtral = !strcmp(c->model_type, "mixtral"), deepseek = !strcmp(c->model_type, "deepseek_v2");
+    const bool mixtral = !strcmp(c->model_type, "mixtral"), v3 = !strcmp(c->model_type, "deepseek_v3");
+    const bool deepseek = v3 || !strcmp(c->model_type, "deepseek_v2");
     /* Mixtral's and OLMoE's feed_forward_length is their experts'. */
     const bool ffl_is_expert = mixtral || !strcmp(c->model_type, "olmoe");
     c->n_layers = u32(r, "block_count", true, 0);
@@ -128,8 +130,18 @@ static moe_status read_all(reader *r, moe_hf_config *c, uint64_t vocab) {
     c->norm_topk_prob = flag(r, "expert_weights_norm", mixtral || !strcmp(c->model_type, "qwen3_moe"));
     const uint32_t gating = u32(r, "expert_gating_func", false, 1);
     snprintf(c->scoring_func, sizeof c->scoring_func, "%s", gating == 1 ? "softmax" : "sigmoid");
-    snprintf(c->topk_method, sizeof c->topk_method, "greedy");
+    snprintf(c->topk_method, sizeof c->topk_method, "%s", v3 ? "noaux_tc" : "greedy");
     snprintf(c->hidden_act, sizeof c->hidden_act, "silu");
+    /* DeepSeek-V3's expert groups (llama.cpp's converter writes them for
+     * any model with n_group); checked as config.json's are */
+    c->n_group = u32(r, "expert_group_count", false, 1);
+    c->topk_group = u32(r, "expert_group_used_count", false, 1);
+    c->rope_interleave = true;
+    if (!r->st && c->n_group > 1 &&
+        (c->n_routed_experts % c->n_group || c->n_routed_experts / c->n_group < 2 || c->topk_group < 1 ||
+         c->topk_group > c->n_group || c->top_k > c->topk_group * (c->n_routed_experts / c->n_group)))
+        r->st = moe_fail(MOE_ERR_PARSE, "%s: expert groups do not fit: %u experts in %u groups, %u groups used, top-%u",
+                         r->g->file.path, c->n_routed_experts, c->n_group, c->topk_group, c->top_k);
     if (deepseek) {
         read_mla(r, c);
     } else {
@@ -166,6 +178,12 @@ moe_status moe_gguf_model_config(const moe_gguf *g, moe_hf_config *c) {
                         "experts, qwen2moe, qwen3moe, olmoe, deepseek2)", g->file.path, (int)(arch.len < 64 ? arch.len : 64),
                         arch.ptr);
     snprintf(c->model_type, sizeof c->model_type, "%s", archs[i].hf);
+    /* llama.cpp runs DeepSeek-V3 as deepseek2 with sigmoid gating (its
+     * expert_gating_func 2) and the selection bias exp_probs_b */
+    uint32_t gating = 0;
+    if (!strcmp(archs[i].hf, "deepseek_v2") && moe_gguf_get(g, "deepseek2.expert_gating_func") &&
+        moe_gguf_get_u32(g, "deepseek2.expert_gating_func", &gating) == MOE_OK && gating == 2)
+        snprintf(c->model_type, sizeof c->model_type, "deepseek_v3");
     const moe_gguf_kv *ftype = moe_gguf_get(g, "general.file_type");
     snprintf(c->torch_dtype, sizeof c->torch_dtype, "gguf-%llu", ftype ? (unsigned long long)ftype->v.u : 0ull);
     reader r = {g, archs[i].gguf, MOE_OK};
@@ -192,6 +210,10 @@ static const struct {
     {"self_attn.o_proj.weight", "attn_output.weight"},
     {"self_attn.q_norm.weight", "attn_q_norm.weight"},
     {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+    {"self_attn.q_a_proj.weight", "attn_q_a.weight"},
+    {"self_attn.q_a_layernorm.weight", "attn_q_a_norm.weight"},
+    {"self_attn.q_b_proj.weight", "attn_q_b.weight"},
+    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
     {"self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_mqa.weight"},
     {"self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"},
     {"self_attn.kv_b_proj.weight", "attn_kv_b.weight"},

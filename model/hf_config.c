@@ -197,6 +197,31 @@ static moe_status read_rope(const moe_json_doc *d, moe_hf_config *c) {
     return MOE_OK;
 }
 
+static moe_status read_flag(const moe_json_doc *d, const char *key, bool def, bool *out) {
+    const moe_json *v = opt(d, key);
+    if (v && v->type != MOE_JSON_BOOL) return moe_fail_at(MOE_ERR_PARSE, d->name, v->line, "\"%s\" must be true or false", key);
+    *out = v ? v->boolean : def;
+    return MOE_OK;
+}
+
+/* Expert groups (topk_method "noaux_tc"): n_group equal groups of
+ * consecutive experts, topk_group of them kept per token. */
+static moe_status read_groups(const moe_json_doc *d, moe_hf_config *c) {
+    moe_status st;
+    if ((st = opt_u32(d, "n_group", 1, MOE_HF_MAX_EXPERTS, 1, &c->n_group)) ||
+        (st = opt_u32(d, "topk_group", 1, c->n_group, 1, &c->topk_group)))
+        return st;
+    const uint32_t E = c->n_routed_experts, G = c->n_group;
+    if (G > 1 && (E % G || E / G < 2))
+        return moe_fail_at(MOE_ERR_PARSE, d->name, line_of(d, "n_group"),
+                           "n_group %u must divide the %u routed experts into groups of at least 2", G, E);
+    if (G > 1 && c->top_k > c->topk_group * (E / G))
+        return moe_fail_at(MOE_ERR_PARSE, d->name, line_of(d, "topk_group"),
+                           "num_experts_per_tok %u is more than the %u experts of topk_group %u groups", c->top_k,
+                           c->topk_group * (E / G), c->topk_group);
+    return MOE_OK;
+}
+
 static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
     moe_status st;
     const moe_json *tie = opt(d, "tie_word_embeddings"), *norm = opt(d, "norm_topk_prob");
@@ -204,17 +229,25 @@ static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
     if (norm && norm->type != MOE_JSON_BOOL) return bad(d, norm->line, "\"norm_topk_prob\" must be true or false");
     c->tie_embeddings = tie && tie->boolean;
     c->norm_topk_prob = !strcmp(c->model_type, "mixtral") || (norm && norm->boolean);
+    /* transformers' DeepseekV3Config writes neither key: its model always
+     * scores with sigmoid and selects by noaux_tc */
+    const bool v3 = !strcmp(c->model_type, "deepseek_v3");
     double eps, scaling;
     if ((st = num_in(d, NULL, "rms_norm_eps", 1e-30, 1, 1e-6, &eps)) ||
         (st = num_in(d, NULL, "routed_scaling_factor", 1e-6, 1e6, 1, &scaling)) ||
         (st = opt_u32(d, "max_position_embeddings", 1, MOE_HF_MAX_POSITION, 4096, &c->max_position)) ||
         (st = str_opt(d, "hidden_act", "silu", c->hidden_act, sizeof c->hidden_act)) ||
-        (st = str_opt(d, "scoring_func", "softmax", c->scoring_func, sizeof c->scoring_func)) ||
-        (st = str_opt(d, "topk_method", "greedy", c->topk_method, sizeof c->topk_method)) ||
+        (st = str_opt(d, "scoring_func", v3 ? "sigmoid" : "softmax", c->scoring_func, sizeof c->scoring_func)) ||
+        (st = str_opt(d, "topk_method", v3 ? "noaux_tc" : "greedy", c->topk_method, sizeof c->topk_method)) ||
         (st = token_id(d, "bos_token_id", &c->bos_id)) || (st = token_id(d, "eos_token_id", &c->eos_id)))
         return st;
     c->rms_norm_eps = eps;
     c->routed_scaling = scaling;
+    if ((st = read_flag(d, "rope_interleave", true, &c->rope_interleave)) ||
+        (st = read_flag(d, "attention_bias", false, &c->attention_bias)) ||
+        (st = opt_u32(d, "num_nextn_predict_layers", 0, MOE_HF_MAX_LAYERS, 0, &c->n_mtp_layers)) ||
+        (st = read_groups(d, c)))
+        return st;
     const moe_json *use_sw = opt(d, "use_sliding_window");
     if (use_sw && use_sw->type != MOE_JSON_BOOL)
         return bad(d, use_sw->line, "\"use_sliding_window\" must be true or false");

@@ -51,7 +51,12 @@
  * Forward-pass keys (absent or null: the default in brackets):
  *   rms_norm_eps [1e-6], max_position_embeddings [4096],
  *   routed_scaling_factor [1], tie_word_embeddings [false],
- *   hidden_act ["silu"], scoring_func ["softmax"], topk_method ["greedy"],
+ *   hidden_act ["silu"], scoring_func ["softmax"; deepseek_v3 "sigmoid"],
+ *   topk_method ["greedy"; deepseek_v3 "noaux_tc"],
+ *   n_group [1] and topk_group [1] (n_group must divide the experts into
+ *   groups of at least 2, topk_group in 1..n_group, num_experts_per_tok at
+ *   most topk_group groups' experts), num_nextn_predict_layers [0],
+ *   rope_interleave [true], attention_bias [false],
  *   bos_token_id, eos_token_id (an integer or a list) [-1];
  *   sliding_window [0: none], unless use_sliding_window is false;
  *   norm_topk_prob: always true for Mixtral (its router renormalises with
@@ -116,6 +121,10 @@ typedef struct moe_hf_config {
     char hidden_act[16];
     char scoring_func[16];
     char topk_method[32];
+    uint32_t n_group, topk_group; /* noaux_tc's expert groups: n_group [1], topk_group [1] */
+    uint32_t n_mtp_layers;        /* num_nextn_predict_layers [0]: DeepSeek-V3's MTP layers, not run */
+    bool rope_interleave;         /* rope_interleave [true]: DeepSeek-V3 rotates interleaved pairs */
+    bool attention_bias;          /* attention_bias [false] */
     char rope_type[16]; /* "default" or the scaling type ("yarn", "linear", ...) */
     double rope_factor, rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;
     uint32_t rope_orig_max_position;

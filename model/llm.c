@@ -20,12 +20,15 @@ typedef struct layer {
     float *bq, *bk, *bv;
     float *q_norm, *k_norm; /* qwen3: [head_dim]; olmoe: [H*d] and [K*d] */
     moe_mat wkv_a;          /* MLA */
+    moe_mat wq_a, wq_b;     /* MLA with q LoRA: q = q_b(rmsnorm(q_a x)) */
+    float *q_a_norm;
     moe_mat k_b, v_b;       /* MLA: [H*kv_lora, nope] (W_uk transposed per head) and [H*v, kv_lora] */
     float *kv_a_norm;
     float *kb_own, *vb_own; /* k_b and v_b when repacked from kv_b */
     bool moe;
     uint32_t moe_index;
     moe_mat router;
+    float *score_bias;                  /* deepseek_v3: e_score_correction_bias [n_routed_experts] */
     moe_mat mlp_gate, mlp_up, mlp_down; /* a dense layer's MLP, or an MoE layer's shared expert(s) */
     moe_mat shared_gate;                /* qwen2_moe: [1, hidden] */
     float *k_cache, *v_cache;           /* [ctx, kv_width] and [ctx, v_width] (MLA: k_cache only) */
@@ -58,7 +61,7 @@ static const struct {
     moe_arch arch;
 } archs[] = {
     {"mixtral", MOE_ARCH_MIXTRAL}, {"qwen2_moe", MOE_ARCH_QWEN2_MOE},     {"qwen3_moe", MOE_ARCH_QWEN3_MOE},
-    {"olmoe", MOE_ARCH_OLMOE},     {"deepseek_v2", MOE_ARCH_DEEPSEEK_V2},
+    {"olmoe", MOE_ARCH_OLMOE},     {"deepseek_v2", MOE_ARCH_DEEPSEEK_V2}, {"deepseek_v3", MOE_ARCH_DEEPSEEK_V3},
 };
 
 /* ---- weights ---- */
@@ -356,7 +359,12 @@ static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
     moe_status s;
     if (c->mla) {
         const uint32_t kvl = c->kv_lora_rank, rope = c->qk_rope_head_dim;
-        if ((s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
+        const uint32_t ql = c->q_lora_rank;
+        if (ql && ((s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_a_proj.weight"), ql, h, true, &L->wq_a)) ||
+                   (s = get_vec(m, lname(n, sizeof n, l, "self_attn.q_a_layernorm.weight"), ql, true, &L->q_a_norm)) ||
+                   (s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_b_proj.weight"), H * d, ql, true, &L->wq_b))))
+            return s;
+        if ((!ql && (s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq))) ||
             (s = get_dense(m, lname(n, sizeof n, l, "self_attn.kv_a_proj_with_mqa.weight"), kvl + rope, h, true,
                          &L->wkv_a)) ||
             (s = get_vec(m, lname(n, sizeof n, l, "self_attn.kv_a_layernorm.weight"), kvl, true, &L->kv_a_norm)) ||
@@ -458,6 +466,20 @@ static moe_status load_experts(moe_llm *m, uint32_t l, layer *L) {
     return s;
 }
 
+/* A router in f32, as transformers computes it (DeepSeek-V3 keeps its
+ * gate in fp32 outright) and llama.cpp's converter stores it: the engine's
+ * bf16 kernels round the activations to bf16, which moves router logits by
+ * about 1e-2 and can flip a close choice of experts. Routers are small
+ * (experts x hidden). */
+static moe_status widen_f32(moe_llm *m, moe_mat *w) {
+    if (w->type == MOE_DTYPE_F32) return MOE_OK;
+    float *f = malloc((size_t)w->rows * w->cols * sizeof *f);
+    if (!f) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory for a router in f32", m->dir);
+    for (uint32_t r = 0; r < w->rows; r++) moe_mat_row(w, r, f + (size_t)r * w->cols);
+    *w = (moe_mat){MOE_DTYPE_F32, f, w->rows, w->cols};
+    return own(m, f);
+}
+
 static moe_status load_ffn(moe_llm *m, uint32_t l, layer *L) {
     const moe_hf_config *c = &m->cfg;
     const uint32_t h = c->hidden_size;
@@ -471,9 +493,15 @@ static moe_status load_ffn(moe_llm *m, uint32_t l, layer *L) {
         return MOE_OK;
     }
     const char *router = m->arch == MOE_ARCH_MIXTRAL ? "block_sparse_moe.gate.weight" : "mlp.gate.weight";
-    if ((s = get_mat(m, lname(n, sizeof n, l, router), c->n_routed_experts, h, true, &L->router))) return s;
+    if ((s = get_mat(m, lname(n, sizeof n, l, router), c->n_routed_experts, h, true, &L->router)) ||
+        (s = widen_f32(m, &L->router)))
+        return s;
+    if (!strcmp(c->topk_method, "noaux_tc") &&
+        (s = get_vec(m, lname(n, sizeof n, l, "mlp.gate.e_score_correction_bias"), c->n_routed_experts, true,
+                     &L->score_bias)))
+        return s;
     if (c->n_shared_experts) {
-        const char *sh = m->arch == MOE_ARCH_DEEPSEEK_V2 ? "shared_experts" : "shared_expert";
+        const char *sh = c->mla ? "shared_experts" : "shared_expert";
         const uint32_t si = c->shared_inter;
         char what[96];
         snprintf(what, sizeof what, "mlp.%s.gate_proj.weight", sh);
@@ -519,13 +547,22 @@ static moe_status check_config(moe_llm *m) {
     if (i == sizeof archs / sizeof archs[0])
         return moe_fail(MOE_ERR_UNSUPPORTED,
                         "%s%s: model_type \"%s\" is not supported (supported: mixtral, qwen2_moe, qwen3_moe, olmoe, "
-                        "deepseek_v2)", m->dir, m->gguf ? "" : "/config.json", c->model_type);
+                        "deepseek_v2, deepseek_v3)", m->dir, m->gguf ? "" : "/config.json", c->model_type);
     m->arch = archs[i].arch;
+    const bool v3 = m->arch == MOE_ARCH_DEEPSEEK_V3;
     if (strcmp(c->hidden_act, "silu")) return unsupported(m, "hidden_act other than silu is not supported");
-    if (strcmp(c->scoring_func, "softmax")) return unsupported(m, "scoring_func other than softmax is not supported");
-    if (strcmp(c->topk_method, "greedy")) return unsupported(m, "topk_method other than greedy is not supported");
-    if (c->mla && c->q_lora_rank) return unsupported(m, "q_lora_rank (LoRA on q) is not supported yet");
-    if (c->mla != (m->arch == MOE_ARCH_DEEPSEEK_V2)) return unsupported(m, "MLA keys on a model that is not MLA");
+    /* transformers' deepseek_v3 scores with sigmoid and selects by noaux_tc
+     * whatever the keys say; the others with softmax and greedy top-k */
+    if (v3 && (strcmp(c->scoring_func, "sigmoid") || strcmp(c->topk_method, "noaux_tc")))
+        return unsupported(m, "deepseek_v3 routes with scoring_func \"sigmoid\" and topk_method \"noaux_tc\" only");
+    if (!v3 && strcmp(c->scoring_func, "softmax")) return unsupported(m, "scoring_func other than softmax is not supported");
+    if (!v3 && strcmp(c->topk_method, "greedy"))
+        return unsupported(m, "topk_method other than greedy is not supported (noaux_tc: deepseek_v3)");
+    if (c->mla != (m->arch == MOE_ARCH_DEEPSEEK_V2 || v3)) return unsupported(m, "MLA keys on a model that is not MLA");
+    if (c->mla && c->attention_bias) return unsupported(m, "attention_bias true on an MLA model is not supported");
+    if (c->n_mtp_layers)
+        fprintf(stderr, "note: %s: %u multi-token-prediction layer%s (num_nextn_predict_layers) not loaded: moerun "
+                "decodes one token at a time\n", m->dir, c->n_mtp_layers, c->n_mtp_layers == 1 ? "" : "s");
     const bool yarn = !strcmp(c->rope_type, "yarn");
     if (!yarn && strcmp(c->rope_type, "default")) {
         char what[96];
@@ -537,7 +574,8 @@ static moe_status check_config(moe_llm *m) {
     /* DeepSeek rotates interleaved pairs, and so does Mixtral from GGUF,
      * whose q and k rows llama.cpp's converter permuted for it; the
      * others rotate halves (NeoX). */
-    const bool inter = m->arch == MOE_ARCH_DEEPSEEK_V2 || (m->gguf && m->arch == MOE_ARCH_MIXTRAL);
+    const bool inter = m->arch == MOE_ARCH_DEEPSEEK_V2 || (v3 && c->rope_interleave) ||
+                       (m->gguf && m->arch == MOE_ARCH_MIXTRAL);
     if (yarn)
         moe_rope_init_yarn(&m->rope, rope_dim, c->rope_theta, inter, c->rope_factor, c->rope_orig_max_position,
                            c->rope_beta_fast, c->rope_beta_slow, c->rope_mscale, c->rope_mscale_all_dim);
@@ -560,7 +598,7 @@ static moe_status check_config(moe_llm *m) {
 static void free_layer(layer *L) {
     free(L->attn_norm), free(L->ffn_norm), free(L->bq), free(L->bk), free(L->bv);
     free(L->q_norm), free(L->k_norm), free(L->kv_a_norm), free(L->k_cache), free(L->v_cache);
-    free(L->kb_own), free(L->vb_own);
+    free(L->kb_own), free(L->vb_own), free(L->q_a_norm), free(L->score_bias);
 }
 
 void moe_llm_free(moe_llm **pm) {
@@ -685,6 +723,7 @@ typedef struct batch {
     moe_status st; /* the first failure of a matrix product */
     uint32_t n, pos0;
     float *h, *x, *q, *kv, *att, *out, *tmp1, *tmp2, *logits_e;
+    float *qlat; /* [n, q_lora_rank] with q LoRA */
     int32_t *ids;
     float *w;
 } batch;
@@ -759,7 +798,15 @@ static void attention_mla(moe_llm *m, layer *L, batch *b) {
     const uint32_t n = b->n, H = c->n_heads, nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
     const uint32_t qd = nope + rope, vd = c->v_head_dim, kvl = c->kv_lora_rank, kw = m->kv_width;
     float *kv = b->kv;
-    mm(b, &L->wq, b->x, n, NULL, b->q);
+    if (c->q_lora_rank) {
+        const uint32_t ql = c->q_lora_rank;
+        mm(b, &L->wq_a, b->x, n, NULL, b->qlat);
+        /* transformers builds q_a_layernorm with its default eps, as kv_a's */
+        for (uint32_t t = 0; t < n; t++) moe_rmsnorm(b->qlat + (size_t)t * ql, L->q_a_norm, ql, 1e-6f, b->qlat + (size_t)t * ql);
+        mm(b, &L->wq_b, b->qlat, n, NULL, b->q);
+    } else {
+        mm(b, &L->wq, b->x, n, NULL, b->q);
+    }
     mm(b, &L->wkv_a, b->x, n, NULL, kv);
     for (uint32_t t = 0; t < n; t++) {
         float *kt = kv + (size_t)t * kw;
@@ -843,29 +890,23 @@ static void mlp(const layer *L, batch *b, float *out) {
     mm(b, &L->mlp_down, b->tmp1, n, NULL, out);
 }
 
-/* Softmax over the router's logits, top-k, then renormalised or scaled. */
-static void route(const moe_llm *m, batch *b) {
+/* The router's logits into the batch's experts and gate weights, by the
+ * public API's routing rule (moe_route: the same code a host loop's
+ * moe_layer_forward_logits runs). */
+static void route(const moe_llm *m, const layer *L, batch *b) {
     const moe_hf_config *c = &m->cfg;
-    const uint32_t E = c->n_routed_experts, k = c->top_k;
-    for (uint32_t t = 0; t < b->n; t++) {
-        float *p = b->logits_e + (size_t)t * E;
-        moe_softmax(p, E);
-        int32_t *ids = b->ids + (size_t)t * k;
-        float *w = b->w + (size_t)t * k, sum = 0;
-        for (uint32_t j = 0; j < k; j++) {
-            uint32_t best = 0;
-            float bv = -1;
-            for (uint32_t e = 0; e < E; e++)
-                if (p[e] > bv) bv = p[e], best = e;
-            ids[j] = (int32_t)best;
-            w[j] = bv;
-            sum += bv;
-            p[best] = -2; /* taken */
-        }
-        for (uint32_t j = 0; j < k; j++)
-            w[j] = c->norm_topk_prob ? w[j] / (m->arch == MOE_ARCH_DEEPSEEK_V2 ? sum + 1e-20f : sum)
-                                     : w[j] * (float)c->routed_scaling;
+    moe_routing r = moe_routing_init(c->top_k);
+    r.norm_topk = c->norm_topk_prob;
+    /* renormalised weights are not scaled (routed_scaling_factor is 1 for
+     * the models that renormalise), except DeepSeek-V3's, which are */
+    r.scale = !c->norm_topk_prob || m->arch == MOE_ARCH_DEEPSEEK_V3 ? (float)c->routed_scaling : 1.0f;
+    if (m->arch == MOE_ARCH_DEEPSEEK_V3) {
+        r.scoring = MOE_SCORING_SIGMOID;
+        r.bias = L->score_bias;
+        r.n_group = c->n_group;
+        r.topk_group = c->topk_group;
     }
+    if (b->st == MOE_OK) b->st = moe_route(&r, c->n_routed_experts, b->n, b->logits_e, b->ids, b->w);
 }
 
 static moe_status ffn(moe_llm *m, layer *L, batch *b) {
@@ -884,13 +925,13 @@ static moe_status ffn(moe_llm *m, layer *L, batch *b) {
         if (!N->moe) continue;
         mm(b, &N->router, b->x, n, NULL, b->logits_e);
         if (b->st) return b->st;
-        route(m, b);
+        route(m, N, b);
         if ((b->st = moe_runtime_predict(b->rt, N->moe_index, n, m->cfg.top_k, b->ids))) return b->st;
         done++;
     }
     mm(b, &L->router, b->x, n, NULL, b->logits_e);
     if (b->st) return b->st;
-    route(m, b);
+    route(m, L, b);
     moe_status s = moe_layer_forward(b->rt, L->moe_index, n, b->x, m->cfg.top_k, b->ids, b->w, b->out);
     if (s || !L->mlp_gate.data) return s;
     float *sh = b->att, *gate = b->tmp2; /* both free at this point; att is at least hidden wide */
@@ -903,7 +944,7 @@ static moe_status ffn(moe_llm *m, layer *L, batch *b) {
 
 static void batch_free(batch *b) {
     free(b->h), free(b->x), free(b->q), free(b->kv), free(b->att), free(b->out);
-    free(b->tmp1), free(b->tmp2), free(b->logits_e), free(b->ids), free(b->w);
+    free(b->tmp1), free(b->tmp2), free(b->logits_e), free(b->ids), free(b->w), free(b->qlat);
 }
 
 static moe_status batch_alloc(const moe_llm *m, batch *b, uint32_t n, uint32_t pos0) {
@@ -926,8 +967,9 @@ static moe_status batch_alloc(const moe_llm *m, batch *b, uint32_t n, uint32_t p
     b->logits_e = malloc(n * (size_t)c->n_routed_experts * sizeof(float));
     b->ids = malloc(n * (size_t)c->top_k * sizeof(int32_t));
     b->w = malloc(n * (size_t)c->top_k * sizeof(float));
+    b->qlat = c->q_lora_rank ? malloc(n * (size_t)c->q_lora_rank * sizeof(float)) : NULL;
     if (!b->h || !b->x || !b->q || !b->kv || !b->att || !b->out || !b->tmp1 || !b->tmp2 || !b->logits_e || !b->ids ||
-        !b->w) {
+        !b->w || (c->q_lora_rank && !b->qlat)) {
         batch_free(b);
         return moe_fail(MOE_ERR_OUT_OF_MEMORY, "llm: out of memory for a batch of %u tokens", n);
     }

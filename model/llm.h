@@ -12,11 +12,16 @@
  *                top-k renormalised only if norm_topk_prob
  *   qwen3_moe    RMSNorm of each head of q and k before RoPE
  *   olmoe        RMSNorm of the whole q and k projections before RoPE
- *   deepseek_v2  multi-head latent attention (no q LoRA) with YaRN, shared
- *                experts, dense first layers, routed_scaling_factor
+ *   deepseek_v2  multi-head latent attention (q LoRA optional) with YaRN,
+ *                shared experts, dense first layers, routed_scaling_factor
+ *   deepseek_v3  (DeepSeek-V3/R1, Kimi-K2, Moonlight) deepseek_v2's
+ *                attention and layers; sigmoid router scores, the
+ *                e_score_correction_bias for selection only, group-limited
+ *                top-k (noaux_tc), renormalised and scaled; its
+ *                multi-token-prediction layers are not loaded
  * Anything else, or a feature of these that is not implemented (sliding
- * windows, q LoRA, grouped top-k, sigmoid scoring, other RoPE scalings), is
- * refused with MOE_ERR_UNSUPPORTED naming the key or type.
+ * windows, other routing methods, other RoPE scalings), is refused with
+ * MOE_ERR_UNSUPPORTED naming the key or type.
  *
  * The KV cache holds ctx positions: keys and values per layer (for MLA,
  * the compressed latent and the rotated key part, 576 floats per position
@@ -35,6 +40,7 @@ typedef enum moe_arch {
     MOE_ARCH_QWEN3_MOE,
     MOE_ARCH_OLMOE,
     MOE_ARCH_DEEPSEEK_V2,
+    MOE_ARCH_DEEPSEEK_V3,
 } moe_arch;
 
 typedef struct moe_llm moe_llm;

@@ -2,7 +2,10 @@
 #include "model_registry.h"
 
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "quant.h"
 
@@ -198,6 +201,40 @@ moe_routing moe_routing_init(uint32_t top_k) {
                          .norm_topk = 1, .scale = 1.0f};
 }
 
+/* r checked against n_experts and copied, at this library's size, into
+ * *out; an API 5-7 caller's shorter struct gets no bias and no groups. */
+static moe_status routing_check(const char *fn, const char *where, const moe_routing *r, uint32_t E, moe_routing *out) {
+    if (!r || r->struct_size < offsetof(moe_routing, bias))
+        return moe_fail(MOE_ERR_INVALID_ARG, "%s: routing is NULL or its struct_size is too small; initialise it with "
+                        "moe_routing_init()", fn);
+    *out = moe_routing_init(r->top_k);
+    memcpy(out, r, r->struct_size < sizeof *out ? r->struct_size : sizeof *out);
+    out->struct_size = sizeof *out;
+    if (out->top_k == 0 || out->top_k > E)
+        return moe_fail(MOE_ERR_INVALID_ARG, "%s: %stop_k = %u, must be in 1..%u", fn, where, out->top_k, E);
+    if ((unsigned)out->scoring >= MOE_SCORING_COUNT_ || !(out->scale > 0) || !isfinite(out->scale))
+        return moe_fail(MOE_ERR_INVALID_ARG, "%s: %sscoring %d or scale %g is not valid", fn, where,
+                        (int)out->scoring, (double)out->scale);
+    char why[160];
+    if (!moe_routing_groups_ok(out, E, why, sizeof why))
+        return moe_fail(MOE_ERR_INVALID_ARG, "%s: %s%s", fn, where, why);
+    return MOE_OK;
+}
+
+moe_status moe_route(const moe_routing *r, uint32_t n_experts, uint32_t n_tokens, const float *logits, int32_t *ids,
+                     float *weights) {
+    if (!n_experts || (n_tokens && (!logits || !ids || !weights)))
+        return moe_fail(MOE_ERR_INVALID_ARG, "moe_route: NULL argument or no experts");
+    moe_routing rule;
+    moe_status st = routing_check("moe_route", "", r, n_experts, &rule);
+    if (st || !n_tokens) return st;
+    float *probs = malloc((size_t)n_experts * sizeof *probs);
+    if (!probs) return moe_fail(MOE_ERR_OUT_OF_MEMORY, "moe_route: out of memory for %u experts", n_experts);
+    moe_route_logits(&rule, n_experts, n_tokens, logits, probs, ids, weights);
+    free(probs);
+    return MOE_OK;
+}
+
 moe_status moe_model_set_router(moe_model_t *m, uint32_t layer, const moe_routing *r, const void *weights,
                                 moe_dtype dtype) {
     CHECK_MODEL("moe_model_set_router", m);
@@ -207,29 +244,44 @@ moe_status moe_model_set_router(moe_model_t *m, uint32_t layer, const moe_routin
     moe_model_layer *L = &m->layers[layer];
     if (!L->described) return moe_fail(MOE_ERR_STATE, "moe_model_set_router: layer %u is not described yet", layer);
     if (L->has_routing) return moe_fail(MOE_ERR_STATE, "moe_model_set_router: layer %u's router is already set", layer);
-    if (!r || r->struct_size < sizeof(moe_routing))
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_router: routing is NULL or its struct_size is too small; "
-                        "initialise it with moe_routing_init()");
-    if (r->top_k == 0 || r->top_k > L->desc.n_experts)
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_router: layer %u: top_k = %u, must be in 1..%u", layer,
-                        r->top_k, L->desc.n_experts);
-    if ((unsigned)r->scoring >= MOE_SCORING_COUNT_ || !(r->scale > 0) || !isfinite(r->scale))
-        return moe_fail(MOE_ERR_INVALID_ARG, "moe_model_set_router: layer %u: scoring %d or scale %g is not valid",
-                        layer, (int)r->scoring, (double)r->scale);
+    moe_routing rule;
+    char where[32];
+    snprintf(where, sizeof where, "layer %u: ", layer);
+    moe_status st = routing_check("moe_model_set_router", where, r, L->desc.n_experts, &rule);
+    if (st) return st;
     if (weights && dtype != MOE_DTYPE_F32 && dtype != MOE_DTYPE_BF16 && dtype != MOE_DTYPE_F16)
         return moe_fail(MOE_ERR_UNSUPPORTED, "moe_model_set_router: layer %u: router weights in %s (f32, bf16 or "
                         "f16)", layer, moe_dtype_name(dtype));
-    L->routing = *r;
-    L->routing.struct_size = sizeof(moe_routing);
+    L->routing = rule;
     L->router = weights;
     L->router_dtype = dtype;
     L->has_routing = true;
     return MOE_OK;
 }
 
+bool moe_routing_groups_ok(const moe_routing *r, uint32_t n_experts, char *why, size_t cap) {
+    if (r->n_group <= 1) return true;
+    const uint32_t per = n_experts / r->n_group;
+    if (r->n_group > MOE_ROUTE_MAX_GROUPS)
+        snprintf(why, cap, "n_group %u is more than %u", r->n_group, MOE_ROUTE_MAX_GROUPS);
+    else if (n_experts % r->n_group || per < 2)
+        snprintf(why, cap, "n_group %u must divide the %u experts into groups of at least 2", r->n_group, n_experts);
+    else if (r->topk_group < 1 || r->topk_group > r->n_group)
+        snprintf(why, cap, "topk_group %u must be in 1..n_group (%u)", r->topk_group, r->n_group);
+    else if (r->top_k > r->topk_group * per)
+        snprintf(why, cap, "top_k %u is more than the %u experts of topk_group %u groups", r->top_k,
+                 r->topk_group * per, r->topk_group);
+    else
+        return true;
+    return false;
+}
+
+/* a beats b as a selection score: greater, and a NaN never wins */
+static bool beats(float a, float b) { return a > b || (isnan(b) && !isnan(a)); }
+
 void moe_route_logits(const moe_routing *r, uint32_t n_experts, uint32_t n, const float *logits, float *probs,
                       int32_t *ids, float *weights) {
-    const uint32_t k = r->top_k;
+    const uint32_t k = r->top_k, G = r->n_group > 1 ? r->n_group : 1, per = n_experts / G;
     for (uint32_t t = 0; t < n; t++) {
         const float *lg = logits + (size_t)t * n_experts;
         int32_t *id = ids + (size_t)t * k;
@@ -243,15 +295,42 @@ void moe_route_logits(const moe_routing *r, uint32_t n_experts, uint32_t n, cons
             for (uint32_t e = 0; e < n_experts; e++) sum += probs[e] = expf(lg[e] - mx);
             for (uint32_t e = 0; e < n_experts; e++) probs[e] = (float)(probs[e] / sum);
         }
-        /* Top k by probability, ties to the lower id; a NaN never wins. */
+        /* The groups that compete (all with no groups): topk_group times
+         * the best group by the sum of its two best selection scores, ties
+         * to the lower group. A bit per group: at most 64 checked at once,
+         * then a second word, and so on (MOE_ROUTE_MAX_GROUPS). */
+        uint64_t keep[MOE_ROUTE_MAX_GROUPS / 64] = {0};
+        const uint32_t kg = G > 1 ? r->topk_group : 1;
+        for (uint32_t j = 0; j < kg; j++) {
+            int32_t best = -1;
+            float bs = 0.0f;
+            for (uint32_t g = 0; g < G; g++) {
+                if (keep[g / 64] >> (g % 64) & 1) continue;
+                float s = 0.0f;
+                if (G > 1) {
+                    float a = -INFINITY, b = -INFINITY; /* the two best of the group */
+                    for (uint32_t e = g * per; e < (g + 1) * per; e++) {
+                        const float v = probs[e] + (r->bias ? r->bias[e] : 0.0f);
+                        if (beats(v, a)) b = a, a = v;
+                        else if (beats(v, b)) b = v;
+                    }
+                    s = a + b;
+                }
+                if (best < 0 || beats(s, bs)) best = (int32_t)g, bs = s;
+            }
+            keep[best / 64] |= 1ull << (best % 64);
+        }
+        /* Top k by selection score among the kept groups, ties to the lower id. */
         double total = 0.0;
         for (uint32_t j = 0; j < k; j++) {
             int32_t best = -1;
+            float bv = 0.0f;
             for (uint32_t e = 0; e < n_experts; e++) {
+                if (G > 1 && !(keep[e / per / 64] >> (e / per % 64) & 1)) continue;
                 bool taken = false;
                 for (uint32_t q = 0; q < j && !taken; q++) taken = id[q] == (int32_t)e;
-                if (!taken && (best < 0 || probs[e] > probs[best] || (isnan(probs[best]) && !isnan(probs[e]))))
-                    best = (int32_t)e;
+                const float v = probs[e] + (r->bias ? r->bias[e] : 0.0f);
+                if (!taken && (best < 0 || beats(v, bv))) best = (int32_t)e, bv = v;
             }
             id[j] = best;
             w[j] = probs[best];

@@ -38,6 +38,13 @@ void moe_model_retain(moe_model_t *m);
  * MOE_ERR_STATE naming the first missing one. */
 moe_status moe_model_check_complete(const moe_model_t *m);
 
+/* Groups a rule may have: n_group at most this (DeepSeek-V3 and Kimi-K2
+ * have 8, GLM-4.5 1). */
+#define MOE_ROUTE_MAX_GROUPS 256
+
+/* Whether r's groups fit n_experts (moerun.h's rules); if not, why. */
+bool moe_routing_groups_ok(const moe_routing *r, uint32_t n_experts, char *why, size_t cap);
+
 /* Routes n tokens from their router logits [n, n_experts] by rule r:
  * ids and weights [n, r->top_k]. probs: scratch of n_experts floats. */
 void moe_route_logits(const moe_routing *r, uint32_t n_experts, uint32_t n, const float *logits, float *probs,

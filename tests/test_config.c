@@ -617,6 +617,14 @@ static void real_configs(void) {
     real_path(path, sizeof path, "qwen3-30b-a3b");
     CHECK_OK(moe_hf_config_load(&c, path));
     CHECK(c.norm_topk_prob && c.eos_id == 151645);
+    CHECK(c.n_group == 1 && c.topk_group == 1 && c.n_mtp_layers == 0 && c.rope_interleave && !c.attention_bias);
+    /* DeepSeek-V3: q LoRA, sigmoid scores with noaux_tc over 8 groups, one MTP layer. */
+    real_path(path, sizeof path, "deepseek-v3");
+    CHECK_OK(moe_hf_config_load(&c, path));
+    CHECK(c.q_lora_rank == 1536 && c.kv_lora_rank == 512 && c.n_routed_experts == 256 && c.top_k == 8);
+    CHECK(c.n_group == 8 && c.topk_group == 4 && c.n_mtp_layers == 1 && c.norm_topk_prob && c.routed_scaling == 2.5);
+    CHECK(!strcmp(c.scoring_func, "sigmoid") && !strcmp(c.topk_method, "noaux_tc"));
+    CHECK(c.is_moe_layer[3] && !c.is_moe_layer[2] && c.n_moe_layers == 58);
 }
 
 /* rope_parameters (transformers 5), eos lists, and wrong types. */
@@ -640,6 +648,28 @@ static void config_numerics(void) {
     snprintf(text, sizeof text, "%s,\n\"rope_scaling\":[1]}", base);
     CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_PARSE);
     check_error("t:2:", "\"rope_scaling\" must be an object");
+    /* expert groups: they must divide the experts and hold the top k */
+    snprintf(text, sizeof text, "%s,\"n_group\":4,\"topk_group\":2,\"rope_interleave\":false}", base);
+    CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));
+    CHECK(c.n_group == 4 && c.topk_group == 2 && !c.rope_interleave);
+    static const struct {
+        const char *keys, *msg;
+    } bad[] = {
+        {"\"n_group\":3", "n_group 3 must divide the 8 routed experts into groups of at least 2"},
+        {"\"n_group\":8", "n_group 8 must divide the 8 routed experts into groups of at least 2"},
+        {"\"n_group\":4,\n\"topk_group\":5", "\"topk_group\" must be an integer in 1..4"},
+        {"\"n_group\":4,\n\"topk_group\":0", "\"topk_group\" must be an integer in 1..4"},
+        {"\"rope_interleave\":1", "\"rope_interleave\" must be true or false"},
+        {"\"num_nextn_predict_layers\":-1", "\"num_nextn_predict_layers\" must be an integer"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text, "%s,\n%s}", base, bad[i].keys);
+        CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_PARSE);
+        check_error("t:", bad[i].msg);
+    }
+    /* top_k 2 fits one kept group of 2 */
+    snprintf(text, sizeof text, "%s,\"n_group\":4,\n\"topk_group\":1}", base);
+    CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));
 }
 
 /* The dense work per MoE layer in routed experts' weights, worked out by

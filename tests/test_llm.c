@@ -21,7 +21,10 @@
 #define MOE_TEST_DATA_DIR "tests/data"
 #endif
 
+/* The fixtures with llama.cpp-quantized copies (tests/data/models/quant) */
 static const char *const archs[] = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2"};
+/* ... and every architecture's tiny model (safetensors and GGUF) */
+static const char *const hf_archs[] = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"};
 
 static char tmpdir[256]; /* made by main */
 
@@ -169,15 +172,16 @@ static void check_source(const char *arch, const char *path, const reference *r,
 }
 
 static void models_match_transformers(void) {
-    for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++) {
+    for (size_t a = 0; a < sizeof hf_archs / sizeof hf_archs[0]; a++) {
+        const char *arch = hf_archs[a];
         char dir[512], gguf[600];
-        snprintf(dir, sizeof dir, "%s/models/%s", MOE_TEST_DATA_DIR, archs[a]);
+        snprintf(dir, sizeof dir, "%s/models/%s", MOE_TEST_DATA_DIR, arch);
         snprintf(gguf, sizeof gguf, "%s/model.gguf", dir);
         CHECK(have_dir(dir));
         reference r;
         if (!have_dir(dir) || !load_reference(&r, dir)) continue;
-        check_source(archs[a], dir, &r, MAX_NMSE);
-        check_source(archs[a], gguf, &r, MAX_NMSE);
+        check_source(arch, dir, &r, MAX_NMSE);
+        check_source(arch, gguf, &r, MAX_NMSE);
         moe_json_free(&r.doc);
     }
 }
@@ -600,9 +604,9 @@ static float *run_fixture(moe_llm *m, moe_runtime_t *rt, const int32_t *prompt, 
 static void simulated_device_matches_cpu(void) {
     const double budgets[3] = {0.25, 0.5, 1.0};
     const char *policies[3] = {"moerun", "hybrimoe", "gpu-lru"};
-    for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++) {
+    for (size_t a = 0; a < sizeof hf_archs / sizeof hf_archs[0]; a++) {
         char dir[512];
-        snprintf(dir, sizeof dir, "%s/models/%s", MOE_TEST_DATA_DIR, archs[a]);
+        snprintf(dir, sizeof dir, "%s/models/%s", MOE_TEST_DATA_DIR, hf_archs[a]);
         reference r;
         if (!load_reference(&r, dir)) continue;
         moe_llm *m = NULL;
@@ -629,7 +633,7 @@ static void simulated_device_matches_cpu(void) {
             float *got = run_fixture(m, rt, prompt, n_prompt, gen, steps);
             const size_t n = (size_t)(n_prompt + steps) * V;
             if (memcmp(got, want, n * sizeof *got) != 0) {
-                fprintf(stderr, "  %s: sim (%s, budget %.2f) logits differ from the CPU's\n", archs[a], policies[b],
+                fprintf(stderr, "  %s: sim (%s, budget %.2f) logits differ from the CPU's\n", hf_archs[a], policies[b],
                         budgets[b]);
                 CHECK(0);
             }
@@ -640,7 +644,7 @@ static void simulated_device_matches_cpu(void) {
             moe_runtime_free(&rt);
         }
         printf("  %-26s sim at 25/50/100%%: logits identical to the CPU's; %llu expert calls on the device\n",
-               archs[a], (unsigned long long)gpu_calls);
+               hf_archs[a], (unsigned long long)gpu_calls);
         CHECK(gpu_calls > 0);
         free(want), free(prompt), free(gen);
         moe_llm_free(&m);
@@ -681,11 +685,12 @@ static void write_config(const char *src, const char *dir, const char *from, con
 
 /* A copy of the qwen3_moe fixture whose config.json has `from` replaced
  * by `to` (and from2 by to2), in tmpdir/name; its weights are linked. */
-static void variant(const char *name, const char *from, const char *to, const char *from2, const char *to2, char *dir,
-                    size_t cap) {
+/* A copy of fixture `arch` (its weights linked) with config.json edited. */
+static void variant_of(const char *arch, const char *name, const char *from, const char *to, const char *from2,
+                       const char *to2, char *dir, size_t cap) {
     char src[600], cmd[2048];
     snprintf(dir, cap, "%s/%s", tmpdir, name);
-    snprintf(src, sizeof src, "%s/models/qwen3_moe", MOE_TEST_DATA_DIR);
+    snprintf(src, sizeof src, "%s/models/%s", MOE_TEST_DATA_DIR, arch);
     CHECK(mkdir(dir, 0700) == 0);
     snprintf(cmd, sizeof cmd, "ln -s '%s/model.safetensors' '%s/model.safetensors'", src, dir);
     CHECK(system(cmd) == 0);
@@ -810,10 +815,19 @@ static void refuses_bad_models(void) {
         {"window", "\"use_sliding_window\": false", "\"use_sliding_window\": true", "sliding window of 8",
          MOE_ERR_UNSUPPORTED, "\"sliding_window\": null", "\"sliding_window\": 8"},
         {"act", "\"silu\"", "\"gelu\"", "hidden_act other than silu", MOE_ERR_UNSUPPORTED, NULL, NULL},
+        /* deepseek_v3's (the fixture's config, named v3*) */
+        {"v3greedy", "\"topk_method\": \"noaux_tc\"", "\"topk_method\": \"greedy\"",
+         "deepseek_v3 routes with scoring_func \"sigmoid\" and topk_method \"noaux_tc\" only", MOE_ERR_UNSUPPORTED,
+         NULL, NULL},
+        {"v3groups", "\"n_group\": 4", "\"n_group\": 3", "n_group 3 must divide the 16 routed experts",
+         MOE_ERR_PARSE, NULL, NULL},
+        {"v3bias", "\"attention_bias\": false", "\"attention_bias\": true",
+         "attention_bias true on an MLA model is not supported", MOE_ERR_UNSUPPORTED, NULL, NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char dir[512];
-        variant(cases[i].name, cases[i].from, cases[i].to, cases[i].from2, cases[i].to2, dir, sizeof dir);
+        variant_of(strncmp(cases[i].name, "v3", 2) ? "qwen3_moe" : "deepseek_v3", cases[i].name, cases[i].from,
+                   cases[i].to, cases[i].from2, cases[i].to2, dir, sizeof dir);
         moe_llm *m = NULL;
         CHECK_STATUS(moe_llm_load(&m, dir, NULL), cases[i].want);
         CHECK_ERROR_MENTIONS(cases[i].what);

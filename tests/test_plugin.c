@@ -11,10 +11,17 @@
 #error "MOE_PROFILES_DIR must name profiles/machines"
 #endif
 
-/* The rule computed plainly in double: ids by descending probability
- * (ties to the lower id), weights as moerun defines them. */
+/* The rule computed plainly in double: ids by descending selection score
+ * (probability plus bias; ties to the lower id) among the kept groups,
+ * groups ranked by sorting each one's scores, weights as moerun defines
+ * them. */
+static int desc_cmp(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
 static void route_plain(const moe_routing *r, uint32_t E, const float *lg, int32_t *ids, double *w) {
-    double p[64], mx = lg[0], sum = 0;
+    double p[64], s[64], mx = lg[0], sum = 0;
     for (uint32_t e = 1; e < E; e++) mx = lg[e] > mx ? lg[e] : mx;
     for (uint32_t e = 0; e < E; e++) {
         p[e] = r->scoring == MOE_SCORING_SIGMOID ? 1.0 / (1.0 + exp(-(double)lg[e])) : exp((double)lg[e] - mx);
@@ -22,13 +29,33 @@ static void route_plain(const moe_routing *r, uint32_t E, const float *lg, int32
     }
     if (r->scoring == MOE_SCORING_SOFTMAX)
         for (uint32_t e = 0; e < E; e++) p[e] /= sum;
+    for (uint32_t e = 0; e < E; e++) s[e] = p[e] + (r->bias ? r->bias[e] : 0.0);
+    if (r->n_group > 1) {
+        const uint32_t G = r->n_group, per = E / G;
+        double gs[64];
+        for (uint32_t g = 0; g < G; g++) {
+            double v[64];
+            memcpy(v, s + g * per, per * sizeof *v);
+            qsort(v, per, sizeof *v, desc_cmp);
+            gs[g] = v[0] + v[1];
+        }
+        bool kept[64] = {false};
+        for (uint32_t j = 0; j < r->topk_group; j++) {
+            int32_t best = -1;
+            for (uint32_t g = 0; g < G; g++)
+                if (!kept[g] && (best < 0 || gs[g] > gs[best])) best = (int32_t)g;
+            kept[best] = true;
+        }
+        for (uint32_t e = 0; e < E; e++)
+            if (!kept[e / per]) s[e] = -INFINITY;
+    }
     double total = 0;
     for (uint32_t j = 0; j < r->top_k; j++) {
         int32_t best = -1;
         for (uint32_t e = 0; e < E; e++) {
             bool taken = false;
             for (uint32_t q = 0; q < j; q++) taken |= ids[q] == (int32_t)e;
-            if (!taken && (best < 0 || p[e] > p[best])) best = (int32_t)e;
+            if (!taken && (best < 0 || s[e] > s[best])) best = (int32_t)e;
         }
         ids[j] = best, w[j] = p[best], total += p[best];
     }
@@ -38,31 +65,96 @@ static void route_plain(const moe_routing *r, uint32_t E, const float *lg, int32
 static void routing_rules_match_a_plain_computation(void) {
     moe_rng rng = {3};
     const uint32_t E = 16;
-    moe_routing rules[4] = {moe_routing_init(2), moe_routing_init(6), moe_routing_init(4), moe_routing_init(1)};
+    float bias[16];
+    for (uint32_t e = 0; e < E; e++) bias[e] = moe_rng_range(&rng, -0.5f, 0.5f);
+    moe_routing rules[7] = {moe_routing_init(2), moe_routing_init(6), moe_routing_init(4), moe_routing_init(1),
+                            moe_routing_init(4), moe_routing_init(3), moe_routing_init(5)};
     rules[1].norm_topk = 0, rules[1].scale = 16.0f;             /* DeepSeek-V2-like */
     rules[2].scoring = MOE_SCORING_SIGMOID;                    /* sigmoid, renormalised */
     rules[3].scoring = MOE_SCORING_SIGMOID, rules[3].norm_topk = 0;
-    for (int ri = 0; ri < 4; ri++)
+    rules[4].scoring = MOE_SCORING_SIGMOID, rules[4].scale = 2.5f; /* DeepSeek-V3-like: bias, 4 groups, keep 2 */
+    rules[4].bias = bias, rules[4].n_group = 4, rules[4].topk_group = 2;
+    rules[5].bias = bias;                                      /* softmax with a bias, no groups */
+    rules[6].scoring = MOE_SCORING_SIGMOID, rules[6].n_group = 8, rules[6].topk_group = 3; /* groups of 2, no bias */
+    int changed = 0; /* tokens whose experts the groups and bias changed */
+    for (int ri = 0; ri < 7; ri++)
         for (int round = 0; round < 50; round++) {
-            float lg[16], probs[16], w[6];
-            int32_t ids[6], want_ids[6];
+            float lg[16], probs[16], w[6], w2[6];
+            int32_t ids[6], want_ids[6], ids2[6];
             double want_w[6];
             for (uint32_t e = 0; e < E; e++) lg[e] = moe_rng_range(&rng, -4.0f, 4.0f);
-            if (round == 0) lg[3] = lg[9] = 10.0f; /* a tie: the lower id first */
+            if (round == 0 && !rules[ri].bias) lg[3] = lg[9] = 10.0f; /* a tie: the lower id first */
             moe_route_logits(&rules[ri], E, 1, lg, probs, ids, w);
+            CHECK_EQ(moe_route(&rules[ri], E, 1, lg, ids2, w2), MOE_OK);
             route_plain(&rules[ri], E, lg, want_ids, want_w);
             for (uint32_t j = 0; j < rules[ri].top_k; j++) {
                 CHECK_EQ(ids[j], want_ids[j]);
+                CHECK_EQ(ids2[j], ids[j]);
+                CHECK(w2[j] == w[j]);
                 CHECK(fabs(w[j] - want_w[j]) <= 1e-5 * (1 + fabs(want_w[j])));
             }
-            if (round == 0 && rules[ri].top_k >= 2) CHECK(ids[0] == 3 && ids[1] == 9);
+            if (round == 0 && rules[ri].top_k >= 2 && !rules[ri].bias && rules[ri].n_group <= 1)
+                CHECK(ids[0] == 3 && ids[1] == 9);
+            if (rules[ri].bias || rules[ri].n_group > 1) {
+                moe_routing plain = rules[ri];
+                plain.bias = NULL, plain.n_group = 0;
+                int32_t pid[6];
+                float pw[6];
+                moe_route_logits(&plain, E, 1, lg, probs, pid, pw);
+                for (uint32_t j = 0; j < rules[ri].top_k; j++) {
+                    bool in = false;
+                    for (uint32_t q = 0; q < rules[ri].top_k; q++) in |= pid[q] == ids[j];
+                    if (!in) {
+                        changed++;
+                        break;
+                    }
+                }
+            }
         }
+    CHECK(changed > 10); /* the selection rules are really exercised */
     /* NaN logits route somewhere valid and never crash. */
-    float lg[16], probs[16], w[2];
-    int32_t ids[2];
-    for (uint32_t e = 0; e < E; e++) lg[e] = NAN;
-    moe_route_logits(&rules[0], E, 1, lg, probs, ids, w);
-    CHECK(ids[0] >= 0 && ids[0] < 16 && ids[1] >= 0 && ids[1] < 16 && ids[0] != ids[1]);
+    float lg[16], probs[16], w[4];
+    int32_t ids[4];
+    for (int ri = 0; ri < 5; ri += 4) {
+        for (uint32_t e = 0; e < E; e++) lg[e] = NAN;
+        moe_route_logits(&rules[ri], E, 1, lg, probs, ids, w);
+        for (uint32_t j = 0; j < rules[ri].top_k; j++) {
+            CHECK(ids[j] >= 0 && ids[j] < 16);
+            for (uint32_t q = 0; q < j; q++) CHECK(ids[j] != ids[q]);
+        }
+    }
+}
+
+/* moe_route checks its rule as moe_model_set_router does; a caller built
+ * against API 5-7 (struct_size without bias and groups) still routes. */
+static void route_checks_its_rule(void) {
+    float lg[16] = {0}, w[4];
+    int32_t ids[4];
+    for (int e = 0; e < 16; e++) lg[e] = (float)e;
+    moe_routing r = moe_routing_init(2);
+    r.struct_size = (uint32_t)offsetof(moe_routing, bias);
+    r.n_group = 7; /* beyond the old struct: never read */
+    CHECK_EQ(moe_route(&r, 16, 1, lg, ids, w), MOE_OK);
+    CHECK(ids[0] == 15 && ids[1] == 14);
+    r.struct_size = 4;
+    CHECK_EQ(moe_route(&r, 16, 1, lg, ids, w), MOE_ERR_INVALID_ARG);
+    const struct {
+        uint32_t top_k, n_group, topk_group;
+        const char *msg;
+    } bad[] = {
+        {2, 5, 1, "n_group 5 must divide the 16 experts"}, {2, 16, 1, "groups of at least 2"},
+        {2, 4, 0, "topk_group 0 must be in 1..n_group (4)"}, {2, 4, 5, "topk_group 5"},
+        {9, 4, 2, "top_k 9 is more than the 8 experts of topk_group 2 groups"}, {17, 0, 0, "top_k = 17"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        r = moe_routing_init(bad[i].top_k);
+        r.n_group = bad[i].n_group, r.topk_group = bad[i].topk_group;
+        CHECK_EQ(moe_route(&r, 16, 1, lg, ids, w), MOE_ERR_INVALID_ARG);
+        CHECK(strstr(moe_last_error(), bad[i].msg) != NULL);
+    }
+    r = moe_routing_init(2);
+    CHECK_EQ(moe_route(&r, 16, 1, NULL, ids, w), MOE_ERR_INVALID_ARG);
+    CHECK_EQ(moe_route(&r, 16, 0, NULL, NULL, NULL), MOE_OK);
 }
 
 /* A model with routers: f32 router weights [E, H] per layer. */
@@ -277,6 +369,6 @@ static void hint_next_predicts_through_the_routers(void) {
     test_model_free(&tm);
 }
 
-TEST_MAIN("plugin", TEST_CASE(routing_rules_match_a_plain_computation), TEST_CASE(forward_logits_equals_forward),
+TEST_MAIN("plugin", TEST_CASE(routing_rules_match_a_plain_computation), TEST_CASE(route_checks_its_rule), TEST_CASE(forward_logits_equals_forward),
           TEST_CASE(set_router_refuses_bad_input), TEST_CASE(submit_and_wait),
           TEST_CASE(hint_next_predicts_through_the_routers))

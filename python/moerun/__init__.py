@@ -37,6 +37,7 @@ KNOWN_EXPERTS = {
     "Qwen3MoeExperts": "Qwen3MoeSparseMoeBlock",
     "OlmoeExperts": "OlmoeSparseMoeBlock",
     "DeepseekV2Experts": "DeepseekV2Moe",
+    "DeepseekV3Experts": "DeepseekV3MoE",
 }
 
 _ATTR = "_moerun_state"
@@ -48,6 +49,24 @@ def _torch():
     except ImportError as e:  # pragma: no cover - the binding needs torch for patch()
         raise MoerunError("moerun.patch needs PyTorch (pip install torch transformers)") from e
     return torch
+
+
+def _routing_of(gate, routing, state) -> None:
+    """The rule of a DeepSeek-V3-style router (transformers' DeepseekV3TopkRouter and its kind: sigmoid scores,
+    e_score_correction_bias for selection, group-limited top-k) into `routing`; other routers keep softmax."""
+    bias = getattr(gate, "e_score_correction_bias", None)
+    if bias is None:
+        return
+    b = bias.detach().float().contiguous()
+    if b.is_cuda:
+        return
+    state.keep.append(b)
+    routing.scoring = 1  # MOE_SCORING_SIGMOID
+    routing.bias = b.data_ptr()
+    routing.n_group = int(getattr(gate, "num_group", 1) or 1)
+    routing.topk_group = int(getattr(gate, "topk_group", 1) or 1)
+    routing.norm_topk = int(bool(getattr(gate, "norm_topk_prob", True)))
+    routing.scale = float(getattr(gate, "routed_scaling_factor", 1.0) or 1.0)
 
 
 def _dtype_code(t) -> int:
@@ -190,6 +209,7 @@ def patch(model, profile: Optional[str] = None, gpu_budget: Union[None, str, flo
                     and router.dtype in (torch.float32, torch.bfloat16, torch.float16) and not router.is_cuda:
                 r = router.detach().contiguous()
                 routing = L.moe_routing_init(int(top_k))
+                _routing_of(block.gate, routing, state)
                 check(L.moe_model_set_router(cmodel, layer, ctypes.byref(routing), r.data_ptr(), _dtype_code(r.dtype)),
                       f"{name}: moe_model_set_router")
                 state.keep.append(r)

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-API_VERSION = 7  # include/moerun.h's MOE_API_VERSION this binding is written against: the one place to bump
+API_VERSION = 8  # include/moerun.h's MOE_API_VERSION this binding is written against: the one place to bump
 LIB_NAME = "libmoerun.so"
 
 # moe_dtype
@@ -41,7 +41,8 @@ class ExpertWeights(ctypes.Structure):
 
 class Routing(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("top_k", ctypes.c_uint32), ("scoring", ctypes.c_int),
-                ("norm_topk", ctypes.c_int32), ("scale", ctypes.c_float)]
+                ("norm_topk", ctypes.c_int32), ("scale", ctypes.c_float), ("bias", ctypes.c_void_p),
+                ("n_group", ctypes.c_uint32), ("topk_group", ctypes.c_uint32)]
 
 
 class RuntimeParams(ctypes.Structure):

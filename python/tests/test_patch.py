@@ -39,6 +39,12 @@ def configs():
                                           kv_lora_rank=32, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16,
                                           v_head_dim=16, topk_method="greedy", n_group=1, topk_group=1,
                                           routed_scaling_factor=1.0),
+        "deepseek_v3": t.DeepseekV3Config(**{**COMMON, "num_hidden_layers": 3, "num_key_value_heads": 4},
+                                          intermediate_size=128, moe_intermediate_size=48, n_routed_experts=8,
+                                          n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
+                                          kv_lora_rank=32, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=16,
+                                          v_head_dim=16, n_group=4, topk_group=2, norm_topk_prob=True,
+                                          routed_scaling_factor=2.5),
     }
 
 
@@ -52,7 +58,7 @@ def tiny(arch, dtype=torch.float32):
 PROMPT = torch.tensor([[1, 35, 100, 17, 98, 4, 120, 61]])
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"])
 def test_patched_matches_unpatched(arch):
     model = tiny(arch)
     with torch.no_grad():
@@ -78,7 +84,7 @@ def test_patched_matches_unpatched(arch):
     assert sum(type(m).__name__ in moerun.KNOWN_EXPERTS for m in model.modules()) >= 1
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"])
 def test_bfloat16_within_tolerance(arch):
     model = tiny(arch, torch.bfloat16)
     with torch.no_grad():
@@ -104,6 +110,25 @@ def test_simulated_gpu_splits_and_keeps_results():
     assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
     assert s["device"] == "sim" and s["expert_calls_gpu"] > 0 and s["bytes_copied"] > 0
     assert s["lookahead_pairs"][0] > 0  # the routers were registered: moerun predicted the next layer
+
+
+def test_deepseek_v3_routing_rule_predicts_its_routing():
+    """The binding registers DeepSeek-V3's rule (sigmoid, bias, groups): on the simulated GPU with router
+    lookahead, results stay exact and moerun's predictions of the next layer's experts are made."""
+    model = tiny("deepseek_v3")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            gate = getattr(layer.mlp, "gate", None)
+            if gate is not None and hasattr(gate, "e_score_correction_bias"):
+                gate.e_score_correction_bias.copy_(torch.linspace(-0.3, 0.3, gate.e_score_correction_bias.numel()))
+        want = model(PROMPT).logits
+        moerun.patch(model, device="sim", gpu_budget="50%", any_host=True,
+                     profile=str(PROFILES / "ref-h100-pcie5-2s-xeon8480.txt"))
+        got = model(PROMPT).logits
+    s = moerun.stats(model)
+    moerun.unpatch(model)
+    assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+    assert s["lookahead_pairs"][0] > 0
 
 
 def test_refusals():

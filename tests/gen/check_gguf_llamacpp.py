@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2"]
+ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"]
 
 CONVERT_DRIVER = r"""
 import sys, logging

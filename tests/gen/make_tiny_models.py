@@ -4,23 +4,30 @@
 Usage:
     python tests/gen/make_tiny_models.py --out tests/data/models [--arch NAME ...]
 
-For every architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2) this
-builds a tiny model with Hugging Face transformers from a config modelled on the
-real checkpoint's config.json (see ../shared/models/), fills it with seeded
-random weights rounded to bfloat16, runs it in float32 with eager attention and
-writes, under <out>/<arch>/:
+For every architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2,
+deepseek_v3) this builds a tiny model with Hugging Face transformers from a
+config modelled on the real checkpoint's config.json (see ../shared/models/),
+fills it with seeded random weights rounded to bfloat16, runs it in float32
+with eager attention and writes, under <out>/<arch>/:
 
   config.json         HF config in the real checkpoints' (legacy) key layout
   model.safetensors   weights, bfloat16, exact HF checkpoint tensor names
                       (per-expert tensors, as on the Hub; not transformers 5's
-                      fused gate_up_proj)
+                      fused gate_up_proj).  deepseek_v3 also has its routers'
+                      e_score_correction_bias (F32, non-zero) and one
+                      multi-token-prediction layer, model.layers.3.* (random;
+                      not part of the model, for the loader to skip)
   reference.json      prompt ids, full f32 logits of every prompt position,
                       16 greedy tokens with their logits, per-layer residual
                       stream and routing decisions for the prompt
   model.gguf          the same weights in GGUF, laid out exactly as llama.cpp's
                       convert_hf_to_gguf.py --outtype bf16 writes them
                       (BF16 matrices, F32 norms / router / biases, merged 3-D
-                      expert tensors, Q/K row permutation for "llama")
+                      expert tensors, Q/K row permutation for "llama"; for
+                      deepseek_v2 and deepseek_v3, arch "deepseek2": kv_b_proj
+                      split into attn_k_b / attn_v_b; deepseek_v3's
+                      e_score_correction_bias as blk.N.exp_probs_b.bias (F32),
+                      its MTP layer left out as the converter's skip_mtp does)
   model-q8_0.gguf     (qwen3_moe only) the same as --outtype q8_0 would write
 
 and <out>/qwen3_moe-sharded/ holds the qwen3_moe weights split into three
@@ -29,13 +36,20 @@ safetensors shards with a model.safetensors.index.json.
 Everything is deterministic: the same package versions give byte-identical
 files.  The script checks itself: the saved checkpoint is reloaded with
 transformers' from_pretrained (which must reproduce the reference logits
-bit-for-bit), KV-cached step-by-step decoding must match a full-sequence
-forward, and transformers' generate() must agree with the manual greedy loop.
+bit-for-bit, with no missing key and no unexpected key but the MTP layer's),
+KV-cached step-by-step decoding must match a full-sequence forward, and
+transformers' generate() must agree with the manual greedy loop.  For
+deepseek_v3 every router call is also recomputed by an independent
+implementation of the "noaux_tc" rule, and the correction bias and the group
+limit must change the chosen experts for some prompt tokens.
 
 Generated with (record any change in tests/data/models/README.md):
     python 3.11.7, torch 2.15.0 (PyPI wheel, 2.15.0+cu132, run on CPU),
     transformers 5.24.0, safetensors 0.8.0,
-    numpy 2.4.6, gguf 0.19.0
+    numpy 2.4.6, gguf 0.19.0;
+    deepseek_v3 with the same but transformers 5.25.0 (which changes the last
+    printed digit of some numbers in the other references, same experts and
+    tokens; they were not regenerated with it)
 Checked against llama.cpp as vendored in llama-cpp-python 0.3.36 by
 tests/gen/check_gguf_llamacpp.py.
 """
@@ -71,6 +85,12 @@ N_DECODE = 4
 BASE_SEED = 1234
 ROUTER_GAP_MIN = 1e-2   # min router-logit gap between the k-th and (k+1)-th expert
 LOGIT_GAP_MIN = 1e-2    # min gap between the greedy token's logit and the runner-up
+# DeepSeek-V3 chooses on sigmoid scores (+ bias), whose slope is at most 1/4:
+# a router-logit error e moves a difference of two scores by at most e/2 and
+# one of two group scores (sums of two) by at most e.  Its margin is
+# min(expert-score gap, group-score gap / 2) in score units; this bound on it
+# tolerates the same logit error (e < 5e-3) as ROUTER_GAP_MIN does for softmax.
+ROUTER_GAP_MIN_SIGMOID = ROUTER_GAP_MIN / 4
 
 # --------------------------------------------------------------------------
 # Tiny configs, in the key layout of the real checkpoints' config.json files
@@ -223,6 +243,55 @@ CONFIGS = {
         "topk_method": "greedy",
         "v_head_dim": 16,
     },
+    # deepseek-ai/DeepSeek-V3: MLA with q LoRA, first layer dense, 1 shared
+    # expert, sigmoid scores + e_score_correction_bias for the choice,
+    # group-limited top-k ("noaux_tc": top-2 groups of 4 by the sum of their
+    # two best scores), renorm, x 2.5; interleaved YaRN rope (mscale 1.0 as
+    # the real model), scaled down as for deepseek_v2; one MTP layer
+    # (model.layers.3.*) in the checkpoint that inference must skip.
+    "deepseek_v3": {
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "deepseek_v3",
+        "attention_bias": False,
+        "aux_loss_alpha": 0.001,
+        "ep_size": 1,
+        "first_k_dense_replace": 1,
+        "intermediate_size": 96,
+        "kv_lora_rank": 32,
+        "moe_intermediate_size": 32,
+        "moe_layer_freq": 1,
+        "n_group": 4,
+        "n_routed_experts": 16,
+        "n_shared_experts": 1,
+        "norm_topk_prob": True,
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 4,
+        "num_nextn_predict_layers": 1,
+        "pretraining_tp": 1,
+        "q_lora_rank": 24,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "rms_norm_eps": 1e-06,
+        "rope_interleave": True,
+        "rope_scaling": {
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "factor": 4,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+            "original_max_position_embeddings": 128,
+            "type": "yarn",
+        },
+        "rope_theta": 10000,
+        "routed_scaling_factor": 2.5,
+        "scoring_func": "sigmoid",
+        "seq_aux": True,
+        "topk_group": 2,
+        "topk_method": "noaux_tc",
+        "v_head_dim": 16,
+    },
 }
 
 GGUF_ARCH = {
@@ -231,7 +300,9 @@ GGUF_ARCH = {
     "qwen3_moe": gguf.MODEL_ARCH.QWEN3MOE,
     "olmoe": gguf.MODEL_ARCH.OLMOE,
     "deepseek_v2": gguf.MODEL_ARCH.DEEPSEEK2,
+    "deepseek_v3": gguf.MODEL_ARCH.DEEPSEEK2,   # DeepseekV3ForCausalLM -> DeepseekV2Model
 }
+DEEPSEEK = ("deepseek_v2", "deepseek_v3")
 
 SHARDED_ARCH = "qwen3_moe"
 Q8_ARCH = "qwen3_moe"
@@ -273,6 +344,71 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             p.copy_(v.to(torch.bfloat16).to(p.dtype))
 
 
+CORR_BIAS = "e_score_correction_bias"
+CORR_BIAS_STD = 0.5
+BIAS_SEED_OFFSET = 1_000_000   # the correction biases' generator: seed + this
+MTP_SEED_OFFSET = 2_000_000    # the MTP layer's generator: seed + this
+
+
+def init_correction_bias(model: torch.nn.Module, seed: int) -> None:
+    """DeepSeek-V3 routers: e_score_correction_bias (a buffer, not a parameter,
+    so init_weights leaves it at zero) = 0.5 N(0,1), rounded to bf16 values.
+    It is stored as F32, as in the real checkpoints.  A separate generator, so
+    that the parameters are those init_weights gives for the same seed."""
+    gen = torch.Generator().manual_seed(seed + BIAS_SEED_OFFSET)
+    with torch.no_grad():
+        for name, b in sorted(model.named_buffers()):
+            if name.endswith(CORR_BIAS):
+                v = CORR_BIAS_STD * torch.randn(b.shape, generator=gen)
+                b.copy_(v.to(torch.bfloat16).to(b.dtype))
+
+
+def _init_like(name: str, shape, gen: torch.Generator) -> torch.Tensor:
+    # init_weights' distributions, by HF checkpoint name
+    if name.endswith(CORR_BIAS):
+        return CORR_BIAS_STD * torch.randn(shape, generator=gen)
+    if name.endswith("norm.weight") or "layernorm" in name:
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if name.endswith("embed_tokens.weight"):
+        return torch.randn(shape, generator=gen)
+    if name.endswith("head.weight"):
+        return torch.randn(shape, generator=gen) * (2.0 / math.sqrt(shape[-1]))
+    if name.endswith("mlp.gate.weight"):
+        return torch.randn(shape, generator=gen) * (3.0 / math.sqrt(shape[-1]))
+    return torch.randn(shape, generator=gen) * (1.0 / math.sqrt(shape[-1]))
+
+
+def mtp_tensors(cfg: dict, sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """The multi-token-prediction layer(s) as the real DeepSeek-V3 checkpoint
+    names them: model.layers.{n_layers + i}.{embed_tokens, enorm, hnorm,
+    eh_proj, shared_head.norm, shared_head.head} plus a full MoE decoder layer
+    (the tensor names and shapes of the last layer) under the same index.
+    Fresh random values (not copies), so that a loader that reads them by
+    mistake cannot go unnoticed.  transformers' DeepseekV3ForCausalLM does not
+    build them; inference must skip them."""
+    n_layer, hid = cfg["num_hidden_layers"], cfg["hidden_size"]
+    gen = torch.Generator().manual_seed(seed + MTP_SEED_OFFSET)
+    out: dict[str, torch.Tensor] = {}
+    last = f"model.layers.{n_layer - 1}."
+    for i in range(cfg.get("num_nextn_predict_layers") or 0):
+        pre = f"model.layers.{n_layer + i}."
+        shapes = {
+            "embed_tokens.weight": (cfg["vocab_size"], hid),
+            "enorm.weight": (hid,),
+            "hnorm.weight": (hid,),
+            "eh_proj.weight": (hid, 2 * hid),
+            "shared_head.norm.weight": (hid,),
+            "shared_head.head.weight": (cfg["vocab_size"], hid),
+        }
+        for name in sorted(sd):
+            if name.startswith(last):
+                shapes[name[len(last):]] = tuple(sd[name].shape)
+        for k in sorted(shapes):
+            v = _init_like(pre + k, shapes[k], gen).to(torch.bfloat16)
+            out[pre + k] = v.to(torch.float32) if k.endswith(CORR_BIAS) else v
+    return out
+
+
 def hf_state_dict(arch: str, model: torch.nn.Module, cfg: dict) -> dict[str, torch.Tensor]:
     """transformers-5 module state -> tensor names of the real HF checkpoints."""
     out: dict[str, torch.Tensor] = {}
@@ -297,7 +433,10 @@ def hf_state_dict(arch: str, model: torch.nn.Module, cfg: dict) -> dict[str, tor
                 out[f"{base}{e}.{'w2' if arch == 'mixtral' else 'down_proj'}.weight"] = t[e]
         else:
             out[name] = t
-    return {k: v.to(torch.bfloat16).contiguous() for k, v in out.items()}
+    # e_score_correction_bias stays F32 (bf16-representable), as in the real
+    # DeepSeek-V3 checkpoints; everything else is bf16
+    return {k: (v if k.endswith(CORR_BIAS) else v.to(torch.bfloat16)).contiguous()
+            for k, v in out.items()}
 
 
 ST_META = {"format": "pt"}
@@ -341,9 +480,14 @@ def build_model(cfgdir: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def load_model(d: Path) -> torch.nn.Module:
+def load_model(d: Path, loading_info: list | None = None) -> torch.nn.Module:
+    """loading_info: if a list, from_pretrained's loading-info dict is appended."""
     model = AutoModelForCausalLM.from_pretrained(
-        d, attn_implementation="eager", experts_implementation="eager", dtype=torch.float32)
+        d, attn_implementation="eager", experts_implementation="eager", dtype=torch.float32,
+        output_loading_info=loading_info is not None)
+    if loading_info is not None:
+        model, info = model
+        loading_info.append(info)
     return model.eval()
 
 
@@ -353,6 +497,7 @@ class RouterProbe:
     def __init__(self, model, top_k: int):
         self.top_k = top_k
         self.calls: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.v3: list[dict] = []   # DeepSeek-V3 routers: choice vs simpler rules
         self.handles = []
         for name, mod in model.named_modules():
             if name.endswith("mlp.gate") and hasattr(mod, "weight") and mod.weight.dim() == 2 \
@@ -363,10 +508,49 @@ class RouterProbe:
     def _hook(self, layer):
         def fn(mod, inp, out):
             logits, weights, idx = out
-            srt = torch.sort(logits.float(), dim=-1, descending=True).values
-            gap = srt[:, self.top_k - 1] - srt[:, self.top_k]
+            if hasattr(mod, CORR_BIAS):
+                gap = self._noaux_tc(layer, mod, logits, weights, idx)
+            else:
+                srt = torch.sort(logits.float(), dim=-1, descending=True).values
+                gap = srt[:, self.top_k - 1] - srt[:, self.top_k]
             self.calls.append((layer, idx.detach().clone(), weights.detach().float().clone(), gap))
         return fn
+
+    def _noaux_tc(self, layer, mod, logits, weights, idx) -> torch.Tensor:
+        """Checks transformers' choice against an independent implementation
+        of the V3 rule and returns its decision margin per token: the smaller
+        of half the gap between the topk_group-th and next group score and the
+        gap between the k-th and (k+1)-th biased score among the kept groups
+        (sigmoid-score units; see ROUTER_GAP_MIN_SIGMOID).  Records how often
+        the rule's choice differs from simpler ones."""
+        k, ng, kg = self.top_k, mod.num_group, mod.topk_group
+        scores = logits.float().sigmoid()
+        choice = scores + mod.e_score_correction_bias.float()
+        grp, keep = _group_keep(choice, ng, kg)
+        gs = grp.sort(dim=-1, descending=True).values
+        group_gap = gs[:, kg - 1] - gs[:, kg] if kg < ng else torch.full((len(gs),), math.inf)
+        masked = choice.masked_fill(~keep, -math.inf)
+        ms = masked.sort(dim=-1, descending=True).values
+        gap = torch.minimum(group_gap / 2, ms[:, k - 1] - ms[:, k])
+        mine = masked.topk(k, dim=-1).indices
+        assert torch.equal(mine.sort(-1).values, idx.sort(-1).values), f"layer {layer}: V3 choice differs"
+        w = scores.gather(1, idx)
+        if mod.norm_topk_prob:
+            w = w / (w.sum(-1, keepdim=True) + 1e-20)
+        w = w * mod.routed_scaling_factor
+        assert torch.allclose(w, weights.float(), rtol=1e-6, atol=0), f"layer {layer}: V3 weights differ"
+
+        def differs(sel):  # token rows whose expert set differs from the rule's
+            return int((sel.sort(-1).values != mine.sort(-1).values).any(-1).sum())
+
+        self.v3.append({
+            "layer": layer, "tokens": len(choice),
+            "plain_topk": differs(scores.topk(k, dim=-1).indices),            # no bias, no groups
+            "bias_no_groups": differs(choice.topk(k, dim=-1).indices),        # bias, no group limit
+            "groups_no_bias": differs(_group_topk(scores, ng, kg, k)),         # group limit, no bias
+            "zero_fill": differs(choice.masked_fill(~keep, 0.0).topk(k, dim=-1).indices),
+        })
+        return gap
 
     def min_gap(self) -> float:
         return min(float(g.min()) for _, _, _, g in self.calls) if self.calls else 1.0
@@ -374,6 +558,20 @@ class RouterProbe:
     def close(self):
         for h in self.handles:
             h.remove()
+
+
+def _group_keep(choice: torch.Tensor, n_group: int, topk_group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group scores (sum of each group's two best) and the mask of the experts
+    in the topk_group best groups."""
+    n_tok, n_exp = choice.shape
+    grp = choice.view(n_tok, n_group, n_exp // n_group).topk(2, dim=-1).values.sum(-1)
+    keep = torch.zeros_like(grp).scatter(1, grp.topk(topk_group, dim=-1).indices, 1.0).bool()
+    return grp, keep.repeat_interleave(n_exp // n_group, dim=-1)
+
+
+def _group_topk(choice: torch.Tensor, n_group: int, topk_group: int, k: int) -> torch.Tensor:
+    _, keep = _group_keep(choice, n_group, topk_group)
+    return choice.masked_fill(~keep, -math.inf).topk(k, dim=-1).indices
 
 
 def _cache_of(out):
@@ -418,6 +616,7 @@ def compute_reference(model, cfg: dict) -> tuple[dict, dict]:
             "weights": torch.gather(w, 1, order).tolist(),
         })
     prefill_router_gap = probe.min_gap()
+    v3_routing = probe.v3
     probe.close()
 
     # 2. greedy decoding, one token at a time with the KV cache
@@ -456,6 +655,12 @@ def compute_reference(model, cfg: dict) -> tuple[dict, dict]:
         "kv_vs_full_max_abs_diff": diff,
         "logit_std": float(prompt_logits.std()),
     }
+    if v3_routing:
+        # prefill token x MoE-layer selections where DeepSeek-V3's rule picks
+        # another expert set than a simpler rule would
+        stats["routing_selections"] = sum(r["tokens"] for r in v3_routing)
+        for key in ("plain_topk", "bias_no_groups", "groups_no_bias", "zero_fill"):
+            stats[f"routing_differs_{key}"] = sum(r[key] for r in v3_routing)
     ref = {
         "prompt": PROMPT,
         "logits": prompt_logits,
@@ -584,6 +789,11 @@ def gguf_tensors(arch: str, cfg: dict, sd: dict[str, torch.Tensor]):
     for name in sorted(sd, key=_hf_order):
         t = sd[name].to(torch.float32)
         bid = next((int(p) for p in name.split(".") if p.isdecimal()), None)
+        if arch in DEEPSEEK and bid is not None and bid >= n_layer:
+            continue   # DeepseekV2Model.skip_mtp: MTP layers are not converted
+        if name.endswith(CORR_BIAS):
+            # ModelBase.filter_tensors: -> blk.N.exp_probs_b.bias (F32, 1-D)
+            name = name.replace(CORR_BIAS, "e_score_correction.bias")
         if ".experts." in name:
             if bid in done_experts:
                 continue
@@ -606,7 +816,7 @@ def gguf_tensors(arch: str, cfg: dict, sd: dict[str, torch.Tensor]):
                 t = llama_permute(t, cfg["num_attention_heads"], cfg["num_attention_heads"])
             if name.endswith(("k_proj.weight", "k_proj.bias")):
                 t = llama_permute(t, cfg["num_attention_heads"], cfg["num_key_value_heads"])
-        if arch == "deepseek_v2" and name.endswith("kv_b_proj.weight"):
+        if arch in DEEPSEEK and name.endswith("kv_b_proj.weight"):
             # MLA absorption layout: split kv_b into k_b (transposed) and v_b
             n_head_kv = cfg["num_key_value_heads"]
             v_dim, nope = cfg["v_head_dim"], cfg["qk_nope_head_dim"]
@@ -685,7 +895,7 @@ def write_gguf(path: Path, arch: str, cfg: dict, sd: dict[str, torch.Tensor],
 
 def set_gguf_parameters(w: gguf.GGUFWriter, arch: str, cfg: dict, ftype) -> None:
     h = dict(cfg)
-    if arch == "deepseek_v2":
+    if arch in DEEPSEEK:
         h["num_key_value_heads"] = 1      # MLA is converted to MQA
     if arch == "olmoe":
         h["rms_norm_eps"] = 1e-5          # OlmoeModel hard-codes 1e-5 (same value)
@@ -714,7 +924,9 @@ def set_gguf_parameters(w: gguf.GGUFWriter, arch: str, cfg: dict, ftype) -> None
         w.add_expert_group_count(h["n_group"])
     if h.get("topk_group") is not None:
         w.add_expert_group_used_count(h["topk_group"])
-    if h.get("scoring_func") == "softmax":
+    if h.get("scoring_func") == "sigmoid":
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+    elif h.get("scoring_func") == "softmax":
         w.add_expert_gating_func(gguf.ExpertGatingFuncType.SOFTMAX)
     if h.get("head_dim") is not None:
         w.add_key_length(h["head_dim"])
@@ -728,7 +940,7 @@ def set_gguf_parameters(w: gguf.GGUFWriter, arch: str, cfg: dict, ftype) -> None
         w.add_expert_feed_forward_length(h["moe_intermediate_size"])
         if h.get("shared_expert_intermediate_size") is not None:
             w.add_expert_shared_feed_forward_length(h["shared_expert_intermediate_size"])
-    elif arch == "deepseek_v2":                             # DeepseekV2Model
+    elif arch in DEEPSEEK:                                  # DeepseekV2Model (also V3)
         w.add_leading_dense_block_count(h["first_k_dense_replace"])
         w.add_vocab_size(h["vocab_size"])
         if h.get("q_lora_rank") is not None:
@@ -773,13 +985,15 @@ def generate_arch(arch: str, out: Path, log: dict) -> None:
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
+    router_gap_min = ROUTER_GAP_MIN_SIGMOID if cfg.get("scoring_func") == "sigmoid" else ROUTER_GAP_MIN
     seed = BASE_SEED
     for attempt in range(64):
         torch.manual_seed(0)
         model = build_model(d)
         init_weights(model, seed)
+        init_correction_bias(model, seed)
         ref, stats = compute_reference(model, cfg)
-        ok = (min(stats["prefill_router_gap"], stats["decode_router_gap"]) >= ROUTER_GAP_MIN
+        ok = (min(stats["prefill_router_gap"], stats["decode_router_gap"]) >= router_gap_min
               and stats["greedy_logit_gap"] >= LOGIT_GAP_MIN)
         if ok:
             break
@@ -788,19 +1002,36 @@ def generate_arch(arch: str, out: Path, log: dict) -> None:
         raise RuntimeError(f"{arch}: no seed with decisive routing/greedy margins")
     stats["seed"] = seed
 
+    if "routing_differs_plain_topk" in stats:
+        assert stats["routing_differs_plain_topk"] > 0, \
+            f"{arch}: correction bias and group limit never change the prefill choice"
+
     sd = hf_state_dict(arch, model, cfg)
-    save_st(sd, d / "model.safetensors")
+    # multi-token-prediction layer(s), written but not part of the model
+    mtp = mtp_tensors(cfg, sd, seed)
+    assert not set(mtp) & set(sd)
+    save_st(dict(sorted({**sd, **mtp}.items())) if mtp else sd, d / "model.safetensors")
 
     # the checkpoint as written must reproduce the reference through
-    # transformers' own loader (legacy-name -> fused-expert conversion)
-    reloaded = load_model(d)
+    # transformers' own loader (legacy-name -> fused-expert conversion;
+    # for deepseek_v3 the MTP layer is an unexpected key it leaves out)
+    info: list = []
+    reloaded = load_model(d, info)
+    assert not info[0]["missing_keys"] and not info[0]["mismatched_keys"], info[0]
+    mtp_prefix = f"model.layers.{cfg['num_hidden_layers']}."
+    assert all(k.startswith(mtp_prefix) for k in info[0]["unexpected_keys"]), info[0]["unexpected_keys"]
+    assert bool(info[0]["unexpected_keys"]) == bool(mtp)
     with torch.no_grad():
         lg = reloaded(input_ids=torch.tensor([PROMPT]), use_cache=False).logits[0].float()
     assert torch.equal(lg, ref["logits"]), f"{arch}: reload mismatch {float((lg - ref['logits']).abs().max())}"
     del reloaded
 
     write_reference(d / "reference.json", ref, stats, arch)
-    table = write_gguf(d / "model.gguf", arch, cfg, sd, gguf.LlamaFileType.MOSTLY_BF16)
+    table = []
+    if arch in GGUF_ARCH:
+        table = write_gguf(d / "model.gguf", arch, cfg, sd, gguf.LlamaFileType.MOSTLY_BF16)
+    else:
+        print(f"{arch}: note: no model.gguf (not written for this architecture yet)")
     log[arch] = {"seed": seed, "stats": stats, "gguf": table}
 
     if arch == Q8_ARCH:
@@ -838,6 +1069,12 @@ def main() -> int:
         print(f"{arch:12s} seed={s['seed']} router_gap={min(s['prefill_router_gap'], s['decode_router_gap']):.4f} "
               f"greedy_gap={s['greedy_logit_gap']:.4f} logit_std={s['logit_std']:.3f} "
               f"kv_diff={s['kv_vs_full_max_abs_diff']:.2e} greedy={json.loads((args.out / arch / 'reference.json').read_text())['greedy']}")
+        if "routing_selections" in s:
+            print(f"{'':12s} prefill token-layer selections where the V3 rule (bias + group limit) differs: "
+                  f"from plain top-k of the sigmoid scores {s['routing_differs_plain_topk']}/{s['routing_selections']}, "
+                  f"bias without groups {s['routing_differs_bias_no_groups']}, "
+                  f"groups without bias {s['routing_differs_groups_no_bias']}, "
+                  f"0.0 instead of -inf for masked groups {s['routing_differs_zero_fill']}")
         if args.verbose:
             for row in log[arch]["gguf"]:
                 print("   ", *row)
