@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "hf_config.h"
+#include "llm.h"
 #include "profile.h"
 #include "quant.h"
 #include "profiler.h"
@@ -34,6 +35,9 @@ static void usage(FILE *f) {
             "  -o FILE          where to write (default: $MOE_PROFILE, else ~/.cache/moerun/profile.txt,\n"
             "                   which the runtime loads by default); '-' writes to standard output\n"
             "  --threads N      CPU threads (default: one per core)\n"
+            "  --model PATH     measure the routed experts of this model (a Hugging Face directory or a\n"
+            "                   GGUF file): its shape, and the formats of its gate/up and down matrices\n"
+            "                   (instead of --shape and --dtype)\n"
             "  --shape HxI,...  expert shapes (default: 2048x1408 quick; every real model's shape full)\n"
             "  --dtype T,...    bf16, int8, f32, f16, or GGUF's block formats: q4_0, q4_1, q5_0, q5_1,\n"
             "                   q8_0, q2_K .. q6_K, iq4_nl, iq4_xs, mxfp4 (default: bf16,int8,f32)\n"
@@ -57,6 +61,7 @@ static void usage(FILE *f) {
 }
 
 static int fail(const char *fmt, ...) MOE_PRINTF(1, 2);
+static int model_shapes(const char *path, moe_profile_shape *sh, uint32_t cap, uint32_t *n);
 static int fail(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -411,6 +416,8 @@ int main(int argc, char **argv) {
         if (!out && !moe_profile_default_path(def, sizeof def)) return fail("no default path ($HOME unset): use -o FILE");
         moe_profile_shape sh[16 * 8];
         uint32_t n_sh = 0;
+        if (model && (n_shapes || n_dtypes)) return fail("--model gives the shapes and formats: not with --shape or --dtype");
+        if (model && model_shapes(model, sh, sizeof sh / sizeof sh[0], &n_sh)) return 1;
         if (n_shapes || n_dtypes) {
             static const moe_dtype def_dt[3] = {MOE_DTYPE_BF16, MOE_DTYPE_I8, MOE_DTYPE_F32};
             if (!n_shapes) shapes[0][0] = 2048, shapes[0][1] = 1408, n_shapes = 1;
@@ -431,4 +438,43 @@ int main(int argc, char **argv) {
     }
     moe_profile_clear(&p);
     return rc;
+}
+
+/* The routed experts of the model at `path` (a Hugging Face directory or a
+ * GGUF file, mapped, not read): every distinct shape and format of its
+ * layers' gate/up and down matrices, which are what the runtime asks the
+ * profile's costs for. */
+static int model_shapes(const char *path, moe_profile_shape *sh, uint32_t cap, uint32_t *n) {
+    moe_llm *m = NULL;
+    const moe_llm_params lp = {.ctx = 1, .skip_scale_check = true};
+    if (moe_llm_load(&m, path, &lp) != MOE_OK) return fail("--model: %s", moe_last_error());
+    const moe_model_t *mm = moe_llm_model(m);
+    for (uint32_t l = 0; l < moe_model_n_layers(mm); l++) {
+        moe_layer_desc d;
+        if (moe_model_get_layer(mm, l, &d) != MOE_OK) continue;
+        const moe_dtype ts[2] = {d.weight_dtype, moe_model_down_dtype(mm, l)};
+        for (int k = 0; k < 2; k++) {
+            /* The profiler times whole experts in one format. Where a
+             * format's blocks do not divide a row length (q4_K's gate and
+             * up beside a q5_0 down of 1408-long rows), the nearest shape
+             * they divide is timed instead: its curve gives the runtime
+             * this format's rates, from which it estimates the model's
+             * shape (a roofline, profiles/cost.c). */
+            const uint32_t blk = (uint32_t)moe_dtype_block(ts[k]);
+            uint32_t hid = d.hidden, inter = d.inter;
+            if (hid % blk || inter % blk) {
+                hid = (hid + blk - 1) / blk * blk, inter = (inter + blk - 1) / blk * blk;
+                fprintf(stderr, "moe-profile: %ux%u %s: rows are not whole %u-element blocks: timing %ux%u for "
+                        "its rates\n", d.hidden, d.inter, moe_dtype_name(ts[k]), blk, hid, inter);
+            }
+            bool have = false;
+            for (uint32_t i = 0; i < *n; i++) have |= sh[i].hidden == hid && sh[i].inter == inter && sh[i].dtype == ts[k];
+            if (!have && *n < cap) sh[(*n)++] = (moe_profile_shape){hid, inter, ts[k]};
+        }
+    }
+    fprintf(stderr, "moe-profile: %s (%s): measuring", path, moe_llm_arch_name(m));
+    for (uint32_t i = 0; i < *n; i++) fprintf(stderr, " %ux%u %s", sh[i].hidden, sh[i].inter, moe_dtype_name(sh[i].dtype));
+    fprintf(stderr, "\n");
+    moe_llm_free(&m);
+    return 0;
 }
