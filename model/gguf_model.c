@@ -12,7 +12,7 @@ static const struct {
     const char *gguf, *hf;
 } archs[] = {
     {"llama", "mixtral"}, {"qwen2moe", "qwen2_moe"}, {"qwen3moe", "qwen3_moe"},
-    {"olmoe", "olmoe"},   {"deepseek2", "deepseek_v2"},
+    {"olmoe", "olmoe"},   {"deepseek2", "deepseek_v2"}, {"glm4moe", "glm4_moe"},
 };
 
 /* Reading <arch>.<key>: required, or optional with a default. */
@@ -112,11 +112,19 @@ static void read_shared(reader *r, moe_hf_config *c, bool deepseek) {
 }
 
 static moe_status read_all(reader *r, moe_hf_config *c, uint64_t vocab) {
-    const bool mixtral = !strcmp(c->model_type, "mixtral"), v3 = !strcmp(c->model_type, "deepseek_v3");
-    const bool deepseek = v3 || !strcmp(c->model_type, "deepseek_v2");
+    const bool mixtral = !strcmp(c->model_type, "mixtral"), glm = !strcmp(c->model_type, "glm4_moe");
+    const bool v3 = !strcmp(c->model_type, "deepseek_v3"), deepseek = v3 || !strcmp(c->model_type, "deepseek_v2");
     /* Mixtral's and OLMoE's feed_forward_length is their experts'. */
     const bool ffl_is_expert = mixtral || !strcmp(c->model_type, "olmoe");
     c->n_layers = u32(r, "block_count", true, 0);
+    /* GLM's converter counts its multi-token-prediction layers as blocks
+     * (and writes them, blk.N.nextn.*): the model's own are the first
+     * block_count - nextn_predict_layers */
+    c->n_mtp_layers = u32(r, "nextn_predict_layers", false, 0);
+    if (!r->st && c->n_mtp_layers && (!glm || c->n_mtp_layers >= c->n_layers))
+        r->st = moe_fail(MOE_ERR_PARSE, "%s: nextn_predict_layers %u %s", r->g->file.path, c->n_mtp_layers,
+                         glm ? "leaves no layer of the model" : "is read for glm4moe only");
+    if (!r->st) c->n_layers -= c->n_mtp_layers;
     c->hidden_size = u32(r, "embedding_length", true, 0);
     c->dense_inter = u32(r, "feed_forward_length", true, 0);
     c->moe_inter = u32(r, "expert_feed_forward_length", !ffl_is_expert, c->dense_inter);
@@ -130,13 +138,14 @@ static moe_status read_all(reader *r, moe_hf_config *c, uint64_t vocab) {
     c->norm_topk_prob = flag(r, "expert_weights_norm", mixtral || !strcmp(c->model_type, "qwen3_moe"));
     const uint32_t gating = u32(r, "expert_gating_func", false, 1);
     snprintf(c->scoring_func, sizeof c->scoring_func, "%s", gating == 1 ? "softmax" : "sigmoid");
-    snprintf(c->topk_method, sizeof c->topk_method, "%s", v3 ? "noaux_tc" : "greedy");
+    snprintf(c->topk_method, sizeof c->topk_method, "%s", v3 || glm ? "noaux_tc" : "greedy");
     snprintf(c->hidden_act, sizeof c->hidden_act, "silu");
     /* DeepSeek-V3's expert groups (llama.cpp's converter writes them for
      * any model with n_group); checked as config.json's are */
     c->n_group = u32(r, "expert_group_count", false, 1);
     c->topk_group = u32(r, "expert_group_used_count", false, 1);
     c->rope_interleave = true;
+    c->partial_rotary = 1;
     if (!r->st && c->n_group > 1 &&
         (c->n_routed_experts % c->n_group || c->n_routed_experts / c->n_group < 2 || c->topk_group < 1 ||
          c->topk_group > c->n_group || c->top_k > c->topk_group * (c->n_routed_experts / c->n_group)))
@@ -148,8 +157,17 @@ static moe_status read_all(reader *r, moe_hf_config *c, uint64_t vocab) {
         c->n_kv_heads = u32(r, "attention.head_count_kv", false, c->n_heads);
         c->head_dim = u32(r, "attention.key_length", false, c->n_heads ? c->hidden_size / c->n_heads : 0);
     }
-    read_shared(r, c, deepseek);
+    read_shared(r, c, deepseek || glm);
     read_rope(r, c);
+    if (glm) { /* what the tensors say: q/k biases and norms, and the rotated share of a head */
+        c->attention_bias = moe_gguf_find(r->g, "blk.0.attn_q.bias") != NULL;
+        c->use_qk_norm = moe_gguf_find(r->g, "blk.0.attn_q_norm.weight") != NULL;
+        const uint32_t rot = u32(r, "rope.dimension_count", false, c->head_dim);
+        if (!r->st && (!rot || rot > c->head_dim))
+            r->st = moe_fail(MOE_ERR_PARSE, "%s: rope.dimension_count %u is not in 1..%u (key_length)", r->g->file.path,
+                             rot, c->head_dim);
+        c->partial_rotary = c->head_dim ? (double)rot / c->head_dim : 1;
+    }
     if (r->st) return r->st;
     if (!c->n_layers || c->n_layers > MOE_HF_MAX_LAYERS || !c->hidden_size || !c->n_heads || !c->n_kv_heads ||
         c->n_heads % c->n_kv_heads || !c->head_dim || !c->n_routed_experts || !c->top_k ||

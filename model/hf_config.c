@@ -178,6 +178,11 @@ static moe_status read_rope(const moe_json_doc *d, moe_hf_config *c) {
         (st = num_in(d, params, "rope_theta", 1e-3, 1e12, theta_default, &theta_default)))
         return st;
     if ((st = num_in(d, NULL, "rope_theta", 1e-3, 1e12, theta_default, &c->rope_theta))) return st;
+    double partial = 1;
+    if ((params && params->type == MOE_JSON_OBJECT &&
+         (st = num_in(d, params, "partial_rotary_factor", 1e-6, 1, partial, &partial))) ||
+        (st = num_in(d, NULL, "partial_rotary_factor", 1e-6, 1, partial, &c->partial_rotary)))
+        return st;
     snprintf(c->rope_type, sizeof c->rope_type, "default");
     if (!sc) return MOE_OK;
     const moe_json *type = moe_json_member_get(sc, "rope_type");
@@ -222,6 +227,43 @@ static moe_status read_groups(const moe_json_doc *d, moe_hf_config *c) {
     return MOE_OK;
 }
 
+/* Sliding-window attention, as transformers decides it per model type:
+ * Qwen2/Qwen3-MoE only with use_sliding_window (its default false),
+ * Mixtral whenever sliding_window is set, OLMoE never (its mask is plain
+ * causal); which layers: layer_types when given, else Qwen2-MoE's rule
+ * (even layers below max_window_layers) or every layer. */
+static moe_status read_sliding(const moe_json_doc *d, moe_hf_config *c) {
+    const bool qwen = !strcmp(c->model_type, "qwen2_moe") || !strcmp(c->model_type, "qwen3_moe");
+    bool use = false;
+    uint32_t window, max_window_layers;
+    moe_status st;
+    if ((st = read_flag(d, "use_sliding_window", !qwen, &use)) ||
+        (st = opt_u32(d, "sliding_window", 0, MOE_HF_MAX_POSITION, 0, &window)) ||
+        (st = opt_u32(d, "max_window_layers", 0, MOE_HF_MAX_LAYERS, 28, &max_window_layers)))
+        return st;
+    c->sliding_window = use && strcmp(c->model_type, "olmoe") ? window : 0;
+    const moe_json *types = opt(d, "layer_types");
+    if (types && (types->type != MOE_JSON_ARRAY || moe_json_array_len(types) != c->n_layers))
+        return moe_fail_at(MOE_ERR_PARSE, d->name, types->line, "\"layer_types\" must be an array of %u layer types",
+                           c->n_layers);
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const moe_json *t = types ? moe_json_array_at(types, l) : NULL;
+        if (t) {
+            const bool sw = t->type == MOE_JSON_STRING && !strcmp(t->u.str, "sliding_attention");
+            if (!sw && (t->type != MOE_JSON_STRING || strcmp(t->u.str, "full_attention")))
+                return moe_fail_at(MOE_ERR_UNSUPPORTED, d->name, t->line, "layer_types[%u]: %s%.40s%s is not supported "
+                                   "(supported: \"full_attention\", \"sliding_attention\")", l,
+                                   t->type == MOE_JSON_STRING ? "\"" : "", t->type == MOE_JSON_STRING ? t->u.str : "a value",
+                                   t->type == MOE_JSON_STRING ? "\"" : "");
+            c->is_sliding_layer[l] = sw && c->sliding_window;
+        } else {
+            c->is_sliding_layer[l] = c->sliding_window &&
+                                     (strcmp(c->model_type, "qwen2_moe") || ((l + 1) % 2 && l < max_window_layers));
+        }
+    }
+    return MOE_OK;
+}
+
 static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
     moe_status st;
     const moe_json *tie = opt(d, "tie_word_embeddings"), *norm = opt(d, "norm_topk_prob");
@@ -229,9 +271,9 @@ static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
     if (norm && norm->type != MOE_JSON_BOOL) return bad(d, norm->line, "\"norm_topk_prob\" must be true or false");
     c->tie_embeddings = tie && tie->boolean;
     c->norm_topk_prob = !strcmp(c->model_type, "mixtral") || (norm && norm->boolean);
-    /* transformers' DeepseekV3Config writes neither key: its model always
-     * scores with sigmoid and selects by noaux_tc */
-    const bool v3 = !strcmp(c->model_type, "deepseek_v3");
+    /* transformers' DeepseekV3Config and Glm4MoeConfig write neither key:
+     * their models always score with sigmoid and select by noaux_tc */
+    const bool v3 = !strcmp(c->model_type, "deepseek_v3") || !strcmp(c->model_type, "glm4_moe");
     double eps, scaling;
     if ((st = num_in(d, NULL, "rms_norm_eps", 1e-30, 1, 1e-6, &eps)) ||
         (st = num_in(d, NULL, "routed_scaling_factor", 1e-6, 1e6, 1, &scaling)) ||
@@ -245,14 +287,11 @@ static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
     c->routed_scaling = scaling;
     if ((st = read_flag(d, "rope_interleave", true, &c->rope_interleave)) ||
         (st = read_flag(d, "attention_bias", false, &c->attention_bias)) ||
+        (st = read_flag(d, "use_qk_norm", false, &c->use_qk_norm)) ||
         (st = opt_u32(d, "num_nextn_predict_layers", 0, MOE_HF_MAX_LAYERS, 0, &c->n_mtp_layers)) ||
         (st = read_groups(d, c)))
         return st;
-    const moe_json *use_sw = opt(d, "use_sliding_window");
-    if (use_sw && use_sw->type != MOE_JSON_BOOL)
-        return bad(d, use_sw->line, "\"use_sliding_window\" must be true or false");
-    if ((st = opt_u32(d, "sliding_window", 0, MOE_HF_MAX_POSITION, 0, &c->sliding_window))) return st;
-    if (use_sw && !use_sw->boolean) c->sliding_window = 0;
+    if ((st = read_sliding(d, c))) return st;
     return read_rope(d, c);
 }
 

@@ -51,14 +51,19 @@
  * Forward-pass keys (absent or null: the default in brackets):
  *   rms_norm_eps [1e-6], max_position_embeddings [4096],
  *   routed_scaling_factor [1], tie_word_embeddings [false],
- *   hidden_act ["silu"], scoring_func ["softmax"; deepseek_v3 "sigmoid"],
- *   topk_method ["greedy"; deepseek_v3 "noaux_tc"],
+ *   hidden_act ["silu"], scoring_func ["softmax"; deepseek_v3 and glm4_moe
+ *   "sigmoid"], topk_method ["greedy"; deepseek_v3 and glm4_moe "noaux_tc"],
  *   n_group [1] and topk_group [1] (n_group must divide the experts into
  *   groups of at least 2, topk_group in 1..n_group, num_experts_per_tok at
  *   most topk_group groups' experts), num_nextn_predict_layers [0],
- *   rope_interleave [true], attention_bias [false],
+ *   rope_interleave [true], attention_bias [false], use_qk_norm [false],
+ *   partial_rotary_factor [1] (top level or in rope_parameters, in (0, 1]),
  *   bos_token_id, eos_token_id (an integer or a list) [-1];
- *   sliding_window [0: none], unless use_sliding_window is false;
+ *   sliding_window [0: none] when use_sliding_window [false for
+ *   qwen2_moe and qwen3_moe, true otherwise] holds (never for olmoe, whose
+ *   transformers mask is plain causal); layer_types ("full_attention",
+ *   "sliding_attention") names the sliding layers, else qwen2_moe's rule
+ *   (even layers below max_window_layers [28]) or every layer;
  *   norm_topk_prob: always true for Mixtral (its router renormalises with
  *     no key for it), else the key [false];
  *   RoPE: rope_theta [10000] and rope_scaling {type or rope_type, factor,
@@ -114,7 +119,8 @@ typedef struct moe_hf_config {
     double rms_norm_eps;
     double rope_theta;
     uint32_t max_position;   /* max_position_embeddings */
-    uint32_t sliding_window; /* 0: none (null, or use_sliding_window false) */
+    uint32_t sliding_window; /* 0: none; else the positions a sliding layer's query sees, itself included */
+    bool is_sliding_layer[MOE_HF_MAX_LAYERS]; /* [n_layers]: attends over the last sliding_window positions */
     bool norm_topk_prob;     /* renormalise the top-k gate weights to sum to 1 */
     double routed_scaling;   /* routed_scaling_factor */
     bool tie_embeddings;     /* tie_word_embeddings */
@@ -125,6 +131,8 @@ typedef struct moe_hf_config {
     uint32_t n_mtp_layers;        /* num_nextn_predict_layers [0]: DeepSeek-V3's MTP layers, not run */
     bool rope_interleave;         /* rope_interleave [true]: DeepSeek-V3 rotates interleaved pairs */
     bool attention_bias;          /* attention_bias [false] */
+    bool use_qk_norm;             /* use_qk_norm [false]: glm4_moe's RMSNorm of each q and k head */
+    double partial_rotary;        /* partial_rotary_factor [1]: the share of each head that RoPE rotates */
     char rope_type[16]; /* "default" or the scaling type ("yarn", "linear", ...) */
     double rope_factor, rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;
     uint32_t rope_orig_max_position;

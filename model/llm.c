@@ -62,6 +62,7 @@ static const struct {
 } archs[] = {
     {"mixtral", MOE_ARCH_MIXTRAL}, {"qwen2_moe", MOE_ARCH_QWEN2_MOE},     {"qwen3_moe", MOE_ARCH_QWEN3_MOE},
     {"olmoe", MOE_ARCH_OLMOE},     {"deepseek_v2", MOE_ARCH_DEEPSEEK_V2}, {"deepseek_v3", MOE_ARCH_DEEPSEEK_V3},
+    {"glm4_moe", MOE_ARCH_GLM4_MOE},
 };
 
 /* ---- weights ---- */
@@ -70,7 +71,15 @@ static const struct {
 static const moe_tensor *find(const moe_llm *m, const char *name) {
     if (!m->gguf) return moe_st_dir_find(&m->st, name);
     char g[256];
-    return moe_gguf_model_name(name, g, sizeof g) ? moe_gguf_find(&m->gg, g) : NULL;
+    if (!moe_gguf_model_name(name, g, sizeof g)) return NULL;
+    const moe_tensor *t = moe_gguf_find(&m->gg, g);
+    /* llama.cpp's GLM-4.5 files name the norm before the MLP for what it
+     * is, post_attention_norm, where the others call it ffn_norm */
+    const size_t n = strlen(g), tail = sizeof "ffn_norm.weight" - 1;
+    if (!t && m->arch == MOE_ARCH_GLM4_MOE && n > tail && !strcmp(g + n - tail, "ffn_norm.weight") &&
+        (size_t)snprintf(g + n - tail, sizeof g - (n - tail), "post_attention_norm.weight") < sizeof g - (n - tail))
+        t = moe_gguf_find(&m->gg, g);
+    return t;
 }
 
 static moe_status tensor_of(moe_llm *m, const char *name, const moe_tensor **out) {
@@ -372,7 +381,7 @@ static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
             return s;
         return load_kv_b(m, l, L);
     }
-    const bool bias = m->arch == MOE_ARCH_QWEN2_MOE;
+    const bool bias = m->arch == MOE_ARCH_QWEN2_MOE || (m->arch == MOE_ARCH_GLM4_MOE && c->attention_bias);
     if ((s = get_dense(m, lname(n, sizeof n, l, "self_attn.q_proj.weight"), H * d, h, true, &L->wq)) ||
         (s = get_dense(m, lname(n, sizeof n, l, "self_attn.k_proj.weight"), K * d, h, true, &L->wk)) ||
         (s = get_dense(m, lname(n, sizeof n, l, "self_attn.v_proj.weight"), K * d, h, true, &L->wv)) ||
@@ -381,7 +390,7 @@ static moe_status load_attention(moe_llm *m, uint32_t l, layer *L) {
         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.k_proj.bias"), K * d, bias, &L->bk)) ||
         (s = get_vec(m, lname(n, sizeof n, l, "self_attn.v_proj.bias"), K * d, bias, &L->bv)))
         return s;
-    if (m->arch == MOE_ARCH_QWEN3_MOE &&
+    if ((m->arch == MOE_ARCH_QWEN3_MOE || c->use_qk_norm) &&
         ((s = get_vec(m, lname(n, sizeof n, l, "self_attn.q_norm.weight"), d, true, &L->q_norm)) ||
          (s = get_vec(m, lname(n, sizeof n, l, "self_attn.k_norm.weight"), d, true, &L->k_norm))))
         return s;
@@ -501,7 +510,7 @@ static moe_status load_ffn(moe_llm *m, uint32_t l, layer *L) {
                      &L->score_bias)))
         return s;
     if (c->n_shared_experts) {
-        const char *sh = c->mla ? "shared_experts" : "shared_expert";
+        const char *sh = m->arch == MOE_ARCH_QWEN2_MOE ? "shared_expert" : "shared_experts";
         const uint32_t si = c->shared_inter;
         char what[96];
         snprintf(what, sizeof what, "mlp.%s.gate_proj.weight", sh);
@@ -547,18 +556,25 @@ static moe_status check_config(moe_llm *m) {
     if (i == sizeof archs / sizeof archs[0])
         return moe_fail(MOE_ERR_UNSUPPORTED,
                         "%s%s: model_type \"%s\" is not supported (supported: mixtral, qwen2_moe, qwen3_moe, olmoe, "
-                        "deepseek_v2, deepseek_v3)", m->dir, m->gguf ? "" : "/config.json", c->model_type);
+                        "deepseek_v2, deepseek_v3, glm4_moe)", m->dir, m->gguf ? "" : "/config.json", c->model_type);
     m->arch = archs[i].arch;
-    const bool v3 = m->arch == MOE_ARCH_DEEPSEEK_V3;
+    /* deepseek_v3 and glm4_moe route alike */
+    const bool v3 = m->arch == MOE_ARCH_DEEPSEEK_V3 || m->arch == MOE_ARCH_GLM4_MOE;
     if (strcmp(c->hidden_act, "silu")) return unsupported(m, "hidden_act other than silu is not supported");
     /* transformers' deepseek_v3 scores with sigmoid and selects by noaux_tc
      * whatever the keys say; the others with softmax and greedy top-k */
     if (v3 && (strcmp(c->scoring_func, "sigmoid") || strcmp(c->topk_method, "noaux_tc")))
-        return unsupported(m, "deepseek_v3 routes with scoring_func \"sigmoid\" and topk_method \"noaux_tc\" only");
+        return unsupported(m, m->arch == MOE_ARCH_GLM4_MOE
+                                  ? "glm4_moe routes with scoring_func \"sigmoid\" and topk_method \"noaux_tc\" only"
+                                  : "deepseek_v3 routes with scoring_func \"sigmoid\" and topk_method \"noaux_tc\" only");
     if (!v3 && strcmp(c->scoring_func, "softmax")) return unsupported(m, "scoring_func other than softmax is not supported");
     if (!v3 && strcmp(c->topk_method, "greedy"))
-        return unsupported(m, "topk_method other than greedy is not supported (noaux_tc: deepseek_v3)");
-    if (c->mla != (m->arch == MOE_ARCH_DEEPSEEK_V2 || v3)) return unsupported(m, "MLA keys on a model that is not MLA");
+        return unsupported(m, "topk_method other than greedy is not supported (noaux_tc: deepseek_v3, glm4_moe)");
+    const bool mla_arch = m->arch == MOE_ARCH_DEEPSEEK_V2 || m->arch == MOE_ARCH_DEEPSEEK_V3;
+    if (c->mla != mla_arch) return unsupported(m, c->mla ? "MLA keys on a model that is not MLA" : "an MLA model without kv_lora_rank");
+    if (c->use_qk_norm && m->arch != MOE_ARCH_GLM4_MOE) return unsupported(m, "use_qk_norm is read for glm4_moe only");
+    if (c->partial_rotary < 1 && m->arch != MOE_ARCH_GLM4_MOE)
+        return unsupported(m, "partial_rotary_factor is read for glm4_moe only");
     if (c->mla && c->attention_bias) return unsupported(m, "attention_bias true on an MLA model is not supported");
     if (c->n_mtp_layers)
         fprintf(stderr, "note: %s: %u multi-token-prediction layer%s (num_nextn_predict_layers) not loaded: moerun "
@@ -569,12 +585,15 @@ static moe_status check_config(moe_llm *m) {
         snprintf(what, sizeof what, "rope scaling \"%s\" is not supported (supported: yarn)", c->rope_type);
         return unsupported(m, what);
     }
-    const uint32_t rope_dim = c->mla ? c->qk_rope_head_dim : c->head_dim;
-    if (rope_dim % 2 || rope_dim > 1024) return unsupported(m, "a rotary dimension that is odd or over 1024");
+    /* GLM rotates the first partial_rotary_factor of each head (as
+     * transformers: int(head_dim * factor)) and passes the rest */
+    const uint32_t rope_dim = c->mla ? c->qk_rope_head_dim : (uint32_t)floor(c->head_dim * c->partial_rotary + 1e-6);
+    if (!rope_dim || rope_dim % 2 || rope_dim > 1024)
+        return unsupported(m, "a rotary dimension that is zero, odd or over 1024");
     /* DeepSeek rotates interleaved pairs, and so does Mixtral from GGUF,
      * whose q and k rows llama.cpp's converter permuted for it; the
      * others rotate halves (NeoX). */
-    const bool inter = m->arch == MOE_ARCH_DEEPSEEK_V2 || (v3 && c->rope_interleave) ||
+    const bool inter = m->arch == MOE_ARCH_DEEPSEEK_V2 || (m->arch == MOE_ARCH_DEEPSEEK_V3 && c->rope_interleave) ||
                        (m->gguf && m->arch == MOE_ARCH_MIXTRAL);
     if (yarn)
         moe_rope_init_yarn(&m->rope, rope_dim, c->rope_theta, inter, c->rope_factor, c->rope_orig_max_position,
@@ -663,9 +682,8 @@ static moe_status load(moe_llm *m, const char *path, const moe_llm_params *p) {
     if (m->ctx > c->max_position)
         return moe_fail(MOE_ERR_INVALID_ARG, "%s: a context of %u positions is over the model's %u", path, m->ctx,
                         c->max_position);
-    if (c->sliding_window && m->ctx > c->sliding_window)
-        return moe_fail(MOE_ERR_UNSUPPORTED, "%s: a context of %u positions is over the model's sliding window of %u, "
-                        "which is not implemented (use --ctx %u)", path, m->ctx, c->sliding_window, c->sliding_window);
+    if (c->sliding_window && c->mla)
+        return moe_fail(MOE_ERR_UNSUPPORTED, "%s: sliding-window attention on an MLA model is not supported", path);
     if ((s = moe_model_create(&m->model, c->n_moe_layers))) return s;
     if (!(m->layers = calloc(c->n_layers, sizeof *m->layers)))
         return moe_fail(MOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
@@ -761,7 +779,7 @@ static void attention_std(moe_llm *m, layer *L, batch *b) {
         if (m->arch == MOE_ARCH_OLMOE) {
             moe_rmsnorm(qt, L->q_norm, qw, eps, qt);
             moe_rmsnorm(kt, L->k_norm, kw, eps, kt);
-        } else if (m->arch == MOE_ARCH_QWEN3_MOE) {
+        } else if (m->arch == MOE_ARCH_QWEN3_MOE || c->use_qk_norm) {
             for (uint32_t hh = 0; hh < H; hh++) moe_rmsnorm(qt + hh * d, L->q_norm, d, eps, qt + hh * d);
             for (uint32_t g = 0; g < K; g++) moe_rmsnorm(kt + g * d, L->k_norm, d, eps, kt + g * d);
         }
@@ -770,7 +788,10 @@ static void attention_std(moe_llm *m, layer *L, batch *b) {
         memcpy(L->k_cache + (size_t)(b->pos0 + t) * kw, kt, kw * sizeof(float));
         memcpy(L->v_cache + (size_t)(b->pos0 + t) * kw, v + (size_t)t * kw, kw * sizeof(float));
     }
+    /* a sliding layer's query at p sees keys p - window + 1 .. p (the
+     * cache keeps every position; only the span attended moves) */
     const uint32_t group = H / K, span = b->pos0 + n;
+    const uint32_t win = c->is_sliding_layer[L - m->layers] ? c->sliding_window : 0;
 #pragma omp parallel
     {
         float *s = malloc((size_t)span * sizeof *s);
@@ -778,12 +799,14 @@ static void attention_std(moe_llm *m, layer *L, batch *b) {
         for (uint32_t t = 0; t < n; t++)
             for (uint32_t hh = 0; hh < H; hh++) {
                 const uint32_t p = b->pos0 + t, g = hh / group;
+                const uint32_t j0 = win && p >= win ? p - win + 1 : 0;
                 const float *qv = b->q + (size_t)t * qw + hh * d;
-                for (uint32_t j = 0; j <= p; j++) s[j] = dotf(qv, L->k_cache + (size_t)j * kw + g * d, d) * m->attn_scale;
-                moe_softmax(s, p + 1);
+                for (uint32_t j = j0; j <= p; j++)
+                    s[j - j0] = dotf(qv, L->k_cache + (size_t)j * kw + g * d, d) * m->attn_scale;
+                moe_softmax(s, p + 1 - j0);
                 float *o = b->att + (size_t)t * qw + hh * d;
                 memset(o, 0, d * sizeof *o);
-                for (uint32_t j = 0; j <= p; j++) axpy(o, s[j], L->v_cache + (size_t)j * kw + g * d, d);
+                for (uint32_t j = j0; j <= p; j++) axpy(o, s[j - j0], L->v_cache + (size_t)j * kw + g * d, d);
             }
         free(s);
     }
@@ -898,9 +921,10 @@ static void route(const moe_llm *m, const layer *L, batch *b) {
     moe_routing r = moe_routing_init(c->top_k);
     r.norm_topk = c->norm_topk_prob;
     /* renormalised weights are not scaled (routed_scaling_factor is 1 for
-     * the models that renormalise), except DeepSeek-V3's, which are */
-    r.scale = !c->norm_topk_prob || m->arch == MOE_ARCH_DEEPSEEK_V3 ? (float)c->routed_scaling : 1.0f;
-    if (m->arch == MOE_ARCH_DEEPSEEK_V3) {
+     * the models that renormalise), except by noaux_tc, which scales */
+    const bool noaux = !strcmp(c->topk_method, "noaux_tc");
+    r.scale = !c->norm_topk_prob || noaux ? (float)c->routed_scaling : 1.0f;
+    if (noaux) { /* deepseek_v3, glm4_moe */
         r.scoring = MOE_SCORING_SIGMOID;
         r.bias = L->score_bias;
         r.n_group = c->n_group;

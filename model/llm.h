@@ -19,6 +19,11 @@
  *                e_score_correction_bias for selection only, group-limited
  *                top-k (noaux_tc), renormalised and scaled; its
  *                multi-token-prediction layers are not loaded
+ *   glm4_moe     (GLM-4.5, 4.5-Air, 4.6) GQA with q/k/v biases
+ *                (attention_bias), RMSNorm of each q and k head
+ *                (use_qk_norm), RoPE on the first partial_rotary_factor of
+ *                each head (halves); deepseek_v3's routing and shared
+ *                experts; its MTP layers are not loaded
  * Anything else, or a feature of these that is not implemented (sliding
  * windows, other routing methods, other RoPE scalings), is refused with
  * MOE_ERR_UNSUPPORTED naming the key or type.
@@ -41,6 +46,7 @@ typedef enum moe_arch {
     MOE_ARCH_OLMOE,
     MOE_ARCH_DEEPSEEK_V2,
     MOE_ARCH_DEEPSEEK_V3,
+    MOE_ARCH_GLM4_MOE,
 } moe_arch;
 
 typedef struct moe_llm moe_llm;

@@ -625,6 +625,13 @@ static void real_configs(void) {
     CHECK(c.n_group == 8 && c.topk_group == 4 && c.n_mtp_layers == 1 && c.norm_topk_prob && c.routed_scaling == 2.5);
     CHECK(!strcmp(c.scoring_func, "sigmoid") && !strcmp(c.topk_method, "noaux_tc"));
     CHECK(c.is_moe_layer[3] && !c.is_moe_layer[2] && c.n_moe_layers == 58);
+    CHECK(c.partial_rotary == 1 && c.rope_interleave);
+    /* ../shared's glm-4.5-air is transformers' defaults, which have no
+     * head_dim (the released file has 128): refused, not guessed as 42. */
+    real_path(path, sizeof path, "glm-4.5-air");
+    CHECK_STATUS(moe_hf_config_load(&c, path), MOE_ERR_PARSE);
+    CHECK_ERROR_MENTIONS("glm-4.5-air/config.json:21: without head_dim, hidden_size 4096 must be a multiple of "
+                         "num_attention_heads 96");
 }
 
 /* rope_parameters (transformers 5), eos lists, and wrong types. */
@@ -667,6 +674,38 @@ static void config_numerics(void) {
         CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_PARSE);
         check_error("t:", bad[i].msg);
     }
+    snprintf(text, sizeof text, "%s,\n\"partial_rotary_factor\":1.5}", base);
+    CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_PARSE);
+    check_error("t:2:", "\"partial_rotary_factor\" must be a number");
+    snprintf(text, sizeof text, "%s,\"rope_parameters\":{\"rope_type\":\"default\",\"partial_rotary_factor\":0.25}}", base);
+    CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));
+    CHECK(c.partial_rotary == 0.25 && !strcmp(c.scoring_func, "softmax"));
+    /* glm4_moe routes by sigmoid and noaux_tc without the keys, as transformers' model does */
+    static const char *glm = "{\"model_type\":\"glm4_moe\",\"hidden_size\":64,\"num_hidden_layers\":1,"
+                             "\"num_attention_heads\":4,\"vocab_size\":256,\"intermediate_size\":96,"
+                             "\"n_routed_experts\":8,\"num_experts_per_tok\":2";
+    snprintf(text, sizeof text, "%s,\"use_qk_norm\":true,\"head_dim\":32}", glm);
+    CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));
+    CHECK(!strcmp(c.model_type, "glm4_moe") && !strcmp(c.scoring_func, "sigmoid") && !strcmp(c.topk_method, "noaux_tc"));
+    CHECK(c.use_qk_norm && c.head_dim == 32 && c.partial_rotary == 1);
+    /* sliding windows as transformers decides them: qwen3_moe only with use_sliding_window */
+    snprintf(text, sizeof text, "%s,\"sliding_window\":8}", base);
+    CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));
+    CHECK(c.sliding_window == 0 && !c.is_sliding_layer[0]);
+    snprintf(text, sizeof text, "%s,\"sliding_window\":8,\"use_sliding_window\":true}", base);
+    CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));
+    CHECK(c.sliding_window == 8 && c.is_sliding_layer[0]);
+    snprintf(text, sizeof text, "%s,\"sliding_window\":8,\"use_sliding_window\":true,"
+             "\"layer_types\":[\"full_attention\"]}", base);
+    CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));
+    CHECK(c.sliding_window == 8 && !c.is_sliding_layer[0]);
+    snprintf(text, sizeof text, "%s,\"sliding_window\":8,\"use_sliding_window\":true,\n"
+             "\"layer_types\":[\"linear_attention\"]}", base);
+    CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_UNSUPPORTED);
+    check_error("t:2:", "layer_types[0]: \"linear_attention\" is not supported");
+    snprintf(text, sizeof text, "%s,\n\"layer_types\":[\"full_attention\",\"full_attention\"]}", base);
+    CHECK_STATUS(moe_hf_config_parse(&c, text, strlen(text), "t"), MOE_ERR_PARSE);
+    check_error("t:2:", "\"layer_types\" must be an array of 1 layer types");
     /* top_k 2 fits one kept group of 2 */
     snprintf(text, sizeof text, "%s,\"n_group\":4,\n\"topk_group\":1}", base);
     CHECK_OK(moe_hf_config_parse(&c, text, strlen(text), "t"));

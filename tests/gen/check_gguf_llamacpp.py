@@ -14,7 +14,7 @@
 
 Usage:
     python tests/gen/check_gguf_llamacpp.py --models tests/data/models \
-        [--llama-cpp-src /path/to/llama.cpp]
+        [--llama-cpp-src /path/to/llama.cpp] [--arch NAME ...]
 
 Needs: numpy, gguf; torch + transformers for step 1; llama-cpp-python for 2.
 llama-cpp-python can be built from its sdist (it vendors llama.cpp, whose
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"]
+ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "glm4_moe"]
 
 CONVERT_DRIVER = r"""
 import sys, logging
@@ -240,7 +240,10 @@ def main() -> int:
     ap.add_argument("--models", type=Path, default=Path("tests/data/models"))
     ap.add_argument("--llama-cpp-src", type=Path)
     ap.add_argument("--no-f32", action="store_true", help="skip the all-F32 GGUF comparison")
+    ap.add_argument("--arch", action="append", choices=ARCHS, help="check only these (repeatable)")
     args = ap.parse_args()
+    if args.arch:
+        ARCHS[:] = [a for a in ARCHS if a in args.arch]
     ok = True
     if args.llama_cpp_src:
         ok = compare_converter(args.models, args.llama_cpp_src) and ok

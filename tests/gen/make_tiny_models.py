@@ -5,18 +5,19 @@ Usage:
     python tests/gen/make_tiny_models.py --out tests/data/models [--arch NAME ...]
 
 For every architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2,
-deepseek_v3) this builds a tiny model with Hugging Face transformers from a
-config modelled on the real checkpoint's config.json (see ../shared/models/),
-fills it with seeded random weights rounded to bfloat16, runs it in float32
-with eager attention and writes, under <out>/<arch>/:
+deepseek_v3, glm4_moe) this builds a tiny model with Hugging Face
+transformers from a config modelled on the real checkpoint's config.json (see
+../shared/models/), fills it with seeded random weights rounded to bfloat16,
+runs it in float32 with eager attention and writes, under <out>/<arch>/:
 
   config.json         HF config in the real checkpoints' (legacy) key layout
   model.safetensors   weights, bfloat16, exact HF checkpoint tensor names
                       (per-expert tensors, as on the Hub; not transformers 5's
-                      fused gate_up_proj).  deepseek_v3 also has its routers'
-                      e_score_correction_bias (F32, non-zero) and one
-                      multi-token-prediction layer, model.layers.3.* (random;
-                      not part of the model, for the loader to skip)
+                      fused gate_up_proj).  deepseek_v3 and glm4_moe also
+                      have their routers' e_score_correction_bias (F32,
+                      non-zero) and one multi-token-prediction layer,
+                      model.layers.3.* (random; not part of the model, for
+                      the loader to skip)
   reference.json      prompt ids, full f32 logits of every prompt position,
                       16 greedy tokens with their logits, per-layer residual
                       stream and routing decisions for the prompt
@@ -27,7 +28,11 @@ with eager attention and writes, under <out>/<arch>/:
                       deepseek_v2 and deepseek_v3, arch "deepseek2": kv_b_proj
                       split into attn_k_b / attn_v_b; deepseek_v3's
                       e_score_correction_bias as blk.N.exp_probs_b.bias (F32),
-                      its MTP layer left out as the converter's skip_mtp does)
+                      its MTP layer left out as the converter's skip_mtp does;
+                      glm4_moe, arch "glm4moe": the MTP layer kept, as
+                      Glm4MoeModel does without --no-mtp, as blk.3.* and
+                      blk.3.nextn.*, block_count 4 and
+                      glm4moe.nextn_predict_layers 1)
   model-q8_0.gguf     (qwen3_moe only) the same as --outtype q8_0 would write
 
 and <out>/qwen3_moe-sharded/ holds the qwen3_moe weights split into three
@@ -39,17 +44,18 @@ transformers' from_pretrained (which must reproduce the reference logits
 bit-for-bit, with no missing key and no unexpected key but the MTP layer's),
 KV-cached step-by-step decoding must match a full-sequence forward, and
 transformers' generate() must agree with the manual greedy loop.  For
-deepseek_v3 every router call is also recomputed by an independent
-implementation of the "noaux_tc" rule, and the correction bias and the group
-limit must change the chosen experts for some prompt tokens.
+deepseek_v3 and glm4_moe every router call is also recomputed by an
+independent implementation of the "noaux_tc" rule, and the correction bias
+(and for deepseek_v3 the group limit) must change the chosen experts for some
+prompt tokens.
 
 Generated with (record any change in tests/data/models/README.md):
     python 3.11.7, torch 2.15.0 (PyPI wheel, 2.15.0+cu132, run on CPU),
     transformers 5.24.0, safetensors 0.8.0,
     numpy 2.4.6, gguf 0.19.0;
-    deepseek_v3 with the same but transformers 5.25.0 (which changes the last
-    printed digit of some numbers in the other references, same experts and
-    tokens; they were not regenerated with it)
+    deepseek_v3 and glm4_moe with the same but transformers 5.25.0 (which
+    changes the last printed digit of some numbers in the other references,
+    same experts and tokens; they were not regenerated with it)
 Checked against llama.cpp as vendored in llama-cpp-python 0.3.36 by
 tests/gen/check_gguf_llamacpp.py.
 """
@@ -85,12 +91,23 @@ N_DECODE = 4
 BASE_SEED = 1234
 ROUTER_GAP_MIN = 1e-2   # min router-logit gap between the k-th and (k+1)-th expert
 LOGIT_GAP_MIN = 1e-2    # min gap between the greedy token's logit and the runner-up
-# DeepSeek-V3 chooses on sigmoid scores (+ bias), whose slope is at most 1/4:
-# a router-logit error e moves a difference of two scores by at most e/2 and
-# one of two group scores (sums of two) by at most e.  Its margin is
-# min(expert-score gap, group-score gap / 2) in score units; this bound on it
-# tolerates the same logit error (e < 5e-3) as ROUTER_GAP_MIN does for softmax.
-ROUTER_GAP_MIN_SIGMOID = ROUTER_GAP_MIN / 4
+# DeepSeek-V3 and GLM-4.5 choose on sigmoid scores (+ bias), whose slope is at
+# most 1/4: if every router logit is off by at most e, each score moves by at
+# most e/4, a difference of two scores by at most e/2 (the two logits' errors
+# summing to at most 2e) and a difference of two group scores (sums of two
+# scores) by at most e.  The margin is min(expert-score gap, group-score
+# gap / 2) in score units, so a margin m cannot be overturned while e < 2m:
+# 6e-3 tolerates a per-logit error e < 1.2e-2 (errors of the two competing
+# logits summing to < 2.4e-2).  It must be this large, not ROUTER_GAP_MIN / 4
+# (e < 5e-3, the softmax models' tolerance): an implementation that, like
+# moerun and llama.cpp, rounds activations to bf16 in the dense projections
+# moves the router logits by about 1e-2 (with 2.5e-3, glm4_moe's seed 1240 had
+# a 3.6e-3 margin, and bf16 activations flipped an expert at prompt position 10).
+ROUTER_GAP_MIN_SIGMOID = 6e-3
+# ... and a large correction bias can make every token pick the same experts
+# (glm4_moe's seed 1239 did so in layer 1): the prompt's tokens must pick at
+# least this many distinct expert sets in every MoE layer
+ROUTING_DISTINCT_MIN = len(PROMPT) // 2
 
 # --------------------------------------------------------------------------
 # Tiny configs, in the key layout of the real checkpoints' config.json files
@@ -292,6 +309,43 @@ CONFIGS = {
         "topk_method": "noaux_tc",
         "v_head_dim": 16,
     },
+    # zai-org/GLM-4.5-Air (GLM-4.5 and 4.6 differ only in sizes and in the
+    # flags noted): GQA with q/k/v bias and an explicit head_dim (32, not
+    # hidden/heads = 16), partial rotary (the first half of each head,
+    # rotate-half), per-head q_norm/k_norm (use_qk_norm: true as in
+    # GLM-4.5; false in Air), first layer dense, 1 shared expert, sigmoid
+    # scores + e_score_correction_bias for the choice, n_group 1 (no group
+    # limit), renorm, x 2.5 (GLM-4.5's factor; Air has 1.0); one MTP layer
+    # (model.layers.3.*) in the checkpoint that inference must skip.  RoPE in
+    # the released file's legacy top-level keys (partial_rotary_factor,
+    # rope_theta, rope_scaling null); transformers 5 folds them into
+    # rope_parameters.  No scoring_func / topk_method keys: the rule is fixed.
+    "glm4_moe": {
+        "architectures": ["Glm4MoeForCausalLM"],
+        "model_type": "glm4_moe",
+        "attention_bias": True,
+        "first_k_dense_replace": 1,
+        "head_dim": 32,
+        "intermediate_size": 96,
+        "moe_intermediate_size": 32,
+        "n_group": 1,
+        "n_routed_experts": 16,
+        "n_shared_experts": 1,
+        "norm_topk_prob": True,
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 2,
+        "num_nextn_predict_layers": 1,
+        "pad_token_id": None,
+        "partial_rotary_factor": 0.5,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000,
+        "routed_scaling_factor": 2.5,
+        "topk_group": 1,
+        "use_qk_norm": True,
+    },
 }
 
 GGUF_ARCH = {
@@ -301,8 +355,14 @@ GGUF_ARCH = {
     "olmoe": gguf.MODEL_ARCH.OLMOE,
     "deepseek_v2": gguf.MODEL_ARCH.DEEPSEEK2,
     "deepseek_v3": gguf.MODEL_ARCH.DEEPSEEK2,   # DeepseekV3ForCausalLM -> DeepseekV2Model
+    "glm4_moe": gguf.MODEL_ARCH.GLM4_MOE,       # Glm4MoeForCausalLM -> Glm4MoeModel
 }
 DEEPSEEK = ("deepseek_v2", "deepseek_v3")
+# routers that choose on sigmoid scores + e_score_correction_bias ("noaux_tc")
+SIGMOID_ROUTER = ("deepseek_v3", "glm4_moe")
+# the converter keeps the MTP layer(s) (Glm4MoeModel without --no-mtp):
+# block_count = num_hidden_layers + num_nextn_predict_layers
+MTP_IN_GGUF = ("glm4_moe",)
 
 SHARDED_ARCH = "qwen3_moe"
 Q8_ARCH = "qwen3_moe"
@@ -379,13 +439,15 @@ def _init_like(name: str, shape, gen: torch.Generator) -> torch.Tensor:
 
 
 def mtp_tensors(cfg: dict, sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """The multi-token-prediction layer(s) as the real DeepSeek-V3 checkpoint
-    names them: model.layers.{n_layers + i}.{embed_tokens, enorm, hnorm,
-    eh_proj, shared_head.norm, shared_head.head} plus a full MoE decoder layer
-    (the tensor names and shapes of the last layer) under the same index.
+    """The multi-token-prediction layer(s) as the real DeepSeek-V3 and
+    GLM-4.5 / 4.5-Air checkpoints name them: model.layers.{n_layers + i}.
+    {embed_tokens, enorm, hnorm, eh_proj, shared_head.norm, shared_head.head}
+    plus a full MoE decoder layer (the tensor names and shapes of the last
+    layer) under the same index.  (GLM-4.6's files reportedly lack
+    embed_tokens and shared_head.head, sharing the model's.)
     Fresh random values (not copies), so that a loader that reads them by
-    mistake cannot go unnoticed.  transformers' DeepseekV3ForCausalLM does not
-    build them; inference must skip them."""
+    mistake cannot go unnoticed.  transformers' DeepseekV3ForCausalLM and
+    Glm4MoeForCausalLM do not build them; inference must skip them."""
     n_layer, hid = cfg["num_hidden_layers"], cfg["hidden_size"]
     gen = torch.Generator().manual_seed(seed + MTP_SEED_OFFSET)
     out: dict[str, torch.Tensor] = {}
@@ -497,7 +559,7 @@ class RouterProbe:
     def __init__(self, model, top_k: int):
         self.top_k = top_k
         self.calls: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.v3: list[dict] = []   # DeepSeek-V3 routers: choice vs simpler rules
+        self.v3: list[dict] = []   # noaux_tc routers (DeepSeek-V3, GLM-4.5): choice vs simpler rules
         self.handles = []
         for name, mod in model.named_modules():
             if name.endswith("mlp.gate") and hasattr(mod, "weight") and mod.weight.dim() == 2 \
@@ -518,11 +580,13 @@ class RouterProbe:
 
     def _noaux_tc(self, layer, mod, logits, weights, idx) -> torch.Tensor:
         """Checks transformers' choice against an independent implementation
-        of the V3 rule and returns its decision margin per token: the smaller
-        of half the gap between the topk_group-th and next group score and the
-        gap between the k-th and (k+1)-th biased score among the kept groups
+        of the noaux_tc rule (DeepSeek-V3; GLM-4.5's is the same code) and
+        returns its decision margin per token: the smaller of half the gap
+        between the topk_group-th and next group score and the gap between
+        the k-th and (k+1)-th biased score among the kept groups
         (sigmoid-score units; see ROUTER_GAP_MIN_SIGMOID).  Records how often
-        the rule's choice differs from simpler ones."""
+        the rule's choice differs from simpler ones (with n_group 1 only from
+        plain top-k: the group variants are then the same rule)."""
         k, ng, kg = self.top_k, mod.num_group, mod.topk_group
         scores = logits.float().sigmoid()
         choice = scores + mod.e_score_correction_bias.float()
@@ -543,13 +607,17 @@ class RouterProbe:
         def differs(sel):  # token rows whose expert set differs from the rule's
             return int((sel.sort(-1).values != mine.sort(-1).values).any(-1).sum())
 
-        self.v3.append({
+        row = {
             "layer": layer, "tokens": len(choice),
             "plain_topk": differs(scores.topk(k, dim=-1).indices),            # no bias, no groups
-            "bias_no_groups": differs(choice.topk(k, dim=-1).indices),        # bias, no group limit
-            "groups_no_bias": differs(_group_topk(scores, ng, kg, k)),         # group limit, no bias
-            "zero_fill": differs(choice.masked_fill(~keep, 0.0).topk(k, dim=-1).indices),
-        })
+        }
+        if ng > 1:
+            row.update({
+                "bias_no_groups": differs(choice.topk(k, dim=-1).indices),    # bias, no group limit
+                "groups_no_bias": differs(_group_topk(scores, ng, kg, k)),     # group limit, no bias
+                "zero_fill": differs(choice.masked_fill(~keep, 0.0).topk(k, dim=-1).indices),
+            })
+        self.v3.append(row)
         return gap
 
     def min_gap(self) -> float:
@@ -656,11 +724,12 @@ def compute_reference(model, cfg: dict) -> tuple[dict, dict]:
         "logit_std": float(prompt_logits.std()),
     }
     if v3_routing:
-        # prefill token x MoE-layer selections where DeepSeek-V3's rule picks
+        # prefill token x MoE-layer selections where the noaux_tc rule picks
         # another expert set than a simpler rule would
         stats["routing_selections"] = sum(r["tokens"] for r in v3_routing)
         for key in ("plain_topk", "bias_no_groups", "groups_no_bias", "zero_fill"):
-            stats[f"routing_differs_{key}"] = sum(r[key] for r in v3_routing)
+            if key in v3_routing[0]:
+                stats[f"routing_differs_{key}"] = sum(r[key] for r in v3_routing)
     ref = {
         "prompt": PROMPT,
         "logits": prompt_logits,
@@ -776,7 +845,8 @@ def llama_permute(w: torch.Tensor, n_head: int, n_head_kv: int | None) -> torch.
 def gguf_tensors(arch: str, cfg: dict, sd: dict[str, torch.Tensor]):
     """Yield (hf_name, gguf_name, f32 tensor) as modify_tensors() would."""
     n_layer = cfg["num_hidden_layers"]
-    tmap = gguf.get_tensor_name_map(GGUF_ARCH[arch], n_layer)
+    n_block = gguf_block_count(arch, cfg)
+    tmap = gguf.get_tensor_name_map(GGUF_ARCH[arch], n_block)
 
     def mapped(name):
         new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -791,6 +861,11 @@ def gguf_tensors(arch: str, cfg: dict, sd: dict[str, torch.Tensor]):
         bid = next((int(p) for p in name.split(".") if p.isdecimal()), None)
         if arch in DEEPSEEK and bid is not None and bid >= n_layer:
             continue   # DeepseekV2Model.skip_mtp: MTP layers are not converted
+        # glm4_moe (Glm4MoeModel, no --no-mtp): the MTP layer is converted like
+        # any block, model.layers.3.X -> blk.3.X, and its own tensors
+        # (eh_proj, enorm, hnorm, embed_tokens, shared_head.{norm,head}) ->
+        # blk.3.nextn.{eh_proj, enorm, hnorm, embed_tokens,
+        # shared_head_norm, shared_head_head} by gguf-py's tensor map
         if name.endswith(CORR_BIAS):
             # ModelBase.filter_tensors: -> blk.N.exp_probs_b.bias (F32, 1-D)
             name = name.replace(CORR_BIAS, "e_score_correction.bias")
@@ -828,6 +903,14 @@ def gguf_tensors(arch: str, cfg: dict, sd: dict[str, torch.Tensor]):
                 yield nn_, mapped(nn_), d
             continue
         yield name, mapped(name), t
+
+
+def gguf_block_count(arch: str, cfg: dict) -> int:
+    """{arch}.block_count: Glm4MoeModel counts the MTP layers in it."""
+    n = cfg["num_hidden_layers"]
+    if arch in MTP_IN_GGUF:
+        n += cfg.get("num_nextn_predict_layers") or 0
+    return n
 
 
 def _hf_order(name: str):
@@ -900,7 +983,7 @@ def set_gguf_parameters(w: gguf.GGUFWriter, arch: str, cfg: dict, ftype) -> None
     if arch == "olmoe":
         h["rms_norm_eps"] = 1e-5          # OlmoeModel hard-codes 1e-5 (same value)
     # TextModel.set_gguf_parameters
-    w.add_block_count(h["num_hidden_layers"])
+    w.add_block_count(gguf_block_count(arch, h))
     w.add_context_length(h["max_position_embeddings"])
     w.add_embedding_length(h["hidden_size"])
     w.add_feed_forward_length(h["intermediate_size"])
@@ -958,6 +1041,19 @@ def set_gguf_parameters(w: gguf.GGUFWriter, arch: str, cfg: dict, ftype) -> None
         w.add_rope_dimension_count(h["qk_rope_head_dim"])
         if rope.get("mscale_all_dim") is not None:
             w.add_rope_scaling_yarn_log_mul(0.1 * rope["mscale_all_dim"])
+    elif arch == "glm4_moe":                                # Glm4MoeModel
+        # (TextModel wrote no rope scaling keys: transformers' rope_parameters
+        # has rope_type "default", which the converter only warns about)
+        head_dim = h.get("head_dim") or h["hidden_size"] // h["num_attention_heads"]
+        w.add_rope_dimension_count(int(head_dim * h.get("partial_rotary_factor", 0.5)))
+        # (it writes expert_count again from n_routed_experts: same value)
+        w.add_expert_feed_forward_length(h["moe_intermediate_size"])
+        w.add_expert_shared_count(h["n_shared_experts"])
+        w.add_leading_dense_block_count(h["first_k_dense_replace"])
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)   # always, no config key
+        w.add_expert_weights_scale(h["routed_scaling_factor"])
+        w.add_expert_weights_norm(h["norm_topk_prob"])
+        w.add_nextn_predict_layers(h["num_nextn_predict_layers"])
 
 
 def add_byte_vocab(w: gguf.GGUFWriter) -> None:
@@ -985,7 +1081,7 @@ def generate_arch(arch: str, out: Path, log: dict) -> None:
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
-    router_gap_min = ROUTER_GAP_MIN_SIGMOID if cfg.get("scoring_func") == "sigmoid" else ROUTER_GAP_MIN
+    router_gap_min = ROUTER_GAP_MIN_SIGMOID if arch in SIGMOID_ROUTER else ROUTER_GAP_MIN
     seed = BASE_SEED
     for attempt in range(64):
         torch.manual_seed(0)
@@ -995,6 +1091,9 @@ def generate_arch(arch: str, out: Path, log: dict) -> None:
         ref, stats = compute_reference(model, cfg)
         ok = (min(stats["prefill_router_gap"], stats["decode_router_gap"]) >= router_gap_min
               and stats["greedy_logit_gap"] >= LOGIT_GAP_MIN)
+        if arch in SIGMOID_ROUTER:
+            ok = ok and min(len({tuple(sorted(e)) for e in r["experts"]})
+                            for r in ref["routing"]) >= ROUTING_DISTINCT_MIN
         if ok:
             break
         seed += 1
@@ -1002,9 +1101,15 @@ def generate_arch(arch: str, out: Path, log: dict) -> None:
         raise RuntimeError(f"{arch}: no seed with decisive routing/greedy margins")
     stats["seed"] = seed
 
-    if "routing_differs_plain_topk" in stats:
+    if arch in SIGMOID_ROUTER:
         assert stats["routing_differs_plain_topk"] > 0, \
-            f"{arch}: correction bias and group limit never change the prefill choice"
+            f"{arch}: the correction bias (and group limit) never change the prefill choice"
+    if "partial_rotary_factor" in cfg:
+        # transformers must have read the legacy top-level key: rotary dim =
+        # head_dim * factor (2 x len(inv_freq)), from the config's head_dim
+        attn = model.model.layers[0].self_attn
+        assert attn.head_dim == cfg["head_dim"] and attn.scaling == cfg["head_dim"] ** -0.5
+        assert 2 * len(ref["rope"]["inv_freq"]) == int(cfg["head_dim"] * cfg["partial_rotary_factor"])
 
     sd = hf_state_dict(arch, model, cfg)
     # multi-token-prediction layer(s), written but not part of the model
@@ -1014,7 +1119,8 @@ def generate_arch(arch: str, out: Path, log: dict) -> None:
 
     # the checkpoint as written must reproduce the reference through
     # transformers' own loader (legacy-name -> fused-expert conversion;
-    # for deepseek_v3 the MTP layer is an unexpected key it leaves out)
+    # for deepseek_v3 and glm4_moe the MTP layer is an unexpected key it
+    # leaves out)
     info: list = []
     reloaded = load_model(d, info)
     assert not info[0]["missing_keys"] and not info[0]["mismatched_keys"], info[0]
@@ -1029,7 +1135,9 @@ def generate_arch(arch: str, out: Path, log: dict) -> None:
     write_reference(d / "reference.json", ref, stats, arch)
     table = []
     if arch in GGUF_ARCH:
-        table = write_gguf(d / "model.gguf", arch, cfg, sd, gguf.LlamaFileType.MOSTLY_BF16)
+        # all the file's tensors, as the converter reads them: gguf_tensors
+        # drops the MTP layer for DeepSeek and keeps it for glm4_moe
+        table = write_gguf(d / "model.gguf", arch, cfg, {**sd, **mtp}, gguf.LlamaFileType.MOSTLY_BF16)
     else:
         print(f"{arch}: note: no model.gguf (not written for this architecture yet)")
     log[arch] = {"seed": seed, "stats": stats, "gguf": table}
@@ -1069,12 +1177,16 @@ def main() -> int:
         print(f"{arch:12s} seed={s['seed']} router_gap={min(s['prefill_router_gap'], s['decode_router_gap']):.4f} "
               f"greedy_gap={s['greedy_logit_gap']:.4f} logit_std={s['logit_std']:.3f} "
               f"kv_diff={s['kv_vs_full_max_abs_diff']:.2e} greedy={json.loads((args.out / arch / 'reference.json').read_text())['greedy']}")
-        if "routing_selections" in s:
+        if "routing_differs_bias_no_groups" in s:
             print(f"{'':12s} prefill token-layer selections where the V3 rule (bias + group limit) differs: "
                   f"from plain top-k of the sigmoid scores {s['routing_differs_plain_topk']}/{s['routing_selections']}, "
                   f"bias without groups {s['routing_differs_bias_no_groups']}, "
                   f"groups without bias {s['routing_differs_groups_no_bias']}, "
                   f"0.0 instead of -inf for masked groups {s['routing_differs_zero_fill']}")
+        elif "routing_selections" in s:
+            print(f"{'':12s} prefill token-layer selections where the biased choice differs "
+                  f"from plain top-k of the sigmoid scores: "
+                  f"{s['routing_differs_plain_topk']}/{s['routing_selections']}")
         if args.verbose:
             for row in log[arch]["gguf"]:
                 print("   ", *row)
