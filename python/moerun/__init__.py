@@ -38,6 +38,7 @@ KNOWN_EXPERTS = {
     "OlmoeExperts": "OlmoeSparseMoeBlock",
     "DeepseekV2Experts": "DeepseekV2Moe",
     "DeepseekV3Experts": "DeepseekV3MoE",
+    "Glm4MoeExperts": "Glm4MoeMoE",
 }
 
 _ATTR = "_moerun_state"

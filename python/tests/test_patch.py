@@ -45,6 +45,11 @@ def configs():
                                           kv_lora_rank=32, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=16,
                                           v_head_dim=16, n_group=4, topk_group=2, norm_topk_prob=True,
                                           routed_scaling_factor=2.5),
+        "glm4_moe": t.Glm4MoeConfig(**{**COMMON, "num_hidden_layers": 3}, head_dim=32, intermediate_size=128,
+                                    moe_intermediate_size=48, n_routed_experts=8, n_shared_experts=1,
+                                    num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1,
+                                    norm_topk_prob=True, routed_scaling_factor=2.5, attention_bias=True,
+                                    use_qk_norm=True),
     }
 
 
@@ -58,7 +63,8 @@ def tiny(arch, dtype=torch.float32):
 PROMPT = torch.tensor([[1, 35, 100, 17, 98, 4, 120, 61]])
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
+                                  "glm4_moe"])
 def test_patched_matches_unpatched(arch):
     model = tiny(arch)
     with torch.no_grad():
@@ -84,7 +90,8 @@ def test_patched_matches_unpatched(arch):
     assert sum(type(m).__name__ in moerun.KNOWN_EXPERTS for m in model.modules()) >= 1
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
+                                  "glm4_moe"])
 def test_bfloat16_within_tolerance(arch):
     model = tiny(arch, torch.bfloat16)
     with torch.no_grad():
