@@ -24,6 +24,7 @@ moe_isa moe_isa_capped(const moe_isa *cpu, moe_isa_level cap) {
     r.avx512 &= cap >= MOE_ISA_AVX512;
     r.avx512_vnni &= r.avx512 && cap >= MOE_ISA_AVX512_VNNI;
     r.avx512_bf16 &= r.avx512 && cap >= MOE_ISA_AVX512_BF16;
+    r.avx512_vbmi &= r.avx512_bf16 && r.avx512_vnni;
     r.amx &= r.avx512_bf16 && cap >= MOE_ISA_AMX;
     return r;
 }
@@ -41,6 +42,7 @@ static void detect(void) {
     cpu.avx512 = cpu.avx2 && HAS("avx512f") && HAS("avx512bw") && HAS("avx512vl") && HAS("avx512dq");
     cpu.avx512_vnni = cpu.avx512 && HAS("avx512vnni");
     cpu.avx512_bf16 = cpu.avx512 && HAS("avx512bf16");
+    cpu.avx512_vbmi = cpu.avx512 && HAS("avx512vbmi");
     cpu.amx = cpu.avx512_bf16 && HAS("amx-tile") && HAS("amx-bf16") && HAS("amx-int8");
 #undef HAS
 #endif

@@ -34,6 +34,7 @@ typedef struct moe_isa {
     bool avx512;      /* F, BW, VL, DQ (and FMA) */
     bool avx512_vnni;
     bool avx512_bf16;
+    bool avx512_vbmi; /* VBMI, taken only with BF16 (the cap's avx512_bf16 level): byte permutes */
     bool amx;         /* AMX-BF16 and AMX-INT8 (the OS's permission is asked separately) */
     moe_isa_level cap;
 } moe_isa;

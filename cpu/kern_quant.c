@@ -738,6 +738,122 @@ GEMV_B32(gemv_vnni_q8_0, moe_block_q8_0, moe_qact_q8_0, u_q8_0, 128, 0)
 GEMV_B32(gemv_vnni_iq4_nl, moe_block_iq4_nl, moe_qact_q8_0, u_iq4_nl, 128, 0)
 GEMV_B32(gemv_vnni_mxfp4, moe_block_mxfp4, moe_qact_q8_0, u_mxfp4, 128, 0)
 
+/* ---- mxfp4, four blocks per step (AVX512-VBMI) ----------------------------
+ * mxfp4's 17-byte blocks (an e8m0 scale, then 16 bytes of nibbles) make the
+ * two-block kernel above compute-bound near half of DRAM speed: per block,
+ * two broadcasts and an insert for the codes and scalar work for the
+ * scale. Here two loads cover four blocks (68 bytes), one vpermi2b puts
+ * their 16 code bytes in the four 128-bit lanes and one vpermb their
+ * scales in each lane's dwords; the low nibbles (elements 0..15 of each
+ * block) and the high ones (16..31) meet activations laid out the same way
+ * once per call: per token and group of four blocks, X_lo and X_hi (lane j
+ * holds block j's elements 0..15 or 16..31), the code offset 128 sum(x)
+ * per dword, and d_x per lane. A
+ * last group of one to three blocks is read with masked loads, its missing
+ * blocks' activations zero. */
+typedef struct mx4a {
+    __m512i xl, xh, off;
+    __m512 d;
+} mx4a;
+
+/* The activations of tokens a[0..tb) as mx4a groups into g[t * ng + ...]. */
+T_VNNIQ static void mx4_acts(const moe_qact_q8_0 *const *a, uint32_t tb, uint32_t nb, mx4a *g) {
+    const uint32_t ng = (nb + 3) / 4;
+    for (uint32_t t = 0; t < tb; t++)
+        for (uint32_t q = 0; q < ng; q++) {
+            _Alignas(64) int8_t xl[64] = {0}, xh[64] = {0};
+            _Alignas(64) float d[16] = {0};
+            for (uint32_t j = 0; j < 4 && 4 * q + j < nb; j++) {
+                const moe_qact_q8_0 *x = a[t] + 4 * q + j;
+                memcpy(xl + 16 * j, x->qs, 16), memcpy(xh + 16 * j, x->qs + 16, 16);
+                for (uint32_t l = 0; l < 4; l++) d[4 * j + l] = x->d;
+            }
+            mx4a *o = g + (size_t)t * ng + q;
+            o->xl = _mm512_load_si512(xl), o->xh = _mm512_load_si512(xh);
+            const __m512i c128 = _mm512_set1_epi8((char)0x80);
+            o->off = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, o->xl), c128, o->xh);
+            o->d = _mm512_load_ps(d);
+        }
+}
+
+#define T_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx512vnni,avx512vbmi")))
+
+/* One row of nb blocks against tb tokens' groups. */
+T_VBMI INLINE void mx4_row(const uint8_t *w, uint32_t nb, const mx4a *g, uint32_t tb, float res[TQ]) {
+    const uint32_t ng = (nb + 3) / 4;
+    const size_t rb = (size_t)nb * sizeof(moe_block_mxfp4);
+    /* byte 16j + i of the codes: byte 17j + 1 + i of the group; each
+     * dword's low byte of lane j: the scale, byte 17j */
+    _Alignas(64) uint8_t ci[64], ei[64];
+    for (int b = 0; b < 64; b++) ci[b] = (uint8_t)(17 * (b / 16) + 1 + b % 16), ei[b] = (uint8_t)(17 * (b / 16));
+    const __m512i CI = _mm512_load_si512(ci), EI = _mm512_load_si512(ei), lut = LUT128(moe_mxfp4_values);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __mmask64 low = 0x1111111111111111ull;
+    __m512 acc[TQ];
+    for (uint32_t t = 0; t < TQ; t++) acc[t] = _mm512_setzero_ps();
+    for (uint32_t q = 0; q < ng; q++) {
+        const uint8_t *p = w + (size_t)68 * q;
+        const size_t have = rb - (size_t)68 * q; /* bytes of the row from p on */
+        _mm_prefetch((const char *)p + PFQ, PF_HINT);
+        _mm_prefetch((const char *)p + PFQ + 64, PF_HINT);
+        __m512i w0, w1;
+        if (have >= 128) {
+            w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);
+        } else {
+            const uint32_t n = (uint32_t)(have < 68 ? have : 68);
+            w0 = _mm512_maskz_loadu_epi8(n >= 64 ? ~0ull : (1ull << n) - 1, p);
+            w1 = _mm512_maskz_loadu_epi8(n > 64 ? (1ull << (n - 64)) - 1 : 0, p + 64);
+        }
+        const __m512i codes = _mm512_permutex2var_epi8(w0, CI, w1);
+        const __m512i ul = _mm512_shuffle_epi8(lut, _mm512_and_si512(codes, m4));
+        const __m512i uh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(codes, 4), m4));
+        /* e8m0 halved (the codebook holds doubled values), as e8m0h:
+         * 2^(e - 128), f32 bits (e - 1) << 23, the denormals 2^-129 and
+         * 2^-128 for e = 0, 1 */
+        const __m512i e = _mm512_maskz_permutexvar_epi8(low, EI, w0);
+        const __m512i bits = _mm512_mask_sllv_epi32(_mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23),
+                                                    _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2)),
+                                                    _mm512_set1_epi32(0x00200000), e);
+        const __m512 s = _mm512_castsi512_ps(bits);
+        for (uint32_t t = 0; t < tb; t++) {
+            const mx4a *x = g + (size_t)t * ng + q;
+            __m512i i32 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ul, x->xl);
+            i32 = _mm512_sub_epi32(_mm512_dpbusd_epi32(i32, uh, x->xh), x->off);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i32), _mm512_mul_ps(s, x->d), acc[t]);
+        }
+    }
+    for (uint32_t t = 0; t < tb; t++) res[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+T_VBMI static void gemv_vbmi_mxfp4(const void *w, const float *ws, uint32_t k, uint32_t n0, uint32_t n1,
+                                   const moe_acts *x, float *out, size_t ldo) {
+    const uint32_t nb = k / 32, ng = (nb + 3) / 4;
+    const size_t wrb = (size_t)nb * sizeof(moe_block_mxfp4), arb = (size_t)nb * sizeof(moe_qact_q8_0);
+    mx4a *g = tile_scratch((size_t)TQ * ng * sizeof *g);
+    if (!g) { /* no memory: the two-block kernel, needing none */
+        gemv_vnni_mxfp4(w, ws, k, n0, n1, x, out, ldo);
+        return;
+    }
+    for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {
+        const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;
+        const moe_qact_q8_0 *a[TQ];
+        for (uint32_t t = 0; t < tb; t++)
+            a[t] = (const moe_qact_q8_0 *)(const void *)((const char *)x->data + (t0 + t) * arb);
+        mx4_acts(a, tb, nb, g);
+        for (uint32_t j = n0; j < n1; j++) {
+            const uint8_t *row = (const uint8_t *)w + j * wrb;
+            float r[TQ];
+            switch (tb) {
+            case 1: mx4_row(row, nb, g, 1, r); break;
+            case 2: mx4_row(row, nb, g, 2, r); break;
+            case 3: mx4_row(row, nb, g, 3, r); break;
+            default: mx4_row(row, nb, g, TQ, r); break;
+            }
+            for (uint32_t t = 0; t < tb; t++) out[(size_t)(t0 + t) * ldo + (j - n0)] = r[t];
+        }
+    }
+}
+
 /* ---- activation blocks ------------------------------------------------------
  * The same blocks as common/quant.c's quantizers, bit for bit (d =
  * max|x| / 127, codes x * (127 / max|x|) rounded to nearest even; a block
@@ -1148,6 +1264,7 @@ moe_kernel moe_kernel_select_block(moe_dtype t, bool portable) {
     const moe_isa *isa = moe_cpu_isa();
     for (size_t i = 0; isa->avx512 && i < sizeof k512 / sizeof k512[0]; i++)
         if (k512[i].t == t) {
+            if (t == MOE_DTYPE_MXFP4 && isa->avx512_vbmi) return (moe_kernel){k.act, gemv_vbmi_mxfp4, "avx512_vbmi"};
             if (isa->avx512_vnni) return (moe_kernel){k.act, k512[i].vnni, "avx512_vnni"};
             if (k512[i].bw) return (moe_kernel){k.act, k512[i].bw, "avx512"};
         }

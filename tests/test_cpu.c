@@ -158,6 +158,50 @@ static void block_kernels_match_dot_products(void) {
 /* The engine's activation blocks (vectorized where the CPU allows) are
  * common/quant.c's, bit for bit: random rows, and blocks with NaN, Inf,
  * zeros and values too small to scale. */
+/* mxfp4's e8m0 scales at their extremes: e = 0 and 1 are denormals (the
+ * largest codes stay finite up to e = 200 or so: 6 x 2^(e - 127)), one
+ * scale per row, in rows of one to seven blocks (the four-block kernel's
+ * masked tail); each row checked on its own, so tiny rows are not hidden
+ * by large ones. */
+static void mxfp4_extreme_scales(void) {
+    moe_rng r = {23};
+    static const uint8_t es[] = {0, 1, 2, 3, 64, 126, 127, 128, 129, 140, 200};
+    const uint32_t n = sizeof es / sizeof es[0];
+    for (uint32_t nb = 1; nb <= 7; nb++) {
+        const uint32_t k = 32 * nb, m = 1 + nb % 3;
+        moe_block_mxfp4 *w = malloc((size_t)n * nb * sizeof *w);
+        for (uint32_t j = 0; j < n; j++)
+            for (uint32_t b = 0; b < nb; b++) {
+                moe_block_mxfp4 *blk = w + (size_t)j * nb + b;
+                blk->e = es[j];
+                for (int i = 0; i < 16; i++) blk->qs[i] = (uint8_t)moe_rng_below(&r, 256);
+            }
+        const moe_kernel kern = moe_kernel_select(MOE_DTYPE_MXFP4, false);
+        float *x = malloc((size_t)m * k * sizeof *x), *out = malloc((size_t)m * n * sizeof *out);
+        float *xq = malloc((size_t)k * sizeof *xq), *wrow = malloc((size_t)k * sizeof *wrow);
+        void *xa = malloc(moe_acts_bytes(kern.act, m, k));
+        test_fill(&r, x, (size_t)m * k);
+        const moe_acts a = moe_acts_prepare(kern.act, m, k, x, k, xa, NULL);
+        kern.gemv(w, NULL, k, 0, n, &a, out, n);
+        for (uint32_t row = 0; row < m; row++) {
+            CHECK_OK(moe_qact_dequantize(MOE_QACT_Q8_0, (char *)xa + row * moe_acts_bytes(kern.act, 1, k), xq, k));
+            for (uint32_t j = 0; j < n; j++) {
+                CHECK_OK(moe_quant_dequantize(MOE_DTYPE_MXFP4, w + (size_t)j * nb, wrow, k));
+                double want = 0, mag = 0;
+                for (uint32_t i = 0; i < k; i++) want += (double)wrow[i] * xq[i], mag += fabs((double)wrow[i] * xq[i]);
+                const double got = out[(size_t)row * n + j];
+                /* a denormal scale times d_x keeps a few bits: 1e-2 still
+                 * tells a scale of 0 or one off by 2 */
+                if (!(fabs(got - want) <= (es[j] < 2 ? 1e-2 : 1e-6) * mag)) {
+                    fprintf(stderr, "mxfp4 %s nb=%u e=%u: %g, want %g\n", kern.name, nb, es[j], got, want);
+                    CHECK(0);
+                }
+            }
+        }
+        free(w), free(x), free(out), free(xq), free(wrow), free(xa);
+    }
+}
+
 static void block_activations_match_reference(void) {
     static const moe_act_kind kinds[3] = {MOE_ACT_Q8_0, MOE_ACT_Q8_1, MOE_ACT_Q8_K};
     static const moe_qact qs[3] = {MOE_QACT_Q8_0, MOE_QACT_Q8_1, MOE_QACT_Q8_K};
@@ -645,7 +689,7 @@ static void bad_tasks_are_refused(void) {
 }
 
 TEST_MAIN("cpu", TEST_CASE(gemv_kernels_match_dot_products), TEST_CASE(block_kernels_match_dot_products),
-          TEST_CASE(block_experts_match_reference),
+          TEST_CASE(block_experts_match_reference), TEST_CASE(mxfp4_extreme_scales),
           TEST_CASE(block_activations_match_reference), TEST_CASE(amx_kernel_matches_dot_products), TEST_CASE(glue_is_accurate_and_propagates_nan),
           TEST_CASE(engine_matches_reference), TEST_CASE(large_groups_use_onednn),
           TEST_CASE(numa_teams_run_their_own_experts), TEST_CASE(runtime_on_two_nodes),
