@@ -808,8 +808,8 @@ T_VBMI INLINE void mx4_row(const uint8_t *w, uint32_t nb, const mx4a *g, uint32_
         const __m512i ul = _mm512_shuffle_epi8(lut, _mm512_and_si512(codes, m4));
         const __m512i uh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(codes, 4), m4));
         /* e8m0 halved (the codebook holds doubled values), as e8m0h:
-         * 2^(e - 128), f32 bits (e - 1) << 23, the denormals 2^-129 and
-         * 2^-128 for e = 0, 1 */
+         * 2^(e - 128), f32 bits (e - 1) << 23, the denormals 2^-128 and
+         * 2^-127 for e = 0, 1 */
         const __m512i e = _mm512_maskz_permutexvar_epi8(low, EI, w0);
         const __m512i bits = _mm512_mask_sllv_epi32(_mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23),
                                                     _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2)),

@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
     moe_model_t *mm = NULL;
     TRY(moe_model_create(&mm, LAYERS));
     const moe_layer_desc desc = moe_layer_desc_init(EXPERTS, H, I, MOE_DTYPE_F32);
-    const moe_routing routing = moe_routing_init(TOP_K); /* softmax, top-2, renormalised: as moe_plain */
+    const moe_routing routing = moe_routing_defaults(TOP_K); /* softmax, top-2, renormalised: as moe_plain */
     for (int l = 0; l < LAYERS; l++) {
         TRY(moe_model_set_layer(mm, (uint32_t)l, &desc));
         TRY(moe_model_set_router(mm, (uint32_t)l, &routing, &m->router[l][0][0], MOE_DTYPE_F32));

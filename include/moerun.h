@@ -88,7 +88,10 @@ extern "C" {
 /* 7: moe_dtype gains MOE_DTYPE_FP8_E4M3 (after MOE_DTYPE_MXFP4).
  * 8: moe_routing gains bias, n_group and topk_group (DeepSeek-V3's and
  *    GLM-4.5's selection), after its earlier fields: a caller built
- *    against API 5-7 passes the shorter struct_size and gets none of them. */
+ *    against API 5-7 passes the shorter struct_size (20 bytes) and gets
+ *    none of them; moe_routing_init is now moe_routing_defaults (the
+ *    library keeps the old symbol, returning the old struct, for programs
+ *    built against API 5-7); moe_route. */
 #define MOE_API_VERSION 8
 
 /* The library's version as "MAJOR.MINOR.PATCH". Never NULL. */
@@ -345,8 +348,9 @@ MOE_EXPORT moe_dtype moe_model_down_dtype(const moe_model_t *m, uint32_t layer);
  *                  to sum to 1 if norm_topk, then times scale
  * Mixtral, Qwen3-MoE and OLMoE: softmax, norm_topk on; Qwen1.5/2-MoE:
  * softmax, norm_topk off; DeepSeek-V2: softmax, norm_topk off, scale =
- * routed_scaling_factor; DeepSeek-V3, Kimi-K2: sigmoid, bias, 8 groups,
- * topk_group 4, norm_topk on, scale = routed_scaling_factor. */
+ * routed_scaling_factor; DeepSeek-V3/R1: sigmoid, bias, 8 groups,
+ * topk_group 4, norm_topk on, scale = routed_scaling_factor (Kimi-K2 the
+ * same with 1 group). */
 typedef enum moe_scoring { MOE_SCORING_SOFTMAX = 0, MOE_SCORING_SIGMOID, MOE_SCORING_COUNT_ } moe_scoring;
 
 typedef struct moe_routing {
@@ -361,8 +365,12 @@ typedef struct moe_routing {
     uint32_t topk_group;  /* groups kept, 1 .. n_group, with top_k <= topk_group experts per group x groups */
 } moe_routing;
 
-/* Softmax, top_k, renormalised, scale 1. */
-MOE_EXPORT moe_routing moe_routing_init(uint32_t top_k);
+/* Softmax, top_k, renormalised, scale 1, no bias, no groups. */
+MOE_EXPORT moe_routing moe_routing_defaults(uint32_t top_k);
+/* API 5-7's name for it. The library's symbol of that name returns the
+ * struct as it was then (up to scale), for programs built against those
+ * headers; this header maps the name to moe_routing_defaults. */
+#define moe_routing_init(top_k) moe_routing_defaults(top_k)
 
 /* Routes n_tokens tokens by rule r from their router logits [n_tokens,
  * n_experts]: ids and weights [n_tokens, r->top_k] (API 8), for a host

@@ -147,7 +147,7 @@ static moe_status read_all(reader *r, moe_hf_config *c, uint64_t vocab) {
     c->rope_interleave = true;
     c->partial_rotary = 1;
     if (!r->st && c->n_group > 1 &&
-        (c->n_routed_experts % c->n_group || c->n_routed_experts / c->n_group < 2 || c->topk_group < 1 ||
+        (c->n_group > MOE_HF_MAX_GROUPS || c->n_routed_experts % c->n_group || c->n_routed_experts / c->n_group < 2 || c->topk_group < 1 ||
          c->topk_group > c->n_group || c->top_k > c->topk_group * (c->n_routed_experts / c->n_group)))
         r->st = moe_fail(MOE_ERR_PARSE, "%s: expert groups do not fit: %u experts in %u groups, %u groups used, top-%u",
                          r->g->file.path, c->n_routed_experts, c->n_group, c->topk_group, c->top_k);
@@ -193,7 +193,7 @@ moe_status moe_gguf_model_config(const moe_gguf *g, moe_hf_config *c) {
     while (i < sizeof archs / sizeof archs[0] && !moe_gguf_str_eq(arch, archs[i].gguf)) i++;
     if (i == sizeof archs / sizeof archs[0])
         return moe_fail(MOE_ERR_UNSUPPORTED, "%s: architecture \"%.*s\" is not supported (supported: llama with "
-                        "experts, qwen2moe, qwen3moe, olmoe, deepseek2)", g->file.path, (int)(arch.len < 64 ? arch.len : 64),
+                        "experts, qwen2moe, qwen3moe, olmoe, deepseek2, glm4moe)", g->file.path, (int)(arch.len < 64 ? arch.len : 64),
                         arch.ptr);
     snprintf(c->model_type, sizeof c->model_type, "%s", archs[i].hf);
     /* llama.cpp runs DeepSeek-V3 as deepseek2 with sigmoid gating (its

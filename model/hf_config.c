@@ -213,7 +213,7 @@ static moe_status read_flag(const moe_json_doc *d, const char *key, bool def, bo
  * consecutive experts, topk_group of them kept per token. */
 static moe_status read_groups(const moe_json_doc *d, moe_hf_config *c) {
     moe_status st;
-    if ((st = opt_u32(d, "n_group", 1, MOE_HF_MAX_EXPERTS, 1, &c->n_group)) ||
+    if ((st = opt_u32(d, "n_group", 1, MOE_HF_MAX_GROUPS, 1, &c->n_group)) ||
         (st = opt_u32(d, "topk_group", 1, c->n_group, 1, &c->topk_group)))
         return st;
     const uint32_t E = c->n_routed_experts, G = c->n_group;
@@ -273,7 +273,8 @@ static moe_status read_numerics(const moe_json_doc *d, moe_hf_config *c) {
     c->norm_topk_prob = !strcmp(c->model_type, "mixtral") || (norm && norm->boolean);
     /* transformers' DeepseekV3Config and Glm4MoeConfig write neither key:
      * their models always score with sigmoid and select by noaux_tc */
-    const bool v3 = !strcmp(c->model_type, "deepseek_v3") || !strcmp(c->model_type, "glm4_moe");
+    const bool v3 = !strcmp(c->model_type, "deepseek_v3") || !strcmp(c->model_type, "kimi_k2") ||
+                    !strcmp(c->model_type, "glm4_moe");
     double eps, scaling;
     if ((st = num_in(d, NULL, "rms_norm_eps", 1e-30, 1, 1e-6, &eps)) ||
         (st = num_in(d, NULL, "routed_scaling_factor", 1e-6, 1e6, 1, &scaling)) ||

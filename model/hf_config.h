@@ -97,6 +97,7 @@
 #define MOE_HF_MAX_RANK (1u << 20)
 #define MOE_HF_MAX_VOCAB (1u << 24)
 #define MOE_HF_MAX_POSITION (1u << 24)
+#define MOE_HF_MAX_GROUPS 256u /* expert groups: the public router's limit (runtime's MOE_ROUTE_MAX_GROUPS) */
 
 typedef struct moe_hf_config {
     char model_type[64];

@@ -62,7 +62,7 @@ static const struct {
 } archs[] = {
     {"mixtral", MOE_ARCH_MIXTRAL}, {"qwen2_moe", MOE_ARCH_QWEN2_MOE},     {"qwen3_moe", MOE_ARCH_QWEN3_MOE},
     {"olmoe", MOE_ARCH_OLMOE},     {"deepseek_v2", MOE_ARCH_DEEPSEEK_V2}, {"deepseek_v3", MOE_ARCH_DEEPSEEK_V3},
-    {"glm4_moe", MOE_ARCH_GLM4_MOE},
+    {"glm4_moe", MOE_ARCH_GLM4_MOE},   {"kimi_k2", MOE_ARCH_DEEPSEEK_V3}, /* Kimi-K2's config: DeepseekV3ForCausalLM */
 };
 
 /* ---- weights ---- */
@@ -556,7 +556,7 @@ static moe_status check_config(moe_llm *m) {
     if (i == sizeof archs / sizeof archs[0])
         return moe_fail(MOE_ERR_UNSUPPORTED,
                         "%s%s: model_type \"%s\" is not supported (supported: mixtral, qwen2_moe, qwen3_moe, olmoe, "
-                        "deepseek_v2, deepseek_v3, glm4_moe)", m->dir, m->gguf ? "" : "/config.json", c->model_type);
+                        "deepseek_v2, deepseek_v3, kimi_k2, glm4_moe)", m->dir, m->gguf ? "" : "/config.json", c->model_type);
     m->arch = archs[i].arch;
     /* deepseek_v3 and glm4_moe route alike */
     const bool v3 = m->arch == MOE_ARCH_DEEPSEEK_V3 || m->arch == MOE_ARCH_GLM4_MOE;
@@ -576,6 +576,13 @@ static moe_status check_config(moe_llm *m) {
     if (c->partial_rotary < 1 && m->arch != MOE_ARCH_GLM4_MOE)
         return unsupported(m, "partial_rotary_factor is read for glm4_moe only");
     if (c->mla && c->attention_bias) return unsupported(m, "attention_bias true on an MLA model is not supported");
+    if (c->attention_bias && !c->mla && m->arch != MOE_ARCH_GLM4_MOE && m->arch != MOE_ARCH_QWEN2_MOE)
+        return unsupported(m, "attention_bias true is read for glm4_moe only (qwen2_moe always has q/k/v biases)");
+    /* DeepSeek-V2's group_limited_greedy (softmax within groups) is not
+     * implemented: its groups in a GGUF file must not be dropped silently */
+    if (c->n_group > 1 && strcmp(c->topk_method, "noaux_tc"))
+        return unsupported(m, "expert groups (n_group > 1) with greedy top-k: DeepSeek-V2's group_limited_greedy is "
+                              "not supported");
     if (c->n_mtp_layers)
         fprintf(stderr, "note: %s: %u multi-token-prediction layer%s (num_nextn_predict_layers) not loaded: moerun "
                 "decodes one token at a time\n", m->dir, c->n_mtp_layers, c->n_mtp_layers == 1 ? "" : "s");
@@ -918,7 +925,7 @@ static void mlp(const layer *L, batch *b, float *out) {
  * moe_layer_forward_logits runs). */
 static void route(const moe_llm *m, const layer *L, batch *b) {
     const moe_hf_config *c = &m->cfg;
-    moe_routing r = moe_routing_init(c->top_k);
+    moe_routing r = moe_routing_defaults(c->top_k);
     r.norm_topk = c->norm_topk_prob;
     /* renormalised weights are not scaled (routed_scaling_factor is 1 for
      * the models that renormalise), except by noaux_tc, which scales */
@@ -950,12 +957,14 @@ static moe_status ffn(moe_llm *m, layer *L, batch *b) {
         mm(b, &N->router, b->x, n, NULL, b->logits_e);
         if (b->st) return b->st;
         route(m, N, b);
+        if (b->st) return b->st;
         if ((b->st = moe_runtime_predict(b->rt, N->moe_index, n, m->cfg.top_k, b->ids))) return b->st;
         done++;
     }
     mm(b, &L->router, b->x, n, NULL, b->logits_e);
     if (b->st) return b->st;
     route(m, L, b);
+    if (b->st) return b->st;
     moe_status s = moe_layer_forward(b->rt, L->moe_index, n, b->x, m->cfg.top_k, b->ids, b->w, b->out);
     if (s || !L->mlp_gate.data) return s;
     float *sh = b->att, *gate = b->tmp2; /* both free at this point; att is at least hidden wide */

@@ -14,7 +14,8 @@
  *   olmoe        RMSNorm of the whole q and k projections before RoPE
  *   deepseek_v2  multi-head latent attention (q LoRA optional) with YaRN,
  *                shared experts, dense first layers, routed_scaling_factor
- *   deepseek_v3  (DeepSeek-V3/R1, Kimi-K2, Moonlight) deepseek_v2's
+ *   deepseek_v3  (DeepSeek-V3/R1, Moonlight; Kimi-K2's model_type kimi_k2
+ *                is the same architecture, n_group 1) deepseek_v2's
  *                attention and layers; sigmoid router scores, the
  *                e_score_correction_bias for selection only, group-limited
  *                top-k (noaux_tc), renormalised and scaled; its
@@ -24,9 +25,10 @@
  *                (use_qk_norm), RoPE on the first partial_rotary_factor of
  *                each head (halves); deepseek_v3's routing and shared
  *                experts; its MTP layers are not loaded
- * Anything else, or a feature of these that is not implemented (sliding
- * windows, other routing methods, other RoPE scalings), is refused with
- * MOE_ERR_UNSUPPORTED naming the key or type.
+ * Sliding-window attention where the config asks for it (docs/models.md).
+ * Anything else, or a feature of these that is not implemented (other
+ * routing methods, other RoPE scalings, linear-attention layers), is
+ * refused with MOE_ERR_UNSUPPORTED naming the key or type.
  *
  * The KV cache holds ctx positions: keys and values per layer (for MLA,
  * the compressed latent and the rotated key part, 576 floats per position

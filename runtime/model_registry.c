@@ -196,18 +196,35 @@ void moe_model_free(moe_model_t **pm) {
     free(m);
 }
 
-moe_routing moe_routing_init(uint32_t top_k) {
+moe_routing moe_routing_defaults(uint32_t top_k) {
     return (moe_routing){.struct_size = sizeof(moe_routing), .top_k = top_k, .scoring = MOE_SCORING_SOFTMAX,
                          .norm_topk = 1, .scale = 1.0f};
 }
 
+/* API 5-7's moe_routing_init, for programs built against those headers:
+ * it returns the struct as it was then (their caller reserved that much),
+ * struct_size saying so. */
+typedef struct routing_v7 {
+    uint32_t struct_size, top_k;
+    moe_scoring scoring;
+    int32_t norm_topk;
+    float scale;
+} routing_v7;
+#undef moe_routing_init
+MOE_EXPORT routing_v7 moe_routing_init(uint32_t top_k);
+routing_v7 moe_routing_init(uint32_t top_k) {
+    return (routing_v7){.struct_size = sizeof(routing_v7), .top_k = top_k, .scoring = MOE_SCORING_SOFTMAX,
+                        .norm_topk = 1, .scale = 1.0f};
+}
+_Static_assert(sizeof(routing_v7) == MOE_ROUTING_V7_BYTES, "API 7's moe_routing was 20 bytes");
+
 /* r checked against n_experts and copied, at this library's size, into
  * *out; an API 5-7 caller's shorter struct gets no bias and no groups. */
 static moe_status routing_check(const char *fn, const char *where, const moe_routing *r, uint32_t E, moe_routing *out) {
-    if (!r || r->struct_size < offsetof(moe_routing, bias))
+    if (!r || r->struct_size < MOE_ROUTING_V7_BYTES)
         return moe_fail(MOE_ERR_INVALID_ARG, "%s: routing is NULL or its struct_size is too small; initialise it with "
-                        "moe_routing_init()", fn);
-    *out = moe_routing_init(r->top_k);
+                        "moe_routing_defaults()", fn);
+    *out = moe_routing_defaults(r->top_k);
     memcpy(out, r, r->struct_size < sizeof *out ? r->struct_size : sizeof *out);
     out->struct_size = sizeof *out;
     if (out->top_k == 0 || out->top_k > E)

@@ -3,6 +3,7 @@
 #define MOE_RUNTIME_MODEL_REGISTRY_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 
 #include "common.h"
 
@@ -37,6 +38,9 @@ void moe_model_retain(moe_model_t *m);
 /* MOE_OK if every layer is described and every expert registered; otherwise
  * MOE_ERR_STATE naming the first missing one. */
 moe_status moe_model_check_complete(const moe_model_t *m);
+
+/* moe_routing's bytes up to scale: the whole struct of API 5-7. */
+#define MOE_ROUTING_V7_BYTES (offsetof(moe_routing, scale) + sizeof(float))
 
 /* Groups a rule may have: n_group at most this (DeepSeek-V3 and Kimi-K2
  * have 8, GLM-4.5 1). */

@@ -667,6 +667,7 @@ static void config_numerics(void) {
         {"\"n_group\":4,\n\"topk_group\":5", "\"topk_group\" must be an integer in 1..4"},
         {"\"n_group\":4,\n\"topk_group\":0", "\"topk_group\" must be an integer in 1..4"},
         {"\"rope_interleave\":1", "\"rope_interleave\" must be true or false"},
+        {"\"n_group\":512", "\"n_group\" must be an integer in 1..256"},
         {"\"num_nextn_predict_layers\":-1", "\"num_nextn_predict_layers\" must be an integer"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

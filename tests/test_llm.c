@@ -27,6 +27,8 @@ static const char *const archs[] = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"
 static const char *const hf_archs[] = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "glm4_moe"};
 
 static char tmpdir[256]; /* made by main */
+static void variant_of(const char *arch, const char *name, const char *from, const char *to, const char *from2,
+                       const char *to2, char *dir, size_t cap);
 
 /* ---- the reference file ---- */
 
@@ -193,6 +195,15 @@ static void models_match_transformers(void) {
     CHECK(have_dir(dir));
     if (have_dir(dir) && load_reference(&r, dir)) {
         check_source("qwen2_moe", dir, &r, MAX_NMSE);
+        moe_json_free(&r.doc);
+    }
+    /* Kimi-K2's config says model_type kimi_k2 for DeepSeek-V3's architecture */
+    snprintf(dir, sizeof dir, "%s/models/deepseek_v3", MOE_TEST_DATA_DIR);
+    char kimi[512];
+    variant_of("deepseek_v3", "kimi", "\"model_type\": \"deepseek_v3\"", "\"model_type\": \"kimi_k2\"", NULL, NULL,
+               kimi, sizeof kimi);
+    if (load_reference(&r, dir)) {
+        check_source("deepseek_v3", kimi, &r, MAX_NMSE);
         moe_json_free(&r.doc);
     }
 }
@@ -832,6 +843,10 @@ static void refuses_bad_models(void) {
          MOE_ERR_PARSE, NULL, NULL},
         {"v3bias", "\"attention_bias\": false", "\"attention_bias\": true",
          "attention_bias true on an MLA model is not supported", MOE_ERR_UNSUPPORTED, NULL, NULL},
+        {"groups", "\"num_experts_per_tok\": 4", "\"num_experts_per_tok\": 4, \"n_group\": 4, \"topk_group\": 2",
+         "expert groups (n_group > 1) with greedy top-k", MOE_ERR_UNSUPPORTED, NULL, NULL},
+        {"qbias", "\"attention_bias\": false", "\"attention_bias\": true", "attention_bias true is read for glm4_moe",
+         MOE_ERR_UNSUPPORTED, NULL, NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char dir[512];

@@ -67,8 +67,8 @@ static void routing_rules_match_a_plain_computation(void) {
     const uint32_t E = 16;
     float bias[16];
     for (uint32_t e = 0; e < E; e++) bias[e] = moe_rng_range(&rng, -0.5f, 0.5f);
-    moe_routing rules[7] = {moe_routing_init(2), moe_routing_init(6), moe_routing_init(4), moe_routing_init(1),
-                            moe_routing_init(4), moe_routing_init(3), moe_routing_init(5)};
+    moe_routing rules[7] = {moe_routing_defaults(2), moe_routing_defaults(6), moe_routing_defaults(4), moe_routing_defaults(1),
+                            moe_routing_defaults(4), moe_routing_defaults(3), moe_routing_defaults(5)};
     rules[1].norm_topk = 0, rules[1].scale = 16.0f;             /* DeepSeek-V2-like */
     rules[2].scoring = MOE_SCORING_SIGMOID;                    /* sigmoid, renormalised */
     rules[3].scoring = MOE_SCORING_SIGMOID, rules[3].norm_topk = 0;
@@ -125,14 +125,36 @@ static void routing_rules_match_a_plain_computation(void) {
     }
 }
 
+/* A program built against API 5-7: its moe_routing, and the library's
+ * moe_routing_init of that name, which returns that struct. */
+typedef struct routing_v7 {
+    uint32_t struct_size, top_k;
+    moe_scoring scoring;
+    int32_t norm_topk;
+    float scale;
+} routing_v7;
+#undef moe_routing_init
+MOE_EXPORT routing_v7 moe_routing_init(uint32_t top_k);
+
 /* moe_route checks its rule as moe_model_set_router does; a caller built
- * against API 5-7 (struct_size without bias and groups) still routes. */
+ * against API 5-7 (the 20-byte struct, without bias and groups) still
+ * routes, and the old entry point writes no more than that struct. */
 static void route_checks_its_rule(void) {
     float lg[16] = {0}, w[4];
     int32_t ids[4];
     for (int e = 0; e < 16; e++) lg[e] = (float)e;
-    moe_routing r = moe_routing_init(2);
-    r.struct_size = (uint32_t)offsetof(moe_routing, bias);
+    struct {
+        routing_v7 r;
+        uint32_t guard[8];
+    } old;
+    for (int i = 0; i < 8; i++) old.guard[i] = 0xA5A5A5A5u;
+    old.r = moe_routing_init(2);
+    CHECK(sizeof old.r == 20 && old.r.struct_size == 20 && old.r.top_k == 2 && old.r.norm_topk == 1);
+    for (int i = 0; i < 8; i++) CHECK(old.guard[i] == 0xA5A5A5A5u);
+    CHECK_EQ(moe_route((const moe_routing *)(const void *)&old, 16, 1, lg, ids, w), MOE_OK);
+    CHECK(ids[0] == 15 && ids[1] == 14);
+    moe_routing r = moe_routing_defaults(2);
+    r.struct_size = 20;
     r.n_group = 7; /* beyond the old struct: never read */
     CHECK_EQ(moe_route(&r, 16, 1, lg, ids, w), MOE_OK);
     CHECK(ids[0] == 15 && ids[1] == 14);
@@ -147,12 +169,12 @@ static void route_checks_its_rule(void) {
         {9, 4, 2, "top_k 9 is more than the 8 experts of topk_group 2 groups"}, {17, 0, 0, "top_k = 17"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        r = moe_routing_init(bad[i].top_k);
+        r = moe_routing_defaults(bad[i].top_k);
         r.n_group = bad[i].n_group, r.topk_group = bad[i].topk_group;
         CHECK_EQ(moe_route(&r, 16, 1, lg, ids, w), MOE_ERR_INVALID_ARG);
         CHECK(strstr(moe_last_error(), bad[i].msg) != NULL);
     }
-    r = moe_routing_init(2);
+    r = moe_routing_defaults(2);
     CHECK_EQ(moe_route(&r, 16, 1, NULL, ids, w), MOE_ERR_INVALID_ARG);
     CHECK_EQ(moe_route(&r, 16, 0, NULL, NULL, NULL), MOE_OK);
 }
@@ -194,7 +216,7 @@ static moe_runtime_t *runtime(moe_model_t *m, bool sim) {
 /* forward_logits = forward with the ids and weights the rule gives. */
 static void forward_logits_equals_forward(void) {
     const uint32_t L = 2, E = 8, H = 48, I = 40, n = 5;
-    moe_routing r = moe_routing_init(3);
+    moe_routing r = moe_routing_defaults(3);
     r.norm_topk = 0, r.scale = 2.5f;
     with_routers w;
     make_with_routers(&w, L, E, H, I, &r);
@@ -231,7 +253,7 @@ static void set_router_refuses_bad_input(void) {
     CHECK_OK(moe_model_create(&m, 2));
     const moe_layer_desc d = moe_layer_desc_init(8, 16, 24, MOE_DTYPE_F32);
     float router[8 * 16] = {0};
-    moe_routing r = moe_routing_init(2);
+    moe_routing r = moe_routing_defaults(2);
     CHECK_STATUS(moe_model_set_router(m, 0, &r, router, MOE_DTYPE_F32), MOE_ERR_STATE); /* not described */
     CHECK_OK(moe_model_set_layer(m, 0, &d));
     CHECK_STATUS(moe_model_set_router(m, 2, &r, router, MOE_DTYPE_F32), MOE_ERR_INVALID_ARG);
@@ -316,7 +338,7 @@ static void submit_and_wait(void) {
  * it is a no-op; without router weights it predicts nothing. */
 static void hint_next_predicts_through_the_routers(void) {
     const uint32_t L = 4, E = 8, H = 32, I = 48, n = 3;
-    const moe_routing r = moe_routing_init(2);
+    const moe_routing r = moe_routing_defaults(2);
     with_routers w;
     make_with_routers(&w, L, E, H, I, &r);
     moe_runtime_t *sim = runtime(w.tm.model, true), *cpu = runtime(w.tm.model, false);

@@ -209,7 +209,7 @@ def patch(model, profile: Optional[str] = None, gpu_budget: Union[None, str, flo
             if router is not None and top_k and router.dim() == 2 and tuple(router.shape) == (E, H) \
                     and router.dtype in (torch.float32, torch.bfloat16, torch.float16) and not router.is_cuda:
                 r = router.detach().contiguous()
-                routing = L.moe_routing_init(int(top_k))
+                routing = L.moe_routing_defaults(int(top_k))
                 _routing_of(block.gate, routing, state)
                 check(L.moe_model_set_router(cmodel, layer, ctypes.byref(routing), r.data_ptr(), _dtype_code(r.dtype)),
                       f"{name}: moe_model_set_router")

@@ -163,7 +163,7 @@ def lib() -> ctypes.CDLL:
         "moe_model_set_router": (st, [vp, u32, ctypes.POINTER(Routing), vp, ctypes.c_int]),
         "moe_model_free": (None, [ctypes.POINTER(vp)]),
         "moe_layer_desc_init": (LayerDesc, [u32, u32, u32, ctypes.c_int]),
-        "moe_routing_init": (Routing, [u32]),
+        "moe_routing_defaults": (Routing, [u32]),
         "moe_runtime_default_params": (RuntimeParams, []),
         "moe_runtime_create": (st, [ctypes.POINTER(vp), vp, ctypes.POINTER(RuntimeParams)]),
         "moe_runtime_free": (None, [ctypes.POINTER(vp)]),
