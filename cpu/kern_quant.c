@@ -507,6 +507,13 @@ T_512Q INLINE float dot16(const float *a, const float *b, uint32_t n) {
         }                                                                                                  \
     }
 
+/* The activation rows of one pass's tokens t0 .. t0 + tb - 1 into
+ * a[0..TQ), the last repeated: a kernel's copy for tb tokens may read all
+ * TQ. */
+#define PASS_ACTS(ACT, a, x, arb, t0, tb)                                                                  \
+    for (uint32_t t_ = 0; t_ < TQ; t_++)                                                                   \
+    (a)[t_] = (const ACT *)(const void *)((const char *)(x)->data + ((t0) + (t_ < (tb) ? t_ : (tb) - 1)) * (arb))
+
 /* The driver: rows two at a time against TQ tokens at a time. */
 /* The driver of the row-pair kernels: rows two at a time (a last odd row
  * paired with itself, its second result dropped) against TQ tokens at a
@@ -522,8 +529,7 @@ T_512Q INLINE float dot16(const float *a, const float *b, uint32_t n) {
         for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
             const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
             const ACT *a[TQ];                                                                              \
-            for (uint32_t t = 0; t < TQ; t++)                                                              \
-                a[t] = (const ACT *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
+            PASS_ACTS(ACT, a, x, arb, t0, tb);                                                             \
             for (uint32_t j = n0; j < n1; j += 2) {                                                        \
                 const BLK *b0 = (const BLK *)(const void *)((const char *)w + j * wrb);                    \
                 const BLK *b1 = j + 1 < n1 ? (const BLK *)(const void *)((const char *)b0 + wrb) : b0;     \
@@ -837,8 +843,7 @@ T_VBMI static void gemv_vbmi_mxfp4(const void *w, const float *ws, uint32_t k, u
     for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {
         const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;
         const moe_qact_q8_0 *a[TQ];
-        for (uint32_t t = 0; t < tb; t++)
-            a[t] = (const moe_qact_q8_0 *)(const void *)((const char *)x->data + (t0 + t) * arb);
+        PASS_ACTS(moe_qact_q8_0, a, x, arb, t0, tb);
         mx4_acts(a, tb, nb, g);
         for (uint32_t j = n0; j < n1; j++) {
             const uint8_t *row = (const uint8_t *)w + j * wrb;
@@ -1109,8 +1114,7 @@ T_AVX2 INLINE float hsum8(__m256 v) {
         for (uint32_t t0 = 0; t0 < x->m; t0 += TQ) {                                                       \
             const uint32_t tb = x->m - t0 < TQ ? x->m - t0 : TQ;                                           \
             const ACT *a[TQ];                                                                              \
-            for (uint32_t t = 0; t < TQ; t++)                                                              \
-                a[t] = (const ACT *)(const void *)((const char *)x->data + (t0 + (t < tb ? t : tb - 1)) * arb); \
+            PASS_ACTS(ACT, a, x, arb, t0, tb);                                                             \
             for (uint32_t j = n0; j < n1; j++) {                                                           \
                 const BLK *b = (const BLK *)(const void *)((const char *)w + j * wrb);                     \
                 float r[TQ];                                                                               \

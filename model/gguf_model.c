@@ -146,11 +146,12 @@ static moe_status read_all(reader *r, moe_hf_config *c, uint64_t vocab) {
     c->topk_group = u32(r, "expert_group_used_count", false, 1);
     c->rope_interleave = true;
     c->partial_rotary = 1;
-    if (!r->st && c->n_group > 1 &&
-        (c->n_group > MOE_HF_MAX_GROUPS || c->n_routed_experts % c->n_group || c->n_routed_experts / c->n_group < 2 || c->topk_group < 1 ||
-         c->topk_group > c->n_group || c->top_k > c->topk_group * (c->n_routed_experts / c->n_group)))
-        r->st = moe_fail(MOE_ERR_PARSE, "%s: expert groups do not fit: %u experts in %u groups, %u groups used, top-%u",
-                         r->g->file.path, c->n_routed_experts, c->n_group, c->topk_group, c->top_k);
+    char why[160];
+    if (!r->st && c->n_group > 1 && (c->n_group > MOE_HF_MAX_GROUPS || c->topk_group < 1 || c->topk_group > c->n_group))
+        r->st = moe_fail(MOE_ERR_PARSE, "%s: expert_group_count %u or expert_group_used_count %u is out of range (at "
+                         "most %u groups, 1..count used)", r->g->file.path, c->n_group, c->topk_group, MOE_HF_MAX_GROUPS);
+    else if (!r->st && moe_hf_config_groups_misfit(c, why, sizeof why))
+        r->st = moe_fail(MOE_ERR_PARSE, "%s: %s", r->g->file.path, why);
     if (deepseek) {
         read_mla(r, c);
     } else {

@@ -216,15 +216,24 @@ static moe_status read_groups(const moe_json_doc *d, moe_hf_config *c) {
     if ((st = opt_u32(d, "n_group", 1, MOE_HF_MAX_GROUPS, 1, &c->n_group)) ||
         (st = opt_u32(d, "topk_group", 1, c->n_group, 1, &c->topk_group)))
         return st;
+    char why[160];
+    const char *key = moe_hf_config_groups_misfit(c, why, sizeof why);
+    return key ? moe_fail_at(MOE_ERR_PARSE, d->name, line_of(d, key), "%s", why) : MOE_OK;
+}
+
+const char *moe_hf_config_groups_misfit(const moe_hf_config *c, char *why, size_t cap) {
     const uint32_t E = c->n_routed_experts, G = c->n_group;
-    if (G > 1 && (E % G || E / G < 2))
-        return moe_fail_at(MOE_ERR_PARSE, d->name, line_of(d, "n_group"),
-                           "n_group %u must divide the %u routed experts into groups of at least 2", G, E);
-    if (G > 1 && c->top_k > c->topk_group * (E / G))
-        return moe_fail_at(MOE_ERR_PARSE, d->name, line_of(d, "topk_group"),
-                           "num_experts_per_tok %u is more than the %u experts of topk_group %u groups", c->top_k,
-                           c->topk_group * (E / G), c->topk_group);
-    return MOE_OK;
+    if (G <= 1) return NULL;
+    if (E % G || E / G < 2) {
+        snprintf(why, cap, "n_group %u must divide the %u routed experts into groups of at least 2", G, E);
+        return "n_group";
+    }
+    if (c->top_k > c->topk_group * (E / G)) {
+        snprintf(why, cap, "num_experts_per_tok %u is more than the %u experts of topk_group %u groups", c->top_k,
+                 c->topk_group * (E / G), c->topk_group);
+        return "topk_group";
+    }
+    return NULL;
 }
 
 /* Sliding-window attention, as transformers decides it per model type:

@@ -143,6 +143,12 @@ typedef struct moe_hf_config {
     bool is_moe_layer[MOE_HF_MAX_LAYERS]; /* [n_layers]; the rest false */
 } moe_hf_config;
 
+/* Whether c's expert groups fit its experts (n_group > 1 divides them
+ * into groups of at least 2; num_experts_per_tok at most topk_group
+ * groups' experts): NULL if so, else the key at fault, with why in `why`.
+ * n_group's and topk_group's own ranges are each reader's to check. */
+const char *moe_hf_config_groups_misfit(const moe_hf_config *c, char *why, size_t cap);
+
 /* Sets attn_params from the attention fields (for a config filled by
  * another reader, such as GGUF metadata). */
 void moe_hf_config_derive(moe_hf_config *c);
